@@ -1,0 +1,27 @@
+"""Validated configuration schemas and the shipped presets."""
+
+from configs.schema import (
+    DataConfig,
+    ModelConfig,
+    Preset,
+    Region,
+    SiteManifest,
+    SitePrivacy,
+    TrainConfig,
+    load_preset,
+    load_site_manifest,
+    preset_names,
+)
+
+__all__ = [
+    "DataConfig",
+    "ModelConfig",
+    "Preset",
+    "Region",
+    "SiteManifest",
+    "SitePrivacy",
+    "TrainConfig",
+    "load_preset",
+    "load_site_manifest",
+    "preset_names",
+]

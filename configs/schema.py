@@ -1,0 +1,204 @@
+"""Frozen, validated configuration: model, data, training and site manifests; the only loaders.
+
+Every config is a pydantic model with ``frozen=True`` and ``extra="forbid"``, built once at the edge
+(CLI, TOML file, Flower run config). Validation errors become one-line :class:`ConfigError` messages
+that name the key, the value and the fix.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from shared.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+PRESETS_DIR = Path(__file__).parent / "presets"
+_M = TypeVar("_M", bound=BaseModel)
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ModelConfig(_Frozen):
+    """Shape of the genome language model (see ``shared/model.py``)."""
+
+    vocab_size: int = Field(16, ge=10, description="token ids; padded from the 10 used to 16")
+    d_model: int = Field(256, gt=0, description="residual width")
+    n_layer: int = Field(4, gt=0, description="number of blocks")
+    n_head: int = Field(4, gt=0, description="attention heads; must divide d_model")
+    mlp_ratio: int = Field(4, gt=0, description="MLP hidden width = mlp_ratio * d_model")
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    conv_every: int = Field(0, ge=0, description="every k-th block mixes by short convolution; 0 = none")
+    conv_kernel: int = Field(7, ge=2, le=128, description="kernel of the short depthwise convolution")
+    rope_base: float = Field(10000.0, gt=1.0, description="base of the rotary position frequencies")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> ModelConfig:
+        if self.d_model % self.n_head != 0 or (self.d_model // self.n_head) % 2 != 0:
+            raise ValueError(
+                f"n_head={self.n_head} must divide d_model={self.d_model} into an even head size"
+            )
+        return self
+
+
+class DataConfig(_Frozen):
+    """How patients' genomes become training windows."""
+
+    window: int = Field(1024, ge=16, le=1_048_576, description="bases per training window")
+    rc_augment: bool = Field(True, description="reverse-complement half of the windows")
+    max_n_fraction: float = Field(0.5, ge=0.0, lt=1.0, description="skip windows with more N")
+    eval_windows: int = Field(64, gt=0, description="held-out windows evaluated (evenly spaced)")
+
+
+class TrainConfig(_Frozen):
+    """Optimisation settings of the plain (non-private) trainer."""
+
+    steps: int = Field(200, gt=0)
+    batch_size: int = Field(16, gt=0, description="patients per step, one window each")
+    lr: float = Field(1e-3, gt=0.0, lt=1.0)
+    weight_decay: float = Field(0.1, ge=0.0)
+    warmup_steps: int = Field(20, ge=0)
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="cosine floor as a fraction of lr")
+    grad_clip: float = Field(1.0, gt=0.0, description="global gradient-norm clip")
+    markov_order: int = Field(5, ge=0, le=10, description="order k of the k-mer baseline")
+    eval_every: int = Field(0, ge=0, description="held-out evaluation every n steps; 0 = at end")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class Preset(_Frozen):
+    """A named bundle of model, data and training settings (``configs/presets/*.toml``)."""
+
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+
+
+class Region(_Frozen):
+    """A 0-based, half-open interval on one contig."""
+
+    contig: str = Field(min_length=1)
+    start: int = Field(ge=0)
+    end: int = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Region:
+        if self.end <= self.start:
+            raise ValueError(f"region end={self.end} must be greater than start={self.start}")
+        return self
+
+
+class SitePrivacy(_Frozen):
+    """A site's own privacy settings: set by the hospital, never by the server."""
+
+    unit: Literal["patient"] = "patient"
+    epsilon_budget: float = Field(8.0, gt=0.0, description="total epsilon this site will spend")
+    delta: float = Field(1e-5, gt=0.0, lt=1.0, description="must be below 1 / patients")
+
+
+class SiteManifest(_Frozen):
+    """``site.toml``: what a hospital holds. Relative paths are relative to the site directory."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    role: Literal["hospital", "unseen"] = "hospital"
+    kind: Literal["vcf", "fasta"] = "vcf"
+    reference: Path | None = Field(None, description="reference FASTA (kind = vcf)")
+    vcf: Path | None = Field(None, description="bgzipped, tabix-indexed multi-sample VCF")
+    fasta: Path | None = Field(None, description="FASTA whose records are the units (kind = fasta)")
+    contigs: tuple[str, ...] = Field(("20",), min_length=1, description="contigs to train on")
+    holdout: tuple[Region, ...] = Field((), description="regions never used in training windows")
+    phasing_seed: int = Field(0, description="seed of the per-patient draw phasing heterozygotes")
+    privacy: SitePrivacy = SitePrivacy()
+
+    @model_validator(mode="after")
+    def _paths_for_kind(self) -> SiteManifest:
+        if self.kind == "vcf" and (self.reference is None or self.vcf is None):
+            raise ValueError("a site of kind 'vcf' needs both 'reference' and 'vcf'")
+        if self.kind == "fasta" and self.fasta is None:
+            raise ValueError("a site of kind 'fasta' needs 'fasta'")
+        return self
+
+
+def _describe(err: Any) -> str:
+    """Turn one pydantic error into 'key: problem (got value)'."""
+    key = ".".join(str(p) for p in err["loc"]) or "<top level>"
+    if err["type"] == "extra_forbidden":
+        return f"unknown key '{key}': remove it or check its spelling"
+    if err["type"] == "missing":
+        return f"missing key '{key}': add it"
+    return f"key '{key}' = {err.get('input')!r}: {err['msg']}"
+
+
+def validate(model: type[_M], data: dict[str, Any], *, source: str) -> _M:
+    """Build ``model`` from ``data``; raise :class:`ConfigError` naming ``source``, key and fix."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = _describe(exc.errors()[0])
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise ConfigError(f"{source}: {first}{more}") from None
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Read a TOML file, turning I/O and syntax errors into one-line errors."""
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found; check the path") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror}); check permissions") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc}); fix the syntax") from None
+
+
+def preset_names() -> list[str]:
+    """Names of the presets shipped in ``configs/presets``."""
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.toml"))
+
+
+def load_preset(name: str, overrides: dict[str, Any] | None = None) -> Preset:
+    """Load a shipped preset by name, or a TOML file by path, then apply nested ``overrides``."""
+    path = Path(name)
+    if not path.suffix:
+        path = PRESETS_DIR / f"{name}.toml"
+        if not path.exists():
+            raise ConfigError(f"unknown preset '{name}'; valid presets: {', '.join(preset_names())}")
+    data = _merge(read_toml(path), overrides or {})
+    return validate(Preset, data, source=str(path))
+
+
+def load_site_manifest(site_dir: Path) -> SiteManifest:
+    """Read ``site_dir/site.toml`` and resolve its relative paths against ``site_dir``."""
+    path = site_dir / "site.toml"
+    if not path.exists():
+        raise ConfigError(f"{site_dir}: no site.toml here; pass a site directory made by "
+                          "'fedgenome data make-sites'")
+    manifest = validate(SiteManifest, read_toml(path), source=str(path))
+    resolved = {
+        key: (site_dir / value).resolve()
+        for key in ("reference", "vcf", "fasta")
+        if (value := getattr(manifest, key)) is not None
+    }
+    return manifest.model_copy(update=resolved)
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Recursively merge ``extra`` into a copy of ``base``."""
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out

@@ -1,0 +1,1 @@
+"""Plain-PyTorch core of fedgenome: tokenizer, model, genomes, datasets, training, checkpoints."""

@@ -27,11 +27,11 @@ Ids = npt.NDArray[np.uint8]
 _ENCODE = np.full(256, UNK, dtype=np.uint8)
 for _code in "RYSWKMBDHVN":
     _ENCODE[ord(_code)] = _ENCODE[ord(_code.lower())] = N
-for _base, _id in zip("ACGT", (A, C, G, T)):
+for _base, _id in zip("ACGT", (A, C, G, T), strict=True):
     _ENCODE[ord(_base)] = _ENCODE[ord(_base.lower())] = _id
 _ENCODE[ord("U")] = _ENCODE[ord("u")] = T
 
-_DECODE = np.frombuffer("?????ACGTN".encode().ljust(256, b"?"), dtype=np.uint8)
+_DECODE = np.frombuffer(b"?????ACGTN".ljust(256, b"?"), dtype=np.uint8)
 
 COMPLEMENT = np.arange(256, dtype=np.uint8)  # id -> id of the complementary base; specials fixed
 COMPLEMENT[[A, C, G, T, N]] = [T, G, C, A, N]

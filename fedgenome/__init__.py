@@ -1,0 +1,1 @@
+"""fedgenome: federated, differentially private genome language models."""

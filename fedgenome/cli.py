@@ -1,0 +1,66 @@
+"""The ``fedgenome`` command line: one typer app, subcommands beside the code they drive."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Annotated
+
+import click
+import typer
+
+from fedgenome import cmd_model
+from shared import cli_data
+from shared.errors import FedGenomeError
+
+log = logging.getLogger("fedgenome")
+
+app = typer.Typer(
+    name="fedgenome",
+    help="Federated, differentially private training of a genome language model across hospitals.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(cli_data.app, name="data")
+app.command("train")(cmd_model.train_command)
+app.command("eval")(cmd_model.eval_command)
+app.command("score")(cmd_model.score_command)
+app.command("demo")(cmd_model.demo_command)
+
+
+@app.callback()
+def _root(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug messages.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Log warnings and errors only.")] = False,
+) -> None:
+    """Federated, differentially private training of a genome language model across hospitals."""
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.getLogger().setLevel(level)
+
+
+def configure_logging() -> None:
+    """Log to stderr through rich, at INFO unless -v or -q says otherwise."""
+    from rich.logging import RichHandler
+
+    handler = RichHandler(show_time=False, show_path=False, rich_tracebacks=False)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[handler], force=True)
+    for noisy in ("flwr", "opacus", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; every known failure ends as one line on stderr and a non-zero exit."""
+    configure_logging()
+    try:
+        code = app(args=argv, prog_name="fedgenome", standalone_mode=False)
+    except FedGenomeError as exc:
+        typer.echo(f"fedgenome: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (KeyboardInterrupt, click.Abort):
+        typer.echo("fedgenome: interrupted", err=True)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

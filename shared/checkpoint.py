@@ -1,0 +1,93 @@
+"""Checkpoints: a directory with ``model.safetensors``, ``config.json`` and the Markov baseline.
+
+``config.json`` holds the model config (enough to rebuild the model) and free-form metadata (the
+data settings, the reference and held-out regions, training statistics). A checkpoint directory is
+written whole or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import ValidationError
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from configs.schema import ModelConfig, validate
+from shared.atomic import atomic_dir
+from shared.errors import IncompatibleModelError, InputFileError
+from shared.markov import MarkovBaseline
+from shared.model import GenomeLM
+
+FORMAT = "fedgenome-checkpoint/1"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A loaded checkpoint."""
+
+    model: GenomeLM
+    meta: dict[str, Any]
+    markov: MarkovBaseline | None
+
+
+def save_checkpoint(path: Path, model: GenomeLM, *, meta: dict[str, Any],
+                    markov: MarkovBaseline | None = None) -> None:
+    """Write ``model`` (weights in fp32), its config, ``meta`` and ``markov`` to directory ``path``."""
+    state = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
+    config = {"format": FORMAT, "model": model.config.model_dump(), "meta": meta}
+    with atomic_dir(path) as tmp:
+        save_file(state, str(tmp / "model.safetensors"))
+        if markov is not None:
+            save_file(markov.state(), str(tmp / "markov.safetensors"))
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
+
+
+def load_checkpoint(path: Path, *, device: torch.device | str = "cpu") -> Checkpoint:
+    """Rebuild the model of a checkpoint directory, with its metadata and Markov baseline."""
+    config_path, weights = path / "config.json", path / "model.safetensors"
+    if not config_path.is_file() or not weights.is_file():
+        raise InputFileError(f"{path}: not a checkpoint (needs config.json and model.safetensors); "
+                             "pass a directory written by 'fedgenome train'")
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputFileError(f"{config_path}: unreadable ({exc}); the checkpoint is damaged") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise InputFileError(f"{config_path}: unknown checkpoint format; expected {FORMAT}")
+    model_config = validate(ModelConfig, config["model"], source=str(config_path))
+    model = GenomeLM(model_config)
+    load_weights(model, _read(weights), source=str(weights))
+    markov_path = path / "markov.safetensors"
+    markov = MarkovBaseline.from_state(_read(markov_path)) if markov_path.is_file() else None
+    return Checkpoint(model=model.to(device), meta=config.get("meta", {}), markov=markov)
+
+
+def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], *, source: str) -> None:
+    """Load ``state`` into ``model``, naming the first missing, unexpected or mis-shaped tensor."""
+    own = model.state_dict()
+    for name, tensor in own.items():
+        if name not in state:
+            raise IncompatibleModelError(f"{source}: tensor '{name}' is missing; the weights are "
+                                         "from a different model configuration")
+        if state[name].shape != tensor.shape:
+            raise IncompatibleModelError(
+                f"{source}: tensor '{name}' has shape {tuple(state[name].shape)}, the model "
+                f"expects {tuple(tensor.shape)}; use the matching model config")
+    extra = sorted(set(state) - set(own))
+    if extra:
+        raise IncompatibleModelError(f"{source}: unexpected tensor '{extra[0]}'; the weights are "
+                                     "from a different model configuration")
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+
+
+def _read(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except (OSError, SafetensorError, ValidationError) as exc:
+        raise InputFileError(f"{path}: unreadable safetensors file ({exc}); the checkpoint is "
+                             "damaged") from None

@@ -1,0 +1,235 @@
+"""Datasets in which one item is one privacy unit: a patient (VCF site) or a record (FASTA site).
+
+Each item is a random window of ``window + 1`` tokens (inputs plus the next-base targets) drawn
+from that unit alone, so a per-sample gradient is a per-patient gradient. Windows never overlap the
+site's held-out regions, and windows that are mostly ``N`` are drawn again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pysam
+import torch
+from torch.utils.data import Dataset
+
+from configs.schema import DataConfig, Region, SiteManifest, load_site_manifest
+from shared.errors import InputFileError
+from shared.genomes import Cohort, Reference, check_sequence, load_cohort
+from shared.tokenizer import NUCLEOTIDES, PAD, Ids, encode, reverse_complement_ids
+
+log = logging.getLogger(__name__)
+MAX_DRAWS = 100  # windows drawn before giving up on a unit that is mostly N
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A stretch of one sequence that training windows may use (0-based, half-open)."""
+
+    contig: str
+    start: int
+    end: int
+
+
+def allowed_intervals(lengths: dict[str, int], holdout: Sequence[Region]) -> list[Interval]:
+    """Each sequence in ``lengths`` minus the held-out regions on it."""
+    out = []
+    for contig, length in lengths.items():
+        cuts = sorted((r.start, min(r.end, length)) for r in holdout if r.contig == contig)
+        pos = 0
+        for lo, hi in cuts:
+            if lo > pos:
+                out.append(Interval(contig, pos, lo))
+            pos = max(pos, hi)
+        if pos < length:
+            out.append(Interval(contig, pos, length))
+    return out
+
+
+def n_fraction(window: Ids) -> float:
+    """Fraction of a window that is not A, C, G or T."""
+    return float(1.0 - np.isin(window, NUCLEOTIDES).mean())
+
+
+class _WindowSampler:
+    """Draws window starts uniformly over the positions where a whole window fits."""
+
+    def __init__(self, intervals: list[Interval], span: int) -> None:
+        self.intervals = intervals
+        self.span = span
+        # An interval shorter than the span still gives one (padded) window.
+        self.weights = np.array([max(i.end - i.start - span + 1, 1) for i in intervals], float)
+        self.weights /= self.weights.sum()
+
+    def draw(self, rng: np.random.Generator) -> tuple[str, int, int]:
+        iv = self.intervals[rng.choice(len(self.intervals), p=self.weights)]
+        start = iv.start + int(rng.integers(0, max(iv.end - iv.start - self.span + 1, 1)))
+        return iv.contig, start, min(start + self.span, iv.end)
+
+
+@dataclass(frozen=True)
+class Draw:
+    """One drawn window: where it came from and its tokens (before padding)."""
+
+    unit: int
+    contig: str
+    start: int
+    hap: int  # haplotype 0 or 1 (always 0 for a FASTA record)
+    reverse: bool  # reverse-complemented
+    tokens: Ids
+
+
+class _UnitWindows(Dataset[torch.Tensor]):
+    """Shared logic: draw, reject mostly-N windows, augment, pad."""
+
+    def __init__(self, data: DataConfig, seed: int) -> None:
+        self.data = data
+        self.span = data.window + 1
+        self.rng = np.random.default_rng(seed)
+
+    def _window(self, unit: int) -> tuple[str, int, int, Ids]:
+        raise NotImplementedError
+
+    def sample(self, unit: int) -> Draw:
+        """Draw a window of ``unit`` (a patient or a record) with at most max_n_fraction N."""
+        for _ in range(MAX_DRAWS):
+            contig, start, hap, window = self._window(unit)
+            if n_fraction(window) <= self.data.max_n_fraction:
+                break
+        else:
+            raise InputFileError(f"unit {unit}: no window with at most "
+                                 f"{self.data.max_n_fraction:.0%} N in {MAX_DRAWS} draws; "
+                                 "raise data.max_n_fraction or remove this unit")
+        reverse = bool(self.data.rc_augment and self.rng.random() < 0.5)
+        if reverse:
+            window = reverse_complement_ids(window)
+        return Draw(unit, contig, start, hap, reverse, window)
+
+    def __getitem__(self, unit: int) -> torch.Tensor:
+        draw = self.sample(unit)
+        padded = np.full(self.span, PAD, dtype=np.int64)
+        padded[: len(draw.tokens)] = draw.tokens
+        return torch.from_numpy(padded)  # (window + 1,)
+
+
+class PatientWindows(_UnitWindows):
+    """One item per patient: a window of one of the patient's two haplotypes."""
+
+    def __init__(self, cohort: Cohort, reference: Reference, *, intervals: list[Interval],
+                 data: DataConfig, seed: int) -> None:
+        super().__init__(data, seed)
+        self.cohort, self.reference = cohort, reference
+        self.sampler = _WindowSampler(intervals, self.span)
+
+    def __len__(self) -> int:
+        return len(self.cohort.samples)
+
+    def _window(self, unit: int) -> tuple[str, int, int, Ids]:
+        contig, start, end = self.sampler.draw(self.rng)
+        ref = self.reference.tokens(contig)[start:end]
+        hap = int(self.rng.integers(0, 2))
+        return contig, start, hap, self.cohort.apply(ref, patient=unit, hap=hap, contig=contig,
+                                                     start=start)
+
+
+class RecordWindows(_UnitWindows):
+    """One item per FASTA record (an assembly, a sample): a window of that record."""
+
+    def __init__(self, records: dict[str, Ids], *, holdout: Sequence[Region], data: DataConfig,
+                 seed: int) -> None:
+        super().__init__(data, seed)
+        self.records = records
+        self.names = list(records)
+        lengths = {name: len(seq) for name, seq in records.items()}
+        self.samplers = [_WindowSampler(allowed_intervals({n: lengths[n]}, holdout), self.span)
+                         for n in self.names]
+        if any(not s.intervals for s in self.samplers):
+            raise InputFileError("a FASTA record lies wholly inside a held-out region; "
+                                 "shrink the site's holdout regions")
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def _window(self, unit: int) -> tuple[str, int, int, Ids]:
+        name, start, end = self.samplers[unit].draw(self.rng)
+        return name, start, 0, self.records[name][start:end]
+
+
+def read_fasta_records(path: Path) -> dict[str, Ids]:
+    """Read every record of a (plain or gzipped) FASTA, refusing empty records and non-IUPAC text."""
+    if not path.is_file():
+        raise InputFileError(f"{path}: FASTA file not found; check the path")
+    records: dict[str, Ids] = {}
+    try:
+        with pysam.FastxFile(str(path)) as fh:
+            for rec in fh:
+                seq = (rec.sequence or "").encode("ascii", errors="replace")
+                if not seq:
+                    raise InputFileError(f"{path}: record '{rec.name}' is empty; remove it or "
+                                         "add its sequence")
+                if str(rec.name) in records:
+                    raise InputFileError(f"{path}: record name '{rec.name}' appears twice; "
+                                         "give every record a unique name")
+                check_sequence(seq, where=f"{path}: record '{rec.name}'")
+                records[str(rec.name)] = encode(seq)
+    except (OSError, ValueError) as exc:
+        raise InputFileError(f"{path}: not a readable FASTA ({exc}); each record needs a "
+                             "'>name' line followed by sequence lines") from None
+    if not records:
+        raise InputFileError(f"{path}: no FASTA records found; each record starts with '>name'")
+    return records
+
+
+@dataclass(frozen=True)
+class SiteData:
+    """A site's manifest and its per-unit training dataset."""
+
+    manifest: SiteManifest
+    dataset: PatientWindows | RecordWindows
+    reference: Reference | None
+
+
+def open_site(site_dir: Path, data: DataConfig, *, seed: int,
+              cache_dir: Path | None = None) -> SiteData:
+    """Load a site directory (``site.toml`` and the files it names) into a training dataset."""
+    manifest = load_site_manifest(site_dir)
+    if manifest.kind == "fasta":
+        assert manifest.fasta is not None
+        records = read_fasta_records(manifest.fasta)
+        return SiteData(manifest, RecordWindows(records, holdout=manifest.holdout, data=data,
+                                                seed=seed), None)
+    assert manifest.reference is not None
+    reference = Reference(manifest.reference)
+    cohort = load_cohort(manifest, reference, cache_dir=cache_dir)
+    lengths = {c: reference.contigs[c] for c in manifest.contigs if c in reference.contigs}
+    missing = set(manifest.contigs) - set(lengths)
+    if missing:
+        raise InputFileError(f"{manifest.reference}: contigs {sorted(missing)} named in "
+                             f"{site_dir / 'site.toml'} are not in the reference; fix 'contigs'")
+    intervals = allowed_intervals(lengths, manifest.holdout)
+    log.info("site %s: %d patients, %s", manifest.name, len(cohort.samples),
+             ", ".join(f"{c}: {len(v.pos)} SNVs" for c, v in cohort.contigs.items()))
+    dataset = PatientWindows(cohort, reference, intervals=intervals, data=data, seed=seed)
+    return SiteData(manifest, dataset, reference)
+
+
+def tile_windows(seqs: dict[str, Ids], regions: Sequence[Region] | None, *, window: int,
+                 count: int, max_n_fraction: float) -> torch.Tensor:
+    """Up to ``count`` evenly spaced, non-overlapping windows (count, window + 1) for evaluation.
+
+    With ``regions`` the windows come from those regions of ``seqs``; without, from all of it.
+    """
+    span = window + 1
+    spans = ([(r.contig, r.start, min(r.end, len(seqs[r.contig]))) for r in regions]
+             if regions is not None else [(n, 0, len(s)) for n, s in seqs.items()])
+    candidates = [seqs[c][s : s + span] for c, lo, hi in spans for s in range(lo, hi - span + 1, span)]
+    candidates = [w for w in candidates if n_fraction(w) <= max_n_fraction]
+    if not candidates:
+        raise InputFileError(f"no evaluation window of {span} bases with at most "
+                             f"{max_n_fraction:.0%} N; use a shorter data.window or longer sequences")
+    picks = np.unique(np.linspace(0, len(candidates) - 1, num=min(count, len(candidates))).round())
+    return torch.from_numpy(np.stack([candidates[int(i)] for i in picks]).astype(np.int64))

@@ -1,0 +1,112 @@
+"""Zero-shot variant effect scores: log-likelihood of the ALT sequence minus that of the REF.
+
+For each SNV the model scores a window centred on the variant twice, once with the reference base
+and once with the alternative, summing log p(next base) over the window. A negative delta means the
+model finds the ALT sequence less likely (a candidate for a damaging change).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pysam
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from shared.errors import InputFileError
+from shared.genomes import Reference
+from shared.tokenizer import encode
+from shared.train import IGNORE, autocast, split_batch
+
+log = logging.getLogger(__name__)
+COLUMNS = ("chrom", "pos", "id", "ref", "alt", "ll_ref", "ll_alt", "delta")
+
+
+@dataclass(frozen=True)
+class VariantScore:
+    """One ALT allele's score (log-likelihoods in nats)."""
+
+    chrom: str
+    pos: int
+    id: str
+    ref: str
+    alt: str
+    ll_ref: float
+    ll_alt: float
+
+    @property
+    def delta(self) -> float:
+        """ll_alt - ll_ref."""
+        return self.ll_alt - self.ll_ref
+
+    def row(self) -> str:
+        """A TSV line (no newline)."""
+        return "\t".join([self.chrom, str(self.pos), self.id, self.ref, self.alt,
+                          f"{self.ll_ref:.4f}", f"{self.ll_alt:.4f}", f"{self.delta:.4f}"])
+
+
+@torch.no_grad()
+def sequence_log_likelihood(model: nn.Module, windows: torch.Tensor, *,
+                            device: torch.device) -> torch.Tensor:
+    """Sum of log p(next base) over each window (N, L) -> (N,), A/C/G/T targets only."""
+    x, y = split_batch(windows.to(device))
+    with autocast(device):
+        logits = model(x)
+    logp = F.log_softmax(logits.float(), dim=-1)  # (N, L-1, V)
+    picked = logp.gather(-1, y.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (N, L-1)
+    return (picked * (y != IGNORE)).sum(dim=1).cpu()
+
+
+def _snvs(vcf: Path) -> Iterator[tuple[str, int, str, str, str]]:
+    """(chrom, 1-based pos, id, ref, alt) for every SNV ALT allele of a VCF; others are skipped."""
+    try:
+        vf = pysam.VariantFile(str(vcf))
+    except (OSError, ValueError) as exc:
+        raise InputFileError(f"{vcf}: cannot read as VCF/BCF ({exc}); provide a valid VCF") from None
+    skipped = 0
+    for rec in vf:
+        ref = (rec.ref or "").upper()
+        for alt in rec.alts or ():
+            if len(ref) == 1 and len(alt) == 1 and alt.upper() in "ACGT":
+                yield rec.chrom, rec.pos, rec.id or ".", ref, alt.upper()
+            else:
+                skipped += 1
+    if skipped:
+        log.info("%s: %d non-SNV alleles skipped (only SNVs are scored)", vcf, skipped)
+
+
+def score_variants(model: nn.Module, reference: Reference, vcf: Path, *, window: int,
+                   device: torch.device, batch_size: int = 8) -> Iterator[VariantScore]:
+    """Score every SNV of ``vcf`` with ``window``-base windows centred on the variant."""
+    model.eval()
+    pending: list[tuple[tuple[str, int, str, str, str], np.ndarray, np.ndarray]] = []
+    for chrom, pos, vid, ref, alt in _snvs(vcf):
+        seq = reference.tokens(chrom)
+        if encode(ref)[0] != seq[pos - 1]:
+            raise InputFileError(f"{vcf}: REF {ref} at {chrom}:{pos} disagrees with "
+                                 f"{reference.path.name}; use the reference the VCF was called on")
+        start = min(max(pos - 1 - window // 2, 0), max(len(seq) - window, 0))
+        ref_win = seq[start : start + window].astype(np.int64)
+        alt_win = ref_win.copy()
+        alt_win[pos - 1 - start] = encode(alt)[0]
+        pending.append(((chrom, pos, vid, ref, alt), ref_win, alt_win))
+        if len(pending) == batch_size:
+            yield from _flush(model, pending, device)
+            pending = []
+    yield from _flush(model, pending, device)
+
+
+def _flush(model: nn.Module, pending: list[tuple[tuple[str, int, str, str, str], np.ndarray,
+                                                 np.ndarray]],
+           device: torch.device) -> Iterator[VariantScore]:
+    if not pending:
+        return
+    windows = torch.from_numpy(np.stack([w for _, r, a in pending for w in (r, a)]))
+    ll = sequence_log_likelihood(model, windows, device=device).view(-1, 2)
+    for (key, _, _), (ll_ref, ll_alt) in zip(pending, ll.tolist(), strict=True):
+        yield VariantScore(*key, ll_ref=ll_ref, ll_alt=ll_alt)

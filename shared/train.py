@@ -1,0 +1,160 @@
+"""Plain PyTorch training and evaluation: next-base loss, LR schedule, held-out bits per base.
+
+No Flower and no Opacus here: the private trainer (``privacy/``) and the federated client reuse
+these pieces.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, RandomSampler
+
+from configs.schema import TrainConfig
+from shared.errors import ConfigError
+from shared.markov import MarkovBaseline
+from shared.tokenizer import A, T
+
+log = logging.getLogger(__name__)
+IGNORE = -100  # target id that the loss skips (N, padding, specials)
+LN2 = math.log(2.0)
+
+
+def pick_device(name: str) -> torch.device:
+    """'auto' -> CUDA when there is a GPU, else CPU; 'cuda' without a GPU is a config error."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device = 'cuda' but no CUDA GPU is visible; use 'auto' or 'cpu'")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def autocast(device: torch.device) -> torch.autocast:
+    """bf16 autocast on CUDA; a disabled context on CPU."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16,
+                          enabled=device.type == "cuda")
+
+
+def split_batch(windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Windows (B, W+1) -> contiguous inputs (B, W) and targets (B, W); non-bases are ignored."""
+    x = windows[:, :-1].contiguous()
+    y = windows[:, 1:].clone()
+    y[(y < A) | (y > T)] = IGNORE
+    return x, y
+
+
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of next-base logits (B, W, V) against targets (B, W), in nats."""
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                           ignore_index=IGNORE, reduction=reduction)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up to ``lr``, then cosine decay to ``min_lr_ratio * lr`` at ``steps``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(cfg.steps - cfg.warmup_steps, 1)
+    cosine = 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    return cfg.lr * (cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * cosine)
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (not on norms, biases or embeddings)."""
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
+    rest = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embed" not in n)]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": rest, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Held-out next-base prediction quality."""
+
+    bits_per_base: float
+    bases: int
+
+    @property
+    def loss(self) -> float:
+        """Mean loss in nats per base."""
+        return self.bits_per_base * LN2
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, windows: torch.Tensor, *, device: torch.device,
+             batch_size: int = 8) -> EvalResult:
+    """Bits per base of ``model`` on evaluation windows (N, W+1), scored on A/C/G/T targets."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for chunk in torch.split(windows, batch_size):
+        x, y = split_batch(chunk.to(device))
+        with autocast(device):
+            logits = model(x)
+        total += float(lm_loss(logits, y, reduction="sum"))
+        count += int((y != IGNORE).sum())
+    model.train(was_training)
+    return EvalResult(bits_per_base=total / max(count, 1) / LN2, bases=count)
+
+
+def endless(dataset: Dataset[torch.Tensor], batch_size: int, seed: int) -> Iterator[torch.Tensor]:
+    """Batches of windows (B, W+1), reshuffling units every pass, forever."""
+    generator = torch.Generator().manual_seed(seed)
+    loader = DataLoader(dataset, batch_size=batch_size, drop_last=False,
+                        sampler=RandomSampler(dataset, generator=generator))  # type: ignore[arg-type]
+    while True:
+        yield from loader
+
+
+@dataclass
+class TrainResult:
+    """What a training run did."""
+
+    steps: int
+    seconds: float
+    losses: list[float] = field(default_factory=list)
+    evals: list[tuple[int, EvalResult]] = field(default_factory=list)
+
+
+StepCallback = Callable[[int, float], None]
+
+
+def train(model: nn.Module, batches: Iterator[torch.Tensor], cfg: TrainConfig, *,
+          device: torch.device, eval_windows: torch.Tensor | None = None,
+          markov: MarkovBaseline | None = None, on_step: StepCallback | None = None) -> TrainResult:
+    """Train ``model`` for ``cfg.steps`` steps of AdamW on ``batches``; optionally fit ``markov``.
+
+    The Markov baseline sees exactly the windows the model trains on.
+    """
+    model.to(device).train()
+    optimizer = make_optimizer(model, cfg)
+    result = TrainResult(steps=0, seconds=0.0)
+    start = time.perf_counter()
+    for step in range(cfg.steps):
+        windows = next(batches)
+        if markov is not None:
+            markov.update(windows)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        x, y = split_batch(windows.to(device))
+        with autocast(device):
+            loss = lm_loss(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        result.losses.append(loss.item())
+        result.steps = step + 1
+        if on_step is not None:
+            on_step(step + 1, result.losses[-1])
+        if eval_windows is not None and cfg.eval_every and (step + 1) % cfg.eval_every == 0:
+            result.evals.append((step + 1, evaluate(model, eval_windows, device=device)))
+    result.seconds = time.perf_counter() - start
+    return result

@@ -1,0 +1,45 @@
+"""Shared fixtures: the real genomes (fetched once into the cache) and hospital sites built from them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from configs.schema import Preset, load_preset
+from shared.fetch import DataPaths, default_cache, fetch_data
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def data_paths() -> DataPaths:
+    """The real data from Debian packages, fetched once (idempotent) into the user's cache."""
+    return fetch_data(default_cache())
+
+
+@pytest.fixture(scope="session")
+def sites_dir(data_paths: DataPaths, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory holding the four site folders built from the 379 real people."""
+    from shared.sites import make_sites
+
+    out = tmp_path_factory.mktemp("sites")
+    make_sites(data_paths, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny() -> Preset:
+    """The tiny preset: a model under 1M parameters and short windows, for fast tests."""
+    return load_preset("tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(sites_dir: Path, tiny: Preset, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny baseline trained briefly on the three real hospital sites."""
+    from fedgenome.cmd_model import find_sites, run_baseline
+
+    out = tmp_path_factory.mktemp("ckpt") / "baseline"
+    run_baseline(find_sites([sites_dir]), tiny, out=out, preset_name="tiny", device_name="cpu")
+    return out

@@ -1,0 +1,130 @@
+"""The command line: real commands end to end, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fedgenome.cli import main
+from shared.fetch import DataPaths
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    out, err = capsys.readouterr()
+    return int(exit_info.value.code or 0), out, err
+
+
+def assert_one_line_error(code: int, err: str, *needles: str) -> None:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code != 0
+    assert len(lines) == 1, err
+    assert lines[0].startswith("fedgenome: error: ")
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0]
+
+
+def test_eval_prints_model_and_markov_bits(tiny_checkpoint: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(["eval", str(tiny_checkpoint), "--device", "cpu"], capsys)
+    assert code == 0
+    assert "20:58025520-63025520" in out
+    assert "model" in out and "Markov order-3 baseline" in out
+    assert out.count("1.9") >= 2 or out.count("1.8") >= 1
+
+
+def test_eval_on_a_fasta(tiny_checkpoint: Path, data_paths: DataPaths,
+                         capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(["eval", str(tiny_checkpoint), "--fasta", str(data_paths.mt_fasta)], capsys)
+    assert code == 0 and "MT-human.fa" in out
+
+
+def test_score_writes_a_tsv(tiny_checkpoint: Path, sites_dir: Path, tmp_path: Path,
+                           capsys: pytest.CaptureFixture[str]) -> None:
+    out_tsv = tmp_path / "scores.tsv"
+    vcf = sites_dir / "unseen-ibs" / "patients.vcf.gz"
+    code, _, _ = run_cli(["score", str(tiny_checkpoint), str(vcf), "--out", str(out_tsv),
+                          "--window", "32"], capsys)
+    assert code == 0
+    lines = out_tsv.read_text().splitlines()
+    assert lines[0].split("\t") == ["chrom", "pos", "id", "ref", "alt", "ll_ref", "ll_alt", "delta"]
+    assert len(lines) > 1000
+
+
+def test_bad_fasta_is_one_line(tiny_checkpoint: Path, tmp_path: Path,
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.fa"
+    bad.write_text(">x\nACGT?ACGT\n")
+    code, _, err = run_cli(["eval", str(tiny_checkpoint), "--fasta", str(bad)], capsys)
+    assert_one_line_error(code, err, str(bad), "record 'x'", "IUPAC")
+
+
+def test_empty_fasta_record_is_one_line(tiny_checkpoint: Path, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "empty.fa"
+    bad.write_text(">x\n>y\nACGT\n")
+    code, _, err = run_cli(["eval", str(tiny_checkpoint), "--fasta", str(bad)], capsys)
+    assert_one_line_error(code, err, "record 'x' is empty")
+
+
+def test_vcf_ref_mismatch_is_one_line_and_writes_nothing(
+        tiny_checkpoint: Path, data_paths: DataPaths, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from shared.genomes import Reference
+    seq = Reference(data_paths.reference).tokens("20")
+    good = "ACGT"[int(seq[30_000_000]) - 5]
+    wrong = next(b for b in "ACGT" if b != "ACGT"[int(seq[30_000_100]) - 5])
+    vcf = tmp_path / "v.vcf"
+    vcf.write_text("##fileformat=VCFv4.2\n##contig=<ID=20,length=63025520>\n"
+                   "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n"
+                   f"20\t30000001\tok\t{good}\t{'T' if good != 'T' else 'A'}\t.\t.\t.\n"
+                   f"20\t30000101\tbad\t{wrong}\t{'C' if wrong != 'C' else 'G'}\t.\t.\t.\n")
+    out_tsv = tmp_path / "scores.tsv"
+    code, _, err = run_cli(["score", str(tiny_checkpoint), str(vcf), "--out", str(out_tsv)], capsys)
+    assert_one_line_error(code, err, f"REF {wrong} at 20:30000101 disagrees")
+    assert not out_tsv.exists()
+    assert not list(tmp_path.glob(".scores.tsv*"))
+
+
+def test_missing_files_are_one_line(tiny_checkpoint: Path, tmp_path: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(["eval", str(tmp_path / "nope")], capsys)
+    assert_one_line_error(code, err, "not a checkpoint")
+    code, _, err = run_cli(["score", str(tiny_checkpoint), str(tmp_path / "nope.vcf")], capsys)
+    assert_one_line_error(code, err, "nope.vcf: VCF not found")
+    code, _, err = run_cli(["eval", str(tiny_checkpoint), "--fasta", str(tmp_path)], capsys)
+    assert_one_line_error(code, err, "FASTA file not found")
+
+
+def test_unknown_config_key_and_out_of_range_value(sites_dir: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text("[train]\nlearning_rate = 0.1\n")
+    code, _, err = run_cli(["train", str(sites_dir), "--preset", "tiny", "--config", str(config),
+                            "--out", str(tmp_path / "ck")], capsys)
+    assert_one_line_error(code, err, "unknown key 'train.learning_rate'")
+    code, _, err = run_cli(["train", str(sites_dir), "--preset", "tiny", "--steps", "0",
+                            "--out", str(tmp_path / "ck")], capsys)
+    assert_one_line_error(code, err, "key 'train.steps' = 0", "greater than 0")
+    assert not (tmp_path / "ck").exists()
+
+
+def test_not_a_site_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(["train", str(tmp_path / "missing"), "--preset", "tiny"], capsys)
+    assert_one_line_error(code, err, "not a site directory")
+
+
+def test_real_process_exit_code_and_no_traceback(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "fedgenome", "eval", str(tmp_path)],
+                          capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"},
+                          timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"fedgenome: error: {tmp_path}: not a checkpoint (needs config.json and model.safetensors); "
+        "pass a directory written by 'fedgenome train'"]

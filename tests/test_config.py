@@ -1,0 +1,57 @@
+"""Config presets and validation: unknown keys and out-of-range values name the key and the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from configs.schema import load_preset, load_site_manifest, preset_names
+from shared.errors import ConfigError
+from shared.model import GenomeLM
+
+
+def test_presets_parse_and_sizes_fit_their_purpose() -> None:
+    assert preset_names() == ["base", "large", "small", "tiny"]
+    assert GenomeLM(load_preset("tiny").model).num_params() < 1_000_000
+    assert 5_000_000 <= GenomeLM(load_preset("small").model).num_params() <= 20_000_000
+
+
+def test_unknown_key_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text("[model]\nd_modle = 64\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'model.d_modle'"):
+        load_preset(str(path))
+
+
+def test_out_of_range_value_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"key 'train.lr' = -0.1: Input should be greater than 0"):
+        load_preset("tiny", {"train": {"lr": -0.1}})
+
+
+def test_heads_must_divide_width() -> None:
+    with pytest.raises(ConfigError, match="n_head=5 must divide d_model=64"):
+        load_preset("tiny", {"model": {"n_head": 5}})
+
+
+def test_unknown_preset_lists_valid_names() -> None:
+    with pytest.raises(ConfigError, match="valid presets: base, large, small, tiny"):
+        load_preset("huge")
+
+
+def test_bad_toml_syntax(tmp_path: Path) -> None:
+    path = tmp_path / "broken.toml"
+    path.write_text("[model\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_preset(str(path))
+
+
+def test_site_manifest_needs_paths_for_its_kind(tmp_path: Path) -> None:
+    (tmp_path / "site.toml").write_text('name = "x"\nkind = "vcf"\nreference = "ref.fa"\n')
+    with pytest.raises(ConfigError, match="needs both 'reference' and 'vcf'"):
+        load_site_manifest(tmp_path)
+
+
+def test_missing_site_manifest(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"no site\.toml here"):
+        load_site_manifest(tmp_path)

@@ -1,0 +1,101 @@
+"""Training pieces: schedule, Markov baseline, checkpoints, held-out evaluation, variant scores."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from configs.schema import Preset, TrainConfig
+from shared.checkpoint import load_checkpoint, save_checkpoint
+from shared.errors import IncompatibleModelError, InputFileError
+from shared.genomes import Reference
+from shared.markov import MarkovBaseline
+from shared.model import GenomeLM
+from shared.scoring import score_variants
+from shared.tokenizer import encode
+from shared.train import lr_at
+
+
+def test_warmup_then_cosine_to_the_floor() -> None:
+    cfg = TrainConfig(steps=100, lr=1e-3, warmup_steps=10, min_lr_ratio=0.1)
+    lrs = [lr_at(s, cfg) for s in range(101)]
+    assert lrs[0] == pytest.approx(1e-4)
+    assert lrs[9] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in itertools.pairwise(lrs[9:]))
+    assert lrs[100] == pytest.approx(1e-4)
+
+
+def test_markov_baseline_learns_structure_and_is_near_two_bits_on_noise() -> None:
+    periodic = torch.from_numpy(encode("ACGGT" * 400).astype("int64"))[None]
+    markov = MarkovBaseline(3)
+    markov.update(periodic)
+    assert markov.bits_per_base(periodic) < 0.1
+    noise = torch.randint(5, 9, (8, 4000))
+    uniform = MarkovBaseline(3)
+    uniform.update(noise)
+    assert abs(uniform.bits_per_base(noise) - 2.0) < 0.05
+
+
+def test_markov_state_round_trips() -> None:
+    windows = torch.randint(5, 10, (4, 300))
+    markov = MarkovBaseline(4)
+    markov.update(windows)
+    again = MarkovBaseline.from_state(markov.state())
+    assert again.order == 4
+    assert again.bits_per_base(windows) == markov.bits_per_base(windows)
+
+
+def test_checkpoint_round_trip_gives_identical_outputs(tiny: Preset, tmp_path: Path) -> None:
+    model = GenomeLM(tiny.model).eval()
+    save_checkpoint(tmp_path / "ck", model, meta={"note": "x"})
+    loaded = load_checkpoint(tmp_path / "ck")
+    x = torch.randint(5, 10, (2, 64))
+    assert torch.equal(model(x), loaded.model.eval()(x))
+    assert loaded.meta == {"note": "x"}
+    assert not list(tmp_path.glob(".ck.*"))  # no temporary directory left behind
+
+
+def test_checkpoint_of_another_shape_is_refused(tiny: Preset, tmp_path: Path) -> None:
+    save_checkpoint(tmp_path / "ck", GenomeLM(tiny.model), meta={})
+    config = json.loads((tmp_path / "ck" / "config.json").read_text())
+    config["model"]["d_model"] = 32
+    (tmp_path / "ck" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(IncompatibleModelError, match=r"has shape .* the model expects"):
+        load_checkpoint(tmp_path / "ck")
+
+
+def test_damaged_checkpoint_is_refused(tiny: Preset, tmp_path: Path) -> None:
+    save_checkpoint(tmp_path / "ck", GenomeLM(tiny.model), meta={})
+    (tmp_path / "ck" / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(InputFileError, match="unreadable safetensors"):
+        load_checkpoint(tmp_path / "ck")
+
+
+def test_trained_baseline_beats_the_untrained_model(tiny_checkpoint: Path) -> None:
+    meta = load_checkpoint(tiny_checkpoint).meta
+    assert meta["sites"] == ["hospital-ceu", "hospital-gbr-fin", "hospital-tsi"]
+    assert meta["holdout"] == [{"contig": "20", "start": 58_025_520, "end": 63_025_520}]
+    assert 1.8 < meta["heldout_bits_per_base"] < 2.0  # below log2(4) = 2 after a few steps
+    assert 1.8 < meta["markov_bits_per_base"] < 2.0
+
+
+def test_variant_scores_are_alt_minus_ref(tiny_checkpoint: Path, sites_dir: Path) -> None:
+    ckpt = load_checkpoint(tiny_checkpoint)
+    ref = Reference(Path(ckpt.meta["reference"]))
+    vcf = sites_dir / "unseen-ibs" / "patients.vcf.gz"
+    scores = []
+    for score in score_variants(ckpt.model, ref, vcf, window=64, device=torch.device("cpu")):
+        scores.append(score)
+        if len(scores) == 10:
+            break
+    assert len(scores) == 10
+    for s in scores:
+        assert s.ref == "ACGT"[int(ref.tokens("20")[s.pos - 1]) - 5]
+        assert s.ref != s.alt and math.isfinite(s.delta)
+        assert s.delta == pytest.approx(s.ll_alt - s.ll_ref)
+    assert any(s.delta != 0 for s in scores)

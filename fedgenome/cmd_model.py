@@ -79,6 +79,7 @@ class BaselineRun:
     before: EvalResult
     after: EvalResult
     markov_bits: float
+    markov_order: int
     checkpoint: Path
 
 
@@ -117,7 +118,8 @@ def run_baseline(sites: list[Path], preset: Preset, *, out: Path, preset_name: s
             "heldout_bits_per_base": after.bits_per_base, "markov_bits_per_base": markov_bits,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     save_checkpoint(out, model, meta=meta, markov=markov)
-    return BaselineRun(before=before, after=after, markov_bits=markov_bits, checkpoint=out)
+    return BaselineRun(before=before, after=after, markov_bits=markov_bits,
+                       markov_order=markov.order, checkpoint=out)
 
 
 def _bits_table(title: str, rows: list[tuple[str, str, str]]) -> Table:
@@ -133,7 +135,7 @@ def _print_run(run: BaselineRun) -> None:
     Console().print(_bits_table("Held-out chr20 (last 5 Mb)", [
         ("untrained model", f"{run.before.bits_per_base:.4f}", f"{run.before.bases:,}"),
         ("trained model", f"{run.after.bits_per_base:.4f}", f"{run.after.bases:,}"),
-        ("Markov k-mer baseline", f"{run.markov_bits:.4f}", f"{run.after.bases:,}"),
+        (f"Markov order-{run.markov_order} baseline", f"{run.markov_bits:.4f}", f"{run.after.bases:,}"),
     ]))
     Console().print(f"checkpoint: {run.checkpoint}")
 
@@ -240,11 +242,11 @@ def demo_command(
 ) -> None:
     """Fetch the real genomes, build the hospital sites, train the baseline, print bits per base."""
     from shared.fetch import default_cache, fetch_data
-    from shared.sites import make_sites
+    from shared.sites import ensure_sites
 
     paths = fetch_data(cache or default_cache())
     sites_dir = workdir / "sites"
-    make_sites(paths, sites_dir)
+    ensure_sites(paths, sites_dir)
     cfg = build_preset(preset, None, train__steps=steps)
     _print_run(run_baseline(find_sites([sites_dir]), cfg, out=workdir / "baseline",
                             preset_name=preset, device_name=device))

@@ -29,3 +29,7 @@ class PrivacyBudgetExhausted(FedGenomeError):
     """Training would take a site past its privacy budget, so nothing was trained or sent."""
 
     exit_code = 3
+
+
+class LedgerError(FedGenomeError):
+    """A privacy ledger fails verification: a bad signature, a broken hash chain, a missing entry."""

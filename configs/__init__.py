@@ -2,6 +2,7 @@
 
 from configs.schema import (
     DataConfig,
+    DPConfig,
     ModelConfig,
     Preset,
     Region,
@@ -14,6 +15,7 @@ from configs.schema import (
 )
 
 __all__ = [
+    "DPConfig",
     "DataConfig",
     "ModelConfig",
     "Preset",

@@ -76,12 +76,33 @@ class TrainConfig(_Frozen):
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
+class DPConfig(_Frozen):
+    """Patient-level DP-SGD settings of a training run (the budget itself is the site's)."""
+
+    noise_multiplier: float | None = Field(
+        None, ge=0.0, description="Gaussian noise / clip norm; when set, target_epsilon is not used")
+    target_epsilon: float | None = Field(
+        None, gt=0.0, description="epsilon the planned steps should reach (used to calibrate sigma)")
+    max_grad_norm: float = Field(1.0, gt=0.0, description="per-patient gradient clipping norm C")
+    patients_per_step: int = Field(16, gt=0, description="expected Poisson batch: q = this / patients")
+    grad_sample_mode: Literal["hooks", "ghost"] = "hooks"
+    accountant: Literal["rdp", "prv"] = "rdp"
+    secure_mode: bool = Field(False, description="cryptographically secure noise (needs torchcsprng)")
+
+    @model_validator(mode="after")
+    def _noise_or_target(self) -> DPConfig:
+        if self.noise_multiplier is None and self.target_epsilon is None:
+            raise ValueError("set 'noise_multiplier', or 'target_epsilon' to calibrate it")
+        return self
+
+
 class Preset(_Frozen):
     """A named bundle of model, data and training settings (``configs/presets/*.toml``)."""
 
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
+    privacy: DPConfig = DPConfig(target_epsilon=8.0)
 
 
 class Region(_Frozen):

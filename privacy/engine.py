@@ -1,0 +1,121 @@
+"""Patient-level DP-SGD with Opacus: ``make_private`` and one private step.
+
+Each dataset item is one patient (one window of one of their haplotypes), and Opacus' Poisson
+sampler draws patients with rate q, so every per-sample gradient is a per-patient gradient: it is
+clipped to norm C and Gaussian noise of standard deviation sigma * C is added to their sum.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from opacus import PrivacyEngine
+from opacus.optimizers import DPOptimizer
+from opacus.validators import ModuleValidator
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+import privacy.grad_samplers  # noqa: F401  (registers the fast depthwise-conv sampler)
+from configs.schema import DPConfig
+from shared.errors import ConfigError
+from shared.train import IGNORE, autocast, split_batch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PrivateSetup:
+    """What ``make_private`` returns: always the same fields, whatever the mode."""
+
+    module: nn.Module  # the model wrapped for per-sample gradients
+    optimizer: DPOptimizer
+    data_loader: DataLoader[Any]  # Poisson sampling over patients
+    criterion: Callable[..., Any] | None  # the per-sample loss wrapper of ghost clipping, else None
+    sample_rate: float
+    noise_multiplier: float
+    max_grad_norm: float
+    grad_sample_mode: str
+
+    def close(self) -> None:
+        """Remove Opacus' hooks and per-sample attributes; the model keeps its trained weights."""
+        close = getattr(self.module, "_close", None)
+        if close is not None:
+            close()
+
+
+def per_sample_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-base loss of each sample (B,), over its own A/C/G/T targets only.
+
+    Normalising per sample (not by the batch's token count) keeps each patient's gradient
+    independent of the other patients in the batch.
+    """
+    token = torch.nn.functional.cross_entropy(
+        logits.float().transpose(1, 2), targets, ignore_index=IGNORE, reduction="none")  # (B, W)
+    valid = (targets != IGNORE).sum(dim=1).clamp(min=1)
+    return token.sum(dim=1) / valid  # (B,)
+
+
+def make_private(*, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 dataset: Dataset[torch.Tensor], settings: DPConfig, noise_multiplier: float,
+                 seed: int | None = None) -> PrivateSetup:
+    """Wrap ``model``, ``optimizer`` and a Poisson loader over ``dataset`` (one item per patient)."""
+    errors = ModuleValidator.validate(model, strict=False)
+    if errors:
+        raise ConfigError(f"the model has layers Opacus cannot train privately: {errors[0]}")
+    n = len(dataset)  # type: ignore[arg-type]
+    if settings.patients_per_step > n:
+        raise ConfigError(f"privacy.patients_per_step = {settings.patients_per_step} exceeds the "
+                          f"{n} patients of the site; lower it")
+    engine = _engine(settings)
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    loader = DataLoader(dataset, batch_size=settings.patients_per_step, generator=generator)
+    ghost = settings.grad_sample_mode == "ghost"
+    criterion = nn.CrossEntropyLoss(ignore_index=IGNORE)
+    out = engine.make_private(
+        module=model, optimizer=optimizer, data_loader=loader, criterion=criterion,
+        noise_multiplier=noise_multiplier, max_grad_norm=settings.max_grad_norm,
+        poisson_sampling=True, grad_sample_mode=settings.grad_sample_mode, loss_reduction="mean")
+    if ghost:  # Opacus returns (module, optimizer, criterion, loader) here, a 3-tuple otherwise
+        module, dp_optimizer, dp_criterion, dp_loader = out
+    else:
+        (module, dp_optimizer, dp_loader), dp_criterion = out, None
+    return PrivateSetup(module=module, optimizer=dp_optimizer, data_loader=dp_loader,
+                        criterion=dp_criterion,
+                        sample_rate=settings.patients_per_step / n,
+                        noise_multiplier=noise_multiplier, max_grad_norm=settings.max_grad_norm,
+                        grad_sample_mode=settings.grad_sample_mode)
+
+
+def _engine(settings: DPConfig) -> PrivacyEngine:
+    if not settings.secure_mode:
+        return PrivacyEngine(accountant=settings.accountant, secure_mode=False)
+    try:
+        return PrivacyEngine(accountant=settings.accountant, secure_mode=True)
+    except ImportError:
+        raise ConfigError("privacy.secure_mode = true needs the torchcsprng package (a secure "
+                          "random generator for the noise); install it, or set secure_mode = "
+                          "false outside production") from None
+
+
+def private_step(setup: PrivateSetup, windows: torch.Tensor, *, device: torch.device) -> float:
+    """One DP-SGD step on a Poisson batch of patients' windows (B, W+1); returns the mean loss.
+
+    An empty batch (possible under Poisson sampling) still takes a step: noise only.
+    """
+    x, y = split_batch(windows.to(device))
+    setup.optimizer.zero_grad(set_to_none=True)
+    with autocast(device):
+        logits = setup.module(x)  # (B, W, V)
+    if setup.criterion is not None:  # ghost clipping: two backward passes inside
+        loss = setup.criterion(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1),
+                               shape=logits.shape)
+    else:
+        loss = per_sample_loss(logits, y).mean()
+    loss.backward()
+    setup.optimizer.step()
+    value = float(loss.item()) if x.shape[0] else float("nan")
+    return value

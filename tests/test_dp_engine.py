@@ -1,0 +1,116 @@
+"""Patient-level DP-SGD: compare-to-vanilla, clipped per-patient norms, noise, fast samplers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from opacus import GradSampleModule
+from torch.utils.data import Dataset
+
+from configs.schema import DPConfig, Preset
+from privacy.engine import make_private, per_sample_loss, private_step
+from shared.model import CausalDepthwiseConv, GenomeLM
+from shared.train import split_batch
+
+CPU = torch.device("cpu")
+
+
+class Windows(Dataset[torch.Tensor]):
+    """Fixed windows, one per 'patient'."""
+
+    def __init__(self, windows: torch.Tensor) -> None:
+        self.windows = windows
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.windows[i]
+
+
+def flat_params(model: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def private_copy(model: GenomeLM, windows: torch.Tensor, *, mode: str, sigma: float, clip: float,
+                 per_step: int) -> tuple[GenomeLM, object]:
+    twin = GenomeLM(model.config)
+    twin.load_state_dict(model.state_dict())
+    settings = DPConfig(noise_multiplier=sigma, max_grad_norm=clip, patients_per_step=per_step,
+                        grad_sample_mode=mode)  # type: ignore[arg-type]
+    setup = make_private(model=twin, optimizer=torch.optim.SGD(twin.parameters(), lr=1.0),
+                         dataset=Windows(windows), settings=settings, noise_multiplier=sigma, seed=0)
+    return twin, setup
+
+
+@pytest.mark.parametrize("mode", ["hooks", "ghost"])
+def test_compare_to_vanilla(tiny: Preset, mode: str) -> None:
+    torch.manual_seed(0)
+    model = GenomeLM(tiny.model)
+    batch = torch.randint(5, 9, (6, 65))
+    twin, setup = private_copy(model, batch, mode=mode, sigma=0.0, clip=1e6, per_step=6)
+    private_step(setup, batch, device=CPU)  # type: ignore[arg-type]
+    vanilla = GenomeLM(tiny.model)
+    vanilla.load_state_dict(model.state_dict())
+    optimizer = torch.optim.SGD(vanilla.parameters(), lr=1.0)
+    x, y = split_batch(batch)
+    per_sample_loss(vanilla(x), y).mean().backward()
+    optimizer.step()
+    assert torch.allclose(flat_params(twin), flat_params(vanilla), atol=1e-5)
+    assert not torch.allclose(flat_params(twin), flat_params(model))
+
+
+@pytest.mark.parametrize("mode", ["hooks", "ghost"])
+def test_every_patients_clipped_gradient_has_norm_at_most_c(tiny: Preset, mode: str) -> None:
+    torch.manual_seed(1)
+    model = GenomeLM(tiny.model)
+    clip = 0.05
+    for patient in range(4):
+        window = torch.randint(5, 9, (1, 65))
+        twin, setup = private_copy(model, window, mode=mode, sigma=0.0, clip=clip, per_step=1)
+        private_step(setup, window, device=CPU)  # type: ignore[arg-type]
+        step = (flat_params(twin) - flat_params(model)).norm().item()
+        assert step <= clip * (1 + 1e-4), (patient, step)
+        assert step > 0.99 * clip  # the raw gradient is larger than C, so clipping was active
+
+
+def test_noise_changes_the_update(tiny: Preset) -> None:
+    model = GenomeLM(tiny.model)
+    batch = torch.randint(5, 9, (4, 65))
+    a, setup_a = private_copy(model, batch, mode="hooks", sigma=1.0, clip=1.0, per_step=4)
+    b, setup_b = private_copy(model, batch, mode="hooks", sigma=1.0, clip=1.0, per_step=4)
+    private_step(setup_a, batch, device=CPU)  # type: ignore[arg-type]
+    private_step(setup_b, batch, device=CPU)  # type: ignore[arg-type]
+    assert not torch.allclose(flat_params(a), flat_params(b))
+
+
+def test_empty_poisson_batch_still_steps_with_noise(tiny: Preset) -> None:
+    model = GenomeLM(tiny.model)
+    batch = torch.randint(5, 9, (4, 65))
+    twin, setup = private_copy(model, batch, mode="hooks", sigma=1.0, clip=1.0, per_step=2)
+    private_step(setup, batch[:0], device=CPU)  # type: ignore[arg-type]
+    assert not torch.allclose(flat_params(twin), flat_params(model))
+    assert torch.isfinite(flat_params(twin)).all()
+
+
+def test_fast_depthwise_sampler_matches_a_loop() -> None:
+    torch.manual_seed(0)
+    conv = CausalDepthwiseConv(6, 5)
+    u = torch.randn(3, 6, 20)
+    gsm = GradSampleModule(conv, loss_reduction="sum")
+    (gsm(u) ** 2).sum().backward()
+    for i in range(3):
+        ref = CausalDepthwiseConv(6, 5)
+        ref.load_state_dict(conv.state_dict())
+        (ref(u[i : i + 1]) ** 2).sum().backward()
+        assert torch.allclose(conv.weight.grad_sample[i], ref.weight.grad, atol=1e-5)
+        assert torch.allclose(conv.bias.grad_sample[i], ref.bias.grad, atol=1e-5)
+
+
+def test_too_many_patients_per_step_is_refused(tiny: Preset) -> None:
+    from shared.errors import ConfigError
+    model = GenomeLM(tiny.model)
+    with pytest.raises(ConfigError, match="patients_per_step = 8 exceeds the 3 patients"):
+        make_private(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                     dataset=Windows(torch.randint(5, 9, (3, 65))), settings=tiny.privacy,
+                     noise_multiplier=1.0)

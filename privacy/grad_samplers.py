@@ -11,14 +11,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from opacus.grad_sample import register_grad_sampler
-from torch import nn
 
 from shared.model import CausalDepthwiseConv
 
 
-@register_grad_sampler(CausalDepthwiseConv)  # type: ignore[misc]
+@register_grad_sampler(CausalDepthwiseConv)  # type: ignore[misc, untyped-decorator]
 def causal_depthwise_grad_sample(layer: CausalDepthwiseConv, activations: list[torch.Tensor],
-                                 backprops: torch.Tensor) -> dict[nn.Parameter, torch.Tensor]:
+                                 backprops: torch.Tensor) -> dict[torch.Tensor, torch.Tensor]:
     """Per-sample gradients of weight (B, C, 1, K) and bias (B, C).
 
     The layer computes out[b, c, t] = bias[c] + sum_k w[c, k] * u[b, c, t + k - (K - 1)] (zero for
@@ -27,7 +26,7 @@ def causal_depthwise_grad_sample(layer: CausalDepthwiseConv, activations: list[t
     u = activations[0]  # (B, C, T)
     K = layer.kernel_size[0]
     windows = F.pad(u, (K - 1, 0)).unfold(2, K, 1)  # (B, C, T, K)
-    grads: dict[nn.Parameter, torch.Tensor] = {}
+    grads: dict[torch.Tensor, torch.Tensor] = {}
     if layer.weight.requires_grad:
         grads[layer.weight] = torch.einsum("bct,bctk->bck", backprops, windows).unsqueeze(2)
     if layer.bias is not None and layer.bias.requires_grad:

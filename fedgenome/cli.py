@@ -10,6 +10,7 @@ import click
 import typer
 
 from fedgenome import cmd_model
+from privacy import cli as privacy_cli
 from shared import cli_data
 from shared.errors import FedGenomeError
 
@@ -23,6 +24,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(cli_data.app, name="data")
+app.add_typer(privacy_cli.app, name="privacy")
 app.command("train")(cmd_model.train_command)
 app.command("eval")(cmd_model.eval_command)
 app.command("score")(cmd_model.score_command)

@@ -1,0 +1,66 @@
+"""``fedgenome privacy``: the ε a training run spends, and the noise that meets a budget."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated
+
+import typer
+
+from privacy.accounting import ACCOUNTANTS, check_arguments, epsilon, plan_noise_multiplier
+from privacy.mechanism import Mechanism
+
+app = typer.Typer(
+    name="privacy",
+    help="Privacy accounting: the (ε, δ) of subsampled-Gaussian training, and noise planning.",
+    no_args_is_help=True,
+)
+
+# Ranges are checked by privacy.accounting.check_arguments (one-line ConfigError), not by typer's min/max.
+SampleRate = Annotated[
+    float, typer.Option("--sample-rate", help="Poisson sampling rate q per step, in (0, 1].")
+]
+Steps = Annotated[int, typer.Option("--steps", help="Total number of steps (rounds x local steps), >= 0.")]
+Delta = Annotated[float, typer.Option("--delta", help="The δ of (ε, δ)-DP, in (0, 1); e.g. 1e-5.")]
+
+_NAMES = ", ".join(sorted(ACCOUNTANTS))
+
+
+@app.command("epsilon")
+def epsilon_command(
+    noise_multiplier: Annotated[
+        float,
+        typer.Option("--noise-multiplier", help="Noise standard deviation over the clipping norm, >= 0."),
+    ],
+    sample_rate: SampleRate,
+    steps: Steps,
+    delta: Delta,
+    accountant: Annotated[str, typer.Option("--accountant", help=f"One of: {_NAMES}.")] = "rdp",
+) -> None:
+    """Print the ε spent by STEPS steps of the subsampled Gaussian mechanism."""
+    check_arguments(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps, delta=delta)
+    eps = epsilon(history=[Mechanism(noise_multiplier, sample_rate, steps)], delta=delta,
+                  accountant=accountant)
+    typer.echo(f"epsilon = {eps:.4f} ({accountant}, sigma={noise_multiplier:g}, q={sample_rate:g}, "
+               f"steps={steps}, delta={delta:g})")
+
+
+@app.command("plan")
+def plan_command(
+    target_epsilon: Annotated[float, typer.Option("--target-epsilon", help="The ε budget, > 0.")],
+    delta: Delta,
+    sample_rate: SampleRate,
+    steps: Steps,
+    accountant: Annotated[str, typer.Option("--accountant", help=f"One of: {_NAMES}.")] = "rdp",
+) -> None:
+    """Print the noise multiplier that keeps ε within the target, and the ε it reaches.
+
+    The noise multiplier is rounded up to 4 decimals (more noise), and the ε shown is the one at the
+    printed value, so it never exceeds the target.
+    """
+    sigma = plan_noise_multiplier(target_epsilon=target_epsilon, delta=delta, sample_rate=sample_rate,
+                                  steps=steps, accountant=accountant)
+    shown = math.ceil(sigma * 1e4) / 1e4
+    eps = epsilon(history=[Mechanism(shown, sample_rate, steps)], delta=delta, accountant=accountant)
+    typer.echo(f"noise_multiplier = {shown:.4f} reaches epsilon = {eps:.4f} (target {target_epsilon:g}, "
+               f"{accountant}, q={sample_rate:g}, steps={steps}, delta={delta:g})")

@@ -3,28 +3,25 @@
 from __future__ import annotations
 
 import logging
-import time
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
-import torch
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
-from torch.utils.data import ConcatDataset
 
 from configs.schema import Preset, Region, load_preset, load_site_manifest, read_toml
+from fedgenome.training import TrainingRun, run_baseline, run_private
 from shared.atomic import atomic_path
-from shared.checkpoint import load_checkpoint, save_checkpoint
-from shared.datasets import open_site, read_fasta_records, tile_windows
+from shared.checkpoint import load_checkpoint
+from shared.datasets import read_fasta_records, tile_windows
 from shared.errors import ConfigError
 from shared.genomes import Reference
-from shared.markov import MarkovBaseline
-from shared.model import GenomeLM
 from shared.scoring import COLUMNS, score_variants
-from shared.train import EvalResult, endless, evaluate, pick_device, train
+from shared.train import evaluate, pick_device
 
 log = logging.getLogger(__name__)
 console = Console(stderr=True)
@@ -72,54 +69,12 @@ def build_preset(preset: str, config: Path | None, **overrides: Any) -> Preset:
     return load_preset(preset, merged)
 
 
-@dataclass(frozen=True)
-class BaselineRun:
-    """A trained centralized baseline and its held-out scores."""
-
-    before: EvalResult
-    after: EvalResult
-    markov_bits: float
-    markov_order: int
-    checkpoint: Path
-
-
-def run_baseline(sites: list[Path], preset: Preset, *, out: Path, preset_name: str,
-                 device_name: str) -> BaselineRun:
-    """Train the non-private baseline on every site's patients, evaluate, save a checkpoint."""
-    device = pick_device(device_name if device_name != "auto" else preset.train.device)
-    torch.manual_seed(preset.train.seed)
-    opened = [open_site(s, preset.data, seed=preset.train.seed + i, cache_dir=s / "state")
-              for i, s in enumerate(sites)]
-    first = opened[0]
-    if first.reference is None:
-        raise ConfigError(f"{sites[0]}: held-out evaluation needs a reference; list a VCF site first")
-    holdout = first.manifest.holdout
-    eval_windows = tile_windows({r.contig: first.reference.tokens(r.contig) for r in holdout},
-                                holdout, window=preset.data.window, count=preset.data.eval_windows,
-                                max_n_fraction=preset.data.max_n_fraction)
-    model = GenomeLM(preset.model).to(device)
-    log.info("model: %s parameters; %d patients in %d sites; device %s", f"{model.num_params():,}",
-             sum(len(o.dataset) for o in opened), len(opened), device)
-    before = evaluate(model, eval_windows, device=device)
-    markov = MarkovBaseline(preset.train.markov_order)
-    batches = endless(ConcatDataset([o.dataset for o in opened]), preset.train.batch_size,
-                      preset.train.seed)
+@contextmanager
+def step_progress(total: int) -> Iterator[Callable[[int, float], None]]:
+    """A progress bar over ``total`` training steps; yields the per-step callback."""
     with progress() as bar:
-        task = bar.add_task("training", total=preset.train.steps, status="")
-        result = train(model, batches, preset.train, device=device, eval_windows=eval_windows,
-                       markov=markov, on_step=lambda step, loss: bar.update(
-                           task, completed=step, status=f"loss {loss:.3f}"))
-    after = evaluate(model, eval_windows, device=device)
-    markov_bits = markov.bits_per_base(eval_windows)
-    meta = {"preset": preset_name, "data": preset.data.model_dump(),
-            "train": preset.train.model_dump(), "sites": [o.manifest.name for o in opened],
-            "reference": str(first.reference.path), "holdout": [r.model_dump() for r in holdout],
-            "steps": result.steps, "seconds": round(result.seconds, 1),
-            "heldout_bits_per_base": after.bits_per_base, "markov_bits_per_base": markov_bits,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    save_checkpoint(out, model, meta=meta, markov=markov)
-    return BaselineRun(before=before, after=after, markov_bits=markov_bits,
-                       markov_order=markov.order, checkpoint=out)
+        task = bar.add_task("training", total=total, status="")
+        yield lambda step, loss: bar.update(task, completed=step, status=f"loss {loss:.3f}")
 
 
 def _bits_table(title: str, rows: list[tuple[str, str, str]]) -> Table:
@@ -131,13 +86,21 @@ def _bits_table(title: str, rows: list[tuple[str, str, str]]) -> Table:
     return table
 
 
-def _print_run(run: BaselineRun) -> None:
-    Console().print(_bits_table("Held-out chr20 (last 5 Mb)", [
-        ("untrained model", f"{run.before.bits_per_base:.4f}", f"{run.before.bases:,}"),
-        ("trained model", f"{run.after.bits_per_base:.4f}", f"{run.after.bases:,}"),
-        (f"Markov order-{run.markov_order} baseline", f"{run.markov_bits:.4f}", f"{run.after.bases:,}"),
-    ]))
-    Console().print(f"checkpoint: {run.checkpoint}")
+def _print_run(run: TrainingRun) -> None:
+    rows = [("untrained model", f"{run.before.bits_per_base:.4f}", f"{run.before.bases:,}"),
+            ("trained model", f"{run.after.bits_per_base:.4f}", f"{run.after.bases:,}")]
+    if run.markov_bits is not None:
+        rows.append((f"Markov order-{run.markov_order} baseline", f"{run.markov_bits:.4f}",
+                     f"{run.after.bases:,}"))
+    console_out = Console()
+    console_out.print(_bits_table("Held-out chr20 (last 5 Mb)", rows))
+    if run.privacy is not None:
+        e = run.privacy.entry
+        console_out.print(f"privacy: epsilon {run.privacy.epsilon:.3f} of budget "
+                          f"{run.privacy.budget:g} at delta {e.delta:g} (sigma {e.noise_multiplier:.3f}, "
+                          f"q {e.sample_rate:.4f}, {e.local_steps} steps, {e.accountant}); ledger entry "
+                          f"{e.seq} signed")
+    console_out.print(f"checkpoint: {run.checkpoint}")
 
 
 def train_command(
@@ -151,12 +114,34 @@ def train_command(
     batch_size: Annotated[int | None, typer.Option(help="Patients per step (overrides).")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed (overrides).")] = None,
     device: Device_ = "auto",
+    dp: Annotated[bool, typer.Option("--dp", help="Patient-level DP-SGD, spending from the "
+                                     "site's privacy ledger.")] = False,
+    noise_multiplier: Annotated[float | None, typer.Option(help="DP: sigma (else calibrated "
+                                                           "from --target-epsilon).")] = None,
+    target_epsilon: Annotated[float | None, typer.Option(help="DP: epsilon the run should "
+                                                         "reach.")] = None,
+    max_grad_norm: Annotated[float | None, typer.Option(help="DP: per-patient clip C.")] = None,
+    patients_per_step: Annotated[int | None, typer.Option(help="DP: expected patients per "
+                                                          "Poisson batch.")] = None,
+    grad_sample_mode: Annotated[str | None, typer.Option(help="DP: hooks or ghost.")] = None,
+    privacy_state: Annotated[Path | None, typer.Option(help="DP: ledger and key directory "
+                                                       "(default: the site's).")] = None,
 ) -> None:
-    """Train the centralized, non-private baseline over one or more sites."""
+    """Train the centralized baseline over one or more sites: plain, or with --dp."""
     cfg = build_preset(preset, config, train__steps=steps, data__window=window,
-                       train__batch_size=batch_size, train__seed=seed)
-    _print_run(run_baseline(find_sites(sites), cfg, out=out, preset_name=preset,
-                            device_name=device))
+                       train__batch_size=batch_size, train__seed=seed,
+                       privacy__noise_multiplier=noise_multiplier,
+                       privacy__target_epsilon=target_epsilon, privacy__max_grad_norm=max_grad_norm,
+                       privacy__patients_per_step=patients_per_step,
+                       privacy__grad_sample_mode=grad_sample_mode)
+    found = find_sites(sites)
+    if dp:
+        run = run_private(found, cfg, out=out, preset_name=preset, device_name=device,
+                          state_dir=privacy_state, progress=step_progress)
+    else:
+        run = run_baseline(found, cfg, out=out, preset_name=preset, device_name=device,
+                           progress=step_progress)
+    _print_run(run)
 
 
 def _parse_region(text: str) -> Region:
@@ -249,4 +234,4 @@ def demo_command(
     ensure_sites(paths, sites_dir)
     cfg = build_preset(preset, None, train__steps=steps)
     _print_run(run_baseline(find_sites([sites_dir]), cfg, out=workdir / "baseline",
-                            preset_name=preset, device_name=device))
+                            preset_name=preset, device_name=device, progress=step_progress))

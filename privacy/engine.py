@@ -8,6 +8,7 @@ clipped to norm C and Gaussian noise of standard deviation sigma * C is added to
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -92,7 +93,12 @@ def make_private(*, model: nn.Module, optimizer: torch.optim.Optimizer,
 
 def _engine(settings: DPConfig) -> PrivacyEngine:
     if not settings.secure_mode:
-        return PrivacyEngine(accountant=settings.accountant, secure_mode=False)
+        with warnings.catch_warnings():  # Opacus' own warning, said once here through logging
+            warnings.filterwarnings("ignore", message="Secure RNG turned off")
+            engine = PrivacyEngine(accountant=settings.accountant, secure_mode=False)
+        log.warning("privacy.secure_mode = false: the noise uses torch's default generator; "
+                    "turn it on (with torchcsprng) for production")
+        return engine
     try:
         return PrivacyEngine(accountant=settings.accountant, secure_mode=True)
     except ImportError:
@@ -115,7 +121,9 @@ def private_step(setup: PrivateSetup, windows: torch.Tensor, *, device: torch.de
                                shape=logits.shape)
     else:
         loss = per_sample_loss(logits, y).mean()
-    loss.backward()
+    with warnings.catch_warnings():  # hooks on the first layer see an input that needs no grad
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        loss.backward()
     setup.optimizer.step()
     value = float(loss.item()) if x.shape[0] else float("nan")
     return value

@@ -7,6 +7,7 @@ written whole or not at all.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,3 +92,13 @@ def _read(path: Path) -> dict[str, torch.Tensor]:
     except (OSError, SafetensorError, ValidationError) as exc:
         raise InputFileError(f"{path}: unreadable safetensors file ({exc}); the checkpoint is "
                              "damaged") from None
+
+
+def state_sha256(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over a state dict's names, dtypes, shapes and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()

@@ -1,0 +1,141 @@
+"""Centralized training runs behind ``fedgenome train`` and the demo: plain, or patient-level DP."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import ConcatDataset
+
+from configs.schema import Preset, SitePrivacy
+from privacy.site_state import open_ledger
+from privacy.trainer import RoundOutcome, noise_for, run_private_round
+from shared.checkpoint import save_checkpoint
+from shared.datasets import SiteData, open_site, tile_windows
+from shared.errors import ConfigError, PrivacyBudgetExhausted
+from shared.markov import MarkovBaseline
+from shared.model import GenomeLM
+from shared.train import EvalResult, endless, evaluate, pick_device, train
+
+log = logging.getLogger(__name__)
+ProgressFactory = Callable[[int], Any]  # total steps -> context manager yielding on_step(step, loss)
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """Opened sites, the held-out evaluation windows and the device of a run."""
+
+    sites: list[SiteData]
+    eval_windows: torch.Tensor
+    device: torch.device
+    meta: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """A trained model's held-out scores, where it was saved, and what it spent."""
+
+    before: EvalResult
+    after: EvalResult
+    checkpoint: Path
+    markov_bits: float | None = None  # no Markov baseline under DP: its counts would leak
+    markov_order: int | None = None
+    privacy: RoundOutcome | None = None
+
+
+def prepare(sites: list[Path], preset: Preset, *, preset_name: str, device_name: str) -> Workspace:
+    """Open every site and tile the first site's held-out regions into evaluation windows."""
+    device = pick_device(device_name if device_name != "auto" else preset.train.device)
+    torch.manual_seed(preset.train.seed)
+    opened = [open_site(s, preset.data, seed=preset.train.seed + i, cache_dir=s / "state")
+              for i, s in enumerate(sites)]
+    first = opened[0]
+    if first.reference is None:
+        raise ConfigError(f"{sites[0]}: held-out evaluation needs a reference; list a VCF site first")
+    holdout = first.manifest.holdout
+    windows = tile_windows({r.contig: first.reference.tokens(r.contig) for r in holdout}, holdout,
+                           window=preset.data.window, count=preset.data.eval_windows,
+                           max_n_fraction=preset.data.max_n_fraction)
+    meta = {"preset": preset_name, "data": preset.data.model_dump(),
+            "train": preset.train.model_dump(), "sites": [o.manifest.name for o in opened],
+            "reference": str(first.reference.path), "holdout": [r.model_dump() for r in holdout]}
+    log.info("%d patients in %d sites; device %s", sum(len(o.dataset) for o in opened),
+             len(opened), device)
+    return Workspace(opened, windows, device, meta)
+
+
+@contextmanager
+def _no_progress(total: int) -> Iterator[None]:
+    yield None
+
+
+def run_baseline(sites: list[Path], preset: Preset, *, out: Path, preset_name: str,
+                 device_name: str, progress: ProgressFactory = _no_progress) -> TrainingRun:
+    """Train the non-private baseline on every site's patients, evaluate, save a checkpoint."""
+    ws = prepare(sites, preset, preset_name=preset_name, device_name=device_name)
+    model = GenomeLM(preset.model).to(ws.device)
+    before = evaluate(model, ws.eval_windows, device=ws.device)
+    markov = MarkovBaseline(preset.train.markov_order)
+    batches = endless(ConcatDataset([o.dataset for o in ws.sites]), preset.train.batch_size,
+                      preset.train.seed)
+    with progress(preset.train.steps) as on_step:
+        result = train(model, batches, preset.train, device=ws.device, markov=markov,
+                       on_step=on_step)
+    after = evaluate(model, ws.eval_windows, device=ws.device)
+    markov_bits = markov.bits_per_base(ws.eval_windows)
+    meta = {**ws.meta, "steps": result.steps, "seconds": round(result.seconds, 1),
+            "heldout_bits_per_base": after.bits_per_base, "markov_bits_per_base": markov_bits,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    save_checkpoint(out, model, meta=meta, markov=markov)
+    return TrainingRun(before, after, out, markov_bits=markov_bits, markov_order=markov.order)
+
+
+def run_private(sites: list[Path], preset: Preset, *, out: Path, preset_name: str,
+                device_name: str, state_dir: Path | None,
+                progress: ProgressFactory = _no_progress) -> TrainingRun:
+    """Train with patient-level DP-SGD, spending from the site's (or the pool's) privacy ledger.
+
+    One site: its own key, ledger and budget. Several sites pooled centrally: a ledger and key in
+    ``state_dir``, with the strictest budget and delta of the sites.
+    """
+    ws = prepare(sites, preset, preset_name=preset_name, device_name=device_name)
+    if len(sites) == 1:
+        manifest = ws.sites[0].manifest
+        ledger, budget = open_ledger(sites[0], manifest.name, state_dir=state_dir), manifest.privacy
+    elif state_dir is None:
+        raise ConfigError(f"pooling {len(sites)} sites centrally under DP needs a ledger of its "
+                          "own: pass --privacy-state DIR")
+    else:
+        ledger = open_ledger(state_dir, "pooled", state_dir=state_dir)
+        budget = SitePrivacy(epsilon_budget=min(o.manifest.privacy.epsilon_budget for o in ws.sites),
+                             delta=min(o.manifest.privacy.delta for o in ws.sites))
+    dataset: ConcatDataset[torch.Tensor] = ConcatDataset([o.dataset for o in ws.sites])
+    q = preset.privacy.patients_per_step / len(dataset)
+    sigma = noise_for(dp=preset.privacy, site=budget, sample_rate=q, total_steps=preset.train.steps)
+    model = GenomeLM(preset.model).to(ws.device)
+    before = evaluate(model, ws.eval_windows, device=ws.device)
+    with progress(preset.train.steps) as on_step:
+        outcome = run_private_round(
+            model=model, dataset=dataset, ledger=ledger, site=budget, dp=preset.privacy,
+            train=preset.train, noise_multiplier=sigma, round=(ledger.last_round or 0) + 1,
+            local_steps=preset.train.steps, device=ws.device, seed=preset.train.seed,
+            on_step=on_step)
+    if outcome.status == "refused":
+        raise PrivacyBudgetExhausted(
+            f"budget exhausted: this run would bring epsilon to {outcome.planned_epsilon:.3f}, past "
+            f"the budget {outcome.budget:g} ({ledger.path} has spent {outcome.epsilon:.3f}); "
+            "nothing was trained (fewer steps, more noise, or a new budget)")
+    after = evaluate(model, ws.eval_windows, device=ws.device)
+    meta = {**ws.meta, "steps": outcome.steps, "heldout_bits_per_base": after.bits_per_base,
+            "privacy": {**preset.privacy.model_dump(), "noise_multiplier": sigma,
+                        "sample_rate": q, "delta": budget.delta, "epsilon": outcome.epsilon,
+                        "epsilon_budget": budget.epsilon_budget, "ledger": str(ledger.path)},
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    save_checkpoint(out, model, meta=meta)
+    return TrainingRun(before, after, out, privacy=outcome)

@@ -1,0 +1,123 @@
+"""One private training round at a site: budget check, patient-level DP-SGD, ledger entry.
+
+The order is what makes the guarantee hold across rounds and restarts:
+1. the site's accountant is rebuilt from its signed ledger (epsilon never resets);
+2. the epsilon this round would bring is computed *before* training; past the site's budget the
+   round is refused, the refusal is recorded, and nothing is trained or returned;
+3. after training, the ledger entry (mechanism, cumulative epsilon, hash of the update) is written
+   and fsynced before the update is handed back to the caller that sends it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from configs.schema import DPConfig, SitePrivacy, TrainConfig
+from privacy.accounting import epsilon, plan_noise_multiplier
+from privacy.engine import make_private, private_step
+from privacy.ledger import Ledger, LedgerEntry
+from privacy.mechanism import Mechanism
+from shared.checkpoint import state_sha256
+from shared.errors import ConfigError
+from shared.train import lr_at, make_optimizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RoundOutcome:
+    """What a private round did; ``status`` is 'refused' when the budget would be exceeded."""
+
+    status: Literal["trained", "refused"]
+    round: int
+    steps: int
+    epsilon: float  # the site's cumulative epsilon after this round
+    planned_epsilon: float  # what training this round brings (or would have brought) it to
+    budget: float
+    losses: tuple[float, ...]
+    update_sha256: str | None
+    entry: LedgerEntry
+
+    @property
+    def mean_loss(self) -> float:
+        """Mean loss over the round's non-empty steps (NaN when none)."""
+        finite = [v for v in self.losses if math.isfinite(v)]
+        return sum(finite) / len(finite) if finite else math.nan
+
+
+def check_site_settings(site: SitePrivacy, dp: DPConfig, patients: int) -> None:
+    """Delta must be below 1 / patients (or the guarantee says little), and q at most 1."""
+    if dp.patients_per_step > patients:
+        raise ConfigError(f"privacy.patients_per_step = {dp.patients_per_step} exceeds the "
+                          f"{patients} patients of the site; lower it")
+    if site.delta >= 1.0 / patients:
+        raise ConfigError(f"privacy.delta = {site.delta:g} is not below 1 / {patients} patients; "
+                          f"set it below {1.0 / patients:.2g} in the site's site.toml")
+
+
+def noise_for(*, dp: DPConfig, site: SitePrivacy, sample_rate: float, total_steps: int) -> float:
+    """The configured sigma, or the one calibrated so ``total_steps`` reach ``dp.target_epsilon``."""
+    if dp.noise_multiplier is not None:
+        return dp.noise_multiplier
+    assert dp.target_epsilon is not None  # guaranteed by DPConfig validation
+    return plan_noise_multiplier(target_epsilon=dp.target_epsilon, delta=site.delta,
+                                 sample_rate=sample_rate, steps=total_steps, accountant=dp.accountant)
+
+
+def _endless(loader: DataLoader[Any]) -> Iterator[torch.Tensor]:
+    while True:
+        yield from loader
+
+
+def run_private_round(*, model: nn.Module, dataset: Dataset[torch.Tensor], ledger: Ledger,
+                      site: SitePrivacy, dp: DPConfig, train: TrainConfig, noise_multiplier: float,
+                      round: int, local_steps: int, first_step: int = 0, device: torch.device,
+                      seed: int | None = None,
+                      on_step: Callable[[int, float], None] | None = None) -> RoundOutcome:
+    """Train ``model`` for ``local_steps`` private steps, unless that would exceed the budget."""
+    patients = len(dataset)  # type: ignore[arg-type]
+    check_site_settings(site, dp, patients)
+    q = dp.patients_per_step / patients
+    mechanism = Mechanism(noise_multiplier=noise_multiplier, sample_rate=q, steps=local_steps)
+    planned = epsilon(history=[*ledger.mechanisms(), mechanism], delta=site.delta,
+                      accountant=dp.accountant)
+
+    def record(status: Literal["trained", "refused"], steps: int, eps: float,
+               digest: str | None) -> LedgerEntry:
+        return ledger.append(round=round, status=status, local_steps=steps, sample_rate=q,
+                             noise_multiplier=noise_multiplier, max_grad_norm=dp.max_grad_norm,
+                             delta=site.delta, accountant=dp.accountant, epsilon=eps,
+                             update_sha256=digest)
+
+    if planned > site.epsilon_budget:
+        entry = record("refused", 0, ledger.epsilon, None)
+        log.warning("round %d refused: it would bring epsilon to %.3f, past the budget %.3f",
+                    round, planned, site.epsilon_budget)
+        return RoundOutcome("refused", round, 0, ledger.epsilon, planned, site.epsilon_budget, (),
+                            None, entry)
+    model.to(device).train()
+    setup = make_private(model=model, optimizer=make_optimizer(model, train), dataset=dataset,
+                         settings=dp, noise_multiplier=noise_multiplier, seed=seed)
+    losses = []
+    try:
+        batches = _endless(setup.data_loader)
+        for step in range(local_steps):
+            for group in setup.optimizer.param_groups:
+                group["lr"] = lr_at(first_step + step, train)
+            losses.append(private_step(setup, next(batches), device=device))
+            if on_step is not None:
+                on_step(step + 1, losses[-1])
+    finally:
+        setup.close()
+    digest = state_sha256(model.state_dict())
+    entry = record("trained", local_steps, planned, digest)
+    return RoundOutcome("trained", round, local_steps, planned, planned, site.epsilon_budget,
+                        tuple(losses), digest, entry)

@@ -1,0 +1,104 @@
+"""Private rounds at a real site: cumulative epsilon across rounds and restarts, refused budgets."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from configs.schema import DPConfig, Preset, SitePrivacy, load_site_manifest
+from privacy.site_state import open_ledger
+from privacy.trainer import RoundOutcome, run_private_round
+from shared.checkpoint import state_sha256
+from shared.datasets import open_site
+from shared.errors import ConfigError
+from shared.model import GenomeLM
+
+CPU = torch.device("cpu")
+DP = DPConfig(noise_multiplier=1.0, max_grad_norm=1.0, patients_per_step=8)
+
+ROUND_SCRIPT = """
+import json, sys, torch
+from pathlib import Path
+from configs.schema import DPConfig, load_preset, load_site_manifest
+from privacy.site_state import open_ledger
+from privacy.trainer import run_private_round
+from shared.datasets import open_site
+from shared.model import GenomeLM
+site, rnd = Path(sys.argv[1]), int(sys.argv[2])
+tiny = load_preset("tiny")
+manifest = load_site_manifest(site)
+data = open_site(site, tiny.data, seed=rnd, cache_dir=site / "state")
+out = run_private_round(model=GenomeLM(tiny.model), dataset=data.dataset,
+    ledger=open_ledger(site, manifest.name), site=manifest.privacy,
+    dp=DPConfig(noise_multiplier=1.0, max_grad_norm=1.0, patients_per_step=8), train=tiny.train,
+    noise_multiplier=1.0, round=rnd, local_steps=2, device=torch.device("cpu"), seed=rnd)
+print(json.dumps({"status": out.status, "epsilon": out.epsilon}))
+"""
+
+
+@pytest.fixture()
+def site(sites_dir: Path, tmp_path: Path) -> Path:
+    """A private copy of the CEU site (its own key and ledger), sharing the real VCF."""
+    src = sites_dir / "hospital-ceu"
+    dst = tmp_path / "hospital-ceu"
+    dst.mkdir()
+    text = (src / "site.toml").read_text().replace('vcf = "patients.vcf.gz"',
+                                                   f'vcf = "{src / "patients.vcf.gz"}"')
+    (dst / "site.toml").write_text(text)
+    return dst
+
+
+def one_round(site: Path, tiny: Preset, rnd: int, *, budget: float | None = None,
+              model: GenomeLM | None = None) -> RoundOutcome:
+    manifest = load_site_manifest(site)
+    privacy = manifest.privacy if budget is None else SitePrivacy(epsilon_budget=budget,
+                                                                  delta=manifest.privacy.delta)
+    return run_private_round(model=model or GenomeLM(tiny.model),
+                             dataset=open_site(site, tiny.data, seed=rnd, cache_dir=site / "state").dataset,
+                             ledger=open_ledger(site, manifest.name), site=privacy, dp=DP,
+                             train=tiny.train, noise_multiplier=1.0, round=rnd, local_steps=2,
+                             device=CPU, seed=rnd)
+
+
+def test_epsilon_grows_every_round_and_survives_a_process_restart(site: Path, tiny: Preset) -> None:
+    first = one_round(site, tiny, 1)
+    second = one_round(site, tiny, 2)
+    proc = subprocess.run([sys.executable, "-c", ROUND_SCRIPT, str(site), "3"],
+                          capture_output=True, text=True, timeout=300, check=True)
+    third = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert first.status == second.status == third["status"] == "trained"
+    assert 0 < first.epsilon < second.epsilon < third["epsilon"]
+    ledger = open_ledger(site, "hospital-ceu")
+    assert [e.round for e in ledger.entries] == [1, 2, 3]
+    assert [e.epsilon for e in ledger.entries] == [first.epsilon, second.epsilon, third["epsilon"]]
+    assert sum(m.steps for m in ledger.mechanisms()) == 6
+    assert first.entry.update_sha256 is not None and len(first.entry.update_sha256) == 64
+
+
+def test_a_round_past_the_budget_is_refused_and_produces_no_update(site: Path, tiny: Preset) -> None:
+    trained = one_round(site, tiny, 1, budget=50.0)
+    model = GenomeLM(tiny.model)
+    before = state_sha256(model.state_dict())
+    refused = one_round(site, tiny, 2, budget=trained.epsilon * 1.0001, model=model)
+    assert refused.status == "refused"
+    assert refused.update_sha256 is None and refused.steps == 0
+    assert refused.planned_epsilon > refused.budget
+    assert state_sha256(model.state_dict()) == before  # nothing was trained
+    entries = open_ledger(site, "hospital-ceu").entries
+    assert [e.status for e in entries] == ["trained", "refused"]
+    assert entries[-1].epsilon == trained.epsilon  # a refusal spends nothing
+
+
+def test_delta_must_be_below_one_over_patients(site: Path, tiny: Preset) -> None:
+    manifest = load_site_manifest(site)
+    with pytest.raises(ConfigError, match=r"privacy.delta = 0.02 is not below 1 / 85 patients"):
+        run_private_round(model=GenomeLM(tiny.model),
+                          dataset=open_site(site, tiny.data, seed=0).dataset,
+                          ledger=open_ledger(site, manifest.name),
+                          site=SitePrivacy(epsilon_budget=8.0, delta=0.02), dp=DP, train=tiny.train,
+                          noise_multiplier=1.0, round=1, local_steps=1, device=CPU)

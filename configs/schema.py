@@ -85,7 +85,8 @@ class DPConfig(_Frozen):
         None, gt=0.0, description="epsilon the planned steps should reach (used to calibrate sigma)")
     max_grad_norm: float = Field(1.0, gt=0.0, description="per-patient gradient clipping norm C")
     patients_per_step: int = Field(16, gt=0, description="expected Poisson batch: q = this / patients")
-    grad_sample_mode: Literal["hooks", "ghost"] = "hooks"
+    grad_sample_mode: Literal["hooks", "ew", "ghost"] = Field(
+        "hooks", description="per-sample gradients: Opacus hooks, ExpandedWeights, or ghost norms")
     accountant: Literal["rdp", "prv"] = "rdp"
     secure_mode: bool = Field(False, description="cryptographically secure noise (needs torchcsprng)")
 

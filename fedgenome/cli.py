@@ -43,9 +43,11 @@ def _root(
 
 def configure_logging() -> None:
     """Log to stderr through rich, at INFO unless -v or -q says otherwise."""
+    from rich.console import Console
     from rich.logging import RichHandler
 
-    handler = RichHandler(show_time=False, show_path=False, rich_tracebacks=False)
+    handler = RichHandler(console=Console(stderr=True), show_time=False, show_path=False,
+                          rich_tracebacks=False)
     logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[handler], force=True)
     for noisy in ("flwr", "opacus", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

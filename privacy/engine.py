@@ -112,8 +112,11 @@ def private_step(setup: PrivateSetup, windows: torch.Tensor, *, device: torch.de
 
     An empty batch (possible under Poisson sampling) still takes a step: noise only.
     """
-    x, y = split_batch(windows.to(device))
     setup.optimizer.zero_grad(set_to_none=True)
+    if windows.shape[0] == 0:
+        _noise_only_step(setup)
+        return float("nan")
+    x, y = split_batch(windows.to(device))
     with autocast(device):
         logits = setup.module(x)  # (B, W, V)
     if setup.criterion is not None:  # ghost clipping: two backward passes inside
@@ -125,5 +128,14 @@ def private_step(setup: PrivateSetup, windows: torch.Tensor, *, device: torch.de
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
         loss.backward()
     setup.optimizer.step()
-    value = float(loss.item()) if x.shape[0] else float("nan")
-    return value
+    return float(loss.item())
+
+
+def _noise_only_step(setup: PrivateSetup) -> None:
+    """A step with no sampled patient: zero clipped sum plus Gaussian noise, as the analysis says."""
+    for p in setup.optimizer.params:
+        if setup.grad_sample_mode == "ghost":
+            p.grad = torch.zeros_like(p)  # ghost's optimizer takes the clipped sum from .grad
+        else:
+            p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
+    setup.optimizer.step()

@@ -43,7 +43,7 @@ def private_copy(model: GenomeLM, windows: torch.Tensor, *, mode: str, sigma: fl
     return twin, setup
 
 
-@pytest.mark.parametrize("mode", ["hooks", "ghost"])
+@pytest.mark.parametrize("mode", ["hooks", "ew", "ghost"])
 def test_compare_to_vanilla(tiny: Preset, mode: str) -> None:
     torch.manual_seed(0)
     model = GenomeLM(tiny.model)
@@ -60,7 +60,7 @@ def test_compare_to_vanilla(tiny: Preset, mode: str) -> None:
     assert not torch.allclose(flat_params(twin), flat_params(model))
 
 
-@pytest.mark.parametrize("mode", ["hooks", "ghost"])
+@pytest.mark.parametrize("mode", ["hooks", "ew", "ghost"])
 def test_every_patients_clipped_gradient_has_norm_at_most_c(tiny: Preset, mode: str) -> None:
     torch.manual_seed(1)
     model = GenomeLM(tiny.model)
@@ -84,10 +84,11 @@ def test_noise_changes_the_update(tiny: Preset) -> None:
     assert not torch.allclose(flat_params(a), flat_params(b))
 
 
-def test_empty_poisson_batch_still_steps_with_noise(tiny: Preset) -> None:
+@pytest.mark.parametrize("mode", ["hooks", "ew", "ghost"])
+def test_empty_poisson_batch_still_steps_with_noise(tiny: Preset, mode: str) -> None:
     model = GenomeLM(tiny.model)
     batch = torch.randint(5, 9, (4, 65))
-    twin, setup = private_copy(model, batch, mode="hooks", sigma=1.0, clip=1.0, per_step=2)
+    twin, setup = private_copy(model, batch, mode=mode, sigma=1.0, clip=1.0, per_step=2)
     private_step(setup, batch[:0], device=CPU)  # type: ignore[arg-type]
     assert not torch.allclose(flat_params(twin), flat_params(model))
     assert torch.isfinite(flat_params(twin)).all()

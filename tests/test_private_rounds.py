@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -102,3 +104,28 @@ def test_delta_must_be_below_one_over_patients(site: Path, tiny: Preset) -> None
                           ledger=open_ledger(site, manifest.name),
                           site=SitePrivacy(epsilon_budget=8.0, delta=0.02), dp=DP, train=tiny.train,
                           noise_multiplier=1.0, round=1, local_steps=1, device=CPU)
+
+
+def test_cli_train_dp_spends_and_then_refuses(site: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from fedgenome.cli import main
+    args = ["train", str(site), "--dp", "--preset", "tiny", "--steps", "4", "--noise-multiplier", "0.7"]
+    with pytest.raises(SystemExit) as first:
+        main([*args, "--out", str(tmp_path / "a")])
+    out = " ".join(capsys.readouterr().out.split())
+    assert first.value.code == 0
+    spent = re.search(r"privacy: epsilon (\d+\.\d+) of budget 8 at delta 1e-05", out)
+    assert spent and float(spent.group(1)) == pytest.approx(5.53, abs=0.01), out
+    codes: list[object] = []
+    while len(codes) < 6 and 3 not in codes:  # composed: 6.53, 7.29, 7.93, then 8.48 > 8
+        with pytest.raises(SystemExit) as run:
+            main([*args, "--out", str(tmp_path / f"b{len(codes)}")])
+        codes.append(run.value.code)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert codes == [0, 0, 0, 3]
+    assert err[-1].startswith("fedgenome: error: budget exhausted: this run would bring epsilon to")
+    assert not (tmp_path / f"b{len(codes) - 1}").exists()
+    entries = open_ledger(site, "hospital-ceu").entries
+    assert [e.status for e in entries] == ["trained"] * len(codes) + ["refused"]
+    assert entries[-1].epsilon <= 8.0
+    assert all(a.epsilon < b.epsilon for a, b in itertools.pairwise(entries[:-1]))

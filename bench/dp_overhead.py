@@ -47,7 +47,7 @@ def plain_step(model: GenomeLM, optimizer: torch.optim.Optimizer) -> Callable[[t
     def step(batch: torch.Tensor) -> None:
         x, y = split_batch(batch)
         optimizer.zero_grad(set_to_none=True)
-        lm_loss(model(x), y).backward()
+        lm_loss(model(x), y).backward()  # type: ignore[no-untyped-call]
         optimizer.step()
     return step
 
@@ -60,7 +60,10 @@ def private(mode: str, preset_name: str, batch: int,
                   grad_sample_mode=mode)  # type: ignore[arg-type]
     setup: PrivateSetup = make_private(model=model, optimizer=make_optimizer(model, preset.train),
                                        dataset=dataset, settings=dp, noise_multiplier=1.0, seed=0)
-    return lambda windows: private_step(setup, windows, device=CPU) and None
+
+    def step(windows: torch.Tensor) -> None:
+        private_step(setup, windows, device=CPU)
+    return step
 
 
 def main() -> None:

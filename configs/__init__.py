@@ -3,6 +3,7 @@
 from configs.schema import (
     DataConfig,
     DPConfig,
+    FederationConfig,
     ModelConfig,
     Preset,
     Region,
@@ -17,6 +18,7 @@ from configs.schema import (
 __all__ = [
     "DPConfig",
     "DataConfig",
+    "FederationConfig",
     "ModelConfig",
     "Preset",
     "Region",

@@ -106,12 +106,54 @@ class Preset(_Frozen):
     privacy: DPConfig = DPConfig(target_epsilon=8.0)
 
 
+class FederationConfig(BaseModel):
+    """A federated run, from Flower's run config (``[tool.flwr.app.config]``, kebab-case keys)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True,
+                              alias_generator=lambda name: name.replace("_", "-"))
+
+    preset: str = Field("tiny", description="model/data/train preset name or TOML path")
+    num_server_rounds: int = Field(3, gt=0, description="rounds of this run (or in total, resumed)")
+    local_steps: int = Field(5, gt=0, description="private steps per site per round")
+    strategy: Literal["fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum"] = "fedavg"
+    min_nodes: int = Field(2, gt=0, description="quorum: sites that must be online to start a round")
+    fraction_train: float = Field(1.0, gt=0.0, le=1.0, description="share of online sites sampled")
+    sample_timeout: float = Field(120.0, gt=0.0, description="seconds to wait for the quorum")
+    round_timeout: float = Field(900.0, gt=0.0, description="seconds to wait for sites' replies")
+    noise_multiplier: float = Field(0.0, ge=0.0, description="sigma; 0 = calibrate per site")
+    target_epsilon: float = Field(8.0, gt=0.0, description="epsilon all planned rounds reach")
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    patients_per_step: int = Field(16, gt=0)
+    lr: float = Field(1e-3, gt=0.0, lt=1.0, description="sites' local learning rate")
+    proximal_mu: float = Field(0.01, ge=0.0, description="FedProx proximal term")
+    server_lr: float = Field(0.01, gt=0.0, description="FedAdam server learning rate (eta)")
+    trimmed_beta: float = Field(0.2, gt=0.0, lt=0.5, description="FedTrimmedAvg cut fraction")
+    krum_malicious: int = Field(0, ge=0, description="Krum: sites assumed malicious")
+    run_dir: str = Field("", description="absolute directory for checkpoints and reports")
+    reference: str = Field("", description="reference FASTA for the server's held-out evaluation")
+    holdout: str = Field("20:58025520-63025520", description="held-out CONTIG:START-END")
+    eval_windows: int = Field(32, gt=0)
+    resume: bool = Field(False, description="continue from run_dir's last checkpoint")
+    seed: int = 0
+
+
 class Region(_Frozen):
     """A 0-based, half-open interval on one contig."""
 
     contig: str = Field(min_length=1)
     start: int = Field(ge=0)
     end: int = Field(gt=0)
+
+    @classmethod
+    def parse(cls, text: str) -> Region:
+        """``CONTIG:START-END`` (0-based, end exclusive; commas allowed) as a Region."""
+        try:
+            contig, span = text.rsplit(":", 1)
+            start, end = (int(v.replace(",", "")) for v in span.split("-"))
+        except ValueError:
+            raise ConfigError(f"region {text!r}: expected CONTIG:START-END, e.g. "
+                              "20:58025520-63025520 (0-based, end exclusive)") from None
+        return validate(cls, {"contig": contig, "start": start, "end": end}, source="region")
 
     @model_validator(mode="after")
     def _ordered(self) -> Region:

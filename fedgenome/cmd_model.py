@@ -144,16 +144,6 @@ def train_command(
     _print_run(run)
 
 
-def _parse_region(text: str) -> Region:
-    try:
-        contig, span = text.rsplit(":", 1)
-        start, end = (int(v.replace(",", "")) for v in span.split("-"))
-    except ValueError:
-        raise ConfigError(f"--region {text!r}: expected CONTIG:START-END, e.g. "
-                          "20:58025520-63025520 (0-based, end exclusive)") from None
-    return Region(contig=contig, start=start, end=end)
-
-
 def eval_command(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint directory.")],
     fasta: Annotated[Path | None, typer.Option(help="Evaluate on every record of this FASTA "
@@ -174,7 +164,7 @@ def eval_command(
         seqs, regions, where = read_fasta_records(fasta), None, str(fasta)
     else:
         ref = Reference(reference or Path(meta["reference"]))
-        regions = [_parse_region(region)] if region else [Region(**r) for r in meta["holdout"]]
+        regions = [Region.parse(region)] if region else [Region(**r) for r in meta["holdout"]]
         seqs = {r.contig: ref.tokens(r.contig) for r in regions}
         where = ", ".join(f"{r.contig}:{r.start}-{r.end}" for r in regions)
     data = tile_windows(seqs, regions, window=window, count=count, max_n_fraction=max_n)

@@ -1,0 +1,89 @@
+"""The run report and the server's resumable state, rewritten atomically after every round.
+
+``report.json`` / ``report.csv``: per round, the training loss, held-out bits per base, which sites
+trained, refused, failed or dropped out, and each site's cumulative epsilon. ``state.json``: the
+last completed round and its checkpoint, so a new run with ``resume = true`` continues from there.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shared.atomic import write_text
+
+
+@dataclass
+class RoundRecord:
+    """One round of a federated run."""
+
+    round: int
+    train_loss: float | None
+    heldout_bits_per_base: float
+    trained: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)  # sampled, but no usable reply
+    dropped: list[str] = field(default_factory=list)  # seen in earlier rounds, gone now
+    epsilon: dict[str, float] = field(default_factory=dict)  # cumulative, per site
+    seconds: float = 0.0
+
+
+@dataclass
+class RunReport:
+    """Everything the server reports about a run (only aggregates and site-level metrics)."""
+
+    run_dir: Path
+    config: dict[str, Any]
+    initial_bits_per_base: float | None = None
+    rounds: list[RoundRecord] = field(default_factory=list)
+
+    def add(self, record: RoundRecord) -> None:
+        """Append a round and rewrite the JSON and CSV reports."""
+        self.rounds.append(record)
+        self.write()
+
+    def write(self) -> None:
+        """Write ``report.json`` and ``report.csv`` atomically."""
+        data = {"config": self.config, "initial_bits_per_base": self.initial_bits_per_base,
+                "rounds": [asdict(r) for r in self.rounds]}
+        write_text(self.run_dir / "report.json", json.dumps(data, indent=2) + "\n")
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["round", "train_loss", "heldout_bits_per_base", "trained", "refused",
+                         "failed", "dropped", "epsilon", "seconds"])
+        for r in self.rounds:
+            writer.writerow([r.round, "" if r.train_loss is None else f"{r.train_loss:.5f}",
+                             f"{r.heldout_bits_per_base:.5f}", ";".join(r.trained),
+                             ";".join(r.refused), ";".join(r.failed), ";".join(r.dropped),
+                             ";".join(f"{k}={v:.4f}" for k, v in sorted(r.epsilon.items())),
+                             f"{r.seconds:.1f}"])
+        write_text(self.run_dir / "report.csv", buffer.getvalue())
+
+    @classmethod
+    def load(cls, run_dir: Path, config: dict[str, Any]) -> RunReport:
+        """The report of an earlier run in ``run_dir`` (empty if there is none)."""
+        path = run_dir / "report.json"
+        if not path.exists():
+            return cls(run_dir, config)
+        data = json.loads(path.read_text())
+        rounds = [RoundRecord(**r) for r in data.get("rounds", [])]
+        return cls(run_dir, config, data.get("initial_bits_per_base"), rounds)
+
+
+def write_state(run_dir: Path, *, last_round: int, checkpoint: Path) -> None:
+    """Record the last completed round and its checkpoint."""
+    write_text(run_dir / "state.json",
+               json.dumps({"last_round": last_round, "checkpoint": str(checkpoint)}) + "\n")
+
+
+def read_state(run_dir: Path) -> tuple[int, Path] | None:
+    """(last completed round, its checkpoint), or None for a fresh run directory."""
+    path = run_dir / "state.json"
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    return int(data["last_round"]), Path(data["checkpoint"])

@@ -1,0 +1,204 @@
+"""The federated round loop: quorum, training, filtering, aggregation, evaluation, checkpoints.
+
+Flower's ``Strategy.start`` cannot resume and waits forever for ``min_available_nodes``; this loop
+keeps the strategies' own ``configure_train`` and ``aggregate_train`` and adds what a consortium
+needs around them: a quorum with a timeout, sites that refuse (budget spent) or fail, float16
+deltas decoded against the global weights, a checkpoint and a report after every round, and
+resume from the last checkpoint with global round numbers (so no site's ledger counts a round twice).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from configs.schema import FederationConfig, Region, load_preset
+from server.report import RoundRecord, RunReport, read_state, write_state
+from server.strategies import create_strategy, load_strategy_state, save_strategy_state
+from shared import wire
+from shared.checkpoint import load_checkpoint, save_checkpoint
+from shared.datasets import tile_windows
+from shared.errors import ConfigError, FedGenomeError
+from shared.genomes import Reference
+from shared.model import GenomeLM
+from shared.train import evaluate
+
+log = logging.getLogger(__name__)
+SITE = "site"
+
+
+class QuorumError(FedGenomeError):
+    """Too few sites came online within the sample timeout."""
+
+
+class _Snapshot:
+    """The nodes a round may use, handed to a strategy's ``configure_train`` in place of the grid."""
+
+    def __init__(self, nodes: list[int]) -> None:
+        self._nodes = nodes
+
+    def get_node_ids(self) -> list[int]:
+        return list(self._nodes)
+
+
+def wait_for_quorum(grid: Grid, *, minimum: int, timeout: float) -> list[int]:
+    """Online node ids once at least ``minimum`` are connected; QuorumError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while len(nodes := list(grid.get_node_ids())) < minimum:
+        if time.monotonic() > deadline:
+            raise QuorumError(f"quorum not reached: {len(nodes)} of the {minimum} sites needed "
+                              f"were online after {timeout:.0f} s")
+        time.sleep(1.0)
+    return nodes
+
+
+@dataclass
+class Collected:
+    """A round's replies, sorted."""
+
+    trained: list[Message] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    epsilon: dict[str, float] = field(default_factory=dict)
+    losses: list[float] = field(default_factory=list)
+
+
+def collect(replies: list[Message], sampled: list[int], names: dict[int, str],
+            global_: wire.Arrays) -> Collected:
+    """Sort replies into trained / refused / failed, decoding deltas into full float32 weights."""
+    out = Collected()
+    answered = set()
+    for msg in replies:
+        node = msg.metadata.src_node_id
+        answered.add(node)
+        if msg.has_error():
+            out.failed.append(names.get(node, f"node {node}"))
+            continue
+        names[node] = name = str(msg.content.config_records[SITE]["name"])
+        metrics = msg.content.metric_records[wire.METRICS]
+        out.epsilon[name] = float(cast(float, metrics[wire.EPSILON]))
+        if int(cast(int, metrics[wire.STATUS])) == wire.REFUSED:
+            out.refused.append(name)
+            continue
+        delta = {k: v.numpy() for k, v in msg.content.array_records[wire.ARRAYS].items()}
+        full = wire.decode_update(delta, global_)
+        out.losses.append(float(cast(float, metrics[wire.TRAIN_LOSS])))
+        msg.content = RecordDict({
+            wire.ARRAYS: ArrayRecord({k: Array(v) for k, v in full.items()}),
+            wire.METRICS: MetricRecord({wire.NUM_EXAMPLES: metrics[wire.NUM_EXAMPLES]})})
+        out.trained.append(msg)
+    out.failed += [names.get(n, f"node {n}") for n in sampled if n not in answered]
+    return out
+
+
+class Federation:
+    """A run's global model, strategy, evaluation data, report and checkpoints."""
+
+    def __init__(self, fed: FederationConfig) -> None:
+        if not fed.run_dir or not Path(fed.run_dir).is_absolute():
+            raise ConfigError(f"run config 'run-dir' = {fed.run_dir!r}: give an absolute directory")
+        self.fed = fed
+        self.run_dir = Path(fed.run_dir)
+        self.preset = load_preset(fed.preset)
+        self.strategy: Strategy = create_strategy(fed)
+        self.model = GenomeLM(self.preset.model)
+        self.eval_windows = self._eval_windows()
+        self.report = RunReport(self.run_dir, fed.model_dump(by_alias=True))
+        self.names: dict[int, str] = {}
+        self.done = 0
+        resumed = read_state(self.run_dir) if fed.resume else None
+        if resumed is not None:
+            self.done, checkpoint = resumed
+            self.model = load_checkpoint(checkpoint).model
+            self.report = RunReport.load(self.run_dir, self.report.config)
+            load_strategy_state(self.strategy, self.run_dir / "strategy-state.npz")
+            log.info("resuming after round %d from %s", self.done, checkpoint)
+        elif read_state(self.run_dir) is not None:
+            raise ConfigError(f"{self.run_dir} holds an earlier run; set resume = true to continue "
+                              "it, or choose another run-dir")
+        else:
+            torch.manual_seed(fed.seed)
+            self.model = GenomeLM(self.preset.model)
+            self.report.initial_bits_per_base = self.heldout_bits()
+
+    def _eval_windows(self) -> torch.Tensor:
+        if not self.fed.reference:
+            raise ConfigError("run config 'reference' is empty: give the reference FASTA path for "
+                              "the held-out evaluation")
+        region = Region.parse(self.fed.holdout)
+        ref = Reference(Path(self.fed.reference))
+        return tile_windows({region.contig: ref.tokens(region.contig)}, [region],
+                            window=self.preset.data.window, count=self.fed.eval_windows,
+                            max_n_fraction=self.preset.data.max_n_fraction)
+
+    def heldout_bits(self) -> float:
+        """Bits per base of the global model on the held-out region."""
+        return evaluate(self.model, self.eval_windows, device=torch.device("cpu")).bits_per_base
+
+    def arrays(self) -> wire.Arrays:
+        """The global weights as float32 numpy arrays."""
+        return wire.state_to_arrays(self.model.state_dict())
+
+    def run_round(self, grid: Grid, rnd: int) -> RoundRecord:
+        """One round: quorum, train, aggregate the trained sites, evaluate."""
+        start = time.monotonic()
+        nodes = wait_for_quorum(grid, minimum=self.fed.min_nodes, timeout=self.fed.sample_timeout)
+        global_ = self.arrays()
+        config = ConfigRecord({"global-round": rnd, "local-steps": self.fed.local_steps})
+        messages = list(self.strategy.configure_train(
+            rnd, ArrayRecord({k: Array(v) for k, v in global_.items()}), config,
+            cast(Grid, _Snapshot(nodes))))
+        sampled = [m.metadata.dst_node_id for m in messages]
+        replies = list(grid.send_and_receive(messages, timeout=self.fed.round_timeout))
+        got = collect(replies, sampled, self.names, global_)
+        if got.trained:
+            arrays, _ = self.strategy.aggregate_train(rnd, got.trained)
+            if arrays is not None:
+                self.model.load_state_dict(arrays.to_torch_state_dict())
+        seen_before = {s for r in self.report.rounds for s in r.trained + r.refused}
+        present = set(got.epsilon)
+        loss = sum(got.losses) / len(got.losses) if got.losses else None
+        return RoundRecord(
+            round=rnd, train_loss=loss, heldout_bits_per_base=self.heldout_bits(),
+            trained=sorted(n for n in got.epsilon if n not in got.refused),
+            refused=sorted(got.refused), failed=sorted(got.failed),
+            dropped=sorted(seen_before - present), epsilon=dict(sorted(got.epsilon.items())),
+            seconds=time.monotonic() - start)
+
+    def checkpoint(self, rnd: int) -> None:
+        """Save the global model, the strategy state and the resumable state after ``rnd``."""
+        path = self.run_dir / "checkpoints" / f"round-{rnd:04d}"
+        meta: dict[str, Any] = {"round": rnd, "federation": self.fed.model_dump(by_alias=True),
+                                "data": self.preset.data.model_dump(),
+                                "reference": self.fed.reference,
+                                "holdout": [self._holdout_dict()]}
+        save_checkpoint(path, self.model, meta=meta)
+        save_strategy_state(self.strategy, self.run_dir / "strategy-state.npz")
+        write_state(self.run_dir, last_round=rnd, checkpoint=path)
+
+    def _holdout_dict(self) -> dict[str, Any]:
+        return Region.parse(self.fed.holdout).model_dump()
+
+
+def run_federation(grid: Grid, fed: FederationConfig) -> RunReport:
+    """Run (or resume) the rounds of ``fed``; return the report."""
+    federation = Federation(fed)
+    for rnd in range(federation.done + 1, fed.num_server_rounds + 1):
+        record = federation.run_round(grid, rnd)
+        federation.report.add(record)
+        federation.checkpoint(rnd)
+        log.info("round %d: loss %s, held-out %.4f bits/base, trained %s, refused %s, failed %s",
+                 rnd, "-" if record.train_loss is None else f"{record.train_loss:.4f}",
+                 record.heldout_bits_per_base, record.trained, record.refused, record.failed)
+        if math.isnan(record.heldout_bits_per_base):
+            raise FedGenomeError(f"round {rnd}: the global model diverged (NaN held-out loss)")
+    return federation.report

@@ -1,0 +1,145 @@
+"""Flower's real deployment engine, driven as processes: the SuperLink and the ``flwr`` CLI.
+
+Every command binds to the address it is given (the demo and the tests use 127.0.0.1 only). TLS
+is the default; plaintext needs an explicit ``insecure=True``. The SuperLink never installs app
+dependencies at run time: the environment that runs it already has them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from server.tls import TlsFiles
+from shared.atomic import write_text
+from shared.errors import ConfigError, FedGenomeError
+
+log = logging.getLogger(__name__)
+
+
+class DeploymentError(FedGenomeError):
+    """A Flower process or command failed; the message says which and where its log is."""
+
+
+def flower_tool(name: str) -> str:
+    """Path of a Flower executable installed beside this Python (or on PATH)."""
+    beside = Path(sys.executable).with_name(name)
+    found = str(beside) if beside.exists() else shutil.which(name)
+    if found is None:
+        raise DeploymentError(f"'{name}' not found: install fedgenome's dependencies "
+                              "(bash scripts/setup.sh) and run from that environment")
+    return found
+
+
+def flower_env(flwr_home: Path) -> dict[str, str]:
+    """Environment for Flower processes: their own FLWR_HOME, no update checks, no dep installs."""
+    bin_dir = str(Path(sys.executable).parent)  # Flower starts flower-superexec etc. by name
+    path = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
+    return {**os.environ, "PATH": path, "FLWR_HOME": str(flwr_home), "FLWR_DISABLE_UPDATE_CHECK": "1",
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def superlink_command(*, host: str, port: int, database: Path, tls: TlsFiles | None,
+                      insecure: bool = False, auth: bool = False) -> list[str]:
+    """``flower-superlink`` listening on ``host:port`` (Fleet, Control and Runtime APIs)."""
+    command = [flower_tool("flower-superlink"), "--host", host, "--port", str(port),
+               "--database", str(database), "--disable-runtime-dependency-installation"]
+    if auth:
+        command.append("--enable-supernode-auth")
+    return command + _tls_server_args(tls, insecure)
+
+
+def _tls_server_args(tls: TlsFiles | None, insecure: bool) -> list[str]:
+    if insecure:
+        return ["--insecure"]
+    if tls is None:
+        raise ConfigError("TLS is on by default: give the certificate files, or --insecure "
+                          "explicitly for a plaintext test deployment")
+    return ["--ssl-ca-certfile", str(tls.ca_cert), "--ssl-certfile", str(tls.server_cert),
+            "--ssl-keyfile", str(tls.server_key)]
+
+
+def wait_healthy(host: str, port: int, *, ca_cert: Path | None, timeout: float = 60.0) -> None:
+    """Poll ``/health`` of a SuperLink until it answers 200."""
+    scheme = "http" if ca_cert is None else "https"
+    context = ssl.create_default_context(cafile=str(ca_cert)) if ca_cert is not None else None
+    deadline = time.monotonic() + timeout
+    url = f"{scheme}://{host}:{port}/health"
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=5, context=context) as reply:
+                if reply.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.5)
+    raise DeploymentError(f"the SuperLink at {url} did not become healthy within {timeout:.0f} s")
+
+
+def write_connection(flwr_home: Path, name: str, *, address: str, ca_cert: Path | None) -> None:
+    """Write ``$FLWR_HOME/config.toml`` with one SuperLink connection (made the default)."""
+    lines = ["[superlink]", f'default = "{name}"', "", f"[superlink.{name}]", f'address = "{address}"']
+    lines.append("insecure = true" if ca_cert is None else f'root-certificates = "{ca_cert}"')
+    write_text(flwr_home / "config.toml", "\n".join(lines) + "\n")
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    return repr(value)
+
+
+def flwr(args: list[str], *, flwr_home: Path, timeout: float = 120.0) -> str:
+    """Run a ``flwr`` CLI command; its stdout, or DeploymentError with its output."""
+    proc = subprocess.run([flower_tool("flwr"), *args], capture_output=True, text=True,
+                          env=flower_env(flwr_home), timeout=timeout, check=False)
+    if proc.returncode != 0:
+        tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
+        raise DeploymentError(f"flwr {args[0]} failed (exit {proc.returncode}): {' | '.join(tail)}")
+    return proc.stdout
+
+
+def submit_run(app_dir: Path, connection: str, run_config: dict[str, Any], *,
+               flwr_home: Path) -> int:
+    """Submit the app in ``app_dir`` as a new run; its run id."""
+    overrides = " ".join(f"{k}={_toml_value(v)}" for k, v in run_config.items())
+    out = flwr(["run", str(app_dir), connection, "--run-config", overrides, "--format", "json"],
+               flwr_home=flwr_home, timeout=300)
+    data = json.loads(out[out.index("{"):])
+    if not data.get("success", True) or "run-id" not in data:
+        raise DeploymentError(f"flwr run did not start a run: {data}")
+    return int(data["run-id"])
+
+
+def run_status(run_id: int, connection: str, *, flwr_home: Path) -> str:
+    """The status of a run, e.g. 'running' or 'finished:completed'."""
+    out = flwr(["ls", connection, "--run-id", str(run_id), "--format", "json"], flwr_home=flwr_home)
+    data = json.loads(out[out.index("{"):])
+    runs = data.get("runs", [])
+    if not runs:
+        raise DeploymentError(f"run {run_id} is unknown to the SuperLink")
+    return str(runs[0].get("status", "unknown"))
+
+
+def wait_run(run_id: int, connection: str, *, flwr_home: Path, timeout: float,
+             poll: float = 5.0) -> str:
+    """Wait until a run has finished; its final status (``flwr run --stream`` exits 0 on failure)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = run_status(run_id, connection, flwr_home=flwr_home)
+        if status.startswith("finished"):
+            return status
+        time.sleep(poll)
+    raise DeploymentError(f"run {run_id} did not finish within {timeout:.0f} s")

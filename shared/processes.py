@@ -1,0 +1,113 @@
+"""Child processes that are always cleaned up: each in its own session, killed as a group.
+
+Flower's SuperLink and SuperNode start children of their own (SuperExec, one ClientApp process per
+message) that outlive a killed parent; killing the whole process group leaves nothing behind, also
+on Ctrl-C, on an exception, or when the owning process is terminated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+
+log = logging.getLogger(__name__)
+
+
+class ProcessGroup:
+    """Starts commands in new sessions and stops every one of them, with all their children."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str, command: Sequence[str], *, env: dict[str, str] | None = None,
+              cwd: Path | None = None) -> subprocess.Popen[bytes]:
+        """Start ``command`` as ``name``; its output goes to ``log_dir/name.log``."""
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_dir / f"{name}.log", "ab") as out:
+            proc = subprocess.Popen(list(command), stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, env=env, cwd=cwd,
+                                    start_new_session=True)
+        self.procs[name] = proc
+        log.debug("started %s (pid %d): %s", name, proc.pid, " ".join(command))
+        return proc
+
+    def kill(self, name: str) -> None:
+        """SIGKILL ``name`` and every process it started (Flower detaches some into new sessions)."""
+        proc = self.procs[name]
+        for pid in tree(proc.pid):
+            _signal(pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+    def stop(self, *, grace: float = 10.0) -> None:
+        """SIGTERM every process tree, wait up to ``grace`` seconds, then SIGKILL what is left."""
+        pids = set().union(*(tree(p.pid) for p in self.procs.values())) if self.procs else set()
+        for pid in pids:
+            _signal(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for proc in self.procs.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        while (alive := [p for p in pids if _alive(p)]) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        pids |= set().union(*(tree(p.pid) for p in self.procs.values()))
+        for pid in alive + [p for p in pids if _alive(p)]:
+            _signal(pid, signal.SIGKILL)  # what ignored SIGTERM, and its children
+        for proc in self.procs.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+        self.stopped = pids
+
+    def survivors(self) -> list[int]:
+        """Processes of the stopped trees that are still running (should be none)."""
+        return [p for p in getattr(self, "stopped", set()) if _alive(p)]
+
+    def __enter__(self) -> ProcessGroup:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+def _signal(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, sig)
+
+
+def _stat(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name (state, ppid, pgrp, ...), or None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def _alive(pid: int) -> bool:
+    fields = _stat(pid)
+    return fields is not None and fields[0] not in ("Z", "X")
+
+
+def tree(root: int) -> set[int]:
+    """``root``, its descendants (also those in sessions of their own) and its process group."""
+    parents: dict[int, int] = {}
+    groups: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := _stat(int(entry.name))) is not None:
+            parents[int(entry.name)] = int(fields[1])
+            groups[int(entry.name)] = int(fields[2])
+    found, frontier = {root}, [root]
+    while frontier:
+        pid = frontier.pop()
+        children = [c for c, p in parents.items() if p == pid and c not in found]
+        found.update(children)
+        frontier += children
+    return found | {pid for pid, group in groups.items() if group == root}

@@ -9,7 +9,7 @@ from typing import Annotated
 import click
 import typer
 
-from fedgenome import cmd_model
+from fedgenome import cmd_fed, cmd_model
 from privacy import cli as privacy_cli
 from shared import cli_data
 from shared.errors import FedGenomeError
@@ -28,7 +28,10 @@ app.add_typer(privacy_cli.app, name="privacy")
 app.command("train")(cmd_model.train_command)
 app.command("eval")(cmd_model.eval_command)
 app.command("score")(cmd_model.score_command)
-app.command("demo")(cmd_model.demo_command)
+app.command("demo")(cmd_fed.demo_command)
+app.command("run")(cmd_fed.run_command)
+app.add_typer(cmd_fed.server_app, name="server")
+app.add_typer(cmd_fed.client_app, name="client")
 
 
 @app.callback()

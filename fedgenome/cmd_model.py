@@ -204,24 +204,3 @@ def score_command(
             n += 1
             bar.update(task, completed=n)
     Console().print(f"{n} variants scored -> {target}")
-
-
-def demo_command(
-    workdir: Annotated[Path, typer.Option(help="Where sites and the checkpoint go.")] = Path(
-        "runs/demo"),
-    cache: Annotated[Path | None, typer.Option(help="Data cache (default: $FEDGENOME_CACHE or "
-                                               "~/.cache/fedgenome).")] = None,
-    preset: Preset_ = "small",
-    steps: Steps_ = None,
-    device: Device_ = "auto",
-) -> None:
-    """Fetch the real genomes, build the hospital sites, train the baseline, print bits per base."""
-    from shared.fetch import default_cache, fetch_data
-    from shared.sites import ensure_sites
-
-    paths = fetch_data(cache or default_cache())
-    sites_dir = workdir / "sites"
-    ensure_sites(paths, sites_dir)
-    cfg = build_preset(preset, None, train__steps=steps)
-    _print_run(run_baseline(find_sites([sites_dir]), cfg, out=workdir / "baseline",
-                            preset_name=preset, device_name=device, progress=step_progress))

@@ -1,0 +1,186 @@
+"""Federated commands: ``server start``, ``server certs``, ``client start``, ``run``, ``demo``."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from client.node import supernode_command
+from configs.schema import FederationConfig, validate
+from server.deploy import (
+    DeploymentError,
+    flower_env,
+    submit_run,
+    superlink_command,
+    wait_run,
+    write_connection,
+)
+from server.tls import TlsFiles, make_certificates
+from shared.errors import ConfigError
+
+log = logging.getLogger(__name__)
+server_app = typer.Typer(name="server", help="The consortium's aggregator (a Flower SuperLink).",
+                         no_args_is_help=True)
+client_app = typer.Typer(name="client", help="A hospital's node (a Flower SuperNode).",
+                         no_args_is_help=True)
+
+Insecure_ = Annotated[bool, typer.Option("--insecure", help="Plaintext, no TLS (tests only).")]
+FlwrHome_ = Annotated[Path, typer.Option(help="Flower's state and CLI config directory.")]
+
+
+def _terminate_on_sigterm() -> None:
+    """Turn SIGTERM into KeyboardInterrupt so ``with`` blocks stop their processes."""
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _foreground(command: list[str], env: dict[str, str]) -> None:
+    """Run a Flower process in the foreground until it exits or we are interrupted."""
+    _terminate_on_sigterm()
+    proc = subprocess.Popen(command, env=env)
+    try:
+        code = proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        proc.wait(timeout=30)
+        raise
+    if code != 0:
+        raise DeploymentError(f"{Path(command[0]).name} exited with status {code}")
+
+
+def _tls(tls_dir: Path | None, insecure: bool) -> TlsFiles | None:
+    if insecure:
+        return None
+    if tls_dir is None:
+        raise ConfigError("TLS is on by default: pass --tls-dir DIR (ca.crt, server.pem, "
+                          "server.key; make them with 'fedgenome server certs'), or --insecure")
+    files = TlsFiles(tls_dir / "ca.crt", tls_dir / "server.pem", tls_dir / "server.key")
+    for path in (files.ca_cert, files.server_cert, files.server_key):
+        if not path.is_file():
+            raise ConfigError(f"{path}: missing; make the files with 'fedgenome server certs "
+                              f"--out {tls_dir}'")
+    return files
+
+
+@server_app.command("certs")
+def certs_command(
+    out: Annotated[Path, typer.Option(help="Directory for ca.crt, ca.key, server.pem, server.key.")],
+    host: Annotated[list[str] | None, typer.Option(help="Names/addresses the server is reached "
+                                                   "at (default localhost, 127.0.0.1).")] = None,
+) -> None:
+    """Make a CA and a SuperLink server certificate (until the PKI commands exist)."""
+    hosts = tuple(host or ("localhost", "127.0.0.1"))
+    files = make_certificates(out, hosts=hosts)
+    Console().print(f"CA {files.ca_cert}; server certificate {files.server_cert} for {', '.join(hosts)}")
+
+
+@server_app.command("start")
+def server_start(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the Fleet, Control and Runtime APIs.")] = 9092,
+    tls_dir: Annotated[Path | None, typer.Option(help="Directory with ca.crt, server.pem, "
+                                                 "server.key.")] = None,
+    state: Annotated[Path, typer.Option(help="Directory for the SuperLink's database.")] = Path(
+        "superlink-state"),
+    insecure: Insecure_ = False,
+    flwr_home: FlwrHome_ = Path("superlink-state/flwr-home"),
+) -> None:
+    """Start the SuperLink in the foreground (Ctrl-C stops it)."""
+    state.mkdir(parents=True, exist_ok=True)
+    command = superlink_command(host=host, port=port, database=state / "superlink.db",
+                                tls=_tls(tls_dir, insecure), insecure=insecure)
+    _foreground(command, flower_env(flwr_home.resolve()))
+
+
+@client_app.command("start")
+def client_start(
+    site: Annotated[Path, typer.Option(help="The hospital's site directory.")],
+    server: Annotated[str, typer.Option(help="SuperLink address HOST:PORT.")],
+    root_cert: Annotated[Path | None, typer.Option(help="The consortium CA certificate.")] = None,
+    insecure: Insecure_ = False,
+    port: Annotated[int, typer.Option(help="Local ClientApp API port (one per node on a "
+                                      "host).")] = 9094,
+    flwr_home: FlwrHome_ = Path(".flwr-node"),
+) -> None:
+    """Start this site's SuperNode in the foreground (Ctrl-C stops it)."""
+    if not (site / "site.toml").is_file():
+        raise ConfigError(f"{site}: not a site directory (no site.toml)")
+    command = supernode_command(site=site, superlink=server, clientappio_port=port,
+                                root_cert=root_cert, insecure=insecure)
+    _foreground(command, flower_env(flwr_home.resolve()))
+
+
+def run_command(
+    server: Annotated[str, typer.Option(help="SuperLink address HOST:PORT.")],
+    run_dir: Annotated[Path, typer.Option(help="Where the server writes checkpoints and reports.")],
+    reference: Annotated[Path, typer.Option(help="Reference FASTA for held-out evaluation.")],
+    root_cert: Annotated[Path | None, typer.Option(help="The consortium CA certificate.")] = None,
+    insecure: Insecure_ = False,
+    config: Annotated[list[str] | None, typer.Option("--config", "-c", help="Run config KEY=VALUE "
+                                                     "(TOML value), repeatable.")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the run.")] = 7200.0,
+    flwr_home: FlwrHome_ = Path(".flwr-run"),
+) -> None:
+    """Submit a federated run to a SuperLink, wait for it, and check that it completed."""
+    if root_cert is None and not insecure:
+        raise ConfigError("TLS is on by default: pass --root-cert CA.crt, or --insecure")
+    overrides = _parse_overrides(config or [])
+    run_config = {**overrides, "run-dir": str(run_dir.resolve()), "reference": str(reference.resolve())}
+    validate(FederationConfig, run_config, source="--config")
+    home = flwr_home.resolve()
+    write_connection(home, "fedgenome", address=server, ca_cert=root_cert and root_cert.resolve())
+    from fedgenome.localfed import APP_DIR
+
+    run_id = submit_run(APP_DIR, "fedgenome", run_config, flwr_home=home)
+    status = wait_run(run_id, "fedgenome", flwr_home=home, timeout=timeout)
+    if status != "finished:completed":
+        raise DeploymentError(f"run {run_id} ended as {status}; see the SuperLink's log")
+    Console().print(f"run {run_id} completed; report: {run_dir / 'report.json'}")
+
+
+def _parse_overrides(items: list[str]) -> dict[str, Any]:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+    out: dict[str, Any] = {}
+    for item in items:
+        try:
+            out.update(tomllib.loads(item))
+        except tomllib.TOMLDecodeError:
+            raise ConfigError(f"--config {item!r}: expected KEY=VALUE with a TOML value, e.g. "
+                              "num-server-rounds=5 or strategy=\"fedmedian\"") from None
+    return out
+
+
+def demo_command(
+    name: Annotated[str, typer.Option(help="Run name: output goes to runs/NAME.")] = "demo",
+    cache: Annotated[Path | None, typer.Option(help="Data cache (default: $FEDGENOME_CACHE or "
+                                               "~/.cache/fedgenome).")] = None,
+    preset: Annotated[str, typer.Option(help="Model preset.")] = "small",
+    rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 8,
+    local_steps: Annotated[int, typer.Option(help="Private steps per site per round.")] = 5,
+    target_epsilon: Annotated[float, typer.Option(help="Epsilon every site reaches after all "
+                                                  "rounds (budget 8).")] = 8.0,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the run.")] = 3600.0,
+    insecure: Insecure_ = False,
+) -> None:
+    """Three hospitals train the genome LM with DP over Flower's real deployment (TLS, 127.0.0.1)."""
+    from fedgenome.demo import print_summary, run_demo
+    from shared.fetch import default_cache
+
+    _terminate_on_sigterm()
+    config = {"preset": preset, "num-server-rounds": rounds, "local-steps": local_steps,
+              "target-epsilon": target_epsilon, "eval-windows": 64}
+    summary = run_demo(Path("runs") / name, cache=cache or default_cache(), run_config=config,
+                       timeout=timeout, insecure=insecure)
+    print_summary(summary)

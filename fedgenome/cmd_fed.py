@@ -169,6 +169,7 @@ def demo_command(
     preset: Annotated[str, typer.Option(help="Model preset.")] = "small",
     rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 8,
     local_steps: Annotated[int, typer.Option(help="Private steps per site per round.")] = 5,
+    patients_per_step: Annotated[int, typer.Option(help="Expected patients per private step.")] = 8,
     target_epsilon: Annotated[float, typer.Option(help="Epsilon every site reaches after all "
                                                   "rounds (budget 8).")] = 8.0,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the run.")] = 3600.0,
@@ -180,7 +181,8 @@ def demo_command(
 
     _terminate_on_sigterm()
     config = {"preset": preset, "num-server-rounds": rounds, "local-steps": local_steps,
-              "target-epsilon": target_epsilon, "eval-windows": 64}
+              "target-epsilon": target_epsilon, "patients-per-step": patients_per_step,
+              "eval-windows": 64}
     summary = run_demo(Path("runs") / name, cache=cache or default_cache(), run_config=config,
                        timeout=timeout, insecure=insecure)
     print_summary(summary)

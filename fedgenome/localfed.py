@@ -8,6 +8,7 @@ Used by ``fedgenome demo``, the benchmark and the integration tests. Everything 
 from __future__ import annotations
 
 import logging
+import os
 import socket
 from pathlib import Path
 from types import TracebackType
@@ -85,7 +86,10 @@ class LocalFederation:
                                     root_cert=None if self.tls is None else self.tls.ca_cert,
                                     insecure=self.insecure)
         home = self.workdir / "nodes" / site.name
-        self.group.start(f"supernode-{site.name}", command, env=flower_env(home), cwd=self.workdir)
+        # Several hospitals share this machine's cores: one math thread each avoids oversubscription.
+        threads = str(max(1, (os.cpu_count() or 1) // len(self.sites)))
+        env = {**flower_env(home), "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+        self.group.start(f"supernode-{site.name}", command, env=env, cwd=self.workdir)
 
     def kill_node(self, site: Path) -> None:
         """SIGKILL a site's SuperNode and everything it started (a crashed hospital)."""

@@ -134,7 +134,7 @@ def run_status(run_id: int, connection: str, *, flwr_home: Path) -> str:
 
 
 def wait_run(run_id: int, connection: str, *, flwr_home: Path, timeout: float,
-             poll: float = 5.0) -> str:
+             poll: float = 10.0) -> str:
     """Wait until a run has finished; its final status (``flwr run --stream`` exits 0 on failure)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -44,3 +44,19 @@ def tiny_checkpoint(sites_dir: Path, tiny: Preset, tmp_path_factory: pytest.Temp
     out = tmp_path_factory.mktemp("ckpt") / "baseline"
     run_baseline(find_sites([sites_dir]), tiny, out=out, preset_name="tiny", device_name="cpu")
     return out
+
+
+@pytest.fixture()
+def site_copy(sites_dir: Path, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Factory: a private copy of a real site (own key, ledger, state) sharing the real VCF."""
+
+    def make(name: str) -> Path:
+        src = sites_dir / name
+        dst = tmp_path / "sites" / name
+        dst.mkdir(parents=True)
+        text = (src / "site.toml").read_text().replace(
+            'vcf = "patients.vcf.gz"', f'vcf = "{src / "patients.vcf.gz"}"')
+        (dst / "site.toml").write_text(text)
+        return dst
+
+    return make

@@ -134,6 +134,8 @@ class FederationConfig(BaseModel):
     holdout: str = Field("20:58025520-63025520", description="held-out CONTIG:START-END")
     eval_windows: int = Field(32, gt=0)
     resume: bool = Field(False, description="continue from run_dir's last checkpoint")
+    stop_after: int = Field(0, ge=0, description="stop cleanly after this round (0 = never); "
+                            "a later run with resume = true continues")
     seed: int = 0
 
 

@@ -201,4 +201,7 @@ def run_federation(grid: Grid, fed: FederationConfig) -> RunReport:
                  record.heldout_bits_per_base, record.trained, record.refused, record.failed)
         if math.isnan(record.heldout_bits_per_base):
             raise FedGenomeError(f"round {rnd}: the global model diverged (NaN held-out loss)")
+        if fed.stop_after and rnd >= fed.stop_after and rnd < fed.num_server_rounds:
+            log.info("stopping after round %d as asked; a run with resume = true continues", rnd)
+            break
     return federation.report

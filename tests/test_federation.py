@@ -93,8 +93,11 @@ def test_server_stops_after_round_one_and_resumes(site_copy: Callable[[str], Pat
     sites = [site_copy("hospital-ceu"), site_copy("hospital-tsi")]
     run_dir = tmp_path / "run"
     with LocalFederation(tmp_path / "fed1", sites) as first:
-        run_id = first.submit(run_config(data_paths, run_dir, **{"num-server-rounds": 1}))
+        run_id = first.submit(run_config(data_paths, run_dir, **{"num-server-rounds": 3,
+                                                                  "stop-after": 1}))
         assert first.wait(run_id, timeout=600) == "finished:completed"
+    assert json.loads((run_dir / "state.json").read_text())["last_round"] == 1
+    assert [len(ledger_entries(site)) for site in sites] == [1, 1]
     # Everything was stopped; a new SuperLink and new SuperNodes continue from the checkpoint.
     with LocalFederation(tmp_path / "fed2", sites) as second:
         run_id = second.submit(run_config(data_paths, run_dir, **{"num-server-rounds": 3,

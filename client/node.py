@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from server.deploy import flower_tool
 from shared.errors import ConfigError
+from shared.processes import flower_tool
 
 
 def supernode_command(*, site: Path, superlink: str, clientappio_port: int,

@@ -17,7 +17,6 @@ from client.node import supernode_command
 from configs.schema import FederationConfig, validate
 from server.deploy import (
     DeploymentError,
-    flower_env,
     submit_run,
     superlink_command,
     wait_run,
@@ -25,6 +24,7 @@ from server.deploy import (
 )
 from server.tls import TlsFiles, make_certificates
 from shared.errors import ConfigError
+from shared.processes import flower_env
 
 log = logging.getLogger(__name__)
 server_app = typer.Typer(name="server", help="The consortium's aggregator (a Flower SuperLink).",

@@ -16,7 +16,6 @@ from typing import Any
 
 from client.node import supernode_command
 from server.deploy import (
-    flower_env,
     submit_run,
     superlink_command,
     wait_healthy,
@@ -24,7 +23,7 @@ from server.deploy import (
     write_connection,
 )
 from server.tls import TlsFiles, make_certificates
-from shared.processes import ProcessGroup
+from shared.processes import ProcessGroup, flower_env
 
 log = logging.getLogger(__name__)
 HOST = "127.0.0.1"

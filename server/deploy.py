@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 import ssl
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -23,30 +20,13 @@ from typing import Any
 from server.tls import TlsFiles
 from shared.atomic import write_text
 from shared.errors import ConfigError, FedGenomeError
+from shared.processes import flower_env, flower_tool
 
 log = logging.getLogger(__name__)
 
 
 class DeploymentError(FedGenomeError):
     """A Flower process or command failed; the message says which and where its log is."""
-
-
-def flower_tool(name: str) -> str:
-    """Path of a Flower executable installed beside this Python (or on PATH)."""
-    beside = Path(sys.executable).with_name(name)
-    found = str(beside) if beside.exists() else shutil.which(name)
-    if found is None:
-        raise DeploymentError(f"'{name}' not found: install fedgenome's dependencies "
-                              "(bash scripts/setup.sh) and run from that environment")
-    return found
-
-
-def flower_env(flwr_home: Path) -> dict[str, str]:
-    """Environment for Flower processes: their own FLWR_HOME, no update checks, no dep installs."""
-    bin_dir = str(Path(sys.executable).parent)  # Flower starts flower-superexec etc. by name
-    path = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
-    return {**os.environ, "PATH": path, "FLWR_HOME": str(flwr_home), "FLWR_DISABLE_UPDATE_CHECK": "1",
-            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def superlink_command(*, host: str, port: int, database: Path, tls: TlsFiles | None,

@@ -110,7 +110,6 @@ class Federation:
         self.run_dir = Path(fed.run_dir)
         self.preset = load_preset(fed.preset)
         self.strategy: Strategy = create_strategy(fed)
-        self.model = GenomeLM(self.preset.model)
         self.eval_windows = self._eval_windows()
         self.report = RunReport(self.run_dir, fed.model_dump(by_alias=True))
         self.names: dict[int, str] = {}

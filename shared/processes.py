@@ -10,12 +10,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
+
+from shared.errors import FedGenomeError
 
 log = logging.getLogger(__name__)
 
@@ -111,3 +115,21 @@ def tree(root: int) -> set[int]:
         found.update(children)
         frontier += children
     return found | {pid for pid, group in groups.items() if group == root}
+
+
+def flower_tool(name: str) -> str:
+    """Path of a Flower executable installed beside this Python (or on PATH)."""
+    beside = Path(sys.executable).with_name(name)
+    found = str(beside) if beside.exists() else shutil.which(name)
+    if found is None:
+        raise FedGenomeError(f"'{name}' not found: install fedgenome's dependencies "
+                              "(bash scripts/setup.sh) and run from that environment")
+    return found
+
+
+def flower_env(flwr_home: Path) -> dict[str, str]:
+    """Environment for Flower processes: their own FLWR_HOME, no update checks, no dep installs."""
+    bin_dir = str(Path(sys.executable).parent)  # Flower starts flower-superexec etc. by name
+    path = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
+    return {**os.environ, "PATH": path, "FLWR_HOME": str(flwr_home), "FLWR_DISABLE_UPDATE_CHECK": "1",
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "PYTHONUNBUFFERED": "1"}

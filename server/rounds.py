@@ -100,12 +100,29 @@ def collect(replies: list[Message], sampled: list[int], names: dict[int, str],
     return out
 
 
+def with_defaults(fed: FederationConfig) -> FederationConfig:
+    """Fill an empty 'run-dir' (~/fedgenome-runs/<time>) and 'reference' (the data cache's)."""
+    from shared.fetch import data_paths
+
+    update: dict[str, Any] = {}
+    if not fed.run_dir:
+        update["run_dir"] = str(Path.home() / "fedgenome-runs" / time.strftime("%Y%m%d-%H%M%S"))
+    elif not Path(fed.run_dir).is_absolute():
+        raise ConfigError(f"run config 'run-dir' = {fed.run_dir!r}: give an absolute directory")
+    if not fed.reference:
+        cached = data_paths().reference
+        if not cached.exists():
+            raise ConfigError("run config 'reference' is empty and the data cache has no "
+                              "reference: run 'fedgenome data fetch' or set reference")
+        update["reference"] = str(cached)
+    return fed.model_copy(update=update) if update else fed
+
+
 class Federation:
     """A run's global model, strategy, evaluation data, report and checkpoints."""
 
     def __init__(self, fed: FederationConfig) -> None:
-        if not fed.run_dir or not Path(fed.run_dir).is_absolute():
-            raise ConfigError(f"run config 'run-dir' = {fed.run_dir!r}: give an absolute directory")
+        fed = with_defaults(fed)
         self.fed = fed
         self.run_dir = Path(fed.run_dir)
         self.preset = load_preset(fed.preset)
@@ -130,9 +147,6 @@ class Federation:
             self.report.initial_bits_per_base = self.heldout_bits()
 
     def _eval_windows(self) -> torch.Tensor:
-        if not self.fed.reference:
-            raise ConfigError("run config 'reference' is empty: give the reference FASTA path for "
-                              "the held-out evaluation")
         region = Region.parse(self.fed.holdout)
         ref = Reference(Path(self.fed.reference))
         return tile_windows({region.contig: ref.tokens(region.contig)}, [region],

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import dataclasses
 import fcntl
 import hashlib
@@ -45,7 +44,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from privacy.keys import fingerprint, sign, verify_signature
 from privacy.mechanism import Mechanism
-from shared.atomic import write_text
+from shared.atomic import fsync_dir, write_text
 from shared.errors import ConfigError, LedgerError
 
 logger = logging.getLogger(__name__)
@@ -241,7 +240,7 @@ class Ledger:
                 raise LedgerError(f"{self.path} (seq {entry.seq}): could not append ({exc.strerror}); "
                                   "nothing was recorded") from exc
         if new:
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
         self._size += len(line)
 
     def _write_head(self) -> None:
@@ -432,13 +431,3 @@ def _is_utc_time(text: str) -> bool:
 def _reject_constant(name: str) -> float:
     """json.loads hook: NaN and Infinity are not valid in a ledger."""
     raise ValueError(f"{name} is not allowed")
-
-
-def _fsync_dir(path: Path) -> None:
-    """Fsync a directory so that a new file in it survives a crash (no-op where unsupported)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

@@ -32,6 +32,8 @@ Config_ = Annotated[Path | None, typer.Option("--config", help="TOML file overri
                                               "([model], [data], [train] tables).")]
 Steps_ = Annotated[int | None, typer.Option("--steps", help="Training steps (overrides the preset).")]
 Device_ = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
+Checkpoint_ = Annotated[Path, typer.Argument(help="Checkpoint directory.")]
+Reference_ = Annotated[Path | None, typer.Option(help="Reference FASTA (default: the checkpoint's).")]
 
 
 def progress() -> Progress:
@@ -145,11 +147,10 @@ def train_command(
 
 
 def eval_command(
-    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint directory.")],
+    checkpoint: Checkpoint_,
     fasta: Annotated[Path | None, typer.Option(help="Evaluate on every record of this FASTA "
                                                "instead of the held-out region.")] = None,
-    reference: Annotated[Path | None, typer.Option(help="Reference FASTA (default: the "
-                                                   "checkpoint's).")] = None,
+    reference: Reference_ = None,
     region: Annotated[str | None, typer.Option(help="CONTIG:START-END (default: the "
                                                "checkpoint's held-out regions).")] = None,
     windows: Annotated[int | None, typer.Option(help="Windows to evaluate.")] = None,
@@ -178,12 +179,11 @@ def eval_command(
 
 
 def score_command(
-    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint directory.")],
+    checkpoint: Checkpoint_,
     vcf: Annotated[Path, typer.Argument(help="VCF of variants to score (SNVs).")],
     out: Annotated[Path | None, typer.Option(help="TSV to write (default: VCF name + "
                                              ".scores.tsv).")] = None,
-    reference: Annotated[Path | None, typer.Option(help="Reference FASTA (default: the "
-                                                   "checkpoint's).")] = None,
+    reference: Reference_ = None,
     window: Annotated[int | None, typer.Option(help="Window centred on each variant.")] = None,
     device: Device_ = "auto",
 ) -> None:

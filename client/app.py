@@ -1,20 +1,41 @@
-"""The hospital's Flower ClientApp: unpack the message, run the site's round, pack the reply."""
+"""The hospital's Flower ClientApp: unpack the message, run the site's round, pack the reply.
+
+One app serves both aggregation modes. Plain: the server sends ``arrays`` and gets a float16 delta
+back. SecAgg+ (Flower 1.41 runs it on its legacy records only): ``secaggplus_mod`` drives the
+protocol and calls the same train handler with ``fitins.*`` records, which gets the same site round
+and answers with ``fitres.*`` records; the mod then masks the delta before anything leaves. Every
+reply passes the egress guard last (client/egress.py).
+"""
 
 from __future__ import annotations
 
 import logging
 
+import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.common import Code, FitRes, Scalar, Status, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.compat.common import recorddict_compat as compat
 
-from client.site import SiteNode
+from client.egress import SECAGG_RECORD, SITE_RECORD, egress_guard
+from client.site import SiteNode, SiteReply
 from configs.schema import FederationConfig, validate
 from shared import wire
 
 log = logging.getLogger(__name__)
-SITE = "site"  # reply ConfigRecord key holding the site's name (for the run report)
+SITE = SITE_RECORD  # reply ConfigRecord key holding the site's name (for the run report)
 
-app = ClientApp()
+
+def secure_aggregation(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Flower mod: hand SecAgg+ protocol messages to ``secaggplus_mod``, the rest straight on."""
+    if SECAGG_RECORD in msg.content.config_records:
+        return secaggplus_mod(msg, context, call_next)
+    return call_next(msg, context)
+
+
+app = ClientApp(mods=[egress_guard, secure_aggregation])
 
 
 def federation_config(context: Context) -> FederationConfig:
@@ -32,14 +53,44 @@ def global_arrays(msg: Message) -> wire.Arrays:
 def train(msg: Message, context: Context) -> Message:
     """One private round at this site (or a refusal when its budget is spent)."""
     site = SiteNode.from_node_config(dict(context.node_config))
+    fed = federation_config(context)
+    if "fitins.parameters" in msg.content.array_records:  # SecAgg+ (legacy records)
+        return _train_secure(msg, site, fed)
     config = msg.content.config_records[wire.CONFIG]
-    reply = site.train_round(global_arrays(msg), federation_config(context),
-                             global_round=int(str(config["global-round"])))
+    reply = site.train_round(global_arrays(msg), fed, global_round=int(str(config["global-round"])))
     content = RecordDict({wire.METRICS: MetricRecord(dict(reply.metrics)),  # type: ignore[arg-type]
                           SITE: ConfigRecord({"name": reply.site})})
     if reply.delta is not None:
         content[wire.ARRAYS] = ArrayRecord({k: Array(v) for k, v in reply.delta.items()})
     return Message(content=content, reply_to=msg)
+
+
+def _train_secure(msg: Message, site: SiteNode, fed: FederationConfig) -> Message:
+    """The same round for SecAgg+: arrays in state-dict order, the delta weighted by its examples."""
+    fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
+    names = site.parameter_names(fed)
+    values = parameters_to_ndarrays(fitins.parameters)
+    if len(values) != len(names):
+        raise ValueError(f"the server sent {len(values)} arrays, the model has {len(names)}")
+    global_ = {k: np.asarray(v, dtype=np.float32) for k, v in zip(names, values, strict=True)}
+    reply = site.train_round(global_, fed, global_round=int(str(fitins.config["global-round"])))
+    content = compat.fitres_to_recorddict(_fitres(reply, global_, fed), keep_input=True)
+    return Message(content=content, reply_to=msg)
+
+
+def _fitres(reply: SiteReply, global_: wire.Arrays, fed: FederationConfig) -> FitRes:
+    """The legacy fit result SecAgg+ masks: a refused site takes part with zeros and weight 0."""
+    if reply.delta is None:
+        arrays, weight = [np.zeros_like(v) for v in global_.values()], 0
+    else:
+        arrays = [reply.delta[k].astype(np.float32) for k in global_]
+        weight = int(reply.metrics[wire.NUM_EXAMPLES])
+        peak = max(float(np.abs(a).max()) for a in arrays) * weight / fed.secagg_max_weight
+        if peak > fed.secagg_clip_range:
+            log.warning("the weighted update reaches %.3g, beyond secagg-clip-range %.3g: SecAgg+ "
+                        "clips it", peak, fed.secagg_clip_range)
+    metrics: dict[str, Scalar] = {**reply.metrics, "site": reply.site}
+    return FitRes(Status(Code.OK, "OK"), ndarrays_to_parameters(arrays), weight, metrics)
 
 
 @app.evaluate()

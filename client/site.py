@@ -19,6 +19,7 @@ from configs.schema import DPConfig, FederationConfig, SiteManifest, load_preset
 from privacy.site_state import open_ledger
 from privacy.trainer import noise_for, run_private_round
 from shared import wire
+from shared.atomic import atomic_path
 from shared.checkpoint import load_weights
 from shared.datasets import n_fraction, open_site
 from shared.errors import ConfigError
@@ -26,6 +27,7 @@ from shared.model import GenomeLM
 from shared.train import evaluate, pick_device
 
 log = logging.getLogger(__name__)
+OUTBOX = "outbox"
 
 
 @dataclass(frozen=True)
@@ -53,18 +55,31 @@ def check_egress(reply: SiteReply, expected: dict[str, tuple[int, ...]]) -> Site
 class SiteNode:
     """A site directory, as named by the SuperNode's node config (``site='/abs/path'``)."""
 
-    def __init__(self, site_dir: Path) -> None:
+    def __init__(self, site_dir: Path, *, keep_updates: bool = False) -> None:
         self.site_dir = site_dir
         self.manifest: SiteManifest = load_site_manifest(site_dir)
+        self.keep_updates = keep_updates
 
     @classmethod
     def from_node_config(cls, node_config: dict[str, Any]) -> SiteNode:
-        """The site named by node config key ``site`` (an absolute path)."""
+        """The site named by node config key ``site`` (an absolute path).
+
+        Node config ``keep-updates=true`` keeps a copy of every update sent in ``state/outbox/``.
+        """
         site = node_config.get("site")
         if not isinstance(site, str) or not Path(site).is_absolute():
             raise ConfigError(f"node config 'site' = {site!r}: start the SuperNode with "
                               "--node-config \"site='/absolute/path/to/site'\"")
-        return cls(Path(site))
+        keep = node_config.get("keep-updates", False)
+        if not isinstance(keep, bool):
+            raise ConfigError(f"node config 'keep-updates' = {keep!r}: use true or false")
+        return cls(Path(site), keep_updates=keep)
+
+    @staticmethod
+    def parameter_names(fed: FederationConfig) -> list[str]:
+        """The global model's array names in state-dict order (how legacy records order them)."""
+        with torch.device("meta"):
+            return list(GenomeLM(load_preset(fed.preset).model).state_dict())
 
     def train_round(self, global_: wire.Arrays, fed: FederationConfig, *,
                     global_round: int) -> SiteReply:
@@ -99,8 +114,16 @@ class SiteNode:
         if outcome.status == "trained":
             metrics[wire.TRAIN_LOSS] = outcome.mean_loss
             delta = wire.encode_update(model.state_dict(), global_)
+            if self.keep_updates:
+                self._keep(delta, global_round=global_round, seq=outcome.entry.seq)
         shapes = {k: tuple(v.shape) for k, v in global_.items()}
         return check_egress(SiteReply(self.manifest.name, delta, metrics), shapes)
+
+    def _keep(self, delta: dict[str, npt.NDArray[np.float16]], *, global_round: int, seq: int) -> None:
+        """Keep the update about to be sent: ``state/outbox/round-RRRR-entry-SSSSS.npz``."""
+        path = self.site_dir / "state" / OUTBOX / f"round-{global_round:04d}-entry-{seq:05d}.npz"
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **delta)  # type: ignore[arg-type]
 
     def evaluate(self, global_: wire.Arrays, fed: FederationConfig) -> tuple[float, int]:
         """Bits per base of the global model on the site's own patients' held-out windows.

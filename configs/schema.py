@@ -106,6 +106,10 @@ class Preset(_Frozen):
     privacy: DPConfig = DPConfig(target_epsilon=8.0)
 
 
+SECAGG_STRATEGIES = ("fedavg", "fedprox")
+"""Strategies that need only the (weighted) sum of the updates, so they work under SecAgg+."""
+
+
 class FederationConfig(BaseModel):
     """A federated run, from Flower's run config (``[tool.flwr.app.config]``, kebab-case keys)."""
 
@@ -137,6 +141,32 @@ class FederationConfig(BaseModel):
     stop_after: int = Field(0, ge=0, description="stop cleanly after this round (0 = never); "
                             "a later run with resume = true continues")
     seed: int = 0
+    max_update_norm: float = Field(0.0, ge=0.0, description="bound on a site update's L2 norm; "
+                                   "0 = automatic (2 x lr x local-steps x sqrt(parameters))")
+    aggregation: Literal["plain", "secagg+"] = Field(
+        "plain", description="'secagg+': Flower's SecAgg+, the server sees only the sum")
+    secagg_shares: int = Field(3, ge=2, description="SecAgg+: shares of each site's secrets")
+    secagg_threshold: int = Field(2, ge=2, description="SecAgg+: shares needed to reconstruct")
+    secagg_clip_range: float = Field(1.0, gt=0.0, description="SecAgg+: weighted deltas are "
+                                     "clipped to +-this before quantisation")
+    secagg_max_weight: float = Field(1000.0, gt=0.0, description="SecAgg+: largest site weight "
+                                     "(num-examples) expected")
+
+    @model_validator(mode="after")
+    def _secagg_compatible(self) -> FederationConfig:
+        if self.aggregation != "secagg+":
+            return self
+        if self.strategy not in SECAGG_STRATEGIES:
+            raise ValueError(f"strategy {self.strategy!r} needs each site's own update, which "
+                             f"secure aggregation hides: use strategy {' or '.join(SECAGG_STRATEGIES)} "
+                             "with aggregation 'secagg+', or aggregation 'plain'")
+        if self.secagg_threshold > self.secagg_shares:
+            raise ValueError(f"secagg-threshold={self.secagg_threshold} is above secagg-shares="
+                             f"{self.secagg_shares}: a secret cannot need more shares than exist")
+        if self.min_nodes < 2:
+            raise ValueError("aggregation 'secagg+' needs min-nodes >= 2 (a sum of one site's "
+                             "update is that update)")
+        return self
 
 
 class Region(_Frozen):

@@ -1,8 +1,10 @@
 """A whole federation on one machine: a SuperLink and one SuperNode per site, real processes.
 
 Used by ``fedgenome demo``, the benchmark and the integration tests. Everything listens on
-127.0.0.1; TLS certificates are made for the run unless ``insecure`` is asked for. Leaving the
-``with`` block (normally, on an exception or on Ctrl-C) stops every process and its children.
+127.0.0.1; TLS certificates are made for the run unless ``insecure`` is asked for, and SuperNode
+authentication is on: each site's key (``keys/<site>``, the one that signs its ledger) is
+registered with the SuperLink before its SuperNode starts. Leaving the ``with`` block (normally,
+on an exception or on Ctrl-C) stops every process and its children.
 """
 
 from __future__ import annotations
@@ -10,12 +12,17 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from client.node import supernode_command
+from configs.schema import load_site_manifest
+from privacy.keys import create_site_key
+from privacy.site_state import site_key_path
 from server.deploy import (
+    register_supernode,
     submit_run,
     superlink_command,
     wait_healthy,
@@ -41,10 +48,27 @@ def free_port() -> int:
 class LocalFederation:
     """Start with ``with LocalFederation(workdir, sites) as fed:``, then ``fed.run(config)``."""
 
-    def __init__(self, workdir: Path, sites: list[Path], *, insecure: bool = False) -> None:
+    def __init__(self, workdir: Path, sites: list[Path], *, insecure: bool = False,
+                 auth: bool = True, keep_updates: bool = False,
+                 relay: Callable[[int], int] | None = None) -> None:
+        """Describe the federation; ``start`` (or ``with``) starts it.
+
+        Args:
+            workdir: Where certificates, Flower's state and the processes' logs go.
+            sites: The site directories, one SuperNode each.
+            insecure: Plaintext instead of TLS (tests that must read the wire only).
+            auth: SuperNode authentication: only the sites' registered keys may connect.
+            keep_updates: Sites keep a copy of every update they send (``state/outbox/``).
+            relay: Given the SuperLink's port, start something in between and return the port
+                the SuperNodes should connect to instead (the tests' wire tap).
+        """
         self.workdir = workdir.resolve()
         self.sites = [s.resolve() for s in sites]
         self.insecure = insecure
+        self.auth = auth
+        self.keep_updates = keep_updates
+        self.relay = relay
+        self.fleet_port = 0
         self.flwr_home = self.workdir / "flwr-home"
         self.group = ProcessGroup(self.workdir / "logs")
         self.tls: TlsFiles | None = None
@@ -69,21 +93,41 @@ class LocalFederation:
         self.port = free_port()
         self.group.start("superlink", superlink_command(
             host=HOST, port=self.port, database=self.workdir / "superlink.db", tls=self.tls,
-            insecure=self.insecure), env=flower_env(self.flwr_home), cwd=self.workdir)
+            insecure=self.insecure, auth=self.auth), env=flower_env(self.flwr_home), cwd=self.workdir)
         ca = None if self.tls is None else self.tls.ca_cert
         wait_healthy(HOST, self.port, ca_cert=ca)
         write_connection(self.flwr_home, CONNECTION, address=f"{HOST}:{self.port}", ca_cert=ca)
+        self.fleet_port = self.relay(self.port) if self.relay else self.port
         for site in self.sites:
+            if self.auth:
+                self.register(site)
             self.start_node(site)
-        log.info("SuperLink on %s:%d (%s) with %d SuperNodes", HOST, self.port,
-                 "plaintext" if self.insecure else "TLS", len(self.sites))
+        log.info("SuperLink on %s:%d (%s, %s) with %d SuperNodes", HOST, self.port,
+                 "plaintext" if self.insecure else "TLS",
+                 "authenticated nodes" if self.auth else "no node authentication", len(self.sites))
+
+    def site_key(self, site: Path) -> Path:
+        """The site's private key (created if it has none yet); its ``.pub`` lies beside it."""
+        name = load_site_manifest(site).name
+        key = site_key_path(site, name)
+        if not key.exists():
+            create_site_key(key.parent, name)
+        return key
+
+    def register(self, site: Path) -> int:
+        """Register the site's public key with the SuperLink; the node id it was given."""
+        key = self.site_key(site)
+        return register_supernode(key.with_name(key.name + ".pub"), CONNECTION,
+                                  flwr_home=self.flwr_home)
 
     def start_node(self, site: Path) -> None:
         """Start (or restart) the SuperNode of ``site``."""
-        command = supernode_command(site=site, superlink=f"{HOST}:{self.port}",
+        command = supernode_command(site=site, superlink=f"{HOST}:{self.fleet_port}",
                                     clientappio_port=free_port(),
                                     root_cert=None if self.tls is None else self.tls.ca_cert,
-                                    insecure=self.insecure)
+                                    insecure=self.insecure,
+                                    auth_key=self.site_key(site) if self.auth else None,
+                                    keep_updates=self.keep_updates)
         home = self.workdir / "nodes" / site.name
         # Several hospitals share this machine's cores: one math thread each avoids oversubscription.
         threads = str(max(1, (os.cpu_count() or 1) // len(self.sites)))

@@ -18,5 +18,5 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     """Run (or resume) the federated rounds described by the run config."""
     fed = validate(FederationConfig, dict(context.run_config), source="flwr run config")
-    report = run_federation(grid, fed)
+    report = run_federation(grid, fed, context)
     log.info("run finished: %d rounds in %s", len(report.rounds), report.run_dir)

@@ -103,6 +103,23 @@ def submit_run(app_dir: Path, connection: str, run_config: dict[str, Any], *,
     return int(data["run-id"])
 
 
+def register_supernode(public_key: Path, connection: str, *, flwr_home: Path,
+                       name: str | None = None) -> int:
+    """Register a site's public key with a SuperLink that runs with SuperNode authentication.
+
+    Returns the node id the SuperLink gave it. Only registered keys may connect.
+    """
+    if not public_key.is_file():
+        raise ConfigError(f"{public_key}: no such public key; make the site's key pair with "
+                          "'fedgenome pki add-site'")
+    args = ["supernode", "register", str(public_key), connection, "--format", "json"]
+    out = flwr(args + (["--name", name] if name else []), flwr_home=flwr_home)
+    data = json.loads(out[out.index("{"):])
+    if not data.get("success", True) or "node-id" not in data:
+        raise DeploymentError(f"flwr supernode register did not register {public_key}: {data}")
+    return int(data["node-id"])
+
+
 def run_status(run_id: int, connection: str, *, flwr_home: Path) -> str:
     """The status of a run, e.g. 'running' or 'finished:completed'."""
     out = flwr(["ls", connection, "--run-id", str(run_id), "--format", "json"], flwr_home=flwr_home)

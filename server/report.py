@@ -29,6 +29,8 @@ class RoundRecord:
     failed: list[str] = field(default_factory=list)  # sampled, but no usable reply
     dropped: list[str] = field(default_factory=list)  # seen in earlier rounds, gone now
     epsilon: dict[str, float] = field(default_factory=dict)  # cumulative, per site
+    rejected: dict[str, str] = field(default_factory=dict)  # site -> why the server rejected it
+    update_norms: dict[str, float] = field(default_factory=dict)  # L2 norm of each accepted update
     seconds: float = 0.0
 
 
@@ -54,11 +56,12 @@ class RunReport:
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         writer.writerow(["round", "train_loss", "heldout_bits_per_base", "trained", "refused",
-                         "failed", "dropped", "epsilon", "seconds"])
+                         "failed", "dropped", "rejected", "epsilon", "seconds"])
         for r in self.rounds:
             writer.writerow([r.round, "" if r.train_loss is None else f"{r.train_loss:.5f}",
                              f"{r.heldout_bits_per_base:.5f}", ";".join(r.trained),
                              ";".join(r.refused), ";".join(r.failed), ";".join(r.dropped),
+                             ";".join(sorted(r.rejected)),
                              ";".join(f"{k}={v:.4f}" for k, v in sorted(r.epsilon.items())),
                              f"{r.seconds:.1f}"])
         write_text(self.run_dir / "report.csv", buffer.getvalue())

@@ -16,14 +16,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
+import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from configs.schema import FederationConfig, Region, load_preset
 from server.report import RoundRecord, RunReport, read_state, write_state
+from server.secagg import secure_round
 from server.strategies import create_strategy, load_strategy_state, save_strategy_state
+from server.validation import UpdateRejected, check_update, update_bound
 from shared import wire
 from shared.checkpoint import load_checkpoint, save_checkpoint
 from shared.datasets import tile_windows
@@ -68,13 +71,19 @@ class Collected:
     trained: list[Message] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    rejected: dict[str, str] = field(default_factory=dict)  # site -> why its update was rejected
     epsilon: dict[str, float] = field(default_factory=dict)
     losses: list[float] = field(default_factory=list)
+    norms: dict[str, float] = field(default_factory=dict)  # site -> L2 norm of its update
 
 
 def collect(replies: list[Message], sampled: list[int], names: dict[int, str],
-            global_: wire.Arrays) -> Collected:
-    """Sort replies into trained / refused / failed, decoding deltas into full float32 weights."""
+            global_: wire.Arrays, *, max_norm: float) -> Collected:
+    """Sort replies into trained / refused / rejected / failed; decode valid deltas to full weights.
+
+    Every delta is validated (:func:`server.validation.check_update`) before it is decoded; a
+    rejected one is logged and left out, and the round goes on with the others.
+    """
     out = Collected()
     answered = set()
     for msg in replies:
@@ -89,7 +98,14 @@ def collect(replies: list[Message], sampled: list[int], names: dict[int, str],
         if int(cast(int, metrics[wire.STATUS])) == wire.REFUSED:
             out.refused.append(name)
             continue
-        delta = {k: v.numpy() for k, v in msg.content.array_records[wire.ARRAYS].items()}
+        arrays = msg.content.array_records.get(wire.ARRAYS, ArrayRecord())
+        delta = {k: v.numpy() for k, v in arrays.items()}
+        try:
+            out.norms[name] = check_update(delta, global_, max_norm=max_norm).norm
+        except UpdateRejected as exc:
+            log.warning("rejected the update of site %s: %s", name, exc)
+            out.rejected[name] = str(exc)
+            continue
         full = wire.decode_update(delta, global_)
         out.losses.append(float(cast(float, metrics[wire.TRAIN_LOSS])))
         msg.content = RecordDict({
@@ -161,8 +177,8 @@ class Federation:
         """The global weights as float32 numpy arrays."""
         return wire.state_to_arrays(self.model.state_dict())
 
-    def run_round(self, grid: Grid, rnd: int) -> RoundRecord:
-        """One round: quorum, train, aggregate the trained sites, evaluate."""
+    def run_round(self, grid: Grid, rnd: int, context: Context | None = None) -> RoundRecord:
+        """One round: quorum, train, validate and aggregate the sites' updates, evaluate."""
         start = time.monotonic()
         nodes = wait_for_quorum(grid, minimum=self.fed.min_nodes, timeout=self.fed.sample_timeout)
         global_ = self.arrays()
@@ -171,21 +187,53 @@ class Federation:
             rnd, ArrayRecord({k: Array(v) for k, v in global_.items()}), config,
             cast(Grid, _Snapshot(nodes))))
         sampled = [m.metadata.dst_node_id for m in messages]
-        replies = list(grid.send_and_receive(messages, timeout=self.fed.round_timeout))
-        got = collect(replies, sampled, self.names, global_)
-        if got.trained:
-            arrays, _ = self.strategy.aggregate_train(rnd, got.trained)
-            if arrays is not None:
-                self.model.load_state_dict(arrays.to_torch_state_dict())
-        seen_before = {s for r in self.report.rounds for s in r.trained + r.refused}
+        bound = update_bound(self.fed, global_)
+        if self.fed.aggregation == "secagg+":
+            if context is None:
+                raise ConfigError("aggregation 'secagg+' needs the ServerApp's context")
+            got = self._secure(grid, context, rnd, sampled, global_, bound)
+        else:
+            replies = list(grid.send_and_receive(messages, timeout=self.fed.round_timeout))
+            got = collect(replies, sampled, self.names, global_, max_norm=bound)
+            if got.trained:
+                arrays, _ = self.strategy.aggregate_train(rnd, got.trained)
+                if arrays is not None:
+                    self.model.load_state_dict(arrays.to_torch_state_dict())
+        seen_before = {s for r in self.report.rounds for s in r.trained + r.refused + list(r.rejected)}
         present = set(got.epsilon)
         loss = sum(got.losses) / len(got.losses) if got.losses else None
         return RoundRecord(
             round=rnd, train_loss=loss, heldout_bits_per_base=self.heldout_bits(),
-            trained=sorted(n for n in got.epsilon if n not in got.refused),
+            trained=sorted(n for n in got.epsilon if n not in got.refused and n not in got.rejected),
             refused=sorted(got.refused), failed=sorted(got.failed),
             dropped=sorted(seen_before - present), epsilon=dict(sorted(got.epsilon.items())),
+            rejected=dict(sorted(got.rejected.items())),
+            update_norms={k: round(v, 6) for k, v in sorted(got.norms.items())},
             seconds=time.monotonic() - start)
+
+    def _secure(self, grid: Grid, context: Context, rnd: int, sampled: list[int],
+                global_: wire.Arrays, bound: float) -> Collected:
+        """A SecAgg+ round: only the mean delta is seen, so only the mean can be validated."""
+        result = secure_round(grid, context, self.fed, rnd=rnd, nodes=sampled, global_=global_)
+        got = Collected(failed=[f"node {n}" for n in range(result.failures)])
+        for name, metrics in result.metrics.items():
+            got.epsilon[name] = float(cast(float, metrics[wire.EPSILON]))
+            if int(cast(int, metrics[wire.STATUS])) == wire.REFUSED:
+                got.refused.append(name)
+            else:
+                got.losses.append(float(cast(float, metrics[wire.TRAIN_LOSS])))
+        if result.mean_delta is None:
+            return got
+        try:
+            got.norms["(secure mean)"] = check_update(result.mean_delta, global_, max_norm=bound,
+                                                      dtype=np.float32).norm
+        except UpdateRejected as exc:
+            log.warning("rejected the securely aggregated update of round %d: %s", rnd, exc)
+            got.rejected.update({name: f"secure mean: {exc}" for name in result.metrics
+                                 if name not in got.refused})
+            return got
+        self.model.load_state_dict(wire.arrays_to_state(wire.decode_update(result.mean_delta, global_)))
+        return got
 
     def checkpoint(self, rnd: int) -> None:
         """Save the global model, the strategy state and the resumable state after ``rnd``."""
@@ -202,16 +250,17 @@ class Federation:
         return Region.parse(self.fed.holdout).model_dump()
 
 
-def run_federation(grid: Grid, fed: FederationConfig) -> RunReport:
+def run_federation(grid: Grid, fed: FederationConfig, context: Context | None = None) -> RunReport:
     """Run (or resume) the rounds of ``fed``; return the report."""
     federation = Federation(fed)
     for rnd in range(federation.done + 1, fed.num_server_rounds + 1):
-        record = federation.run_round(grid, rnd)
+        record = federation.run_round(grid, rnd, context)
         federation.report.add(record)
         federation.checkpoint(rnd)
-        log.info("round %d: loss %s, held-out %.4f bits/base, trained %s, refused %s, failed %s",
-                 rnd, "-" if record.train_loss is None else f"{record.train_loss:.4f}",
-                 record.heldout_bits_per_base, record.trained, record.refused, record.failed)
+        log.info("round %d: loss %s, held-out %.4f bits/base, trained %s, refused %s, rejected %s, "
+                 "failed %s", rnd, "-" if record.train_loss is None else f"{record.train_loss:.4f}",
+                 record.heldout_bits_per_base, record.trained, record.refused,
+                 sorted(record.rejected), record.failed)
         if math.isnan(record.heldout_bits_per_base):
             raise FedGenomeError(f"round {rnd}: the global model diverged (NaN held-out loss)")
         if fed.stop_after and rnd >= fed.stop_after and rnd < fed.num_server_rounds:

@@ -7,6 +7,8 @@ float32 global weights it sent. Pure numpy: the Flower apps turn these dicts int
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import numpy.typing as npt
 import torch
@@ -40,12 +42,17 @@ def state_to_arrays(state: dict[str, torch.Tensor]) -> Arrays:
     return {k: v.detach().float().cpu().numpy() for k, v in state.items()}
 
 
+def arrays_to_state(arrays: Arrays) -> dict[str, torch.Tensor]:
+    """Float32 numpy arrays as a torch state dict."""
+    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
+
+
 def encode_update(local: dict[str, torch.Tensor], global_: Arrays) -> dict[str, npt.NDArray[np.float16]]:
     """The float16 delta ``local - global`` for every tensor of the model."""
     return {k: (v.detach().float().cpu().numpy() - global_[k]).astype(WIRE_DTYPE)
             for k, v in local.items()}
 
 
-def decode_update(delta: dict[str, npt.NDArray[np.generic]], global_: Arrays) -> Arrays:
+def decode_update(delta: Mapping[str, npt.NDArray[np.generic]], global_: Arrays) -> Arrays:
     """Float32 weights ``global + delta``."""
     return {k: (global_[k] + delta[k].astype(np.float32)).astype(np.float32) for k in global_}

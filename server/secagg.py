@@ -1,0 +1,130 @@
+"""Secure aggregation with Flower's SecAgg+: the ServerApp learns only the sites' weighted mean delta.
+
+Flower 1.41 runs SecAgg+ on its legacy path only: ``SecAggPlusWorkflow`` drives four stages (set-up,
+share keys, collect masked vectors, unmask) through a ``LegacyContext`` whose strategy configures
+and aggregates "fit". The round loop calls :func:`secure_round` once per round: a one-round legacy
+strategy hands the workflow the sites the loop sampled and the global weights, and gets back the
+unmasked weighted mean of the sites' deltas together with each site's allow-listed metrics, which
+travel in the clear beside the masked vector. No single site's delta ever reaches this process.
+
+Legacy parameters carry no names: arrays travel in the global model's state-dict order, which both
+sides know. A site that refuses (budget spent) takes part with weight 0, so the mean is over the
+sites that trained.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import cast
+
+import numpy as np
+from flwr.app import ConfigRecord, Context, RecordDict
+from flwr.common import (
+    EvaluateIns,
+    EvaluateRes,
+    FitIns,
+    FitRes,
+    Parameters,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
+from flwr.common.typing import Scalar
+from flwr.compat.common import recorddict_compat as compat
+from flwr.server import ServerConfig
+from flwr.server.client_manager import ClientManager
+from flwr.server.client_proxy import ClientProxy
+from flwr.server.compat.grid_client_proxy import GridClientProxy
+from flwr.server.compat.legacy_context import LegacyContext
+from flwr.server.strategy import Strategy
+from flwr.server.workflow import SecAggPlusWorkflow
+from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
+from flwr.serverapp import Grid
+
+from configs.schema import FederationConfig
+from shared import wire
+
+log = logging.getLogger(__name__)
+SITE_KEY = "site"  # the fit metrics key holding the site's name
+
+
+@dataclass
+class SecureRound:
+    """What one SecAgg+ round revealed: the mean delta of the trained sites and their metrics."""
+
+    mean_delta: wire.Arrays | None
+    """Weighted mean of the trained sites' deltas (float32); None if none trained or it halted."""
+    metrics: dict[str, dict[str, Scalar]] = field(default_factory=dict)
+    """Site name -> the allow-listed metrics it sent."""
+    failures: int = 0
+
+
+class _OneRound(Strategy):
+    """A legacy strategy for exactly one SecAgg+ round over nodes chosen by the round loop."""
+
+    def __init__(self, proxies: list[ClientProxy], config: dict[str, Scalar]) -> None:
+        self.proxies = proxies
+        self.config = config
+        self.results: list[tuple[ClientProxy, FitRes]] = []
+        self.failures = 0
+
+    def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
+        return None
+
+    def configure_fit(self, server_round: int, parameters: Parameters,
+                      client_manager: ClientManager) -> list[tuple[ClientProxy, FitIns]]:
+        return [(proxy, FitIns(parameters, dict(self.config))) for proxy in self.proxies]
+
+    def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
+                      failures: list[tuple[ClientProxy, FitRes] | BaseException]
+                      ) -> tuple[Parameters | None, dict[str, Scalar]]:
+        self.results, self.failures = list(results), len(failures)
+        return (results[0][1].parameters if results else None), {}
+
+    def configure_evaluate(self, server_round: int, parameters: Parameters,
+                           client_manager: ClientManager) -> list[tuple[ClientProxy, EvaluateIns]]:
+        return []
+
+    def aggregate_evaluate(self, server_round: int, results: list[tuple[ClientProxy, EvaluateRes]],
+                           failures: list[tuple[ClientProxy, EvaluateRes] | BaseException]
+                           ) -> tuple[float | None, dict[str, Scalar]]:
+        return None, {}
+
+    def evaluate(self, server_round: int, parameters: Parameters
+                 ) -> tuple[float, dict[str, Scalar]] | None:
+        return None
+
+
+def workflow_for(fed: FederationConfig, sampled: int) -> SecAggPlusWorkflow:
+    """Flower's SecAgg+ workflow with the run's shares, threshold and quantisation settings."""
+    shares = min(fed.secagg_shares, sampled)
+    return SecAggPlusWorkflow(num_shares=shares,
+                              reconstruction_threshold=min(fed.secagg_threshold, shares),
+                              max_weight=fed.secagg_max_weight, clipping_range=fed.secagg_clip_range,
+                              timeout=fed.round_timeout)
+
+
+def secure_round(grid: Grid, context: Context, fed: FederationConfig, *, rnd: int, nodes: list[int],
+                 global_: wire.Arrays) -> SecureRound:
+    """Run one SecAgg+ round with ``nodes``; the sites' weighted mean delta and their metrics."""
+    names = list(global_)
+    strategy = _OneRound([GridClientProxy(n, grid, context.run_id) for n in nodes],
+                         {"global-round": rnd, "local-steps": fed.local_steps})
+    legacy = LegacyContext(Context(run_id=context.run_id, node_id=context.node_id,
+                                   node_config=context.node_config, state=RecordDict(),
+                                   run_config=context.run_config),
+                           config=ServerConfig(num_rounds=rnd), strategy=strategy)
+    params = ndarrays_to_parameters([global_[k] for k in names])
+    legacy.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(params, True)
+    legacy.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({Key.CURRENT_ROUND: rnd})
+    with np.errstate(divide="ignore", invalid="ignore"):  # all sites refused: total weight 0
+        workflow_for(fed, len(nodes))(grid, legacy)
+    out = SecureRound(mean_delta=None, failures=strategy.failures)
+    for _, res in strategy.results:
+        metrics = dict(res.metrics)
+        out.metrics[str(metrics.pop(SITE_KEY, "?"))] = metrics
+    trained = any(int(cast(int, m.get(wire.STATUS, 0))) == wire.TRAINED for m in out.metrics.values())
+    if trained and strategy.results:
+        mean = parameters_to_ndarrays(strategy.results[0][1].parameters)
+        out.mean_delta = {k: np.asarray(v, dtype=np.float32) for k, v in zip(names, mean, strict=True)}
+    return out

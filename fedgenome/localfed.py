@@ -50,7 +50,7 @@ class LocalFederation:
 
     def __init__(self, workdir: Path, sites: list[Path], *, insecure: bool = False,
                  auth: bool = True, keep_updates: bool = False,
-                 relay: Callable[[int], int] | None = None) -> None:
+                 relay: Callable[[int, TlsFiles | None], int] | None = None) -> None:
         """Describe the federation; ``start`` (or ``with``) starts it.
 
         Args:
@@ -59,8 +59,8 @@ class LocalFederation:
             insecure: Plaintext instead of TLS (tests that must read the wire only).
             auth: SuperNode authentication: only the sites' registered keys may connect.
             keep_updates: Sites keep a copy of every update they send (``state/outbox/``).
-            relay: Given the SuperLink's port, start something in between and return the port
-                the SuperNodes should connect to instead (the tests' wire tap).
+            relay: Given the SuperLink's port and TLS files, start something in between and
+                return the port the SuperNodes should connect to instead (the tests' wire tap).
         """
         self.workdir = workdir.resolve()
         self.sites = [s.resolve() for s in sites]
@@ -97,7 +97,7 @@ class LocalFederation:
         ca = None if self.tls is None else self.tls.ca_cert
         wait_healthy(HOST, self.port, ca_cert=ca)
         write_connection(self.flwr_home, CONNECTION, address=f"{HOST}:{self.port}", ca_cert=ca)
-        self.fleet_port = self.relay(self.port) if self.relay else self.port
+        self.fleet_port = self.relay(self.port, self.tls) if self.relay else self.port
         for site in self.sites:
             if self.auth:
                 self.register(site)

@@ -9,7 +9,7 @@ from typing import Annotated
 import click
 import typer
 
-from fedgenome import cmd_fed, cmd_model
+from fedgenome import cmd_fed, cmd_model, cmd_pki
 from privacy import cli as privacy_cli
 from shared import cli_data
 from shared.errors import FedGenomeError
@@ -32,6 +32,7 @@ app.command("demo")(cmd_fed.demo_command)
 app.command("run")(cmd_fed.run_command)
 app.add_typer(cmd_fed.server_app, name="server")
 app.add_typer(cmd_fed.client_app, name="client")
+app.add_typer(cmd_pki.app, name="pki")
 
 
 @app.callback()

@@ -1,4 +1,4 @@
-"""Federated commands: ``server start``, ``server certs``, ``client start``, ``run``, ``demo``."""
+"""Federated commands: ``server start|certs|register-site``, ``client start``, ``run``, ``demo``."""
 
 from __future__ import annotations
 
@@ -17,12 +17,14 @@ from client.node import supernode_command
 from configs.schema import FederationConfig, validate
 from server.deploy import (
     DeploymentError,
+    register_supernode,
     submit_run,
     superlink_command,
     wait_run,
     write_connection,
 )
-from server.tls import TlsFiles, make_certificates
+from server.pki_checks import check_ca, check_server_tls, host_matches
+from server.tls import TlsFiles, make_certificates, tls_files
 from shared.errors import ConfigError
 from shared.processes import flower_env
 
@@ -57,17 +59,30 @@ def _foreground(command: list[str], env: dict[str, str]) -> None:
         raise DeploymentError(f"{Path(command[0]).name} exited with status {code}")
 
 
-def _tls(tls_dir: Path | None, insecure: bool) -> TlsFiles | None:
+def _tls(tls_dir: Path | None, pki_dir: Path | None, insecure: bool, *, listen: str) -> TlsFiles | None:
+    """The SuperLink's TLS files from --pki or --tls-dir (the same file names), checked as a set."""
     if insecure:
         return None
-    if tls_dir is None:
-        raise ConfigError("TLS is on by default: pass --tls-dir DIR (ca.crt, server.pem, "
-                          "server.key; make them with 'fedgenome server certs'), or --insecure")
-    files = TlsFiles(tls_dir / "ca.crt", tls_dir / "server.pem", tls_dir / "server.key")
+    if tls_dir is not None and pki_dir is not None:
+        raise ConfigError("--pki and --tls-dir name the same files: pass one of them")
+    directory = pki_dir or tls_dir
+    if directory is None:
+        raise ConfigError("TLS is on by default: pass --pki DIR (made by 'fedgenome pki init'), or "
+                          "--tls-dir DIR (ca.crt, server.pem, server.key), or --insecure")
+    files = tls_files(directory)
     for path in (files.ca_cert, files.server_cert, files.server_key):
         if not path.is_file():
-            raise ConfigError(f"{path}: missing; make the files with 'fedgenome server certs "
-                              f"--out {tls_dir}'")
+            raise ConfigError(f"{path}: missing; make the files with 'fedgenome pki init --out "
+                              f"{directory}'")
+    checked = check_server_tls(files)
+    days = checked.server.days_left()
+    if days < 30:
+        log.warning("the SuperLink certificate %s expires in %.0f days; renew it with 'fedgenome pki "
+                    "renew-server'", files.server_cert, days)
+    if listen not in ("0.0.0.0", "::") and not host_matches(checked.server.hosts, listen):
+        log.warning("listening on %s, which the server certificate %s does not name: clients must "
+                    "connect with one of its names (%s)", listen, files.server_cert,
+                    ", ".join(checked.server.hosts))
     return files
 
 
@@ -77,7 +92,11 @@ def certs_command(
     host: Annotated[list[str] | None, typer.Option(help="Names/addresses the server is reached "
                                                    "at (default localhost, 127.0.0.1).")] = None,
 ) -> None:
-    """Make a CA and a SuperLink server certificate (until the PKI commands exist)."""
+    """Make a throwaway CA and SuperLink certificate (tests, demos); 'fedgenome pki init' makes the full one.
+
+    The files in --out are replaced. The consortium's PKI ('fedgenome pki init') is never
+    overwritten and also keeps the registry of site keys.
+    """
     hosts = tuple(host or ("localhost", "127.0.0.1"))
     files = make_certificates(out, hosts=hosts)
     Console().print(f"CA {files.ca_cert}; server certificate {files.server_cert} for {', '.join(hosts)}")
@@ -87,18 +106,54 @@ def certs_command(
 def server_start(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port of the Fleet, Control and Runtime APIs.")] = 9092,
+    pki_dir: Annotated[Path | None, typer.Option("--pki", help="The consortium PKI directory "
+                                                 "('fedgenome pki init').")] = None,
     tls_dir: Annotated[Path | None, typer.Option(help="Directory with ca.crt, server.pem, "
-                                                 "server.key.")] = None,
+                                                 "server.key (as --pki).")] = None,
+    auth: Annotated[bool | None, typer.Option("--auth/--no-auth", help="Only registered SuperNodes "
+                                              "may connect ('server register-site'); default: on "
+                                              "with TLS.")] = None,
     state: Annotated[Path, typer.Option(help="Directory for the SuperLink's database.")] = Path(
         "superlink-state"),
     insecure: Insecure_ = False,
     flwr_home: FlwrHome_ = Path("superlink-state/flwr-home"),
 ) -> None:
-    """Start the SuperLink in the foreground (Ctrl-C stops it)."""
+    """Start the SuperLink in the foreground (Ctrl-C stops it); its certificates are checked first."""
+    if auth and insecure:
+        raise ConfigError("--auth needs TLS (Flower refuses SuperNode authentication over plaintext): "
+                          "drop --insecure, or pass --no-auth")
+    tls = _tls(tls_dir, pki_dir, insecure, listen=host)
     state.mkdir(parents=True, exist_ok=True)
-    command = superlink_command(host=host, port=port, database=state / "superlink.db",
-                                tls=_tls(tls_dir, insecure), insecure=insecure)
+    command = superlink_command(host=host, port=port, database=state / "superlink.db", tls=tls,
+                                insecure=insecure, auth=not insecure if auth is None else auth)
     _foreground(command, flower_env(flwr_home.resolve()))
+
+
+@server_app.command("register-site")
+def register_site(
+    name: Annotated[str, typer.Argument(help="The site's name in the PKI registry.")],
+    pki_dir: Annotated[Path, typer.Option("--pki", help="The consortium PKI directory.")],
+    superlink: Annotated[str, typer.Option(help="SuperLink Control API address HOST:PORT.")],
+    root_cert: Annotated[Path | None, typer.Option(help="CA certificate (default: the PKI's "
+                                                  "ca.crt).")] = None,
+    flwr_home: FlwrHome_ = Path("superlink-state/flwr-home"),
+) -> None:
+    """Register a site's public key with a running SuperLink, so its SuperNode may connect."""
+    from server.pki import check_site_name, open_pki
+
+    check_site_name(name)
+    layout = open_pki(pki_dir)
+    public = layout.site_public(name)
+    if not public.is_file():
+        raise ConfigError(f"site {name} is not registered in the PKI ({public} is missing): add it with "
+                          f"'fedgenome pki add-site {name} --pki {pki_dir}'")
+    ca = root_cert or layout.ca_cert
+    check_ca(ca)
+    home = flwr_home.resolve()
+    write_connection(home, "fedgenome", address=superlink, ca_cert=ca.resolve())
+    node_id = register_supernode(public.resolve(), "fedgenome", flwr_home=home, name=name)
+    Console(highlight=False).print(f"site {name} registered with the SuperLink at {superlink} as "
+                                   f"node {node_id} ({public})", markup=False)
 
 
 @client_app.command("start")
@@ -106,16 +161,36 @@ def client_start(
     site: Annotated[Path, typer.Option(help="The hospital's site directory.")],
     server: Annotated[str, typer.Option(help="SuperLink address HOST:PORT.")],
     root_cert: Annotated[Path | None, typer.Option(help="The consortium CA certificate.")] = None,
+    key: Annotated[Path | None, typer.Option(help="The site's private key for SuperNode "
+                                             "authentication (default: the site's keys/NAME, "
+                                             "which also signs its ledger).")] = None,
     insecure: Insecure_ = False,
     port: Annotated[int, typer.Option(help="Local ClientApp API port (one per node on a "
                                       "host).")] = 9094,
     flwr_home: FlwrHome_ = Path(".flwr-node"),
 ) -> None:
     """Start this site's SuperNode in the foreground (Ctrl-C stops it)."""
+    from configs.schema import load_site_manifest
+    from privacy.keys import load_private_key
+    from privacy.site_state import site_key_path
+
     if not (site / "site.toml").is_file():
         raise ConfigError(f"{site}: not a site directory (no site.toml)")
+    if root_cert is None and not insecure:
+        raise ConfigError("TLS is on by default: pass --root-cert CA.crt (the consortium's ca.crt), "
+                          "or --insecure")
+    if root_cert is not None and not insecure:
+        check_ca(root_cert)
+    if key is None and not insecure:
+        key = site_key_path(site, load_site_manifest(site).name)
+        if not key.is_file():
+            raise ConfigError(f"{key}: the site has no key; get one with 'fedgenome pki add-site NAME "
+                              f"--pki DIR --site {site}' (or its handover kit), or pass --key")
+    if key is not None:
+        load_private_key(key)  # a one-line error now rather than Flower's exit later
     command = supernode_command(site=site, superlink=server, clientappio_port=port,
-                                root_cert=root_cert, insecure=insecure)
+                                root_cert=root_cert, insecure=insecure,
+                                auth_key=key.resolve() if key is not None else None)
     _foreground(command, flower_env(flwr_home.resolve()))
 
 
@@ -133,6 +208,8 @@ def run_command(
     """Submit a federated run to a SuperLink, wait for it, and check that it completed."""
     if root_cert is None and not insecure:
         raise ConfigError("TLS is on by default: pass --root-cert CA.crt, or --insecure")
+    if root_cert is not None and not insecure:
+        check_ca(root_cert)
     overrides = _parse_overrides(config or [])
     run_config = {**overrides, "run-dir": str(run_dir.resolve()), "reference": str(reference.resolve())}
     validate(FederationConfig, run_config, source="--config")

@@ -31,7 +31,7 @@ _SIGNATURE_ALGORITHM = ec.ECDSA(hashes.SHA384())
 _CREATE_HINT = 'create one with privacy.keys.create_site_key or `ssh-keygen -t ecdsa -b 384 -N "" -f KEY`'
 
 
-def create_site_key(directory: Path, name: str) -> Path:
+def create_site_key(directory: Path, name: str, *, comment: str | None = None) -> Path:
     """Create a new SECP384R1 key pair ``directory/name`` (private) and ``directory/name.pub`` (public).
 
     The private key is written in OpenSSH format without encryption, with mode 0600, atomically.
@@ -40,6 +40,7 @@ def create_site_key(directory: Path, name: str) -> Path:
     Args:
         directory: Where to write the pair (created if missing).
         name: The key's file name, also the public key's comment (usually the site name).
+        comment: The public key's comment, when it differs from ``name``.
 
     Returns:
         The private key's path.
@@ -48,30 +49,74 @@ def create_site_key(directory: Path, name: str) -> Path:
         ConfigError: ``name`` is not a plain file name, or either file already exists (a site's key
             is never replaced silently: its ledger is signed with it and the SuperLink knows it).
     """
-    if not name or name in {".", ".."} or "/" in name or os.sep in name or any(c.isspace() for c in name):
-        raise ConfigError(f"key name {name!r} is invalid: use a plain file name without spaces or slashes")
+    check_key_name(name)
     private_path = directory / name
     public_path = directory / f"{name}.pub"
     for path in (private_path, public_path):
-        if path.exists() or path.is_symlink():
-            raise ConfigError(
-                f"key file {path} already exists: refusing to overwrite a site key; "
-                "use it as it is, or move it away first"
-            )
-    key = ec.generate_private_key(CURVE())
-    private_bytes = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
-    )
-    public_bytes = key.public_key().public_bytes(
-        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-    )
-    with atomic_path(private_path) as tmp:
-        os.chmod(tmp, 0o600)
-        tmp.write_bytes(private_bytes)
-    with atomic_path(public_path) as tmp:
-        tmp.write_bytes(public_bytes + b" " + name.encode() + b"\n")
+        _refuse_existing(path)
+    key = generate_key()
+    write_private_key(private_path, key)
+    write_public_key(public_path, key.public_key(), comment=comment or name)
     logger.info("created site key %s (fingerprint %s)", private_path, fingerprint(key.public_key()))
     return private_path
+
+
+def check_key_name(name: str) -> None:
+    """Refuse a key (or site) name that is not a plain file name without spaces.
+
+    Raises:
+        ConfigError: Naming the value and what a valid name looks like.
+    """
+    if not name or name in {".", ".."} or "/" in name or os.sep in name or any(c.isspace() for c in name):
+        raise ConfigError(f"key name {name!r} is invalid: use a plain file name without spaces or slashes")
+
+
+def generate_key() -> ec.EllipticCurvePrivateKey:
+    """A new private key on :data:`CURVE`."""
+    return ec.generate_private_key(CURVE())
+
+
+def write_private_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+    """Write ``key`` in unencrypted OpenSSH format with mode 0600 (set before any byte is written).
+
+    Raises:
+        ConfigError: ``path`` already exists (private keys are never overwritten).
+    """
+    _refuse_existing(path)
+    data = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+    )
+    with atomic_path(path) as tmp:
+        os.chmod(tmp, 0o600)
+        tmp.write_bytes(data)
+
+
+def write_public_key(path: Path, public_key: ec.EllipticCurvePublicKey, *, comment: str) -> None:
+    """Write ``public_key`` as one OpenSSH line with ``comment``, atomically (replacing ``path``)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(f"{public_key_text(public_key)} {comment}\n", encoding="ascii")
+
+
+def public_key_text(public_key: ec.EllipticCurvePublicKey) -> str:
+    """The key's OpenSSH form without a comment: ``ecdsa-sha2-nistp384 AAAA...``."""
+    raw = public_key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return raw.decode("ascii")
+
+
+def public_key_from_text(text: str) -> ec.EllipticCurvePublicKey | None:
+    """The key of a canonical :func:`public_key_text` line on :data:`CURVE`; None for anything else."""
+    try:
+        key = serialization.load_ssh_public_key(text.encode("ascii"))
+    except (ValueError, UnsupportedAlgorithm, UnicodeEncodeError, binascii.Error):
+        return None
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, CURVE):
+        return None
+    return key if public_key_text(key) == text else None
+
+
+def same_key(a: ec.EllipticCurvePublicKey, b: ec.EllipticCurvePublicKey) -> bool:
+    """Whether two public keys are the same key."""
+    return fingerprint(a) == fingerprint(b)
 
 
 def load_private_key(path: Path) -> ec.EllipticCurvePrivateKey:
@@ -156,6 +201,15 @@ def fingerprint(public_key: ec.EllipticCurvePublicKey) -> str:
     """SHA-256 (hex) of the key's OpenSSH public bytes (``ecdsa-sha2-nistp384 AAAA...``, no comment)."""
     raw = public_key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     return hashlib.sha256(raw).hexdigest()
+
+
+def _refuse_existing(path: Path) -> None:
+    """ConfigError when a key file is already there: site keys are never replaced silently."""
+    if path.exists() or path.is_symlink():
+        raise ConfigError(
+            f"key file {path} already exists: refusing to overwrite a site key; "
+            "use it as it is, or move it away first"
+        )
 
 
 def _read_key_file(path: Path) -> bytes:

@@ -1,12 +1,15 @@
 """TLS material for a SuperLink: a consortium CA and a server certificate (EC P-384).
 
-The demo and the tests make a fresh set per run; the PKI commands will issue long-lived ones.
+:func:`make_certificates` makes a throwaway set (the demo and the tests make one per run);
+:mod:`server.pki` keeps a long-lived consortium PKI built from the same pieces, and
+:mod:`server.pki_checks` checks them before a server or a client starts.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +18,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from shared.atomic import write_bytes
+from shared.atomic import atomic_path, write_bytes
+from shared.errors import ConfigError
+
+ORGANIZATION = "fedgenome consortium"
+_BACKDATE = dt.timedelta(minutes=5)  # tolerate clocks a little behind
 
 
 @dataclass(frozen=True)
@@ -27,44 +34,111 @@ class TlsFiles:
     server_key: Path
 
 
+def tls_files(directory: Path) -> TlsFiles:
+    """The standard file names in ``directory``: ``ca.crt``, ``server.pem``, ``server.key``."""
+    return TlsFiles(directory / "ca.crt", directory / "server.pem", directory / "server.key")
+
+
 def _name(common: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fedgenome consortium"),
+    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORGANIZATION),
                       x509.NameAttribute(NameOID.COMMON_NAME, common)])
 
 
-def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-    write_bytes(path, key.private_bytes(serialization.Encoding.PEM,
-                                        serialization.PrivateFormat.PKCS8,
-                                        serialization.NoEncryption()))
-    path.chmod(0o600)
+def _check_days(days: int, what: str) -> None:
+    if days < 1:
+        raise ConfigError(f"{what} = {days}: a certificate must be valid for at least 1 day")
+
+
+def san_entry(host: str) -> x509.GeneralName:
+    """A subject alternative name for ``host``: an IP address if it parses as one, else a DNS name.
+
+    Raises:
+        ConfigError: ``host`` is empty, has spaces or slashes, or is not ASCII.
+    """
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    if not host or not host.isascii() or any(c.isspace() or c in "/:@" for c in host):
+        raise ConfigError(f"--host {host!r} is not a DNS name or an IP address; pass e.g. "
+                          "superlink.example.org or 10.0.0.5")
+    return x509.DNSName(host.lower())
+
+
+def issue_ca(
+    *, days: int, now: dt.datetime | None = None
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A new self-signed consortium CA, valid ``days`` days from ``now`` (default: the current time)."""
+    _check_days(days, "CA days")
+    start = now or dt.datetime.now(dt.timezone.utc)
+    key = ec.generate_private_key(ec.SECP384R1())
+    cert = (x509.CertificateBuilder().subject_name(_name("fedgenome CA")).issuer_name(_name("fedgenome CA"))
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(start - _BACKDATE).not_valid_after(start + dt.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False,
+                                         key_encipherment=False, data_encipherment=False,
+                                         key_agreement=False, key_cert_sign=True, crl_sign=True,
+                                         encipher_only=False, decipher_only=False), critical=True)
+            .sign(key, hashes.SHA384()))
+    return key, cert
+
+
+def issue_server_certificate(
+    ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate, *, hosts: tuple[str, ...], days: int,
+    now: dt.datetime | None = None,
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A new server key and certificate for ``hosts`` (its SANs), signed by the CA.
+
+    The certificate never outlives the CA. ``hosts[0]`` is also its common name.
+
+    Raises:
+        ConfigError: No hosts, an invalid host, or ``days`` < 1.
+    """
+    if not hosts:
+        raise ConfigError("no --host given: name at least one DNS name or IP address of the SuperLink")
+    _check_days(days, "days")
+    names = [san_entry(host) for host in hosts]
+    start = now or dt.datetime.now(dt.timezone.utc)
+    end = min(start + dt.timedelta(days=days), ca_cert.not_valid_after_utc)
+    key = ec.generate_private_key(ec.SECP384R1())
+    cert = (x509.CertificateBuilder().subject_name(_name(hosts[0])).issuer_name(ca_cert.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(start - _BACKDATE).not_valid_after(end)
+            .add_extension(x509.SubjectAlternativeName(names), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .sign(ca_key, hashes.SHA384()))
+    return key, cert
+
+
+def write_certificate(path: Path, cert: x509.Certificate) -> None:
+    """Write a certificate as PEM, atomically."""
+    write_bytes(path, cert.public_bytes(serialization.Encoding.PEM))
+
+
+def write_private_key_pem(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+    """Write a private key as unencrypted PKCS#8 PEM with mode 0600 (set before any byte is written)."""
+    data = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+    with atomic_path(path) as tmp:
+        os.chmod(tmp, 0o600)
+        tmp.write_bytes(data)
 
 
 def make_certificates(directory: Path, *, hosts: tuple[str, ...] = ("localhost", "127.0.0.1"),
                       days: int = 30) -> TlsFiles:
-    """A CA and a server certificate valid for ``hosts`` (DNS names or IP addresses)."""
-    now = dt.datetime.now(dt.timezone.utc)
-    ca_key = ec.generate_private_key(ec.SECP384R1())
-    ca = (x509.CertificateBuilder().subject_name(_name("fedgenome CA")).issuer_name(_name("fedgenome CA"))
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-          .sign(ca_key, hashes.SHA384()))
-    names: list[x509.GeneralName] = []
-    for host in hosts:
-        try:
-            names.append(x509.IPAddress(ipaddress.ip_address(host)))
-        except ValueError:
-            names.append(x509.DNSName(host))
-    key = ec.generate_private_key(ec.SECP384R1())
-    cert = (x509.CertificateBuilder().subject_name(_name(hosts[0])).issuer_name(ca.subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
-            .add_extension(x509.SubjectAlternativeName(names), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .sign(ca_key, hashes.SHA384()))
-    files = TlsFiles(directory / "ca.crt", directory / "server.pem", directory / "server.key")
-    write_bytes(files.ca_cert, ca.public_bytes(serialization.Encoding.PEM))
-    write_bytes(files.server_cert, cert.public_bytes(serialization.Encoding.PEM))
-    _write_key(files.server_key, key)
-    _write_key(directory / "ca.key", ca_key)
+    """A fresh CA and server certificate valid for ``hosts`` (DNS names or IP addresses).
+
+    Writes ``ca.crt``, ``ca.key``, ``server.pem`` and ``server.key`` (keys 0600) into ``directory``,
+    replacing what is there: for throwaway deployments. ``server.pki.init_pki`` makes a consortium
+    PKI that is never overwritten.
+    """
+    ca_key, ca = issue_ca(days=days)
+    key, cert = issue_server_certificate(ca_key, ca, hosts=hosts, days=days)
+    files = tls_files(directory)
+    write_private_key_pem(directory / "ca.key", ca_key)
+    write_certificate(files.ca_cert, ca)
+    write_private_key_pem(files.server_key, key)
+    write_certificate(files.server_cert, cert)
     return files

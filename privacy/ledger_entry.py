@@ -1,0 +1,208 @@
+"""One line of a site's privacy ledger: its fields, its canonical JSON, and the checks it must pass alone.
+
+Three kinds of entry share one record: ``trained`` (a round that ran DP-SGD, with its mechanism and
+the hash of the update it produced), ``refused`` (a round the budget did not allow) and ``rotated``
+(the site's signing key changed; see :mod:`privacy.ledger_verify`). A rotation carries two extra
+fields, ``old_public_key`` and ``new_public_key`` (OpenSSH lines without a comment); other entries
+never carry them, so ledgers written before rotations existed keep their exact bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Literal
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from privacy.keys import fingerprint, public_key_from_text
+from privacy.mechanism import Mechanism
+from shared.errors import LedgerError
+
+Status = Literal["trained", "refused", "rotated"]
+STATUSES: tuple[Status, ...] = ("trained", "refused", "rotated")
+ROTATION_ACCOUNTANT = "none"
+"""The ``accountant`` of a rotation entry: it spends nothing."""
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    **dict.fromkeys(("seq", "round", "local_steps"), (int,)),
+    **dict.fromkeys(("sample_rate", "noise_multiplier", "max_grad_norm", "delta", "epsilon"), (float,)),
+    **dict.fromkeys(("site", "status", "accountant", "time", "prev_sha256", "signature"), (str,)),
+    "update_sha256": (str, type(None)),
+}
+_KEY_FIELDS = ("old_public_key", "new_public_key")
+_FLOATS = ("sample_rate", "noise_multiplier", "max_grad_norm", "delta", "epsilon")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One line of a site's privacy ledger: what one round cost, that it was refused, or a new key."""
+
+    seq: int
+    site: str
+    round: int
+    status: Status
+    local_steps: int
+    sample_rate: float
+    noise_multiplier: float
+    max_grad_norm: float
+    delta: float
+    accountant: str
+    epsilon: float
+    """The site's cumulative epsilon after this entry."""
+    update_sha256: str | None
+    """SHA-256 (hex) of the model update this entry covers; None for a refusal or a rotation."""
+    time: str
+    prev_sha256: str
+    signature: str
+    old_public_key: str | None = None
+    """A rotation's outgoing key (OpenSSH, no comment): it signs the rotation entry itself."""
+    new_public_key: str | None = None
+    """A rotation's incoming key: it signs every later entry and the head."""
+
+    @property
+    def mechanism(self) -> Mechanism | None:
+        """The subsampled Gaussian mechanism this entry ran; None for a refusal, rotation or zero steps."""
+        if self.status != "trained" or self.local_steps == 0:
+            return None
+        return Mechanism(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate,
+                         steps=self.local_steps)
+
+    def signed_bytes(self) -> bytes:
+        """The canonical JSON of every field but ``signature``: the bytes the signature covers."""
+        return canonical(self._stored_fields(with_signature=False))
+
+    def line(self) -> bytes:
+        """The entry's canonical JSON line (without the newline), as stored in the file."""
+        return canonical(self._stored_fields(with_signature=True))
+
+    @property
+    def sha256(self) -> str:
+        """SHA-256 (hex) of :meth:`line`: what the next entry's ``prev_sha256`` holds."""
+        return hashlib.sha256(self.line()).hexdigest()
+
+    def _stored_fields(self, *, with_signature: bool) -> dict[str, object]:
+        """The fields as stored: the key fields only when set, the signature when asked for."""
+        fields = {f.name: getattr(self, f.name) for f in _FIELDS}
+        if not with_signature:
+            del fields["signature"]
+        for name in _KEY_FIELDS:
+            if fields[name] is None:
+                del fields[name]
+        return fields
+
+
+_FIELDS = dataclasses.fields(LedgerEntry)
+
+
+def canonical(fields: dict[str, object]) -> bytes:
+    """Canonical JSON: sorted keys, no spaces, ASCII only, no NaN or infinity."""
+    return json.dumps(fields, sort_keys=True, separators=(",", ":"), allow_nan=False).encode("ascii")
+
+
+def head_path(path: Path) -> Path:
+    """The head file beside the ledger ``path``: ``<ledger>.head``."""
+    return path.with_name(path.name + ".head")
+
+
+def genesis_sha256(site: str, public_key: ec.EllipticCurvePublicKey) -> str:
+    """The ``prev_sha256`` of entry 0: binds a ledger to its site and the key it started with."""
+    return hashlib.sha256(f"fedgenome-ledger:{site}:{fingerprint(public_key)}".encode()).hexdigest()
+
+
+def rotations(entries: Sequence[LedgerEntry]) -> list[LedgerEntry]:
+    """The key rotations among ``entries``, oldest first."""
+    return [e for e in entries if e.status == "rotated"]
+
+
+def entry_from_dict(fields: dict[str, object], where: str) -> LedgerEntry:
+    """A LedgerEntry from parsed JSON (or append's arguments), checking field names and types."""
+    missing = sorted(set(_TYPES) - set(fields))
+    unknown = sorted(set(fields) - set(_TYPES) - set(_KEY_FIELDS))
+    if missing or unknown:
+        raise LedgerError(f"{where}: missing fields {missing}, unknown fields {unknown}")
+    for name, types in _TYPES.items():
+        value = fields[name]
+        if type(value) not in types:  # exact types: no bools for ints, no ints for floats
+            expected = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            raise LedgerError(f"{where}: field {name!r} is {value!r}, expected {expected}")
+    for name in _KEY_FIELDS:
+        if name in fields and type(fields[name]) is not str:
+            raise LedgerError(f"{where}: field {name!r} is {fields[name]!r}, expected str")
+    return LedgerEntry(**fields)  # type: ignore[arg-type]
+
+
+def value_problem(entry: LedgerEntry) -> str | None:
+    """What is wrong with the values of one entry on its own, or None."""
+    bad_floats = [name for name in _FLOATS
+                  if not math.isfinite(getattr(entry, name)) or getattr(entry, name) < 0.0]
+    if bad_floats:
+        return f"{', '.join(bad_floats)} must be finite and >= 0"
+    trained = entry.status == "trained"
+    checks = [
+        (entry.status in STATUSES, f"status {entry.status!r} is not one of {', '.join(STATUSES)}"),
+        (entry.round >= 0 and entry.local_steps >= 0, "round and local_steps must be >= 0"),
+        (entry.sample_rate <= 1.0 and entry.delta < 1.0, "sample_rate must be <= 1 and delta < 1"),
+        (bool(entry.site) and bool(entry.accountant), "site and accountant must not be empty"),
+        (trained or entry.update_sha256 is None, "a refusal or a rotation has no update_sha256"),
+        (not trained or _SHA256.fullmatch(entry.update_sha256 or "") is not None,
+         "a trained entry needs update_sha256 as 64 lowercase hex digits"),
+        (not trained or entry.local_steps == 0 or entry.sample_rate > 0.0,
+         "a trained entry with steps needs sample_rate > 0"),
+        (_SHA256.fullmatch(entry.prev_sha256) is not None, "prev_sha256 is not 64 lowercase hex digits"),
+        (_is_utc_time(entry.time), f"time {entry.time!r} is not an ISO 8601 UTC time"),
+    ]
+    return next((message for ok, message in checks if not ok), None) or _rotation_problem(entry)
+
+
+def _rotation_problem(entry: LedgerEntry) -> str | None:
+    """What is wrong with the key fields: only a rotation has them, and both as canonical keys."""
+    if entry.status != "rotated":
+        if entry.old_public_key is not None or entry.new_public_key is not None:
+            return f"a {entry.status} entry carries no public keys"
+        return None
+    keys = [public_key_from_text(text) if text is not None else None
+            for text in (entry.old_public_key, entry.new_public_key)]
+    old, new = keys
+    if old is None or new is None:
+        return ("a rotation needs old_public_key and new_public_key as OpenSSH "
+                "ecdsa-sha2-nistp384 lines without a comment")
+    if fingerprint(old) == fingerprint(new):
+        return "a rotation's new key is its old key"
+    if entry.local_steps != 0:
+        return "a rotation trains nothing: local_steps must be 0"
+    return None
+
+
+def order_problem(previous: LedgerEntry | None, entry: LedgerEntry) -> str | None:
+    """What is wrong with ``entry`` following ``previous`` (rounds and epsilon never decrease), or None.
+
+    A rotation costs nothing: its epsilon is the previous cumulative epsilon (0 for a first entry).
+    """
+    if entry.status == "rotated":
+        before = previous.epsilon if previous is not None else 0.0
+        if entry.epsilon != before:
+            return f"a rotation costs no privacy: epsilon {entry.epsilon} differs from {before}"
+    if previous is None:
+        return None
+    if entry.round < previous.round:
+        return f"round {entry.round} is before the previous entry's round {previous.round}"
+    if entry.epsilon < previous.epsilon:
+        return f"epsilon {entry.epsilon} is below the previous cumulative epsilon {previous.epsilon}"
+    return None
+
+
+def _is_utc_time(text: str) -> bool:
+    """Whether ``text`` is an ISO 8601 time with a zero UTC offset."""
+    try:
+        return datetime.fromisoformat(text).utcoffset() == timedelta(0)
+    except ValueError:
+        return False

@@ -1,0 +1,95 @@
+"""The site's egress guard: only allow-listed records, keys, arrays and bucketed counts may leave."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from client.egress import EGRESS_LOG, EgressRefused, check_content, egress_guard
+from shared import wire
+
+MODEL = {"embed.weight": (10, 4), "head.bias": (10,)}
+
+
+def delta(dtype: type[np.generic] = np.float16, **shapes: tuple[int, ...]) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.zeros(v, dtype=dtype)) for k, v in (shapes or {
+        "embed.weight": (10, 4), "head.bias": (10,)}).items()})
+
+
+def reply(**extra: object) -> RecordDict:
+    content = RecordDict({wire.METRICS: MetricRecord({wire.STATUS: 1, wire.EPSILON: 1.5,
+                                                      wire.NUM_EXAMPLES: 100}),
+                          "site": ConfigRecord({"name": "hospital-a"}), wire.ARRAYS: delta()})
+    for key, value in extra.items():
+        content[key] = value  # type: ignore[assignment]
+    return content
+
+
+def test_a_plain_reply_with_the_model_delta_and_allowed_metrics_passes() -> None:
+    check_content(reply(), MODEL)
+
+
+def test_secagg_protocol_records_pass() -> None:
+    content = RecordDict({"secaggplus_configs": ConfigRecord({"masked_params": [b"\x00"]}),
+                          "fitres.metrics": ConfigRecord({wire.EPSILON: 1.0, "site": "a"}),
+                          "fitres.num_examples": MetricRecord({"num_examples": 150}),
+                          "fitres.status": ConfigRecord({"code": 0, "message": "OK"}),
+                          "fitres.parameters": ArrayRecord()})
+    check_content(content, None)
+
+
+@pytest.mark.parametrize(("content", "model", "says"), [
+    (reply(patients=ConfigRecord({"ids": "NA12878"})), MODEL, "record 'patients'"),
+    (RecordDict({wire.METRICS: MetricRecord({"sequence-length": 1})}), MODEL, "sequence-length"),
+    (RecordDict({"site": ConfigRecord({"name": "a", "vcf": "/data/x.vcf"})}), MODEL, "vcf"),
+    (RecordDict({wire.METRICS: MetricRecord({wire.NUM_EXAMPLES: 87})}), MODEL, "multiple of 50"),
+    (RecordDict({wire.ARRAYS: delta(np.float32)}), MODEL, "not float16"),
+    (RecordDict({wire.ARRAYS: delta(extra=(24,))}), MODEL, "names or shapes"),
+    (RecordDict({wire.ARRAYS: delta()}), None, "names or shapes"),
+    (RecordDict({"fitres.parameters": delta()}), None, "keys"),
+    (RecordDict({wire.METRICS: ConfigRecord({wire.EPSILON: 1.0})}), MODEL, "expected a MetricRecord"),
+], ids=["unknown-record", "unknown-metric", "unknown-site-key", "exact-count", "float32",
+        "extra-array", "arrays-not-asked-for", "unmasked-secagg-parameters", "wrong-record-type"])
+def test_anything_else_is_refused_before_it_is_sent(content: RecordDict,
+                                                   model: dict[str, tuple[int, ...]] | None,
+                                                   says: str) -> None:
+    with pytest.raises(EgressRefused, match=says):
+        check_content(content, model)
+
+
+@pytest.fixture()
+def in_a_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Messages can be made only inside a Flower task; pretend to be one."""
+    for attr in ("_run_id", "_task_id", "_node_id"):
+        monkeypatch.setattr(TaskIdentity, attr, 1)
+
+
+def _instruction() -> Message:
+    arrays = ArrayRecord({k: Array(np.zeros(v, dtype=np.float32)) for k, v in MODEL.items()})
+    return Message(RecordDict({wire.ARRAYS: arrays}), dst_node_id=7, message_type=MessageType.TRAIN)
+
+
+def _context(site: Path) -> Context:
+    return Context(run_id=1, node_id=7, node_config={"site": str(site)}, state=RecordDict(),
+                   run_config={})
+
+
+@pytest.mark.usefixtures("in_a_run")
+def test_the_guard_logs_what_left_and_stops_what_may_not(tmp_path: Path) -> None:
+    msg = _instruction()
+    out = egress_guard(msg, _context(tmp_path), lambda m, c: Message(reply(), reply_to=m))
+    assert wire.ARRAYS in out.content
+    (line,) = (tmp_path / "state" / EGRESS_LOG).read_text().splitlines()
+    entry = json.loads(line)
+    assert entry["records"] == {"arrays": ["2 arrays"], "metrics": sorted(reply()[wire.METRICS]),
+                                "site": ["name"]}
+    assert entry["bytes"] > 0 and len(entry["sha256"]) == 64
+    leaky = reply(debug=ConfigRecord({"window": "ACGT" * 10}))
+    with pytest.raises(EgressRefused):
+        egress_guard(msg, _context(tmp_path), lambda m, c: Message(leaky, reply_to=m))
+    assert len((tmp_path / "state" / EGRESS_LOG).read_text().splitlines()) == 1  # nothing logged

@@ -107,7 +107,7 @@ def public_key_from_text(text: str) -> ec.EllipticCurvePublicKey | None:
     """The key of a canonical :func:`public_key_text` line on :data:`CURVE`; None for anything else."""
     try:
         key = serialization.load_ssh_public_key(text.encode("ascii"))
-    except (ValueError, UnsupportedAlgorithm, UnicodeEncodeError, binascii.Error):
+    except (ValueError, UnsupportedAlgorithm, UnicodeEncodeError, binascii.Error, NotImplementedError):
         return None
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, CURVE):
         return None
@@ -150,7 +150,7 @@ def load_private_key(path: Path) -> ec.EllipticCurvePrivateKey:
             f"key file {path} is encrypted: site keys must be unencrypted (protect them with mode 0600); "
             f"remove the passphrase with `ssh-keygen -p -N '' -f {path}`"
         ) from exc
-    except (ValueError, UnsupportedAlgorithm) as exc:
+    except (ValueError, UnsupportedAlgorithm, NotImplementedError) as exc:
         raise InputFileError(f"key file {path} is malformed ({_one_line(exc)}); {_CREATE_HINT}") from exc
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise InputFileError(
@@ -173,7 +173,7 @@ def load_public_key(path: Path) -> ec.EllipticCurvePublicKey:
             key: object = serialization.load_pem_public_key(data)
         else:
             key = serialization.load_ssh_public_key(data)
-    except (ValueError, UnsupportedAlgorithm, binascii.Error) as exc:
+    except (ValueError, UnsupportedAlgorithm, binascii.Error, NotImplementedError) as exc:
         raise InputFileError(
             f"key file {path} is not an OpenSSH or PEM public key ({_one_line(exc)}); "
             "pass the .pub file written beside the site's private key"

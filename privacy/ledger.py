@@ -17,6 +17,8 @@ What verification can and cannot catch:
   received (the run report's per-site rounds and epsilons).
 * The site itself holds the signing key and could re-sign a rewritten ledger; again, only the run
   report catches that. The ledger protects against others and against accidents.
+* After a rotation, whoever holds a *retired* key can fork the ledger at that rotation; verifying
+  with the site's current (registered) key catches it, verifying from the genesis key does not.
 
 Key rotation (:meth:`Ledger.rotate`): one ``rotated`` entry, signed with the old key, names the
 new key; later entries and the head are signed with the new key. It costs no epsilon. How a

@@ -250,16 +250,23 @@ def demo_command(
     target_epsilon: Annotated[float, typer.Option(help="Epsilon every site reaches after all "
                                                   "rounds (budget 8).")] = 8.0,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the run.")] = 3600.0,
+    aggregation: Annotated[str, typer.Option(help="'plain' or 'secagg+' (Flower's SecAgg+: the "
+                                             "server sees only the sum; about 2-3x the time).")
+                           ] = "plain",
     insecure: Insecure_ = False,
 ) -> None:
-    """Three hospitals train the genome LM with DP over Flower's real deployment (TLS, 127.0.0.1)."""
+    """Three hospitals train the genome LM with DP over Flower's real deployment (127.0.0.1).
+
+    TLS with the run's own consortium PKI and authenticated SuperNodes, unless --insecure.
+    """
     from fedgenome.demo import print_summary, run_demo
     from shared.fetch import default_cache
 
     _terminate_on_sigterm()
     config = {"preset": preset, "num-server-rounds": rounds, "local-steps": local_steps,
               "target-epsilon": target_epsilon, "patients-per-step": patients_per_step,
-              "eval-windows": 64}
+              "eval-windows": 64, "aggregation": aggregation}
+    validate(FederationConfig, config, source="demo options")
     summary = run_demo(Path("runs") / name, cache=cache or default_cache(), run_config=config,
                        timeout=timeout, insecure=insecure)
     print_summary(summary)

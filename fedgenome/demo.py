@@ -1,9 +1,11 @@
 """``fedgenome demo``: three hospitals train the genome LM together, privately, on one machine.
 
-Fetches the data if needed, builds the hospital sites, starts a SuperLink and one SuperNode per
-hospital as real processes on 127.0.0.1 with TLS (certificates made for the run), runs the rounds
-of DP federated training, stops everything, and writes ``runs/<name>/``: checkpoints (the final one
-as ``final/``), the run report, each site's ledger, and the summary printed at the end.
+Fetches the data if needed, builds the hospital sites, makes the run's consortium PKI (a CA, the
+SuperLink's certificate, each hospital's registered key), starts a SuperLink with TLS and SuperNode
+authentication and one authenticated SuperNode per hospital as real processes on 127.0.0.1, runs
+the rounds of DP federated training, stops everything, and writes ``runs/<name>/``: checkpoints
+(the final one as ``final/``), the run report, each site's ledger and public key, the PKI's
+public part (``pki/``: CA certificate, server certificate, site key registry), and the summary.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from configs.schema import load_site_manifest
 from fedgenome.localfed import LocalFederation
 from privacy.site_state import ledger_path
 from server.deploy import DeploymentError
+from server.pki import PkiLayout
 from shared.errors import ConfigError
 from shared.fetch import fetch_data
 from shared.sites import make_sites
@@ -55,11 +58,20 @@ def run_demo(run_dir: Path, *, cache: Path, run_config: dict[str, Any], timeout:
     with LocalFederation(run_dir / "federation", sites, insecure=insecure) as federation:
         run_id = federation.submit(config)
         status = federation.wait(run_id, timeout=timeout)
+    if federation.pki is not None:
+        publish_pki(federation.pki, run_dir / "pki")
     if status != "finished:completed":
         raise DeploymentError(f"the federated run ended as {status}; logs: {run_dir / 'federation' / 'logs'}")
     summary = summarize(run_dir, sites, seconds=time.monotonic() - start)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def publish_pki(pki: PkiLayout, out: Path) -> None:
+    """Copy the public part of the PKI (certificates and the site key registry), no private key."""
+    shutil.copytree(pki.sites, out / "sites")
+    for path in (pki.ca_cert, pki.tls.server_cert):
+        shutil.copy2(path, out / path.name)
 
 
 def summarize(run_dir: Path, sites: list[Path], *, seconds: float) -> dict[str, Any]:
@@ -83,6 +95,11 @@ def summarize(run_dir: Path, sites: list[Path], *, seconds: float) -> dict[str, 
             "heldout_bits_per_base_after": last["heldout_bits_per_base"],
             "sites": {name: {"epsilon": last["epsilon"].get(name), "budget": budget}
                       for name, budget in budgets.items()},
+            "security": {"tls": (run_dir / "pki").exists(),
+                         "authenticated_sites": sorted(p.stem for p in (run_dir / "pki" / "sites")
+                                                       .glob("*.pub")),
+                         "aggregation": report["config"].get("aggregation", "plain"),
+                         "rejected_updates": sum(len(r.get("rejected", {})) for r in report["rounds"])},
             "final_checkpoint": str(run_dir / "final")}
 
 
@@ -100,4 +117,9 @@ def print_summary(summary: dict[str, Any]) -> None:
         eps = "-" if row["epsilon"] is None else f"{row['epsilon']:.3f}"
         table.add_row(name, eps, f"{row['budget']:g}")
     console.print(table)
+    security = summary["security"]
+    console.print(f"security: TLS {'on' if security['tls'] else 'OFF'}; authenticated SuperNodes: "
+                  f"{', '.join(security['authenticated_sites']) or 'none'}; aggregation "
+                  f"{security['aggregation']}; updates rejected by validation: "
+                  f"{security['rejected_updates']}")
     console.print(f"final checkpoint: {summary['final_checkpoint']}")

@@ -1,10 +1,12 @@
 """A whole federation on one machine: a SuperLink and one SuperNode per site, real processes.
 
 Used by ``fedgenome demo``, the benchmark and the integration tests. Everything listens on
-127.0.0.1; TLS certificates are made for the run unless ``insecure`` is asked for, and SuperNode
-authentication is on: each site's key (``keys/<site>``, the one that signs its ledger) is
-registered with the SuperLink before its SuperNode starts. Leaving the ``with`` block (normally,
-on an exception or on Ctrl-C) stops every process and its children.
+127.0.0.1. Unless ``insecure`` is asked for, the federation has its own consortium PKI
+(``<workdir>/pki``, as ``fedgenome pki init`` makes it: a CA and the SuperLink's certificate) and
+SuperNode authentication is on: each site's key (``keys/<site>``, the one that signs its ledger) is
+added to the PKI's registry and registered with the SuperLink before its SuperNode starts.
+Leaving the ``with`` block (normally, on an exception or on Ctrl-C) stops every process and its
+children.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from server.deploy import (
     wait_run,
     write_connection,
 )
-from server.tls import TlsFiles, make_certificates
+from server.pki import PkiLayout, add_site, init_pki, open_pki
+from server.tls import TlsFiles
 from shared.processes import ProcessGroup, flower_env
 
 log = logging.getLogger(__name__)
@@ -57,7 +60,8 @@ class LocalFederation:
             workdir: Where certificates, Flower's state and the processes' logs go.
             sites: The site directories, one SuperNode each.
             insecure: Plaintext instead of TLS (tests that must read the wire only).
-            auth: SuperNode authentication: only the sites' registered keys may connect.
+            auth: SuperNode authentication: only the sites' registered keys may connect (Flower
+                allows it with TLS only, so ``insecure`` turns it off).
             keep_updates: Sites keep a copy of every update they send (``state/outbox/``).
             relay: Given the SuperLink's port and TLS files, start something in between and
                 return the port the SuperNodes should connect to instead (the tests' wire tap).
@@ -65,13 +69,14 @@ class LocalFederation:
         self.workdir = workdir.resolve()
         self.sites = [s.resolve() for s in sites]
         self.insecure = insecure
-        self.auth = auth
+        self.auth = auth and not insecure
         self.keep_updates = keep_updates
         self.relay = relay
         self.fleet_port = 0
         self.flwr_home = self.workdir / "flwr-home"
         self.group = ProcessGroup(self.workdir / "logs")
         self.tls: TlsFiles | None = None
+        self.pki: PkiLayout | None = None
         self.port = 0
 
     def __enter__(self) -> LocalFederation:
@@ -89,7 +94,11 @@ class LocalFederation:
     def start(self) -> None:
         """Start the SuperLink, wait until it is healthy, then start one SuperNode per site."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.tls = None if self.insecure else make_certificates(self.workdir / "tls")
+        if not self.insecure:
+            root = self.workdir / "pki"
+            self.pki = open_pki(root) if root.exists() else init_pki(root, hosts=("localhost", HOST),
+                                                                     days=30)
+            self.tls = self.pki.tls
         self.port = free_port()
         self.group.start("superlink", superlink_command(
             host=HOST, port=self.port, database=self.workdir / "superlink.db", tls=self.tls,
@@ -115,10 +124,12 @@ class LocalFederation:
         return key
 
     def register(self, site: Path) -> int:
-        """Register the site's public key with the SuperLink; the node id it was given."""
-        key = self.site_key(site)
-        return register_supernode(key.with_name(key.name + ".pub"), CONNECTION,
-                                  flwr_home=self.flwr_home)
+        """Add the site's key to the PKI registry and the SuperLink; the node id it was given."""
+        assert self.pki is not None, "SuperNode authentication needs TLS and the PKI"
+        name = load_site_manifest(site).name
+        if not self.pki.site_public(name).exists():
+            add_site(self.pki.root, name, site_dir=site)
+        return register_supernode(self.pki.site_public(name), CONNECTION, flwr_home=self.flwr_home)
 
     def start_node(self, site: Path) -> None:
         """Start (or restart) the SuperNode of ``site``."""

@@ -85,7 +85,7 @@ def _fitres(reply: SiteReply, global_: wire.Arrays, fed: FederationConfig) -> Fi
     else:
         arrays = [reply.delta[k].astype(np.float32) for k in global_]
         weight = int(reply.metrics[wire.NUM_EXAMPLES])
-        peak = max(float(np.abs(a).max()) for a in arrays) * weight / fed.secagg_max_weight
+        peak = max(float(np.abs(a).max()) for a in arrays) * weight / fed.max_examples
         if peak > fed.secagg_clip_range:
             log.warning("the weighted update reaches %.3g, beyond secagg-clip-range %.3g: SecAgg+ "
                         "clips it", peak, fed.secagg_clip_range)

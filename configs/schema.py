@@ -149,8 +149,8 @@ class FederationConfig(BaseModel):
     secagg_threshold: int = Field(2, ge=2, description="SecAgg+: shares needed to reconstruct")
     secagg_clip_range: float = Field(1.0, gt=0.0, description="SecAgg+: weighted deltas are "
                                      "clipped to +-this before quantisation")
-    secagg_max_weight: float = Field(1000.0, gt=0.0, description="SecAgg+: largest site weight "
-                                     "(num-examples) expected")
+    max_examples: int = Field(1000, ge=50, description="largest example (patient) count a site "
+                              "may claim; FedAvg weights by it, SecAgg+ scales by it")
 
     @model_validator(mode="after")
     def _secagg_compatible(self) -> FederationConfig:

@@ -77,40 +77,83 @@ class Collected:
     norms: dict[str, float] = field(default_factory=dict)  # site -> L2 norm of its update
 
 
+@dataclass(frozen=True)
+class _Reply:
+    """The fields of a site's train reply, read and type-checked."""
+
+    name: str
+    status: int
+    epsilon: float
+    examples: int
+    loss: float | None
+
+
+def _read_reply(content: RecordDict) -> _Reply:
+    """Read a train reply's site name and metrics; UpdateRejected if any is missing or malformed."""
+    try:
+        name = content.config_records[SITE]["name"]
+        metrics = content.metric_records[wire.METRICS]
+        status, epsilon = int(cast(int, metrics[wire.STATUS])), float(cast(float, metrics[wire.EPSILON]))
+        examples = metrics.get(wire.NUM_EXAMPLES, 0)
+        loss = float(cast(float, metrics[wire.TRAIN_LOSS])) if status == wire.TRAINED else None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UpdateRejected(f"malformed reply: {exc!r} missing or of the wrong type") from None
+    if not isinstance(name, str) or not name:
+        raise UpdateRejected("malformed reply: no site name")
+    if status not in (wire.TRAINED, wire.REFUSED) or not math.isfinite(epsilon):
+        raise UpdateRejected(f"malformed reply: status {status}, epsilon {epsilon}")
+    return _Reply(name, status, epsilon, examples if isinstance(examples, int) else -1, loss)
+
+
+def _check_examples(reply: _Reply, *, max_examples: float) -> None:
+    """The example count FedAvg weights by: a multiple of the bucket, within [bucket, max]."""
+    if not (wire.BUCKET <= reply.examples <= max_examples and reply.examples % wire.BUCKET == 0):
+        raise UpdateRejected(f"example count {reply.examples} is not a multiple of {wire.BUCKET} "
+                             f"in [{wire.BUCKET}, {max_examples:g}] (max-examples)")
+
+
 def collect(replies: list[Message], sampled: list[int], names: dict[int, str],
-            global_: wire.Arrays, *, max_norm: float) -> Collected:
+            global_: wire.Arrays, *, max_norm: float, max_examples: float = math.inf) -> Collected:
     """Sort replies into trained / refused / rejected / failed; decode valid deltas to full weights.
 
-    Every delta is validated (:func:`server.validation.check_update`) before it is decoded; a
-    rejected one is logged and left out, and the round goes on with the others.
+    Every reply is validated before anything of it is used: its metrics (present, typed, the
+    example count bucketed and at most ``max_examples``), its site name (a node keeps the name it
+    first gave; two nodes cannot claim one name) and its delta (:func:`check_update`). A rejected
+    reply is logged and left out, and the round goes on with the others.
     """
     out = Collected()
-    answered = set()
+    answered, claimed = set(), set()
     for msg in replies:
         node = msg.metadata.src_node_id
         answered.add(node)
+        label = names.get(node, f"node {node}")
         if msg.has_error():
-            out.failed.append(names.get(node, f"node {node}"))
+            out.failed.append(label)
             continue
-        names[node] = name = str(msg.content.config_records[SITE]["name"])
-        metrics = msg.content.metric_records[wire.METRICS]
-        out.epsilon[name] = float(cast(float, metrics[wire.EPSILON]))
-        if int(cast(int, metrics[wire.STATUS])) == wire.REFUSED:
-            out.refused.append(name)
-            continue
-        arrays = msg.content.array_records.get(wire.ARRAYS, ArrayRecord())
-        delta = {k: v.numpy() for k, v in arrays.items()}
         try:
-            out.norms[name] = check_update(delta, global_, max_norm=max_norm).norm
+            reply = _read_reply(msg.content)
+            if names.setdefault(node, reply.name) != reply.name or reply.name in claimed:
+                raise UpdateRejected(f"node {node} claims to be site {reply.name!r}, which is "
+                                     f"{'another node' if reply.name in claimed else label}")
+            claimed.add(reply.name)
+            label = reply.name
+            out.epsilon[label] = reply.epsilon
+            if reply.status == wire.REFUSED:
+                out.refused.append(label)
+                continue
+            _check_examples(reply, max_examples=max_examples)
+            arrays = msg.content.array_records.get(wire.ARRAYS, ArrayRecord())
+            delta = {k: v.numpy() for k, v in arrays.items()}
+            out.norms[label] = check_update(delta, global_, max_norm=max_norm).norm
         except UpdateRejected as exc:
-            log.warning("rejected the update of site %s: %s", name, exc)
-            out.rejected[name] = str(exc)
+            log.warning("rejected the reply of site %s: %s", label, exc)
+            out.rejected[label] = str(exc)
             continue
         full = wire.decode_update(delta, global_)
-        out.losses.append(float(cast(float, metrics[wire.TRAIN_LOSS])))
+        out.losses.append(cast(float, reply.loss))
         msg.content = RecordDict({
             wire.ARRAYS: ArrayRecord({k: Array(v) for k, v in full.items()}),
-            wire.METRICS: MetricRecord({wire.NUM_EXAMPLES: metrics[wire.NUM_EXAMPLES]})})
+            wire.METRICS: MetricRecord({wire.NUM_EXAMPLES: reply.examples})})
         out.trained.append(msg)
     out.failed += [names.get(n, f"node {n}") for n in sampled if n not in answered]
     return out
@@ -194,7 +237,8 @@ class Federation:
             got = self._secure(grid, context, rnd, sampled, global_, bound)
         else:
             replies = list(grid.send_and_receive(messages, timeout=self.fed.round_timeout))
-            got = collect(replies, sampled, self.names, global_, max_norm=bound)
+            got = collect(replies, sampled, self.names, global_, max_norm=bound,
+                          max_examples=self.fed.max_examples)
             if got.trained:
                 arrays, _ = self.strategy.aggregate_train(rnd, got.trained)
                 if arrays is not None:

@@ -100,7 +100,7 @@ def workflow_for(fed: FederationConfig, sampled: int) -> SecAggPlusWorkflow:
     shares = min(fed.secagg_shares, sampled)
     return SecAggPlusWorkflow(num_shares=shares,
                               reconstruction_threshold=min(fed.secagg_threshold, shares),
-                              max_weight=fed.secagg_max_weight, clipping_range=fed.secagg_clip_range,
+                              max_weight=fed.max_examples, clipping_range=fed.secagg_clip_range,
                               timeout=fed.round_timeout)
 
 

@@ -38,12 +38,12 @@ def bucket(count: int) -> int:
 
 
 def state_to_arrays(state: dict[str, torch.Tensor]) -> Arrays:
-    """A torch state dict as float32 numpy arrays."""
-    return {k: v.detach().float().cpu().numpy() for k, v in state.items()}
+    """A torch state dict as float32 numpy arrays (copies: later changes to the model do not show)."""
+    return {k: v.detach().float().cpu().numpy().copy() for k, v in state.items()}
 
 
 def arrays_to_state(arrays: Arrays) -> dict[str, torch.Tensor]:
-    """Float32 numpy arrays as a torch state dict."""
+    """Float32 numpy arrays as a torch state dict (sharing their memory)."""
     return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
 
 

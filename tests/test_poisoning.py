@@ -302,14 +302,12 @@ def test_krum_picks_an_honest_sites_weights_not_the_attackers(round_one: RoundOn
     assert len(matches) == 1
 
 
-# --- a known gap: the example count that weights FedAvg is not validated -------------------------
+# --- the example count that weights FedAvg is validated too -----------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="server/rounds.py collect passes a site's num-examples to "
-                   "FedAvg unchecked: a negative one turns the weights around (bucketed counts are "
-                   "positive multiples of 50)")
-@pytest.mark.parametrize("count", [-299, -300], ids=["weights-sum-to-1", "weights-sum-to-0"])
-def test_fedavg_with_validation_rejects_a_negative_example_count(
+@pytest.mark.parametrize("count", [-299, -300, 10**9], ids=["weights-sum-to-1", "weights-sum-to-0",
+                                                              "takes-over-the-mean"])
+def test_fedavg_with_validation_rejects_an_impossible_example_count(
         round_one: RoundOne, clean: Outcome, count: int) -> None:
     # The attacker sends its honest, norm-valid delta but claims -299 examples against the honest
     # 300: FedAvg multiplies the honest updates by 200 and 100 (measured 8.92 bits/base); at -300
@@ -320,7 +318,9 @@ def test_fedavg_with_validation_rejects_a_negative_example_count(
     replies = [copy.deepcopy(round_one.replies[name]) for name in HONEST]
     replies.append(Message(content=content, reply_to=round_one.instructions[ATTACKER]))
     got = collect(replies, list(NODES.values()), {}, round_one.global_,
-                  max_norm=update_bound(round_one.fed, round_one.global_))
+                  max_norm=update_bound(round_one.fed, round_one.global_),
+                  max_examples=round_one.fed.max_examples)
     arrays, _ = create_strategy(round_one.fed).aggregate_train(1, got.trained)
     assert list(got.rejected) == [ATTACKER]
+    assert "example count" in got.rejected[ATTACKER]
     assert arrays is not None and abs(heldout_bits(round_one, arrays) - clean.bits) < CLOSE

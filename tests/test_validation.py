@@ -232,8 +232,8 @@ def test_collect_leaves_out_a_rejected_update_and_keeps_the_others(caplog: pytes
     assert got.norms == {"good": 5.0}
     assert got.losses == [1.4]  # only the accepted update's loss
     assert set(got.epsilon) == {"good", "nan", "big", "tired"}  # every site's epsilon is still reported
-    assert "rejected the update of site nan: array 'head.bias' holds NaN or Inf" in caplog.text
-    assert "rejected the update of site big: update norm 50" in caplog.text
+    assert "rejected the reply of site nan: array 'head.bias' holds NaN or Inf" in caplog.text
+    assert "rejected the reply of site big: update norm 50" in caplog.text
 
 
 def test_collect_hands_the_strategy_full_float32_weights_and_the_example_count() -> None:
@@ -254,9 +254,6 @@ def test_collect_rejects_a_trained_reply_that_carries_no_arrays() -> None:
     assert got.rejected["empty"].startswith("array names differ from the global model's (missing [")
 
 
-@pytest.mark.xfail(strict=True, raises=KeyError, reason="server/rounds.py collect reads 'train-loss' "
-                   "(and 'site', 'epsilon', 'status', 'num-examples') unguarded: one malformed "
-                   "reply ends the round instead of being rejected")
 def test_collect_rejects_a_trained_reply_without_its_loss_and_goes_on() -> None:
     bad = reply(12, "no-loss", honest())
     metrics = dict(bad.content.metric_records[wire.METRICS])
@@ -264,4 +261,14 @@ def test_collect_rejects_a_trained_reply_without_its_loss_and_goes_on() -> None:
     bad.content[wire.METRICS] = MetricRecord(metrics)
     got = collect([reply(11, "good", honest()), bad], [11, 12], {}, GLOBAL, max_norm=10.0)
     assert [m.metadata.src_node_id for m in got.trained] == [11]
-    assert "no-loss" in got.rejected or "no-loss" in got.failed
+    assert "malformed reply" in got.rejected["node 12"]
+
+
+def test_a_node_cannot_take_another_sites_name() -> None:
+    names = {11: "good"}
+    got = collect([reply(11, "good", honest()), reply(12, "good", honest())], [11, 12], names,
+                  GLOBAL, max_norm=10.0)
+    assert [m.metadata.src_node_id for m in got.trained] == [11]
+    assert "claims to be site 'good'" in got.rejected["node 12"]
+    again = collect([reply(11, "other", honest())], [11], names, GLOBAL, max_norm=10.0)
+    assert again.trained == [] and "claims to be site 'other'" in again.rejected["good"]

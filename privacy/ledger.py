@@ -136,10 +136,13 @@ class Ledger:
     def append(
         self, *, round: int, status: Status, local_steps: int, sample_rate: float, noise_multiplier: float,
         max_grad_norm: float, delta: float, accountant: str, epsilon: float, update_sha256: str | None,
+        epsilon_budget: float | None = None,
     ) -> LedgerEntry:
         """Sign and append one entry; it is on disk (fsynced) when this returns.
 
         Callers rely on that: append first, send the update it covers only after this returns.
+        ``epsilon_budget`` (the site's budget now) is signed with the entry when given; without it
+        the entry has the format of ledgers written before the field existed.
 
         Raises:
             LedgerError: A value is invalid, the round or epsilon would decrease, another process
@@ -153,6 +156,7 @@ class Ledger:
             "round": round, "status": status, "local_steps": local_steps,
             **{k: float(v) if type(v) is int else v for k, v in floats.items()},
             "accountant": accountant, "update_sha256": update_sha256,
+            **({} if epsilon_budget is None else {"epsilon_budget": float(epsilon_budget)}),
         })
         self._write_head()
         return entry

@@ -5,6 +5,11 @@ the hash of the update it produced), ``refused`` (a round the budget did not all
 (the site's signing key changed; see :mod:`privacy.ledger_verify`). A rotation carries two extra
 fields, ``old_public_key`` and ``new_public_key`` (OpenSSH lines without a comment); other entries
 never carry them, so ledgers written before rotations existed keep their exact bytes.
+
+A trained or refused entry may carry ``epsilon_budget``: the site's budget when the entry was
+written (its ``[privacy] epsilon_budget``), signed with the entry so that an auditor learns the budget
+from signed data. It is optional in the same way: entries written before it existed (and rotations,
+which never carry it) keep their exact bytes and signatures.
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "update_sha256": (str, type(None)),
 }
 _KEY_FIELDS = ("old_public_key", "new_public_key")
+_OPTIONAL_FIELDS = (*_KEY_FIELDS, "epsilon_budget")
+"""Fields stored only when set, so that entries written before they existed keep their bytes."""
 _FLOATS = ("sample_rate", "noise_multiplier", "max_grad_norm", "delta", "epsilon")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -67,6 +74,8 @@ class LedgerEntry:
     """A rotation's outgoing key (OpenSSH, no comment): it signs the rotation entry itself."""
     new_public_key: str | None = None
     """A rotation's incoming key: it signs every later entry and the head."""
+    epsilon_budget: float | None = None
+    """The site's epsilon budget when this entry was written; None in older entries and rotations."""
 
     @property
     def mechanism(self) -> Mechanism | None:
@@ -90,11 +99,11 @@ class LedgerEntry:
         return hashlib.sha256(self.line()).hexdigest()
 
     def _stored_fields(self, *, with_signature: bool) -> dict[str, object]:
-        """The fields as stored: the key fields only when set, the signature when asked for."""
+        """The fields as stored: the optional fields only when set, the signature when asked for."""
         fields = {f.name: getattr(self, f.name) for f in _FIELDS}
         if not with_signature:
             del fields["signature"]
-        for name in _KEY_FIELDS:
+        for name in _OPTIONAL_FIELDS:
             if fields[name] is None:
                 del fields[name]
         return fields
@@ -126,7 +135,7 @@ def rotations(entries: Sequence[LedgerEntry]) -> list[LedgerEntry]:
 def entry_from_dict(fields: dict[str, object], where: str) -> LedgerEntry:
     """A LedgerEntry from parsed JSON (or append's arguments), checking field names and types."""
     missing = sorted(set(_TYPES) - set(fields))
-    unknown = sorted(set(fields) - set(_TYPES) - set(_KEY_FIELDS))
+    unknown = sorted(set(fields) - set(_TYPES) - set(_OPTIONAL_FIELDS))
     if missing or unknown:
         raise LedgerError(f"{where}: missing fields {missing}, unknown fields {unknown}")
     for name, types in _TYPES.items():
@@ -137,6 +146,8 @@ def entry_from_dict(fields: dict[str, object], where: str) -> LedgerEntry:
     for name in _KEY_FIELDS:
         if name in fields and type(fields[name]) is not str:
             raise LedgerError(f"{where}: field {name!r} is {fields[name]!r}, expected str")
+    if "epsilon_budget" in fields and type(fields["epsilon_budget"]) is not float:
+        raise LedgerError(f"{where}: field 'epsilon_budget' is {fields['epsilon_budget']!r}, expected float")
     return LedgerEntry(**fields)  # type: ignore[arg-type]
 
 
@@ -160,7 +171,20 @@ def value_problem(entry: LedgerEntry) -> str | None:
         (_SHA256.fullmatch(entry.prev_sha256) is not None, "prev_sha256 is not 64 lowercase hex digits"),
         (_is_utc_time(entry.time), f"time {entry.time!r} is not an ISO 8601 UTC time"),
     ]
-    return next((message for ok, message in checks if not ok), None) or _rotation_problem(entry)
+    return (next((message for ok, message in checks if not ok), None) or _budget_problem(entry)
+            or _rotation_problem(entry))
+
+
+def _budget_problem(entry: LedgerEntry) -> str | None:
+    """What is wrong with ``epsilon_budget``: when set, finite and > 0, and never on a rotation."""
+    budget = entry.epsilon_budget
+    if budget is None:
+        return None
+    if entry.status == "rotated":
+        return "a rotation carries no epsilon_budget"
+    if not (math.isfinite(budget) and budget > 0.0):
+        return f"epsilon_budget {budget} must be finite and > 0"
+    return None
 
 
 def _rotation_problem(entry: LedgerEntry) -> str | None:

@@ -42,6 +42,19 @@ from shared.errors import LedgerError
 logger = logging.getLogger(__name__)
 
 
+class LedgerEntryError(LedgerError):
+    """One line of a ledger fails verification: names the file, the line, its seq and the problem.
+
+    The message is ``"<path> line <n> (seq <seq>): <problem>"`` (no seq when the line did not parse);
+    the parts are kept as attributes so that an auditor can name the entry.
+    """
+
+    def __init__(self, path: Path, *, line: int, seq: int | None, problem: str) -> None:
+        where = f"{path} line {line}" if seq is None else f"{path} line {line} (seq {seq})"
+        super().__init__(f"{where}: {problem}")
+        self.path, self.line, self.seq, self.problem = path, line, seq, problem
+
+
 @dataclass(frozen=True)
 class KeyChain:
     """A verified ledger's entries and the key in force after each prefix of them."""
@@ -90,9 +103,9 @@ def verify_key_chain(
     """:func:`verify_ledger`, returning the chain of keys too (e.g. to learn the current key)."""
     data = read_ledger(path)
     if data and not data.endswith(b"\n"):
-        line_no = data.count(b"\n") + 1
-        raise LedgerError(f"{path} line {line_no}: incomplete last line (an interrupted append); "
-                          "open the ledger with its site key to drop it, or remove the line by hand")
+        raise LedgerEntryError(path, line=data.count(b"\n") + 1, seq=None,
+                               problem="incomplete last line (an interrupted append); open the ledger "
+                               "with its site key to drop it, or remove the line by hand")
     chain = verify_lines(path, data, public_key=public_key, site=site)
     check_anchor(path, chain, public_key)
     from_genesis = fingerprint(public_key) == fingerprint(chain.genesis_key)
@@ -120,8 +133,7 @@ def verify_lines(
     The chain starts from ``public_key`` when entry 0 is bound to it, else from the first rotation's
     old key; the caller checks that ``public_key`` is an acceptable anchor (:func:`check_anchor`).
     """
-    parsed = [_parse_line(f"{path} line {n}", raw)
-              for n, raw in enumerate(data.split(b"\n")[:-1], start=1)]
+    parsed = [_parse_line(path, n, raw) for n, raw in enumerate(data.split(b"\n")[:-1], start=1)]
     if not parsed:
         return KeyChain((), (public_key,))
     site = parsed[0].site if site is None else site
@@ -129,13 +141,13 @@ def verify_lines(
     entries: list[LedgerEntry] = []
     keys = [key]
     for line_no, entry in enumerate(parsed, start=1):
-        where = f"{path} line {line_no} (seq {entry.seq})"
         if not signature_ok(key, entry.signed_bytes(), entry.signature):
-            raise LedgerError(f"{where}: bad signature: the entry was altered or signed by another key")
+            raise LedgerEntryError(path, line=line_no, seq=entry.seq,
+                                   problem="bad signature: the entry was altered or signed by another key")
         problem = _chain_problem(entries, entry, site, key)
         problem = problem or value_problem(entry) or order_problem(entries[-1] if entries else None, entry)
         if problem:
-            raise LedgerError(f"{where}: {problem}")
+            raise LedgerEntryError(path, line=line_no, seq=entry.seq, problem=problem)
         if entry.status == "rotated":
             key = public_key_from_text(entry.new_public_key or "") or key  # checked by value_problem
         entries.append(entry)
@@ -153,17 +165,25 @@ def check_anchor(path: Path, chain: KeyChain, public_key: ec.EllipticCurvePublic
             f"({fingerprint(chain.current_key)[:16]}): pass the site's current public key")
 
 
-def _parse_line(where: str, raw: bytes) -> LedgerEntry:
-    """One line as a LedgerEntry, checking that it is canonical JSON."""
+def _parse_line(path: Path, line: int, raw: bytes) -> LedgerEntry:
+    """Line number ``line`` of ``path`` as a LedgerEntry, checking that it is canonical JSON."""
     try:
         fields = json.loads(raw.decode("ascii"), parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError) as exc:
-        raise LedgerError(f"{where}: not a JSON line ({' '.join(str(exc).split())})") from exc
+        raise LedgerEntryError(path, line=line, seq=None,
+                               problem=f"not a JSON line ({' '.join(str(exc).split())})") from exc
     if not isinstance(fields, dict):
-        raise LedgerError(f"{where}: not a JSON object")
-    entry = entry_from_dict(fields, where)
+        raise LedgerEntryError(path, line=line, seq=None, problem="not a JSON object")
+    where = f"{path} line {line}"
+    try:
+        entry = entry_from_dict(fields, where)
+    except LedgerError as exc:
+        seq = fields.get("seq")
+        raise LedgerEntryError(path, line=line, seq=seq if type(seq) is int else None,
+                               problem=str(exc).removeprefix(f"{where}: ")) from exc
     if entry.line() != raw:
-        raise LedgerError(f"{where} (seq {entry.seq}): not in canonical form: the line was edited")
+        raise LedgerEntryError(path, line=line, seq=entry.seq,
+                               problem="not in canonical form: the line was edited")
     return entry
 
 

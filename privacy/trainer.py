@@ -95,7 +95,7 @@ def run_private_round(*, model: nn.Module, dataset: Dataset[torch.Tensor], ledge
         return ledger.append(round=round, status=status, local_steps=steps, sample_rate=q,
                              noise_multiplier=noise_multiplier, max_grad_norm=dp.max_grad_norm,
                              delta=site.delta, accountant=dp.accountant, epsilon=eps,
-                             update_sha256=digest)
+                             update_sha256=digest, epsilon_budget=site.epsilon_budget)
 
     if planned > site.epsilon_budget:
         entry = record("refused", 0, ledger.epsilon, None)

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from privacy.audit import AuditFailed, AuditResult
+from privacy.audit_report import DEFAULT_NAME, build_report, write_report
 from privacy.audit_sources import audit_ledgers, site_budgets
 from privacy.audit_types import SiteAudit
 from shared.atomic import write_text
@@ -108,3 +109,23 @@ def verify_command(
         raise ConfigError("--pki and --key both name the key: pass one of them")
     result = audit_ledgers(ledgers, pki=pki_dir, key_file=key, budgets=site_budgets(site or []))
     finish(result, _console(), json_out=json_out)
+
+
+@audit_app.command("report")
+def report_command(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory, e.g. runs/demo (report.json, ledgers/).")],
+    out: Annotated[Path | None, typer.Option(
+        "--out", help=f"The HTML file; the JSON goes beside it (.json). Default RUN_DIR/{DEFAULT_NAME}.",
+    )] = None,
+    pki_dir: Pki_ = None,
+) -> None:
+    """Write a self-contained HTML report (plots embedded) and its JSON; exit 4 if anything failed.
+
+    The ledgers are audited as by 'audit verify' (keys from RUN_DIR/pki when present), and the
+    epsilon each site reported to the server each round is checked against its ledger.
+    """
+    console = _console()
+    report = build_report(run_dir, pki=pki_dir)
+    html_path, json_path = write_report(report, out or run_dir / DEFAULT_NAME)
+    console.print(f"report: {html_path} (JSON: {json_path})", markup=False)
+    finish(report.result, console, json_out=None)

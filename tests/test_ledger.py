@@ -318,3 +318,56 @@ def test_loading_bad_keys_names_the_path(
     with caplog.at_level(logging.WARNING):
         load_private_key(loose)
     assert "chmod 600" in caplog.text
+
+
+_OLD_FIELDS = {"seq", "site", "round", "status", "local_steps", "sample_rate", "noise_multiplier",
+               "max_grad_norm", "delta", "accountant", "epsilon", "update_sha256", "time", "prev_sha256",
+               "signature"}
+
+
+def _budgeted(ledger: Ledger, round_: int, epsilon: float, budget: float) -> LedgerEntry:
+    return ledger.append(round=round_, status="trained", local_steps=10, sample_rate=0.05,
+                         noise_multiplier=1.1, max_grad_norm=1.0, delta=1e-5, accountant="rdp",
+                         epsilon=epsilon, update_sha256=_update(round_), epsilon_budget=budget)
+
+
+def test_entries_without_a_budget_keep_their_bytes(tmp_path: Path, key_a: ec.EllipticCurvePrivateKey) -> None:
+    path = tmp_path / "ledger.jsonl"
+    _append(Ledger(path, site="siteA", private_key=key_a), 1, 0.5)  # as written before the field existed
+    old = path.read_bytes()
+    assert set(json.loads(old)) == _OLD_FIELDS
+    _budgeted(Ledger(path, site="siteA", private_key=key_a), 2, 0.8, 8)  # an int budget is stored as float
+    assert path.read_bytes().startswith(old)
+    entries = verify_ledger(path, public_key=key_a.public_key(), site="siteA")
+    assert [e.epsilon_budget for e in entries] == [None, 8.0]
+    assert json.loads(_lines(path)[1])["epsilon_budget"] == 8.0
+    assert b"".join(e.line() + b"\n" for e in entries) == path.read_bytes()
+
+
+def test_the_budget_is_signed(tmp_path: Path, key_a: ec.EllipticCurvePrivateKey) -> None:
+    path = tmp_path / "ledger.jsonl"
+    _budgeted(Ledger(path, site="siteA", private_key=key_a), 1, 0.5, 8.0)
+    original = path.read_bytes()
+    for edited in (original.replace(b'"epsilon_budget":8.0', b'"epsilon_budget":80.0'),
+                   original.replace(b'"epsilon_budget":8.0,', b"")):
+        assert edited != original
+        path.write_bytes(edited)
+        with pytest.raises(LedgerError, match="bad signature"):
+            verify_ledger(path, public_key=key_a.public_key())
+
+
+@pytest.mark.parametrize("budget", [0.0, -1.0, float("inf"), float("nan")])
+def test_a_budget_must_be_finite_and_positive(tmp_path: Path, key_a: ec.EllipticCurvePrivateKey,
+                                              budget: float) -> None:
+    ledger = Ledger(tmp_path / "ledger.jsonl", site="siteA", private_key=key_a)
+    with pytest.raises(LedgerError, match="epsilon_budget"):
+        _budgeted(ledger, 1, 0.5, budget)
+    assert not (tmp_path / "ledger.jsonl").exists()
+
+
+def test_a_budget_must_be_a_float_in_the_file(tmp_path: Path, key_a: ec.EllipticCurvePrivateKey) -> None:
+    path = tmp_path / "ledger.jsonl"
+    _budgeted(Ledger(path, site="siteA", private_key=key_a), 1, 0.5, 8.0)
+    path.write_bytes(path.read_bytes().replace(b'"epsilon_budget":8.0', b'"epsilon_budget":8'))
+    with pytest.raises(LedgerError, match="'epsilon_budget' is 8, expected float"):
+        verify_ledger(path, public_key=key_a.public_key())

@@ -10,6 +10,7 @@ import click
 import typer
 
 from fedgenome import cmd_fed, cmd_model, cmd_pki
+from fedgenome.canaries import canaries_command
 from fedgenome.cmd_audit import audit_app
 from privacy import cli as privacy_cli
 from shared import cli_data
@@ -34,6 +35,7 @@ app.command("run")(cmd_fed.run_command)
 app.add_typer(cmd_fed.server_app, name="server")
 app.add_typer(cmd_fed.client_app, name="client")
 app.add_typer(cmd_pki.app, name="pki")
+audit_app.command("canaries")(canaries_command)
 app.add_typer(audit_app, name="audit")
 
 

@@ -3,6 +3,10 @@
 Each item is a random window of ``window + 1`` tokens (inputs plus the next-base targets) drawn
 from that unit alone, so a per-sample gradient is a per-patient gradient. Windows never overlap the
 site's held-out regions, and windows that are mostly ``N`` are drawn again.
+
+A site being audited (``fedgenome audit canaries``) also holds planted canary units in
+``state/canaries.npz``: each is one more privacy unit that always returns the same sequence. Sites
+without that file are unchanged.
 """
 
 from __future__ import annotations
@@ -18,12 +22,14 @@ import torch
 from torch.utils.data import Dataset
 
 from configs.schema import DataConfig, Region, SiteManifest, load_site_manifest
+from shared.atomic import atomic_path
 from shared.errors import InputFileError
 from shared.genomes import Cohort, Reference, check_sequence, load_cohort
 from shared.tokenizer import NUCLEOTIDES, PAD, Ids, encode, reverse_complement_ids
 
 log = logging.getLogger(__name__)
 MAX_DRAWS = 100  # windows drawn before giving up on a unit that is mostly N
+PLANTED_FILE = "canaries.npz"  # in the site's state/ directory
 
 
 @dataclass(frozen=True)
@@ -83,13 +89,75 @@ class Draw:
     tokens: Ids
 
 
+@dataclass(frozen=True)
+class PlantedUnits:
+    """Canary units planted in a site's dataset for an audit: ``repeats`` units per sequence.
+
+    Only the canaries the auditor's draw included are here; which were left out, the site never
+    learns. ``commitment`` is the auditor's salted SHA-256 of the whole draw, fixed before training.
+    """
+
+    tokens: Ids  # (canaries, window + 1): each row one planted sequence
+    repeats: int
+    commitment: str
+
+    def __len__(self) -> int:
+        return int(self.tokens.shape[0]) * self.repeats
+
+    def unit(self, index: int) -> Ids:
+        """The sequence of planted unit ``index`` (units ``c * repeats`` .. are copies of canary c)."""
+        return self.tokens[index // self.repeats]
+
+
+def planted_path(site_dir: Path) -> Path:
+    """Where a site keeps its planted canary units."""
+    return site_dir / "state" / PLANTED_FILE
+
+
+def write_planted(site_dir: Path, tokens: Ids, *, repeats: int, commitment: str) -> Path:
+    """Plant canary units (rows of ``tokens``, each ``repeats`` times) in the site's state."""
+    if tokens.ndim != 2 or repeats < 1:
+        raise ValueError(f"planted tokens must be (canaries, span) with repeats >= 1, got "
+                         f"{tokens.shape} x {repeats}")
+    path = planted_path(site_dir)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, tokens=tokens.astype(np.uint8), repeats=np.int64(repeats),
+                 commitment=np.str_(commitment))
+    return path
+
+
+def read_planted(site_dir: Path, *, span: int) -> PlantedUnits | None:
+    """The site's planted canary units, or None when it has none (the normal case)."""
+    path = planted_path(site_dir)
+    if not path.exists():
+        return None
+    try:
+        with np.load(path) as npz:
+            tokens, repeats, commitment = npz["tokens"], int(npz["repeats"]), str(npz["commitment"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise InputFileError(f"{path}: unreadable planted canaries ({exc}); remove the file, or "
+                             "plant again with 'fedgenome audit canaries'") from None
+    if tokens.ndim != 2 or tokens.shape[1] != span or repeats < 1:
+        raise InputFileError(f"{path}: planted canaries of shape {tokens.shape} x {repeats} do not "
+                             f"fit windows of {span} tokens; plant them with the run's preset")
+    return PlantedUnits(tokens.astype(np.uint8), repeats, commitment)
+
+
 class _UnitWindows(Dataset[torch.Tensor]):
-    """Shared logic: draw, reject mostly-N windows, augment, pad."""
+    """Shared logic: draw, reject mostly-N windows, augment, pad; planted units after the real ones."""
 
     def __init__(self, data: DataConfig, seed: int) -> None:
         self.data = data
         self.span = data.window + 1
         self.rng = np.random.default_rng(seed)
+        self.planted: PlantedUnits | None = None
+
+    def units(self) -> int:
+        """Number of real units (patients or records), planted canaries not counted."""
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return self.units() + (len(self.planted) if self.planted is not None else 0)
 
     def _window(self, unit: int) -> tuple[str, int, int, Ids]:
         raise NotImplementedError
@@ -110,9 +178,13 @@ class _UnitWindows(Dataset[torch.Tensor]):
         return Draw(unit, contig, start, hap, reverse, window)
 
     def __getitem__(self, unit: int) -> torch.Tensor:
-        draw = self.sample(unit)
+        real = self.units()
+        if self.planted is not None and unit >= real:
+            tokens = self.planted.unit(unit - real)  # a canary: always the same sequence
+        else:
+            tokens = self.sample(unit).tokens
         padded = np.full(self.span, PAD, dtype=np.int64)
-        padded[: len(draw.tokens)] = draw.tokens
+        padded[: len(tokens)] = tokens
         return torch.from_numpy(padded)  # (window + 1,)
 
 
@@ -125,7 +197,8 @@ class PatientWindows(_UnitWindows):
         self.cohort, self.reference = cohort, reference
         self.sampler = _WindowSampler(intervals, self.span)
 
-    def __len__(self) -> int:
+    def units(self) -> int:
+        """Number of patients."""
         return len(self.cohort.samples)
 
     def _window(self, unit: int) -> tuple[str, int, int, Ids]:
@@ -151,7 +224,8 @@ class RecordWindows(_UnitWindows):
             raise InputFileError("a FASTA record lies wholly inside a held-out region; "
                                  "shrink the site's holdout regions")
 
-    def __len__(self) -> int:
+    def units(self) -> int:
+        """Number of FASTA records."""
         return len(self.names)
 
     def _window(self, unit: int) -> tuple[str, int, int, Ids]:
@@ -195,7 +269,20 @@ class SiteData:
 
 def open_site(site_dir: Path, data: DataConfig, *, seed: int,
               cache_dir: Path | None = None) -> SiteData:
-    """Load a site directory (``site.toml`` and the files it names) into a training dataset."""
+    """Load a site directory (``site.toml`` and the files it names) into a training dataset.
+
+    Planted canary units (``state/canaries.npz``), when present, come after the real units.
+    """
+    site = _open_units(site_dir, data, seed=seed, cache_dir=cache_dir)
+    planted = read_planted(site_dir, span=data.window + 1)
+    if planted is not None:
+        site.dataset.planted = planted
+        log.debug("site %s: %d planted audit units", site.manifest.name, len(planted))
+    return site
+
+
+def _open_units(site_dir: Path, data: DataConfig, *, seed: int, cache_dir: Path | None) -> SiteData:
+    """The site's real units (patients or records), without planted canaries."""
     manifest = load_site_manifest(site_dir)
     if manifest.kind == "fasta":
         assert manifest.fasta is not None

@@ -36,7 +36,7 @@ Json_ = Annotated[Path | None, typer.Option("--json", help="Also write the resul
 def _console() -> Console:
     console = Console(highlight=False, soft_wrap=True)
     if not console.is_terminal:  # piped or captured: room for the table instead of 80 columns
-        console.width = 150
+        console.width = 180
     return console
 
 
@@ -71,7 +71,8 @@ def print_audit(result: AuditResult, console: Console) -> None:
     """The table, each site's key and budget sources and notes, then one line per failure."""
     console.print(audit_table(result))
     for site in result.sites:
-        console.print(f"{site.site}: key {site.key_source}; budget from {site.budget.source}", markup=False)
+        budget = "unknown" if site.budget.source == "unknown" else f"from {site.budget.source}"
+        console.print(f"{site.site}: key {site.key_source}; budget {budget}", markup=False)
         for note in site.notes:
             console.print(f"  note: {note}", markup=False)
     for problem in result.problems:

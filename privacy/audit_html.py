@@ -57,8 +57,9 @@ def _ledger_section(data: Mapping[str, Any]) -> str:
             "unknown" if s["budget"] is None else f"{s['budget']:g}",
             '<span class="ok">ok</span>' if s["ok"] else failed])
         notes = "".join(f"<br>note: {escape(n)}" for n in s["notes"])
-        sources.append(f"<li><b>{escape(s['site'])}</b>: key {escape(s['key_source'])}; budget from "
-                       f"{escape(s['budget_source'])}{notes}</li>")
+        budget = "unknown" if s["budget_source"] == "unknown" else f"from {s['budget_source']}"
+        sources.append(f"<li><b>{escape(s['site'])}</b>: key {escape(s['key_source'])}; budget "
+                       f"{escape(budget)}{notes}</li>")
     table = _table(["site", "key", "entries", "rounds trained", "refusals", "rotations", "δ", "ε recorded",
                     "ε Opacus", "ε dp-accounting", "budget", "verdict"], rows)
     return f"<h2>Ledgers</h2>{table}<ul>{''.join(sources)}</ul>"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 from collections.abc import Mapping, Sequence
 
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -43,31 +44,42 @@ def epsilon_plot(
     """
     figure = Figure(figsize=_SIZE)
     axes = figure.add_subplot()
-    colors = [f"C{i % 10}" for i in range(len(ledger))]
+    colors = {site: f"C{i % 10}" for i, site in enumerate(sorted(ledger))}
     crosses = "ε the server received (run report)"
-    for color, (site, points) in zip(colors, sorted(ledger.items()), strict=True):
-        rounds, eps = [r for r, _ in points], [e for _, e in points]
-        axes.plot(rounds, eps, marker="o", color=color, label=f"{site} (ledger)")
-        budget = budgets.get(site)
-        if budget is not None:
-            axes.axhline(budget, color=color, linestyle="--", linewidth=1.2,
-                         label=f"{site} budget {budget:g}")
+    for site, points in sorted(ledger.items()):
+        axes.plot([r for r, _ in points], [e for _, e in points], marker="o", color=colors[site],
+                  label=f"{site} (ledger)")
         server = (reported or {}).get(site, ())
         if server:
             axes.scatter([r for r, _ in server], [e for _, e in server], marker="x", s=60, color="black",
                          zorder=3, label=crosses)
             crosses = "_nolegend_"
+    _budget_lines(axes, {site: budgets.get(site) for site in ledger}, colors)
     if not ledger:
         axes.text(0.5, 0.5, "no verified ledger", ha="center", va="center", transform=axes.transAxes)
     axes.set_xlabel("round")
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_ylabel("cumulative ε")
     axes.set_title("Privacy spent per site (patient-level)")
-    axes.set_ylim(bottom=0.0)
+    values = [e for points in ledger.values() for _, e in points] + [b for b in budgets.values() if b]
+    top = max([*values, 1.0])
+    axes.set_ylim(0.0, top * 1.12)
     axes.grid(alpha=0.3)
     if ledger:
-        axes.legend(fontsize="small", loc="best")
+        axes.legend(fontsize="small", loc="lower right")
     return _png(figure)
+
+
+def _budget_lines(axes: Axes, budgets: Mapping[str, float | None], colors: Mapping[str, str]) -> None:
+    """One dashed line per distinct budget: the site's colour if it is one site's, else black."""
+    by_value: dict[float, list[str]] = {}
+    for site, budget in sorted(budgets.items()):
+        if budget is not None:
+            by_value.setdefault(budget, []).append(site)
+    for value, sites in sorted(by_value.items()):
+        who = "all sites" if len(sites) == len(budgets) > 1 else ", ".join(sites)
+        color = colors[sites[0]] if len(sites) == 1 else "black"
+        axes.axhline(value, color=color, linestyle="--", linewidth=1.2, label=f"budget {value:g} ({who})")
 
 
 def heldout_plot(rounds: Sequence[tuple[int, float]], *, initial: float | None) -> bytes:

@@ -60,8 +60,8 @@ def build_report(run_dir: Path, *, pki: Path | None = None) -> AuditReport:
 
     Args:
         run_dir: What ``fedgenome demo`` (``runs/<name>``) or a federated run wrote.
-        pki: The consortium PKI; default ``run_dir/pki`` when it has a registry, else keys beside
-            the ledgers.
+        pki: The consortium PKI; default ``run_dir/pki`` (the demo's public copy) or the local
+            federation's ``run_dir/federation/pki`` when one has a registry, else keys beside the ledgers.
 
     Raises:
         InputFileError: ``report.json`` is missing or malformed.
@@ -71,8 +71,8 @@ def build_report(run_dir: Path, *, pki: Path | None = None) -> AuditReport:
     rounds = run.get("rounds")
     if not isinstance(rounds, list) or not all(isinstance(r, dict) for r in rounds):
         raise InputFileError(f"{run_dir / 'report.json'}: no list of rounds; pass a run directory")
-    if pki is None and (run_dir / "pki" / "sites").is_dir():
-        pki = run_dir / "pki"
+    registries = (run_dir / "pki", run_dir / "federation" / "pki")
+    pki = pki or next((d for d in registries if (d / "sites").is_dir()), None)
     budgets = {**_summary_budgets(run_dir), **run_site_budgets(run_dir)}
     audited = audit_ledgers(run_ledgers(run_dir), pki=pki, budgets=budgets)
     result = AuditResult(audited.sites, tuple(cross_check(audited, rounds)))

@@ -105,7 +105,10 @@ def verify_command(
         "none (unsigned); repeatable.")] = None,
     json_out: Json_ = None,
 ) -> None:
-    """Verify signatures, hash chain and head; recompute ε with Opacus and dp-accounting; check budgets."""
+    """Verify signatures, hash chain and head; recompute ε with Opacus and dp-accounting; check budgets.
+
+    Exit 0 when every ledger verifies; 4 otherwise, after one line per failure.
+    """
     if pki_dir is not None and key is not None:
         raise ConfigError("--pki and --key both name the key: pass one of them")
     result = audit_ledgers(ledgers, pki=pki_dir, key_file=key, budgets=site_budgets(site or []))
@@ -122,8 +125,7 @@ def report_command(
 ) -> None:
     """Write a self-contained HTML report (plots embedded) and its JSON; exit 4 if anything failed.
 
-    The ledgers are audited as by 'audit verify' (keys from RUN_DIR/pki when present), and the
-    epsilon each site reported to the server each round is checked against its ledger.
+    Ledgers audited as by 'audit verify'; each round's reported epsilon checked against the ledgers.
     """
     console = _console()
     report = build_report(run_dir, pki=pki_dir)

@@ -30,6 +30,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import math
@@ -148,7 +149,7 @@ def audit_ledger(
 
 def _with(audit: SiteAudit, problems: list[AuditProblem]) -> SiteAudit:
     """``audit`` with ``problems`` added."""
-    return SiteAudit(**{**audit.__dict__, "problems": audit.problems + tuple(problems)})
+    return dataclasses.replace(audit, problems=audit.problems + tuple(problems))
 
 
 def _integrity_problem(site: str, path: Path, exc: LedgerError) -> AuditProblem:

@@ -61,14 +61,19 @@ def renew_hint(path: Path) -> str:
     return f"renew it with 'fedgenome pki renew-server --pki {path.parent}'"
 
 
-def load_certificate(path: Path) -> x509.Certificate:
-    """A PEM certificate, or ConfigError naming the file and the fix."""
+def _read(path: Path, *, fix: str) -> bytes:
+    """A file's bytes, or ConfigError: missing (with ``fix``) or unreadable."""
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
-        raise ConfigError(f"{path}: missing; {NEW_PKI}, or pass the directory that holds it") from None
+        raise ConfigError(f"{path}: missing; {fix}") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot be read ({exc.strerror}); check its owner and mode") from exc
+
+
+def load_certificate(path: Path) -> x509.Certificate:
+    """A PEM certificate, or ConfigError naming the file and the fix."""
+    data = _read(path, fix=f"{NEW_PKI}, or pass the directory that holds it")
     try:
         return x509.load_pem_x509_certificate(data)
     except ValueError as exc:
@@ -182,13 +187,7 @@ def host_matches(names: tuple[str, ...], host: str) -> bool:
 
 def load_pem_key(path: Path, *, fix: str | None = None) -> ec.EllipticCurvePrivateKey:
     """An unencrypted PEM EC private key (e.g. ``server.key``), warning when others can read it."""
-    fix = fix or renew_hint(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: missing; {fix}") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot be read ({exc.strerror}); check its owner and mode") from exc
+    data = _read(path, fix=fix or renew_hint(path))
     if stat.S_IMODE(path.stat().st_mode) & 0o077:
         log.warning("private key %s is readable by group/others; run 'chmod 600 %s'", path, path)
     try:

@@ -12,7 +12,6 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from fedgenome.cli import main
 from privacy.keys import (
     fingerprint,
     generate_key,
@@ -27,6 +26,8 @@ from server import pki
 from server.pki_checks import check_ca, check_server_tls
 from server.tls import issue_ca, issue_server_certificate, make_certificates, write_certificate
 from shared.errors import ConfigError, LedgerError
+from tests.test_cli import assert_one_line_error as cli_error
+from tests.test_cli import run_cli
 from tests.test_ledger_rotation import resign, signed_by, train, write_chain
 
 NOW = dt.datetime.now(dt.timezone.utc)
@@ -305,20 +306,10 @@ def test_renew_server_keeps_the_ca(fresh: Path) -> None:
 
 # --- the command line ---------------------------------------------------------------------------
 
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    out, err = capsys.readouterr()
-    return int(exit_info.value.code or 0), out, err
-
-
 def assert_one_line_error(code: int, err: str, *needles: str) -> None:
-    lines = [line for line in err.splitlines() if line.strip()]
+    """A usage/input error: exit 2 and one line (tests/test_cli.py's check, plus the code)."""
     assert code == 2, err
-    assert len(lines) == 1, err
-    assert lines[0].startswith("fedgenome: error: ")
-    for needle in needles:
-        assert needle in lines[0]
+    cli_error(code, err, *needles)
 
 
 def expire_server_certificate(directory: Path) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -257,15 +257,32 @@ class Federation:
 
     def _secure(self, grid: Grid, context: Context, rnd: int, sampled: list[int],
                 global_: wire.Arrays, bound: float) -> Collected:
-        """A SecAgg+ round: only the mean delta is seen, so only the mean can be validated."""
+        """A SecAgg+ round: only the mean delta is seen, so the mean is what is validated.
+
+        Each site's declared metrics and weight are checked too; an impossible one rejects the
+        whole mean, since one site's part of the sum cannot be taken out.
+        """
         result = secure_round(grid, context, self.fed, rnd=rnd, nodes=sampled, global_=global_)
         got = Collected(failed=[f"node {n}" for n in range(result.failures)])
+        problems: list[str] = []
         for name, metrics in result.metrics.items():
-            got.epsilon[name] = float(cast(float, metrics[wire.EPSILON]))
-            if int(cast(int, metrics[wire.STATUS])) == wire.REFUSED:
-                got.refused.append(name)
-            else:
-                got.losses.append(float(cast(float, metrics[wire.TRAIN_LOSS])))
+            try:
+                reply = _read_reply(RecordDict({SITE: ConfigRecord({"name": name}),
+                                                wire.METRICS: MetricRecord(metrics)}))  # type: ignore[arg-type]
+                got.epsilon[name] = reply.epsilon
+                if reply.status == wire.REFUSED:
+                    got.refused.append(name)
+                    continue
+                _check_examples(replace(reply, examples=result.weights.get(name, -1)),
+                                max_examples=self.fed.max_examples)
+                got.losses.append(cast(float, reply.loss))
+            except (UpdateRejected, TypeError) as exc:
+                problems.append(f"site {name}: {exc}")
+        if problems and result.mean_delta is not None:  # its part of the sum cannot be taken out
+            log.warning("rejected the securely aggregated update of round %d: %s", rnd, problems)
+            got.rejected.update({name: "secure mean: " + "; ".join(problems) for name in result.metrics
+                                 if name not in got.refused})
+            return got
         if result.mean_delta is None:
             return got
         try:

@@ -56,6 +56,8 @@ class SecureRound:
     """Weighted mean of the trained sites' deltas (float32); None if none trained or it halted."""
     metrics: dict[str, dict[str, Scalar]] = field(default_factory=dict)
     """Site name -> the allow-listed metrics it sent."""
+    weights: dict[str, int] = field(default_factory=dict)
+    """Site name -> the example count its masked update was weighted by (as it declared it)."""
     failures: int = 0
 
 
@@ -122,7 +124,8 @@ def secure_round(grid: Grid, context: Context, fed: FederationConfig, *, rnd: in
     out = SecureRound(mean_delta=None, failures=strategy.failures)
     for _, res in strategy.results:
         metrics = dict(res.metrics)
-        out.metrics[str(metrics.pop(SITE_KEY, "?"))] = metrics
+        name = str(metrics.pop(SITE_KEY, "?"))
+        out.metrics[name], out.weights[name] = metrics, res.num_examples
     trained = any(int(cast(int, m.get(wire.STATUS, 0))) == wire.TRAINED for m in out.metrics.values())
     if trained and strategy.results:
         mean = parameters_to_ndarrays(strategy.results[0][1].parameters)

@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from pathlib import Path
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
 import pytest
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
 from configs.schema import FederationConfig, Preset, validate
-from server.rounds import collect
+from server import rounds
+from server.rounds import Federation, collect
+from server.secagg import SecureRound
 from server.validation import AUTO_MARGIN, UpdateRejected, auto_update_norm, check_update, update_bound
 from shared import wire
 from shared.errors import ConfigError
+from shared.fetch import DataPaths
 from shared.model import GenomeLM
 
 Delta = dict[str, npt.NDArray[np.generic]]
@@ -272,3 +278,28 @@ def test_a_node_cannot_take_another_sites_name() -> None:
     assert "claims to be site 'good'" in got.rejected["node 12"]
     again = collect([reply(11, "other", honest())], [11], names, GLOBAL, max_norm=10.0)
     assert again.trained == [] and "claims to be site 'other'" in again.rejected["good"]
+
+
+# --- SecAgg+: only the mean is seen, but each site's declared metrics and weight are checked -------
+
+@pytest.mark.parametrize(("weight", "rejected"), [(150, False), (10**9, True), (87, True)],
+                         ids=["bucketed", "takes-over-the-mean", "exact-count"])
+def test_a_secure_mean_is_rejected_when_a_site_declares_an_impossible_weight(
+        data_paths: DataPaths, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, weight: int,
+        rejected: bool) -> None:
+    fed = fed_config(**{"run-dir": str(tmp_path / "run"), "reference": str(data_paths.reference),
+                        "eval-windows": 2, "aggregation": "secagg+"})
+    federation = Federation(fed)
+    global_ = federation.arrays()
+    mean = {k: np.full_like(v, 1e-4) for k, v in global_.items()}
+    metrics = {wire.STATUS: wire.TRAINED, wire.EPSILON: 1.0, wire.TRAIN_LOSS: 1.4}
+    outcome = SecureRound(mean_delta=mean, metrics={"a": dict(metrics), "b": dict(metrics)},
+                          weights={"a": 100, "b": weight})
+    monkeypatch.setattr(rounds, "secure_round", lambda *args, **kwargs: outcome)
+    got = federation._secure(cast(Grid, None), cast(Context, None), 1, [1, 2], global_, bound=10.0)
+    after = federation.arrays()
+    moved = any(not np.array_equal(after[k], global_[k]) for k in global_)
+    assert moved is not rejected
+    assert set(got.rejected) == ({"a", "b"} if rejected else set())
+    if rejected:
+        assert "site b: example count" in got.rejected["a"]

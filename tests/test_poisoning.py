@@ -33,7 +33,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from client import app as client_app
 from client.site import SiteNode
 from configs.schema import FederationConfig, Preset, load_preset, validate
-from server.rounds import Collected, Federation, collect
+from server.rounds import Collected, Federation, _Snapshot, collect
 from server.strategies import create_strategy
 from server.validation import auto_update_norm, check_update, update_bound
 from shared import wire
@@ -85,13 +85,6 @@ class Outcome:
     bits: float
 
 
-class Nodes:
-    """The online nodes, handed to ``configure_train`` in place of a grid."""
-
-    def get_node_ids(self) -> list[int]:
-        return list(NODES.values())
-
-
 @contextmanager
 def server_task() -> Iterator[None]:
     """The task identity a ServerApp process has, which new (non-reply) Messages need."""
@@ -127,7 +120,8 @@ def round_one(sites_dir: Path, data_paths: DataPaths, tmp_path_factory: pytest.T
     config = ConfigRecord({"global-round": 1, "local-steps": fed.local_steps})
     with server_task():
         messages = list(federation.strategy.configure_train(
-            1, ArrayRecord({k: Array(v) for k, v in global_.items()}), config, Nodes()))  # type: ignore[arg-type]
+            1, ArrayRecord({k: Array(v) for k, v in global_.items()}), config,
+            _Snapshot(list(NODES.values()))))  # type: ignore[arg-type]
     by_node = {node: name for name, node in NODES.items()}
     instructions = {by_node[m.metadata.dst_node_id]: m for m in messages}
     assert sorted(instructions) == sorted(SITES)

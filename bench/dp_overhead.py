@@ -59,7 +59,7 @@ def private(mode: str, preset_name: str, batch: int,
     dp = DPConfig(noise_multiplier=1.0, max_grad_norm=1.0, patients_per_step=batch,
                   grad_sample_mode=mode)  # type: ignore[arg-type]
     setup: PrivateSetup = make_private(model=model, optimizer=make_optimizer(model, preset.train),
-                                       dataset=dataset, settings=dp, noise_multiplier=1.0, seed=0)
+                                       dataset=dataset, settings=dp, noise_multiplier=1.0)
 
     def step(windows: torch.Tensor) -> None:
         private_step(setup, windows, device=CPU)

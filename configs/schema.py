@@ -40,6 +40,8 @@ class ModelConfig(_Frozen):
     conv_every: int = Field(0, ge=0, description="every k-th block mixes by short convolution; 0 = none")
     conv_kernel: int = Field(7, ge=2, le=128, description="kernel of the short depthwise convolution")
     rope_base: float = Field(10000.0, gt=1.0, description="base of the rotary position frequencies")
+    kmer_order: int = Field(0, ge=0, le=10, description="longest context of the learned k-mer prior "
+                            "added to the logits (a table of (4^(k+1)-1)/3 x 4); 0 = none")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
 
     @model_validator(mode="after")
@@ -55,6 +57,9 @@ class DataConfig(_Frozen):
     """How patients' genomes become training windows."""
 
     window: int = Field(1024, ge=16, le=1_048_576, description="bases per training window")
+    windows_per_patient: int = Field(1, ge=1, le=1024, description="windows k drawn per unit and "
+                                     "step (random positions, either haplotype); the unit's "
+                                     "gradient is the mean over them, clipped once")
     rc_augment: bool = Field(True, description="reverse-complement half of the windows")
     max_n_fraction: float = Field(0.5, ge=0.0, lt=1.0, description="skip windows with more N")
     eval_windows: int = Field(64, gt=0, description="held-out windows evaluated (evenly spaced)")
@@ -85,8 +90,9 @@ class DPConfig(_Frozen):
         None, gt=0.0, description="epsilon the planned steps should reach (used to calibrate sigma)")
     max_grad_norm: float = Field(1.0, gt=0.0, description="per-patient gradient clipping norm C")
     patients_per_step: int = Field(16, gt=0, description="expected Poisson batch: q = this / patients")
-    grad_sample_mode: Literal["hooks", "ew", "ghost"] = Field(
-        "hooks", description="per-sample gradients: Opacus hooks, ExpandedWeights, or ghost norms")
+    grad_sample_mode: Literal["hooks", "ghost"] = Field(
+        "hooks", description="per-sample gradients: Opacus hooks (lean backward), or ghost norms "
+        "(two backward passes; one window per patient)")
     accountant: Literal["rdp", "prv"] = "rdp"
     secure_mode: bool = Field(False, description="cryptographically secure noise (needs torchcsprng)")
 

@@ -1,8 +1,14 @@
 """Patient-level DP-SGD with Opacus: ``make_private`` and one private step.
 
-Each dataset item is one patient (one window of one of their haplotypes), and Opacus' Poisson
-sampler draws patients with rate q, so every per-sample gradient is a per-patient gradient: it is
-clipped to norm C and Gaussian noise of standard deviation sigma * C is added to their sum.
+Each dataset item is one patient (k windows (k, W+1) of their haplotypes, or one window (W+1,)),
+and Opacus' Poisson sampler draws patients with rate q, so every per-sample gradient is a
+per-patient gradient, of the patient's mean loss over their windows: it is clipped to norm C and
+Gaussian noise of standard deviation sigma * C is added to their sum. The unit and its sampling do
+not depend on k, so neither does the accounting (user-level DP-SGD as in Charles et al., "Fine-Tuning
+Large Language Models with User-Level Differential Privacy", SaTML 2025).
+
+In the default ``hooks`` mode the Linear layers skip the aggregate weight gradient that DP-SGD never
+reads (``privacy/lean_backward.py``).
 """
 
 from __future__ import annotations
@@ -10,11 +16,13 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from opacus import PrivacyEngine
+from opacus.data_loader import DPDataLoader
 from opacus.optimizers import DPOptimizer
 from opacus.validators import ModuleValidator
 from torch import nn
@@ -22,6 +30,8 @@ from torch.utils.data import DataLoader, Dataset
 
 import privacy.grad_samplers  # noqa: F401  (registers the fast depthwise-conv sampler)
 from configs.schema import DPConfig
+from privacy.dp_optimizer import LeanDPOptimizer
+from privacy.lean_backward import lean_linear_backward
 from shared.errors import ConfigError
 from shared.train import IGNORE, autocast, split_batch
 
@@ -40,30 +50,41 @@ class PrivateSetup:
     noise_multiplier: float
     max_grad_norm: float
     grad_sample_mode: str
+    loss_reduction: str  # how the per-patient losses are combined before backward: "sum" or "mean"
+    _restore: ExitStack = field(default_factory=ExitStack, repr=False)
 
     def close(self) -> None:
         """Remove Opacus' hooks and per-sample attributes; the model keeps its trained weights."""
+        self._restore.close()
         close = getattr(self.module, "_close", None)
         if close is not None:
             close()
 
 
 def per_sample_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean next-base loss of each sample (B,), over its own A/C/G/T targets only.
+    """Mean next-base loss of each sample (B,), over all its own A/C/G/T targets.
 
-    Normalising per sample (not by the batch's token count) keeps each patient's gradient
-    independent of the other patients in the batch.
+    ``logits`` (B, ..., W, V) and ``targets`` (B, ..., W): a sample may hold several windows (a
+    patient's k windows). Normalising per sample (not by the batch's token count) keeps each
+    patient's gradient independent of the other patients in the batch.
     """
+    B, V = logits.shape[0], logits.shape[-1]
+    flat = targets.reshape(B, -1)  # (B, n)
     token = torch.nn.functional.cross_entropy(
-        logits.float().transpose(1, 2), targets, ignore_index=IGNORE, reduction="none")  # (B, W)
-    valid = (targets != IGNORE).sum(dim=1).clamp(min=1)
+        logits.float().reshape(B, -1, V).transpose(1, 2), flat, ignore_index=IGNORE,
+        reduction="none")  # (B, n)
+    valid = (flat != IGNORE).sum(dim=1).clamp(min=1)
     return token.sum(dim=1) / valid  # (B,)
 
 
 def make_private(*, model: nn.Module, optimizer: torch.optim.Optimizer,
-                 dataset: Dataset[torch.Tensor], settings: DPConfig, noise_multiplier: float,
-                 seed: int | None = None) -> PrivateSetup:
-    """Wrap ``model``, ``optimizer`` and a Poisson loader over ``dataset`` (one item per patient)."""
+                 dataset: Dataset[torch.Tensor], settings: DPConfig, noise_multiplier: float) -> PrivateSetup:
+    """Wrap ``model``, ``optimizer`` and a Poisson loader over ``dataset`` (one item per patient).
+
+    Patients are drawn with rate exactly ``q = patients_per_step / patients``, the rate the ledger
+    records (Opacus' own loader would use 1 / ceil(patients / patients_per_step)). The Poisson draw
+    and the noise use the secure generator (``secure_mode``) or torch's global one, never a seed.
+    """
     errors = ModuleValidator.validate(model, strict=False)
     if errors:
         raise ConfigError(f"the model has layers Opacus cannot train privately: {errors[0]}")
@@ -72,23 +93,37 @@ def make_private(*, model: nn.Module, optimizer: torch.optim.Optimizer,
         raise ConfigError(f"privacy.patients_per_step = {settings.patients_per_step} exceeds the "
                           f"{n} patients of the site; lower it")
     engine = _engine(settings)
-    generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    loader = DataLoader(dataset, batch_size=settings.patients_per_step, generator=generator)
-    ghost = settings.grad_sample_mode == "ghost"
-    criterion = nn.CrossEntropyLoss(ignore_index=IGNORE)
+    hooks = settings.grad_sample_mode == "hooks"
+    loader = DataLoader(dataset, batch_size=settings.patients_per_step)
     out = engine.make_private(
-        module=model, optimizer=optimizer, data_loader=loader, criterion=criterion,
-        noise_multiplier=noise_multiplier, max_grad_norm=settings.max_grad_norm,
-        poisson_sampling=True, grad_sample_mode=settings.grad_sample_mode, loss_reduction="mean")
-    if ghost:  # Opacus returns (module, optimizer, criterion, loader) here, a 3-tuple otherwise
-        module, dp_optimizer, dp_criterion, dp_loader = out
+        module=model, optimizer=optimizer, data_loader=loader,
+        criterion=nn.CrossEntropyLoss(ignore_index=IGNORE), noise_multiplier=noise_multiplier,
+        max_grad_norm=settings.max_grad_norm, poisson_sampling=True,
+        grad_sample_mode=settings.grad_sample_mode,
+        # hooks: per-sample gradients of the summed per-patient losses, unscaled; the optimizer
+        # divides the noised sum by the expected batch, as Opacus' "mean" does
+        loss_reduction="sum" if hooks else "mean")
+    if settings.grad_sample_mode == "ghost":  # Opacus returns 4 objects here, 3 otherwise
+        module, dp_optimizer, dp_criterion, _ = out
     else:
-        (module, dp_optimizer, dp_loader), dp_criterion = out, None
-    return PrivateSetup(module=module, optimizer=dp_optimizer, data_loader=dp_loader,
-                        criterion=dp_criterion,
-                        sample_rate=settings.patients_per_step / n,
-                        noise_multiplier=noise_multiplier, max_grad_norm=settings.max_grad_norm,
-                        grad_sample_mode=settings.grad_sample_mode)
+        (module, dp_optimizer, _), dp_criterion = out, None
+    q = settings.patients_per_step / n
+    if hooks:
+        dp_optimizer = LeanDPOptimizer(
+            dp_optimizer.original_optimizer, noise_multiplier=noise_multiplier,
+            max_grad_norm=settings.max_grad_norm, expected_batch_size=settings.patients_per_step,
+            loss_reduction="mean", generator=dp_optimizer.generator,
+            secure_mode=dp_optimizer.secure_mode)
+    dp_optimizer.expected_batch_size = settings.patients_per_step  # q * n
+    setup = PrivateSetup(module=module, optimizer=dp_optimizer,
+                         data_loader=DPDataLoader(dataset, sample_rate=q, generator=engine.secure_rng),
+                         criterion=dp_criterion, sample_rate=q, noise_multiplier=noise_multiplier,
+                         max_grad_norm=settings.max_grad_norm,
+                         grad_sample_mode=settings.grad_sample_mode,
+                         loss_reduction="sum" if hooks else "mean")
+    if hooks:
+        setup._restore.enter_context(lean_linear_backward(model))
+    return setup
 
 
 def _engine(settings: DPConfig) -> PrivacyEngine:
@@ -123,12 +158,13 @@ def private_step(setup: PrivateSetup, windows: torch.Tensor, *, device: torch.de
         loss = setup.criterion(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1),
                                shape=logits.shape)
     else:
-        loss = per_sample_loss(logits, y).mean()
+        per_patient = per_sample_loss(logits, y)  # (B,)
+        loss = per_patient.sum() if setup.loss_reduction == "sum" else per_patient.mean()
     with warnings.catch_warnings():  # hooks on the first layer see an input that needs no grad
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
         loss.backward()
     setup.optimizer.step()
-    return float(loss.item())
+    return float(loss.item()) / (len(windows) if setup.loss_reduction == "sum" else 1)
 
 
 def _noise_only_step(setup: PrivateSetup) -> None:

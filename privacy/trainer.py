@@ -105,7 +105,7 @@ def run_private_round(*, model: nn.Module, dataset: Dataset[torch.Tensor], ledge
                             None, entry)
     model.to(device).train()
     setup = make_private(model=model, optimizer=make_optimizer(model, train), dataset=dataset,
-                         settings=dp, noise_multiplier=noise_multiplier, seed=seed)
+                         settings=dp, noise_multiplier=noise_multiplier)
     losses = []
     try:
         batches = _endless(setup.data_loader)

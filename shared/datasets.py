@@ -1,8 +1,10 @@
 """Datasets in which one item is one privacy unit: a patient (VCF site) or a record (FASTA site).
 
-Each item is a random window of ``window + 1`` tokens (inputs plus the next-base targets) drawn
-from that unit alone, so a per-sample gradient is a per-patient gradient. Windows never overlap the
-site's held-out regions, and windows that are mostly ``N`` are drawn again.
+Each item is ``windows_per_patient`` (k) random windows of ``window + 1`` tokens (inputs plus the
+next-base targets) drawn from that unit alone, (k, window + 1), or one window (window + 1,) when
+k = 1, so a per-sample gradient is a per-patient gradient. Each window has its own position and,
+for a patient, its own haplotype. Windows never overlap the site's held-out regions, and windows
+that are mostly ``N`` are drawn again.
 
 A site being audited (``fedgenome audit canaries``) also holds planted canary units in
 ``state/canaries.npz``: each is one more privacy unit that always returns the same sequence. Sites
@@ -178,14 +180,17 @@ class _UnitWindows(Dataset[torch.Tensor]):
         return Draw(unit, contig, start, hap, reverse, window)
 
     def __getitem__(self, unit: int) -> torch.Tensor:
+        k = self.data.windows_per_patient
         real = self.units()
-        if self.planted is not None and unit >= real:
-            tokens = self.planted.unit(unit - real)  # a canary: always the same sequence
-        else:
-            tokens = self.sample(unit).tokens
-        padded = np.full(self.span, PAD, dtype=np.int64)
-        padded[: len(tokens)] = tokens
-        return torch.from_numpy(padded)  # (window + 1,)
+        padded = np.full((k, self.span), PAD, dtype=np.int64)
+        for row in padded:
+            if self.planted is not None and unit >= real:
+                tokens = self.planted.unit(unit - real)  # a canary: always the same sequence
+            else:
+                tokens = self.sample(unit).tokens
+            row[: len(tokens)] = tokens
+        item = torch.from_numpy(padded)  # (k, window + 1)
+        return item[0] if k == 1 else item
 
 
 class PatientWindows(_UnitWindows):

@@ -3,12 +3,20 @@
 A stack of pre-norm residual blocks. Each block mixes along the sequence either with rotary-position
 causal self-attention (``scaled_dot_product_attention``) or, every ``conv_every``-th block, with a
 short Hyena-style mixer built from depthwise causal convolutions (a StripedHyena-style hybrid), then
-applies an MLP. Only layers that Opacus supports per sample are used (Embedding, Linear, LayerNorm /
-RMSNorm, Conv1d), rotary tables are computed on the fly (no buffers), and the output head is untied
-from the embedding (ghost clipping refuses tied weights).
+applies an MLP. The next-base logits are the network's output plus a learned **k-mer prior**: a
+table of logits indexed by the up to ``kmer_order`` bases that end at each position (shorter near a
+window's start or after an ``N``), initialised from base counts of public sequence
+(:func:`kmer_prior_from_counts`), so the model starts as a smoothed Markov chain and the network
+learns what k-mers cannot see (repeats, longer motifs, local composition).
 
-Notation: B batch (one window per patient), T positions, C = d_model, H heads, D = C / H head size,
-V vocabulary (see ``shared/tokenizer.py``).
+Only layers that Opacus supports per sample are used (Embedding, Linear, LayerNorm / RMSNorm, and
+a Conv1d subclass with an exact grad sampler in ``privacy/grad_samplers.py``), rotary tables are
+computed on the fly (no buffers), and the output head is untied from the embedding (ghost clipping
+refuses tied weights). Every layer accepts leading dimensions: an input (P, k, T) holds k windows of
+each of P patients, and Opacus then gives one gradient per patient (dimension 0).
+
+Notation: B batch (any leading dimensions, e.g. patients P x windows k), T positions,
+C = d_model, H heads, D = C / H head size, V vocabulary (see ``shared/tokenizer.py``).
 """
 
 from __future__ import annotations
@@ -20,7 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from configs.schema import ModelConfig
-from shared.tokenizer import NUCLEOTIDES
+from shared.tokenizer import NUCLEOTIDES, A
+from shared.tokenizer import T as T_ID
 
 Rope = tuple[torch.Tensor, torch.Tensor]
 
@@ -46,6 +55,52 @@ def apply_rotary(x: torch.Tensor, rope: Rope) -> torch.Tensor:
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
 
 
+def kmer_table_size(order: int) -> int:
+    """Rows of the k-mer prior: one per context of every length 0..order (4^0 + ... + 4^order)."""
+    return (4 ** (order + 1) - 1) // 3
+
+
+def kmer_contexts(idx: torch.Tensor, order: int) -> torch.Tensor:
+    """Row of the k-mer table for every position of idx (..., T): its context of up to ``order`` bases.
+
+    The context of position t is the longest run of A/C/G/T tokens, at most ``order`` long, that
+    ends at t (it predicts token t + 1). Contexts of length j use rows
+    ``kmer_table_size(j - 1) + code``, where code has the most recent base as its lowest base-4 digit.
+    """
+    clean = (idx >= A) & (idx <= T_ID)  # (..., T)
+    codes = torch.where(clean, idx - A, 0).long()
+    T = idx.shape[-1]
+    pos = torch.arange(T, device=idx.device)
+    last_unclean = torch.where(clean, -1, pos).cummax(dim=-1).values  # (..., T)
+    length = (pos - last_unclean).clamp(max=order)  # clean bases ending at t, at most order
+    code = torch.zeros_like(codes)
+    for i in range(order):  # base t - i is digit i
+        code = code + F.pad(codes, (i, 0))[..., :T] * (4**i)
+    mask = (1 << (2 * length)) - 1  # keep the lowest `length` digits
+    offset = ((1 << (2 * length)) - 1) // 3  # rows of all shorter contexts
+    return (offset + (code & mask)).contiguous()  # (..., T)
+
+
+def kmer_prior_from_counts(counts: torch.Tensor, *, order: int, strength: float = 8.0) -> torch.Tensor:
+    """Log-probabilities (rows, 4) of the k-mer prior from next-base counts (rows, 4).
+
+    Each context's distribution is smoothed towards that of its one-base-shorter context, with
+    ``strength`` pseudo-counts (an interpolated Markov chain): unseen long contexts fall back to
+    shorter ones instead of to uniform.
+    """
+    counts = counts.double()
+    probs = torch.empty_like(counts)
+    parent = torch.full((4,), 0.25, dtype=torch.float64)
+    probs[0] = (counts[0] + strength * parent) / (counts[0].sum() + strength)
+    for j in range(1, order + 1):
+        lo, hi = kmer_table_size(j - 1), kmer_table_size(j)
+        rows = torch.arange(4**j)
+        parents = probs[kmer_table_size(j - 2) + rows % 4 ** (j - 1)]  # drop the oldest base
+        block = counts[lo:hi]
+        probs[lo:hi] = (block + strength * parents) / (block.sum(1, keepdim=True) + strength)
+    return probs.log().float()
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention with rotary positions."""
 
@@ -57,24 +112,35 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(config.d_model, config.d_model)
 
     def forward(self, x: torch.Tensor, rope: Rope) -> torch.Tensor:
-        B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)  # (B, T, C) each
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        q, k = apply_rotary(q, rope), apply_rotary(k, rope)  # (B, H, T, D)
+        *lead, T, C = x.shape
+        qkv = self.qkv(x).reshape(-1, T, 3 * C)  # (B, T, 3C)
+        q, k, v = (t.view(-1, T, self.n_head, C // self.n_head).transpose(1, 2)
+                   for t in qkv.split(C, dim=2))  # (B, H, T, D) each
+        q, k = apply_rotary(q, rope), apply_rotary(k, rope)
         y = F.scaled_dot_product_attention(
             q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
         )  # (B, H, T, D)
-        return self.proj(y.transpose(1, 2).reshape(B, T, C))  # (B, T, C)
+        return self.proj(y.transpose(1, 2).reshape(*lead, T, C))  # (..., T, C)
 
 
 class CausalDepthwiseConv(nn.Conv1d):
-    """Depthwise Conv1d over (B, channels, T) that sees only the current and earlier positions."""
+    """Depthwise convolution over (..., channels, T) that sees only the current and earlier positions.
+
+    Computed as K shifted multiply-adds, which on CPU is several times faster than ``conv1d``'s
+    backward for a depthwise kernel of a few taps, and accepts any leading dimensions.
+    """
 
     def __init__(self, channels: int, kernel_size: int) -> None:
-        super().__init__(channels, channels, kernel_size, groups=channels, padding=kernel_size - 1)
+        super().__init__(channels, channels, kernel_size, groups=channels)
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
-        return super().forward(u)[..., : u.shape[-1]]  # drop the right padding: causal
+        K, T = self.kernel_size[0], u.shape[-1]
+        w = self.weight[:, 0, :].to(u.dtype)  # (channels, K)
+        padded = F.pad(u, (K - 1, 0))  # (..., channels, T + K - 1)
+        y = padded[..., K - 1 :] * w[:, K - 1 : K]  # tap K-1 weighs the current position
+        for k in range(K - 1):
+            y = y + padded[..., k : k + T] * w[:, k : k + 1]
+        return y + self.bias.to(u.dtype)[:, None]  # (..., channels, T)
 
 
 class ShortConvMixer(nn.Module):
@@ -89,10 +155,10 @@ class ShortConvMixer(nn.Module):
         self.out_proj = nn.Linear(C, C)
 
     def forward(self, x: torch.Tensor, rope: Rope) -> torch.Tensor:
-        u = self.featurizer(self.in_proj(x).transpose(1, 2))  # (B, 3C, T)
-        q, k, v = u.chunk(3, dim=1)  # (B, C, T) each
-        y = q * self.filter(k * v)  # (B, C, T)
-        return self.out_proj(y.transpose(1, 2))  # (B, T, C)
+        u = self.featurizer(self.in_proj(x).transpose(-1, -2))  # (..., 3C, T)
+        q, k, v = u.chunk(3, dim=-2)  # (..., C, T) each
+        y = q * self.filter(k * v)  # (..., C, T)
+        return self.out_proj(y.transpose(-1, -2))  # (..., T, C)
 
 
 class MLP(nn.Module):
@@ -105,7 +171,7 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.proj(F.gelu(self.fc(x))))  # (B, T, C)
+        return self.dropout(self.proj(F.gelu(self.fc(x))))  # (..., T, C)
 
 
 class Block(nn.Module):
@@ -120,7 +186,7 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, rope: Rope) -> torch.Tensor:
         x = x + self.mixer(self.norm1(x), rope)
-        return x + self.mlp(self.norm2(x))  # (B, T, C)
+        return x + self.mlp(self.norm2(x))  # (..., T, C)
 
 
 class GenomeLM(nn.Module):
@@ -136,12 +202,13 @@ class GenomeLM(nn.Module):
         )
         self.norm_f = make_norm(config)
         self.head = nn.Linear(config.d_model, config.vocab_size)
+        self.kmer = nn.Embedding(kmer_table_size(config.kmer_order), 4) if config.kmer_order else None
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2: scale residual projections by depth
             if name.endswith(("proj.weight", "out_proj.weight")):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
-        # Start uniform over A, C, G, T (loss ln 4): other tokens are never targets.
         with torch.no_grad():
+            # Start uniform over A, C, G, T (loss ln 4): other tokens are never targets.
             self.head.bias.fill_(-8.0)
             self.head.bias[list(NUCLEOTIDES)] = 0.0
 
@@ -153,14 +220,31 @@ class GenomeLM(nn.Module):
             nn.init.zeros_(module.bias)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """Logits (B, T, V) of the next token at every position of idx (B, T)."""
-        T = idx.shape[1]
+        """Logits (..., T, V) of the next token at every position of idx (..., T)."""
+        T = idx.shape[-1]
         rope = rotary_tables(T, self.config.d_model // self.config.n_head, self.config.rope_base,
                              idx.device)  # (T, D/2) each
-        x = self.embed(idx)  # (B, T, C)
+        x = self.embed(idx)  # (..., T, C)
         for block in self.blocks:
             x = block(x, rope)
-        return self.head(self.norm_f(x))  # (B, T, V)
+        logits = self.head(self.norm_f(x))  # (..., T, V)
+        if self.kmer is None:
+            return logits
+        prior = self.kmer(kmer_contexts(idx, self.config.kmer_order))  # (..., T, 4) for A, C, G, T
+        return logits + F.pad(prior, (A, self.config.vocab_size - T_ID - 1))  # (..., T, V)
+
+    def set_kmer_prior(self, log_probs: torch.Tensor) -> None:
+        """Start from a Markov chain: load the k-mer table (rows, 4) and silence the network's head.
+
+        ``log_probs`` comes from :func:`kmer_prior_from_counts`. With the head's weights at zero the
+        model's next-base distribution is exactly the prior's; training then learns the rest.
+        """
+        if self.kmer is None or log_probs.shape != self.kmer.weight.shape:
+            raise ValueError(f"k-mer prior of shape {tuple(log_probs.shape)} does not fit this model "
+                             f"(kmer_order={self.config.kmer_order})")
+        with torch.no_grad():
+            self.kmer.weight.copy_(log_probs)
+            self.head.weight.zero_()
 
     def num_params(self) -> int:
         """Number of trainable parameters."""

@@ -43,9 +43,9 @@ def autocast(device: torch.device) -> torch.autocast:
 
 
 def split_batch(windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Windows (B, W+1) -> contiguous inputs (B, W) and targets (B, W); non-bases are ignored."""
-    x = windows[:, :-1].contiguous()
-    y = windows[:, 1:].clone()
+    """Windows (..., W+1) -> contiguous inputs (..., W) and targets (..., W); non-bases are ignored."""
+    x = windows[..., :-1].contiguous()
+    y = windows[..., 1:].clone()
     y[(y < A) | (y > T)] = IGNORE
     return x, y
 

@@ -39,15 +39,16 @@ def private_copy(model: GenomeLM, windows: torch.Tensor, *, mode: str, sigma: fl
     settings = DPConfig(noise_multiplier=sigma, max_grad_norm=clip, patients_per_step=per_step,
                         grad_sample_mode=mode)  # type: ignore[arg-type]
     setup = make_private(model=twin, optimizer=torch.optim.SGD(twin.parameters(), lr=1.0),
-                         dataset=Windows(windows), settings=settings, noise_multiplier=sigma, seed=0)
+                         dataset=Windows(windows), settings=settings, noise_multiplier=sigma)
     return twin, setup
 
 
-@pytest.mark.parametrize("mode", ["hooks", "ew", "ghost"])
-def test_compare_to_vanilla(tiny: Preset, mode: str) -> None:
+@pytest.mark.parametrize(("mode", "k"), [("hooks", 1), ("ghost", 1), ("hooks", 3)])
+def test_compare_to_vanilla(tiny: Preset, mode: str, k: int) -> None:
+    """Sigma 0 and a huge clip equal plain SGD on the mean over patients of each patient's loss."""
     torch.manual_seed(0)
     model = GenomeLM(tiny.model)
-    batch = torch.randint(5, 9, (6, 65))
+    batch = torch.randint(5, 9, (6, k, 65) if k > 1 else (6, 65))
     twin, setup = private_copy(model, batch, mode=mode, sigma=0.0, clip=1e6, per_step=6)
     private_step(setup, batch, device=CPU)  # type: ignore[arg-type]
     vanilla = GenomeLM(tiny.model)
@@ -60,13 +61,14 @@ def test_compare_to_vanilla(tiny: Preset, mode: str) -> None:
     assert not torch.allclose(flat_params(twin), flat_params(model))
 
 
-@pytest.mark.parametrize("mode", ["hooks", "ew", "ghost"])
-def test_every_patients_clipped_gradient_has_norm_at_most_c(tiny: Preset, mode: str) -> None:
+@pytest.mark.parametrize(("mode", "k"), [("hooks", 1), ("ghost", 1), ("hooks", 4), ("hooks", 16)])
+def test_every_patients_clipped_gradient_has_norm_at_most_c(tiny: Preset, mode: str, k: int) -> None:
+    """Whatever k, a patient's whole contribution (the mean over its k windows) is clipped once."""
     torch.manual_seed(1)
     model = GenomeLM(tiny.model)
     clip = 0.05
     for patient in range(4):
-        window = torch.randint(5, 9, (1, 65))
+        window = torch.randint(5, 9, (1, k, 65) if k > 1 else (1, 65))
         twin, setup = private_copy(model, window, mode=mode, sigma=0.0, clip=clip, per_step=1)
         private_step(setup, window, device=CPU)  # type: ignore[arg-type]
         step = (flat_params(twin) - flat_params(model)).norm().item()
@@ -84,7 +86,7 @@ def test_noise_changes_the_update(tiny: Preset) -> None:
     assert not torch.allclose(flat_params(a), flat_params(b))
 
 
-@pytest.mark.parametrize("mode", ["hooks", "ew", "ghost"])
+@pytest.mark.parametrize("mode", ["hooks", "ghost"])
 def test_empty_poisson_batch_still_steps_with_noise(tiny: Preset, mode: str) -> None:
     model = GenomeLM(tiny.model)
     batch = torch.randint(5, 9, (4, 65))
@@ -115,3 +117,56 @@ def test_too_many_patients_per_step_is_refused(tiny: Preset) -> None:
         make_private(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
                      dataset=Windows(torch.randint(5, 9, (3, 65))), settings=tiny.privacy,
                      noise_multiplier=1.0)
+
+
+def test_lean_backward_gives_opacus_stock_update(tiny: Preset) -> None:
+    """The lean path (no aggregate weight gradients, matrix-vector clipping) is Opacus' DP-SGD step."""
+    from opacus import PrivacyEngine
+
+    torch.manual_seed(2)
+    model = GenomeLM(tiny.model)
+    batch = torch.randint(5, 9, (5, 65))
+    lean, setup = private_copy(model, batch, mode="hooks", sigma=0.7, clip=0.1, per_step=5)
+    stock = GenomeLM(tiny.model)
+    stock.load_state_dict(model.state_dict())
+    module, optimizer, _ = PrivacyEngine(accountant="rdp").make_private(
+        module=stock, optimizer=torch.optim.SGD(stock.parameters(), lr=1.0),
+        data_loader=torch.utils.data.DataLoader(Windows(batch), batch_size=5), noise_multiplier=0.7,
+        max_grad_norm=0.1, poisson_sampling=False)
+    torch.manual_seed(3)
+    private_step(setup, batch, device=CPU)  # type: ignore[arg-type]
+    torch.manual_seed(3)
+    x, y = split_batch(batch)
+    per_sample_loss(module(x), y).mean().backward()
+    optimizer.step()
+    assert torch.allclose(flat_params(lean), flat_params(stock), atol=1e-6)
+    assert not torch.allclose(flat_params(lean), flat_params(model))
+
+
+def test_lean_backward_only_while_private(tiny: Preset) -> None:
+    model = GenomeLM(tiny.model)
+    batch = torch.randint(5, 9, (4, 65))
+    twin, setup = private_copy(model, batch, mode="hooks", sigma=1.0, clip=1.0, per_step=4)
+    x, y = split_batch(batch)
+    per_sample_loss(setup.module(x), y).sum().backward()  # type: ignore[attr-defined]
+    assert twin.head.weight.grad is None and twin.head.weight.grad_sample is not None
+    setup.close()  # type: ignore[attr-defined]
+    twin.zero_grad()
+    per_sample_loss(twin(x), y).mean().backward()
+    assert twin.head.weight.grad is not None and twin.head.weight.grad.abs().sum() > 0
+
+
+def test_a_patients_k_windows_give_one_mean_gradient(tiny: Preset) -> None:
+    """The per-sample gradient of a patient with k windows is the gradient of their mean loss."""
+    torch.manual_seed(4)
+    model = GenomeLM(tiny.model)
+    batch = torch.randint(5, 9, (3, 4, 65))  # 3 patients x 4 windows
+    gsm = GradSampleModule(GenomeLM(tiny.model), loss_reduction="sum")
+    gsm._module.load_state_dict(model.state_dict())
+    x, y = split_batch(batch)
+    per_sample_loss(gsm(x), y).sum().backward()
+    for i in range(3):
+        model.zero_grad()
+        per_sample_loss(model(x[i : i + 1]), y[i : i + 1]).sum().backward()
+        for p, q in zip(gsm._module.parameters(), model.parameters(), strict=True):
+            assert torch.allclose(p.grad_sample[i], q.grad, atol=1e-5)

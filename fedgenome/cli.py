@@ -27,6 +27,7 @@ app = typer.Typer(
 )
 app.add_typer(cli_data.app, name="data")
 app.add_typer(privacy_cli.app, name="privacy")
+app.command("pretrain")(cmd_model.pretrain_command)
 app.command("train")(cmd_model.train_command)
 app.command("eval")(cmd_model.eval_command)
 app.command("score")(cmd_model.score_command)
@@ -65,7 +66,8 @@ def main(argv: list[str] | None = None) -> None:
     """Run the CLI; every known failure ends as one line on stderr and a non-zero exit."""
     configure_logging()
     try:
-        code = app(args=argv, prog_name="fedgenome", standalone_mode=False)
+        args = list(sys.argv[1:] if argv is None else argv)
+        code = app(args=args, prog_name="fedgenome", standalone_mode=False, obj={"argv": args})
     except FedGenomeError as exc:
         typer.echo(f"fedgenome: error: {exc}", err=True)
         sys.exit(exc.exit_code)

@@ -1,8 +1,10 @@
-"""Commands that train, evaluate and use a model: ``train``, ``eval``, ``score``, ``demo``."""
+"""Commands that train, evaluate and use a model: ``pretrain``, ``train``, ``eval``, ``score``."""
 
 from __future__ import annotations
 
 import logging
+import shlex
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,9 +19,11 @@ from configs.schema import Preset, Region, load_preset, load_site_manifest, read
 from fedgenome.training import TrainingRun, run_baseline, run_private
 from shared.atomic import atomic_path
 from shared.checkpoint import load_checkpoint
+from shared.corpus import read_corpus
 from shared.datasets import read_fasta_records, tile_windows
 from shared.errors import ConfigError
 from shared.genomes import Reference
+from shared.pretrain import PretrainSettings, pretrain
 from shared.scoring import COLUMNS, score_variants
 from shared.train import evaluate, pick_device
 
@@ -144,6 +148,55 @@ def train_command(
         run = run_baseline(found, cfg, out=out, preset_name=preset, device_name=device,
                            progress=step_progress)
     _print_run(run)
+
+
+def pretrain_command(
+    ctx: typer.Context,
+    fasta: Annotated[list[Path], typer.Argument(help="Public FASTA files (plain, gzip or BGZF).")],
+    exclude: Annotated[list[str] | None, typer.Option("--exclude", help="CONTIG:START-END never to "
+                                                      "train on (the held-out region); repeat.")] = None,
+    validation: Annotated[list[str] | None, typer.Option(
+        "--validation", help="CONTIG:START-END held apart to watch training (default: the last "
+        "2 Mb of the longest training stretch); repeat.")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Checkpoint directory (resumed if it holds an "
+                                      "unfinished run).")] = Path("checkpoints/pretrained"),
+    preset: Preset_ = "small",
+    config: Config_ = None,
+    steps: Steps_ = None,
+    batch_size: Annotated[int | None, typer.Option(help="Windows per step (overrides).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate (overrides).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed (overrides).")] = None,
+    eval_every: Annotated[int | None, typer.Option(help="Score the evaluation windows every N "
+                                                   "steps (the learning curve).")] = None,
+    checkpoint_every: Annotated[int, typer.Option(min=1, help="Steps between checkpoints.")] = 200,
+    float16: Annotated[bool, typer.Option("--float16", help="Store the weights in float16 "
+                                          "(half the size).")] = False,
+    device: Device_ = "auto",
+) -> None:
+    """Pretrain the model centrally, without DP, on public sequence (costs no privacy)."""
+    cfg = build_preset(preset, config, train__steps=steps, train__batch_size=batch_size, train__lr=lr,
+                       train__seed=seed, train__eval_every=eval_every,
+                       train__device=None if device == "auto" else device)
+    excluded = [Region.parse(r) for r in exclude or []]
+    if not excluded:
+        log.warning("no --exclude given: nothing is held out of pretraining")
+    corpus = read_corpus(fasta, exclude=excluded,
+                         validation=[Region.parse(r) for r in validation] if validation else None)
+    argv = (ctx.obj or {}).get("argv", sys.argv[1:])  # what main() was given
+    command = "fedgenome " + " ".join(shlex.quote(a) for a in argv)
+    settings = PretrainSettings(preset_name=preset, preset=cfg, out=out, command=command,
+                                checkpoint_every=checkpoint_every, float16=float16)
+    with step_progress(cfg.train.steps) as on_step:
+        result = pretrain(corpus, settings, on_step=on_step)
+    rows = [(name, f"{bits:.4f}", f"{result.scores.prior.get(name, float('nan')):.4f}")
+            for name, bits in result.scores.model.items()]
+    table = Table(title=f"{result.steps:,} steps, {result.tokens:,} tokens, {result.seconds / 60:.1f} min")
+    for column in ("windows", "model bits per base", "k-mer prior at start"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)
+    Console().print(f"checkpoint: {result.checkpoint} (model card: {result.checkpoint / 'MODEL_CARD.md'})")
 
 
 def eval_command(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,15 +38,22 @@ class Checkpoint:
 
 
 def save_checkpoint(path: Path, model: GenomeLM, *, meta: dict[str, Any],
-                    markov: MarkovBaseline | None = None) -> None:
-    """Write ``model`` (weights in fp32), its config, ``meta`` and ``markov`` to directory ``path``."""
-    state = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
+                    markov: MarkovBaseline | None = None, dtype: torch.dtype = torch.float32,
+                    extra: Callable[[Path], None] | None = None) -> None:
+    """Write ``model``, its config, ``meta`` and ``markov`` to directory ``path``, whole or not at all.
+
+    Weights are stored as ``dtype`` (float32, or float16 to halve a checkpoint that ships) and
+    loaded back as float32. ``extra`` may write more files into the directory being built.
+    """
+    state = {k: v.detach().to(dtype).cpu().contiguous() for k, v in model.state_dict().items()}
     config = {"format": FORMAT, "model": model.config.model_dump(), "meta": meta}
     with atomic_dir(path) as tmp:
         save_file(state, str(tmp / "model.safetensors"))
         if markov is not None:
             save_file(markov.state(), str(tmp / "markov.safetensors"))
         (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
+        if extra is not None:
+            extra(tmp)
 
 
 def load_checkpoint(path: Path, *, device: torch.device | str = "cpu") -> Checkpoint:

@@ -63,7 +63,7 @@ def n_fraction(window: Ids) -> float:
     return float(1.0 - np.isin(window, NUCLEOTIDES).mean())
 
 
-class _WindowSampler:
+class WindowSampler:
     """Draws window starts uniformly over the positions where a whole window fits."""
 
     def __init__(self, intervals: list[Interval], span: int) -> None:
@@ -74,6 +74,7 @@ class _WindowSampler:
         self.weights /= self.weights.sum()
 
     def draw(self, rng: np.random.Generator) -> tuple[str, int, int]:
+        """A window's contig, start and end (the end is short only in a short interval)."""
         iv = self.intervals[rng.choice(len(self.intervals), p=self.weights)]
         start = iv.start + int(rng.integers(0, max(iv.end - iv.start - self.span + 1, 1)))
         return iv.contig, start, min(start + self.span, iv.end)
@@ -200,7 +201,7 @@ class PatientWindows(_UnitWindows):
                  data: DataConfig, seed: int) -> None:
         super().__init__(data, seed)
         self.cohort, self.reference = cohort, reference
-        self.sampler = _WindowSampler(intervals, self.span)
+        self.sampler = WindowSampler(intervals, self.span)
 
     def units(self) -> int:
         """Number of patients."""
@@ -223,7 +224,7 @@ class RecordWindows(_UnitWindows):
         self.records = records
         self.names = list(records)
         lengths = {name: len(seq) for name, seq in records.items()}
-        self.samplers = [_WindowSampler(allowed_intervals({n: lengths[n]}, holdout), self.span)
+        self.samplers = [WindowSampler(allowed_intervals({n: lengths[n]}, holdout), self.span)
                          for n in self.names]
         if any(not s.intervals for s in self.samplers):
             raise InputFileError("a FASTA record lies wholly inside a held-out region; "

@@ -126,6 +126,21 @@ class TrainResult:
 StepCallback = Callable[[int, float], None]
 
 
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, windows: torch.Tensor, *,
+               lr: float, grad_clip: float, device: torch.device) -> float:
+    """One plain step of next-base training on windows (B, W+1) at learning rate ``lr``; the loss."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    x, y = split_batch(windows.to(device))
+    with autocast(device):
+        loss = lm_loss(model(x), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()  # type: ignore[no-untyped-call]
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    return float(loss.item())
+
+
 def train(model: nn.Module, batches: Iterator[torch.Tensor], cfg: TrainConfig, *,
           device: torch.device, eval_windows: torch.Tensor | None = None,
           markov: MarkovBaseline | None = None, on_step: StepCallback | None = None) -> TrainResult:
@@ -141,16 +156,8 @@ def train(model: nn.Module, batches: Iterator[torch.Tensor], cfg: TrainConfig, *
         windows = next(batches)
         if markov is not None:
             markov.update(windows)
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        x, y = split_batch(windows.to(device))
-        with autocast(device):
-            loss = lm_loss(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        result.losses.append(loss.item())
+        result.losses.append(train_step(model, optimizer, windows, lr=lr_at(step, cfg),
+                                        grad_clip=cfg.grad_clip, device=device))
         result.steps = step + 1
         if on_step is not None:
             on_step(step + 1, result.losses[-1])

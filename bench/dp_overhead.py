@@ -1,10 +1,13 @@
-"""DP-SGD overhead: step time of patient-level DP (hooks, ghost) over plain training, one process.
+"""DP-SGD overhead: step time of patient-level DP over plain training of the same model and batch.
 
 Trains the `small` preset on real patient windows (the CEU site, built from the cached data) and
-prints, per mode, the median step time over interleaved rounds, its ratio to plain training, and
-the peak resident memory of the step. Usage:
+prints, per mode, the median step time over interleaved rounds, its ratio to a plain step on the
+same batch, and the peak resident memory of the step. Modes: ``hooks`` (the default: Opacus hooks
+with the lean backward and matrix-vector clipping of ``privacy/``), ``ghost`` (Opacus' ghost
+clipping, one window per patient only), and ``opacus-hooks`` (Opacus' stock hooks path, for
+reference). Every step runs under the precision training uses (``shared.train.autocast``). Usage:
 
-    .venv/bin/python bench/dp_overhead.py [--preset small] [--rounds 4] [--batch 8]
+    .venv/bin/python bench/dp_overhead.py [--preset small] [--rounds 5] [--batch 8] [--windows-per-patient K]
 """
 
 from __future__ import annotations
@@ -18,16 +21,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from opacus import PrivacyEngine
 
-from configs.schema import DPConfig, load_preset
-from privacy.engine import PrivateSetup, make_private, private_step
+from configs.schema import DPConfig, Preset, load_preset
+from privacy.engine import make_private, per_sample_loss, private_step
 from shared.datasets import open_site
 from shared.fetch import default_cache, fetch_data
 from shared.model import GenomeLM
 from shared.sites import ensure_sites
-from shared.train import lm_loss, make_optimizer, split_batch
+from shared.train import autocast, make_optimizer, pick_device, split_batch, train_step
 
-CPU = torch.device("cpu")
+Step = Callable[[torch.Tensor], None]
 
 
 def peak_rss_mib() -> float:
@@ -43,46 +47,71 @@ def reset_peak() -> float:
     return peak_rss_mib()
 
 
-def plain_step(model: GenomeLM, optimizer: torch.optim.Optimizer) -> Callable[[torch.Tensor], None]:
-    def step(batch: torch.Tensor) -> None:
-        x, y = split_batch(batch)
-        optimizer.zero_grad(set_to_none=True)
-        lm_loss(model(x), y).backward()  # type: ignore[no-untyped-call]
-        optimizer.step()
+def plain_step(preset: Preset, device: torch.device) -> Step:
+    model = GenomeLM(preset.model).to(device)
+    optimizer = make_optimizer(model, preset.train)
+
+    def step(windows: torch.Tensor) -> None:
+        train_step(model, optimizer, windows, lr=1e-3, grad_clip=1.0, device=device)
     return step
 
 
-def private(mode: str, preset_name: str, batch: int,
-            dataset: torch.utils.data.Dataset[torch.Tensor]) -> Callable[[torch.Tensor], None]:
-    preset = load_preset(preset_name)
-    model = GenomeLM(preset.model)
+def private(mode: str, preset: Preset, batch: int, dataset: torch.utils.data.Dataset[torch.Tensor],
+            device: torch.device) -> Step:
+    model = GenomeLM(preset.model).to(device)
     dp = DPConfig(noise_multiplier=1.0, max_grad_norm=1.0, patients_per_step=batch,
                   grad_sample_mode=mode)  # type: ignore[arg-type]
-    setup: PrivateSetup = make_private(model=model, optimizer=make_optimizer(model, preset.train),
-                                       dataset=dataset, settings=dp, noise_multiplier=1.0)
+    setup = make_private(model=model, optimizer=make_optimizer(model, preset.train), dataset=dataset,
+                         settings=dp, noise_multiplier=1.0)
 
     def step(windows: torch.Tensor) -> None:
-        private_step(setup, windows, device=CPU)
+        private_step(setup, windows, device=device)
+    return step
+
+
+def opacus_stock(preset: Preset, batch: int, dataset: torch.utils.data.Dataset[torch.Tensor],
+                 device: torch.device) -> Step:
+    model = GenomeLM(preset.model).to(device)
+    module, optimizer, _ = PrivacyEngine(accountant="rdp").make_private(
+        module=model, optimizer=make_optimizer(model, preset.train),
+        data_loader=torch.utils.data.DataLoader(dataset, batch_size=batch), noise_multiplier=1.0,
+        max_grad_norm=1.0, poisson_sampling=True)
+
+    def step(windows: torch.Tensor) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        x, y = split_batch(windows.to(device))
+        with autocast(device):
+            logits = module(x)
+        per_sample_loss(logits, y).mean().backward()
+        optimizer.step()
     return step
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--preset", default="small")
-    parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--modes", default="hooks,ew,ghost")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=8, help="patients per step")
+    parser.add_argument("--windows-per-patient", type=int, default=None)
+    parser.add_argument("--modes", default="hooks,ghost,opacus-hooks")
     args = parser.parse_args()
     torch.set_num_threads(2)
     preset = load_preset(args.preset)
+    if args.windows_per_patient is not None:
+        preset = preset.model_copy(update={"data": preset.data.model_copy(
+            update={"windows_per_patient": args.windows_per_patient})})
+    k = preset.data.windows_per_patient
+    device = pick_device(preset.train.device)
     sites = Path(tempfile.mkdtemp(prefix="fedgenome-bench-")) / "sites"
     ensure_sites(fetch_data(default_cache()), sites)
     site = open_site(sites / "hospital-ceu", preset.data, seed=0, cache_dir=sites / "state")
-    batch = torch.stack([site.dataset[i] for i in range(args.batch)])  # (B, W+1) real windows
-    model = GenomeLM(preset.model)
-    steps = {"plain": plain_step(model, make_optimizer(model, preset.train))}
+    batch = torch.stack([site.dataset[i] for i in range(args.batch)])  # (B, [k,] W+1) real windows
+    steps: dict[str, Step] = {"plain": plain_step(preset, device)}
     for mode in args.modes.split(","):
-        steps[mode] = private(mode, args.preset, args.batch, site.dataset)
+        if mode == "ghost" and k > 1:
+            continue  # Opacus' ghost norms need one window per sample
+        steps[mode] = (opacus_stock(preset, args.batch, site.dataset, device) if mode == "opacus-hooks"
+                       else private(mode, preset, args.batch, site.dataset, device))
     times: dict[str, list[float]] = {name: [] for name in steps}
     peaks: dict[str, float] = {}
     for name, step in steps.items():  # warm-up, and peak memory of one step
@@ -95,12 +124,16 @@ def main() -> None:
             step(batch)
             times[name].append(time.perf_counter() - start)
     plain = statistics.median(times["plain"])
-    print(f"preset {args.preset}: {model.num_params():,} parameters, {args.batch} patients x "
-          f"{preset.data.window} bases per step, median of {args.rounds} interleaved rounds")
-    print(f"{'mode':8} {'s/step':>8} {'x plain':>8} {'peak +MiB':>10}")
+    params = GenomeLM(preset.model).num_params()
+    with autocast(device):
+        dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
+    print(f"preset {args.preset}: {params:,} parameters, {args.batch} patients x {k} window(s) x "
+          f"{preset.data.window} bases per step, {device} ({dtype or 'float32'}), median of "
+          f"{args.rounds} interleaved rounds")
+    print(f"{'mode':13} {'s/step':>8} {'x plain':>8} {'peak +MiB':>10}")
     for name in steps:
         median = statistics.median(times[name])
-        print(f"{name:8} {median:8.3f} {median / plain:8.2f} {peaks[name]:10.0f}")
+        print(f"{name:13} {median:8.3f} {median / plain:8.2f} {peaks[name]:10.0f}")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import shlex
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -77,10 +78,19 @@ def build_preset(preset: str, config: Path | None, **overrides: Any) -> Preset:
 
 @contextmanager
 def step_progress(total: int) -> Iterator[Callable[[int, float], None]]:
-    """A progress bar over ``total`` training steps; yields the per-step callback."""
+    """A progress bar over ``total`` training steps (a log line every 5% off a terminal)."""
+    every = max(1, total // 20)
+    start = time.monotonic()
+
     with progress() as bar:
         task = bar.add_task("training", total=total, status="")
-        yield lambda step, loss: bar.update(task, completed=step, status=f"loss {loss:.3f}")
+
+        def on_step(step: int, loss: float) -> None:
+            bar.update(task, completed=step, status=f"loss {loss:.3f}")
+            if not console.is_terminal and (step % every == 0 or step == total):
+                log.info("step %d/%d: loss %.4f (%.1f s)", step, total, loss, time.monotonic() - start)
+
+        yield on_step
 
 
 def _bits_table(title: str, rows: list[tuple[str, str, str]]) -> Table:

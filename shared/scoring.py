@@ -1,4 +1,4 @@
-"""Zero-shot variant effect scores: log-likelihood of the ALT sequence minus that of the REF.
+"""Zero-shot variant effect scores (ALT minus REF log-likelihood), and bits at variant positions.
 
 For each SNV the model scores a window centred on the variant twice, once with the reference base
 and once with the alternative, summing log p(next base) over the window. A negative delta means the
@@ -8,6 +8,7 @@ model finds the ALT sequence less likely (a candidate for a damaging change).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from shared.errors import InputFileError
-from shared.genomes import Reference
+from shared.genomes import Cohort, Reference
 from shared.tokenizer import encode
 from shared.train import IGNORE, autocast, split_batch
 
@@ -110,3 +111,56 @@ def _flush(model: nn.Module, pending: list[tuple[tuple[str, int, str, str, str],
     ll = sequence_log_likelihood(model, windows, device=device).view(-1, 2)
     for (key, _, _), (ll_ref, ll_alt) in zip(pending, ll.tolist(), strict=True):
         yield VariantScore(*key, ll_ref=ll_ref, ll_alt=ll_alt)
+
+
+@dataclass(frozen=True)
+class VariantSiteBits:
+    """Bits the model spends on a cohort's own alleles at its variant positions."""
+
+    bits_per_base: float  # over every (haplotype, variant position) scored
+    alt_bits_per_base: float  # over those where the haplotype carries a non-reference allele
+    scored: int
+    alt_fraction: float
+
+
+@torch.no_grad()
+def variant_site_bits(model: nn.Module, cohort: Cohort, reference: Reference, *, contig: str,
+                      window: int, device: torch.device, max_positions: int = 1000,
+                      batch_size: int = 64) -> VariantSiteBits:
+    """Bits per base of each haplotype's allele at the cohort's variant positions of ``contig``.
+
+    The model reads the ``window`` bases of the haplotype before each variant and predicts the base
+    at it. A model that learnt only the reference expects the reference allele; one that learnt
+    from patients' genomes knows that other alleles occur there. Up to ``max_positions`` evenly
+    spaced variant positions are scored, for every patient's two haplotypes.
+    """
+    cv = cohort.contigs[contig]
+    seq = reference.tokens(contig)
+    usable = cv.pos[cv.pos >= window]
+    picks = usable[np.unique(np.linspace(0, len(usable) - 1, min(max_positions, len(usable))).astype(int))]
+    rows, is_alt = [], []
+    for pos in picks:
+        ref_win = seq[pos - window : pos + 1]
+        for patient in range(len(cohort.samples)):
+            for hap in (0, 1):
+                hap_win = cohort.apply(ref_win, patient=patient, hap=hap, contig=contig,
+                                       start=int(pos) - window)
+                rows.append(hap_win.astype(np.int64))
+                is_alt.append(hap_win[-1] != ref_win[-1])
+    total = alt_total = 0.0
+    scored = alt_scored = 0
+    model.eval()
+    for lo in range(0, len(rows), batch_size):
+        chunk = torch.from_numpy(np.stack(rows[lo : lo + batch_size])).to(device)
+        x, y = split_batch(chunk)
+        with autocast(device):
+            logits = model(x)
+        logp = F.log_softmax(logits[:, -1].float(), dim=-1)  # (n, V): the variant position
+        target = y[:, -1]
+        ok = target != IGNORE
+        bits = -logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1) / math.log(2)
+        alt = torch.tensor(is_alt[lo : lo + batch_size], device=device) & ok
+        total, scored = total + float(bits[ok].sum()), scored + int(ok.sum())
+        alt_total, alt_scored = alt_total + float(bits[alt].sum()), alt_scored + int(alt.sum())
+    return VariantSiteBits(total / max(scored, 1), alt_total / max(alt_scored, 1), scored,
+                           alt_scored / max(scored, 1))

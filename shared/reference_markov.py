@@ -20,10 +20,9 @@ import json
 import logging
 import time
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -36,43 +35,14 @@ from shared.fetch import default_cache, sha256_file
 from shared.genomes import Reference
 from shared.kmers import MAX_ORDER, Table
 from shared.markov import BestK, MarkovBaseline, fit_best_k
+from shared.markov_fields import PRIVACY_NOTE, BaselineScore
 from shared.smoothing import AUTO, CANDIDATES
 
 log = logging.getLogger(__name__)
 
-PRIVACY_NOTE = "costs no privacy: counted on the public reference only, never on patients' genomes"
 FORMAT = "fedgenome-markov-baseline/1"
 VALIDATION_BASES = 2_000_000
 """Bases held apart (at the end of the allowed sequence) to pick the order on."""
-BITS_KEY, ORDER_KEY, SMOOTHING_KEY = "markov_bits_per_base", "markov_order", "markov_smoothing"
-"""The baseline's fields wherever a report carries it (report.json, summary.json, checkpoint meta,
-the audit report): the one definition that their writers and readers share."""
-
-
-@dataclass(frozen=True)
-class BaselineScore:
-    """The reference baseline's bits per base on some evaluation windows."""
-
-    bits_per_base: float
-    order: int
-    smoothing: str
-
-    @property
-    def label(self) -> str:
-        """How tables name it."""
-        return f"best-k Markov baseline (order {self.order}, {self.smoothing})"
-
-    def to_json(self) -> dict[str, Any]:
-        """The report fields (:data:`BITS_KEY`, :data:`ORDER_KEY`, :data:`SMOOTHING_KEY`)."""
-        return {BITS_KEY: self.bits_per_base, ORDER_KEY: self.order, SMOOTHING_KEY: self.smoothing}
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> BaselineScore | None:
-        """Read the report fields back; None when a report has none (made before the baseline)."""
-        bits, order = data.get(BITS_KEY), data.get(ORDER_KEY)
-        if not isinstance(bits, (int, float)) or not isinstance(order, int):
-            return None
-        return cls(float(bits), order, str(data.get(SMOOTHING_KEY, "add-one")))
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,10 @@ Table j has shape ``(4**j, 4)``: ``table[ctx, target]`` is how often ``target`` 
 
 Counting is one ``np.bincount`` per chunk of a contig at the top order K; a position whose clean
 context is shorter than j (after an ``N`` or at a sequence start) counts only at its own length, and
-the lower tables are then the marginals of the one above plus those few positions.
+the lower tables are then the marginals of the one above plus those few positions. Table j then
+counts every clean (j+1)-mer of the sequence, so the reverse strand's counts are the forward
+table read at reverse-complemented (j+1)-mers: a flip and an axis permutation of the same array
+(:func:`add_reverse_strand`), with no second pass over the sequence.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from shared.tokenizer import A, T, reverse_complement_ids
+from shared.tokenizer import A, T
 
 MAX_ORDER = 12
 """The highest order counted: table 12 holds 4**13 counts (256 MiB as uint32)."""
@@ -155,6 +158,24 @@ def fill_lower(tables: list[Table]) -> None:
         tables[j] += tables[j + 1].reshape(4**j, 4, 4).sum(axis=1, dtype=tables[j].dtype)
 
 
+def _reverse_strand(table: Table, j: int) -> Table:
+    """Table j as the reverse strand sees it: entry s holds the count of the (j+1)-mer rc(s).
+
+    As a (4,) * (j + 1) array, axis 0 is the nearest context base, axis j - 1 the farthest and
+    axis j the target. Complementing every base (c -> 3 - c) reverses the flat array; reversing the
+    (j+1)-mer swaps the target with the farthest base and reverses the order of the others.
+    """
+    flipped = table.reshape(-1)[::-1].reshape((4,) * (j + 1))
+    return flipped if j == 0 else flipped.transpose([j - 2 - a for a in range(j - 1)] + [j, j - 1])
+
+
+def add_reverse_strand(tables: list[Table]) -> None:
+    """Add the reverse complement's counts to full forward-strand tables (after :func:`fill_lower`)."""
+    for j, table in enumerate(tables):
+        view = table.reshape((4,) * (j + 1))
+        np.add(view, _reverse_strand(table, j), out=view)  # numpy buffers the overlapping operand
+
+
 def count_dtype(positions: int) -> type[np.unsignedinteger]:
     """uint32 when every count fits in it, else uint64."""
     return np.uint32 if positions < 2**32 else np.uint64
@@ -186,8 +207,9 @@ def count_kmers(seqs: Iterable[npt.NDArray[np.uint8]], order: int, *,
     total = sum(len(s) for s in seqs) * (2 if both_strands else 1)
     tables = empty_tables(order, count_dtype(total))
     for seq in seqs:
-        for strand in (seq, reverse_complement_ids(seq)) if both_strands else (seq,):
-            for tg in chunked_targets(base_codes(strand), order):
-                add_exact(tables, tg)
+        for tg in chunked_targets(base_codes(seq), order):
+            add_exact(tables, tg)
     fill_lower(tables)
+    if both_strands:
+        add_reverse_strand(tables)
     return tables

@@ -9,8 +9,10 @@ region; any list of :class:`~configs.schema.Region`), both strands, contexts bro
 the cuts. Its last :data:`VALIDATION_BASES` (at most a fifth of it) are held apart: orders 0..K are
 counted on the rest, the order (and with ``"auto"`` the smoothing) is picked on that slice, and the
 picked model is then recounted on everything allowed (the slice is public training sequence, not
-held-out data, so nothing is wasted). The result is cached in ``<data cache>/markov/``, keyed by
-the reference's SHA-256 and size, the excluded regions, K, the smoothing and the validation size.
+held-out data, so nothing is wasted). The result is cached in ``<data cache>/markov/baseline-<key>/``
+(``meta.json`` and one uncompressed ``.npy`` per order, memory-mapped when read, so a cache hit
+costs milliseconds), keyed by the reference's SHA-256 and size, the excluded regions, K, the
+smoothing and the validation size.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import hashlib
 import json
 import logging
 import time
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 
 from configs.schema import Region
-from shared.atomic import atomic_path
+from shared.atomic import atomic_dir
 from shared.datasets import Interval, allowed_intervals
 from shared.errors import InputFileError
 from shared.fetch import default_cache, sha256_file
@@ -41,6 +42,7 @@ from shared.smoothing import AUTO, CANDIDATES
 log = logging.getLogger(__name__)
 
 FORMAT = "fedgenome-markov-baseline/1"
+META = "meta.json"  # beside order0.npy .. orderK.npy in the cache directory
 VALIDATION_BASES = 2_000_000
 """Bases held apart (at the end of the allowed sequence) to pick the order on."""
 
@@ -131,7 +133,7 @@ def reference_baseline(fasta: Path, *, exclude: Sequence[Region], cache: Path | 
     sha = sha256_file(fasta)
     key = cache_key(sha, size, exclude, max_order=max_order, smoothing=smoothing,
                     validation_bases=validation_bases)
-    path = (cache if cache is not None else default_cache()) / "markov" / f"baseline-{key}.npz"
+    path = (cache if cache is not None else default_cache()) / "markov" / f"baseline-{key}"
     cached = _read(path, key)
     if cached is not None:
         fit, validation, seconds = cached
@@ -157,7 +159,7 @@ def reference_baseline(fasta: Path, *, exclude: Sequence[Region], cache: Path | 
 
 
 def _write(path: Path, key: str, built: ReferenceBaseline) -> None:
-    """Save the counts (zlib level 1: order 12 shrinks about 7-fold) and the fit's metadata."""
+    """Save the counts (one ``.npy`` per order, memory-mapped when read) and the fit's metadata."""
     fit = built.fit
     meta = {"format": FORMAT, "key": key, "reference": str(built.reference),
             "reference_sha256": built.reference_sha256,
@@ -166,33 +168,31 @@ def _write(path: Path, key: str, built: ReferenceBaseline) -> None:
             "smoothing": fit.smoothing, "validation_bits": fit.validation_bits,
             "validation_targets": fit.validation_targets, "training_bases": fit.training_bases,
             "max_order": fit.max_order, "both_strands": fit.both_strands,
-            "build_seconds": built.build_seconds, "dtype": fit.model.counts[0].dtype.str,
-            "privacy": PRIVACY_NOTE}
-    arrays = {f"order{j}": np.frombuffer(zlib.compress(c.tobytes(), 1), dtype=np.uint8)
-              for j, c in enumerate(fit.model.counts)}
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, meta=np.str_(json.dumps(meta)), **arrays)  # type: ignore[arg-type]
+            "build_seconds": built.build_seconds, "privacy": PRIVACY_NOTE}
+    with atomic_dir(path) as tmp:
+        for j, counts in enumerate(fit.model.counts):
+            np.save(tmp / f"order{j}.npy", counts)
+        (tmp / META).write_text(json.dumps(meta, indent=1) + "\n")
 
 
 def _read(path: Path, key: str) -> tuple[BestK, tuple[Region, ...], float] | None:
     """The cached build's fields, or None (missing, another key, or unreadable: it is rebuilt)."""
-    if not path.exists():
+    if not (path / META).is_file():
         return None
     try:
-        with np.load(path) as npz:
-            meta = json.loads(str(npz["meta"]))
-            if meta.get("format") != FORMAT or meta.get("key") != key:
-                return None
-            dtype = np.dtype(meta["dtype"])
-            counts: list[Table] = [
-                np.frombuffer(bytearray(zlib.decompress(npz[f"order{j}"].tobytes())), dtype=dtype
-                              ).reshape(4**j, 4) for j in range(meta["order"] + 1)]
-    except (OSError, ValueError, KeyError, zlib.error) as exc:
+        meta = json.loads((path / META).read_text())
+        if meta.get("format") != FORMAT or meta.get("key") != key:
+            return None
+        counts: list[Table] = [np.load(path / f"order{j}.npy", mmap_mode="r")
+                               for j in range(meta["order"] + 1)]
+        if any(c.shape != (4**j, 4) for j, c in enumerate(counts)):
+            raise ValueError("a count table has the wrong shape")
+        bits = {name: tuple(values) for name, values in meta["validation_bits"].items()}
+        fit = BestK(MarkovBaseline(meta["order"], smoothing=meta["smoothing"], counts=counts),
+                    meta["order"], meta["smoothing"], bits, meta["validation_targets"],
+                    meta["training_bases"], meta["max_order"], meta["both_strands"])
+        validation = tuple(Region(**r) for r in meta["validation"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         log.warning("%s: unreadable cached Markov baseline (%s); counting it again", path, exc)
         return None
-    bits = {name: tuple(values) for name, values in meta["validation_bits"].items()}
-    fit = BestK(MarkovBaseline(meta["order"], smoothing=meta["smoothing"], counts=counts),
-                meta["order"], meta["smoothing"], bits, meta["validation_targets"],
-                meta["training_bases"], meta["max_order"], meta["both_strands"])
-    validation = tuple(Region(**r) for r in meta["validation"])
     return fit, validation, float(meta["build_seconds"])

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from shared.fetch import DataPaths
 from shared.genomes import Reference
 from shared.kmers import count_kmers
 from shared.markov import MarkovBaseline, fit_best_k
+from shared.markov_fields import PRIVACY_KEY, PRIVACY_NOTE, BaselineScore
 from shared.reference_markov import ReferenceBaseline, reference_baseline, split_validation
 from shared.tokenizer import decode, encode, reverse_complement
 
@@ -258,3 +261,53 @@ def test_the_cache_returns_the_same_baseline_and_a_changed_region_misses(data_pa
     other = build(moved)
     assert not other.from_cache and other.cache_file != built.cache_file
     assert int(other.model.counts[0].sum()) == int(built.model.counts[0].sum()) - 2 * 100_000
+
+
+# --- reported beside the model ---------------------------------------------------------------------
+
+
+def test_the_run_report_has_the_baseline_on_the_servers_heldout_windows(data_paths: DataPaths,
+                                                                        tmp_path: Path) -> None:
+    from configs.schema import FederationConfig, validate
+    from server.report import RoundRecord, RunReport
+    from server.rounds import Federation
+
+    config = {"run-dir": str(tmp_path / "run"), "reference": str(data_paths.reference), "eval-windows": 4}
+    fed = validate(FederationConfig, config, source="test")
+    federation = Federation(fed)
+    bits = federation.heldout_bits()
+    federation.report.add(RoundRecord(round=1, train_loss=1.4, heldout_bits_per_base=bits))
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    markov = BaselineScore.from_json(report)
+    assert markov is not None and markov == federation.markov and 1 <= markov.order <= 12
+    assert report[PRIVACY_KEY] == PRIVACY_NOTE
+    baseline = reference_baseline(data_paths.reference, exclude=[Region.parse(fed.holdout)])
+    assert markov.bits_per_base == baseline.model.bits_per_base(federation.eval_windows)
+    assert markov.bits_per_base < report["initial_bits_per_base"]
+    assert RunReport.load(tmp_path / "run", report["config"]).markov == markov  # kept on resume
+
+
+def test_the_demo_summary_has_the_models_final_bits_the_baselines_and_their_difference(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from fedgenome.demo import MODEL_MINUS_MARKOV, print_summary, summarize
+
+    run_dir, markov = tmp_path / "run", BaselineScore(1.84, 11, "dirichlet-256")
+    (run_dir / "ckpt").mkdir(parents=True)
+    (run_dir / "state.json").write_text(json.dumps({"last_round": 2, "checkpoint": str(run_dir / "ckpt")}))
+    rounds = [{"round": r, "heldout_bits_per_base": b, "epsilon": {}} for r, b in ((1, 1.97), (2, 1.95))]
+    report = {"config": {}, "initial_bits_per_base": 2.0, "rounds": rounds}
+    (run_dir / "report.json").write_text(json.dumps({**report, **markov.to_json()}))
+    summary = summarize(run_dir, [], seconds=60.0)
+    assert BaselineScore.from_json(summary) == markov
+    assert summary[MODEL_MINUS_MARKOV] == pytest.approx(1.95 - 1.84)
+    print_summary(summary)
+    out = " ".join(capsys.readouterr().out.split())
+    assert "best-k Markov baseline (order 11, dirichlet-256): 1.8400" in out
+    assert "costs no privacy" in out and "model - baseline: +0.1100 bits per base" in out
+    for path in ("final", "ledgers"):  # an older report, without the baseline, still summarizes
+        shutil.rmtree(run_dir / path)
+    (run_dir / "report.json").write_text(json.dumps(report))
+    old = summarize(run_dir, [], seconds=60.0)
+    assert BaselineScore.from_json(old) is None and old[MODEL_MINUS_MARKOV] is None
+    print_summary(old)
+    assert "Markov" not in capsys.readouterr().out

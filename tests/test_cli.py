@@ -46,7 +46,6 @@ def assert_baseline_beside_model(out: str) -> None:
     model, markov = _bits(out, "model"), _bits(out, "best-k Markov")
     diff = re.search(r"model - baseline: ([+-]\d\.\d{4}) bits per base", flat)
     assert diff and float(diff.group(1)) == pytest.approx(model - markov, abs=2e-4), out
-    assert 1.0 < markov < 2.0
 
 
 def test_eval_prints_model_and_markov_bits(tiny_checkpoint: Path,

@@ -156,11 +156,15 @@ def train_command(
 
 
 def _checkpoint_baseline(meta: dict[str, Any], reference: Path | None,
-                         windows: torch.Tensor) -> BaselineScore | None:
-    """The best-k baseline of the checkpoint's reference (or ``reference``) minus its held-out regions."""
+                         windows: torch.Tensor) -> BaselineScore | str:
+    """The best-k baseline of the checkpoint's reference (or ``reference``) minus its held-out regions.
+
+    Returns why there is none instead when that reference is not at hand (``--fasta`` needs none).
+    """
     path = reference or (Path(meta["reference"]) if meta.get("reference") else None)
-    if path is None:
-        return None
+    if path is None or not path.is_file():
+        return (f"no Markov baseline: the checkpoint's reference {path or '(none)'} is not here; "
+                "pass --reference FASTA")
     holdout = [Region(**r) for r in meta.get("holdout", [])]
     return reference_baseline(path, exclude=holdout).score(windows)
 
@@ -196,17 +200,15 @@ def eval_command(
     result = evaluate(ckpt.model.to(dev), data, device=dev)
     rows = [("model", f"{result.bits_per_base:.4f}", f"{result.bases:,}")]
     markov = _checkpoint_baseline(meta, reference, data)
-    if markov is not None:
+    if isinstance(markov, BaselineScore):
         rows.append((markov.label, f"{markov.bits_per_base:.4f}", f"{result.bases:,}"))
     if ckpt.markov is not None:  # a checkpoint from before the best-k baseline
         rows.append((f"Markov order-{ckpt.markov.order} (windows seen in training)",
                      f"{ckpt.markov.bits_per_base(data):.4f}", f"{result.bases:,}"))
     out = Console()
     out.print(_bits_table(f"{where} ({len(data)} windows of {window})", rows))
-    if markov is not None:
-        out.print(_baseline_lines(result.bits_per_base, markov))
-    else:
-        out.print("no Markov baseline: the checkpoint names no reference; pass --reference FASTA")
+    out.print(_baseline_lines(result.bits_per_base, markov) if isinstance(markov, BaselineScore)
+              else markov)
 
 
 def score_command(

@@ -54,6 +54,11 @@ def _order_sums(logp: npt.NDArray[np.float64], tg: Targets) -> npt.NDArray[np.fl
 class MarkovBaseline:
     """Counts of every order 0..``order`` with a smoothing; scores windows in bits per base.
 
+    Args:
+        order: The highest order k (0..:data:`shared.kmers.MAX_ORDER`).
+        smoothing: A smoothing name (:mod:`shared.smoothing`); ``add-one`` as before the best-k pick.
+        counts: Tables 0..k (:func:`shared.kmers.count_kmers`); empty ones to :meth:`update` if None.
+
     >>> from shared.tokenizer import encode
     >>> periodic = torch.from_numpy(encode("ACGGT" * 40).astype("int64"))[None]
     >>> markov = MarkovBaseline(3, smoothing="witten-bell")

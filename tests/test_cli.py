@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -61,6 +63,20 @@ def test_eval_on_a_fasta(tiny_checkpoint: Path, data_paths: DataPaths,
     code, out, _ = run_cli(["eval", str(tiny_checkpoint), "--fasta", str(data_paths.mt_fasta)], capsys)
     assert code == 0 and "MT-human.fa" in out
     assert_baseline_beside_model(out)
+
+
+def test_eval_without_the_reference_still_scores_the_model(tiny_checkpoint: Path, data_paths: DataPaths,
+                                                            tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    moved = tmp_path / "ck"
+    shutil.copytree(tiny_checkpoint, moved)
+    config = json.loads((moved / "config.json").read_text())
+    config["meta"]["reference"] = str(tmp_path / "gone.fa.gz")
+    (moved / "config.json").write_text(json.dumps(config))
+    code, out, _ = run_cli(["eval", str(moved), "--fasta", str(data_paths.mt_fasta)], capsys)
+    flat = " ".join(out.split())
+    assert code == 0 and "MT-human.fa" in out and "best-k Markov" not in out
+    assert f"no Markov baseline: the checkpoint's reference {tmp_path / 'gone.fa.gz'} is not here" in flat
 
 
 def test_score_writes_a_tsv(tiny_checkpoint: Path, sites_dir: Path, tmp_path: Path,

@@ -52,7 +52,7 @@ def main() -> None:
                   + " ".join(f"{b:6.4f}" for b in bits[1:]))
     start = time.perf_counter()
     built = reference_baseline(paths.reference, exclude=[HOLDOUT], cache=args.cache)
-    size = sum(f.stat().st_size for f in built.cache_file.iterdir())
+    size = sum(f.stat().st_size for f in built.cache_path.iterdir())
     fit, slices = built.fit, ", ".join(f"{r.contig}:{r.start}-{r.end}" for r in built.validation)
     print(f"best-k pick on the validation slice {slices}: order {fit.order}, {fit.smoothing} "
           f"(validation {fit.validation_bits[fit.smoothing][fit.order]:.4f} bits/base)")
@@ -61,7 +61,7 @@ def main() -> None:
               "bits/base")
     print(f"build {built.build_seconds:.1f} s; this call {time.perf_counter() - start:.2f} s "
           f"({'cache hit' if built.from_cache else 'built'}); cache {size / 2**20:.0f} MiB in "
-          f"{built.cache_file}")
+          f"{built.cache_path}")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from shared.errors import ConfigError
 from shared.tokenizer import A, T
 
 MAX_ORDER = 12
@@ -203,7 +204,7 @@ def count_kmers(seqs: Iterable[npt.NDArray[np.uint8]], order: int, *,
     """
     seqs = list(seqs)
     if not 0 <= order <= MAX_ORDER:
-        raise ValueError(f"order {order} is outside 0..{MAX_ORDER}")
+        raise ConfigError(f"k-mer order {order} is outside 0..{MAX_ORDER}; pick one in that range")
     total = sum(len(s) for s in seqs) * (2 if both_strands else 1)
     tables = empty_tables(order, count_dtype(total))
     for seq in seqs:

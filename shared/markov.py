@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from shared.errors import InputFileError
+from shared.errors import ConfigError, InputFileError
 from shared.kmers import (
     MAX_ORDER,
     Table,
@@ -70,12 +70,13 @@ class MarkovBaseline:
     def __init__(self, order: int, *, smoothing: str = "add-one",
                  counts: Sequence[Table] | None = None) -> None:
         if not 0 <= order <= MAX_ORDER:
-            raise ValueError(f"Markov order {order} is outside 0..{MAX_ORDER}")
+            raise ConfigError(f"Markov order {order} is outside 0..{MAX_ORDER}; pick one in that range")
         self.order = order
         self.smoothing = check_smoothing(smoothing)
         self.counts: list[Table] = list(counts) if counts is not None else empty_tables(order)
         if len(self.counts) != order + 1:
-            raise ValueError(f"order {order} needs count tables 0..{order}, got {len(self.counts)}")
+            raise ConfigError(f"a Markov baseline of order {order} needs count tables 0..{order}, got "
+                              f"{len(self.counts)}; pass the counts of that order")
         self._smoother: Smoother | None = None
 
     @property
@@ -192,7 +193,7 @@ def pick(validation_bits: dict[str, tuple[float, ...]]) -> tuple[str, int]:
 
 
 def fit_best_k(train: Sequence[Ids], validation: Sequence[Ids], *, max_order: int = MAX_ORDER,
-               smoothing: str = "auto", both_strands: bool = True) -> BestK:
+               smoothing: str = AUTO, both_strands: bool = True) -> BestK:
     """Count orders 0..``max_order`` on ``train``, pick the order on ``validation``, recount on both.
 
     Args:
@@ -209,9 +210,15 @@ def fit_best_k(train: Sequence[Ids], validation: Sequence[Ids], *, max_order: in
 
     Raises:
         InputFileError: The validation sequences hold no base to score.
+        ConfigError: ``max_order`` or ``smoothing`` is not one there is.
+
+    >>> from shared.tokenizer import encode
+    >>> fit = fit_best_k([encode("ACGT" * 500)], [encode("ACGT" * 50)], max_order=3)
+    >>> 1 <= fit.order <= 3 and fit.validation_bits[fit.smoothing][fit.order] < 0.01
+    True
     """
-    if max_order < 1:
-        raise ValueError(f"max_order {max_order}: the pick needs orders 1..max_order")
+    if not 1 <= max_order <= MAX_ORDER:
+        raise ConfigError(f"max_order {max_order}: the best-k pick needs orders 1..{MAX_ORDER}")
     names = list(CANDIDATES) if smoothing == AUTO else [check_smoothing(smoothing)]
     counts = count_kmers(train, max_order, both_strands=both_strands)
     scores, n = sequence_bits([create_smoother(name, counts) for name in names], validation)

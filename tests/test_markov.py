@@ -237,7 +237,7 @@ def test_the_cache_returns_the_same_baseline_and_a_changed_region_misses(data_pa
                                   validation_bases=40_000)
 
     built, again = build(excluded), build(excluded)
-    assert not built.from_cache and again.from_cache and again.cache_file == built.cache_file
+    assert not built.from_cache and again.from_cache and again.cache_path == built.cache_path
     assert (again.fit.order, again.fit.smoothing, again.validation) == (built.fit.order, built.fit.smoothing,
                                                                         built.validation)
     assert again.fit.validation_bits == built.fit.validation_bits
@@ -259,7 +259,7 @@ def test_the_cache_returns_the_same_baseline_and_a_changed_region_misses(data_pa
     assert all(np.array_equal(m, a + b) for m, a, b in zip(built.model.counts, recount, extra, strict=True))
     moved = [Region(contig="CHROMOSOME_I", start=800_000, end=1_009_800)]
     other = build(moved)
-    assert not other.from_cache and other.cache_file != built.cache_file
+    assert not other.from_cache and other.cache_path != built.cache_path
     assert int(other.model.counts[0].sum()) == int(built.model.counts[0].sum()) - 2 * 100_000
 
 

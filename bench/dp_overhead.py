@@ -82,7 +82,7 @@ def opacus_stock(preset: Preset, batch: int, dataset: torch.utils.data.Dataset[t
         x, y = split_batch(windows.to(device))
         with autocast(device):
             logits = module(x)
-        per_sample_loss(logits, y).mean().backward()
+        per_sample_loss(logits, y).mean().backward()  # type: ignore[no-untyped-call]
         optimizer.step()
     return step
 

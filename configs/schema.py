@@ -75,7 +75,6 @@ class TrainConfig(_Frozen):
     warmup_steps: int = Field(20, ge=0)
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="cosine floor as a fraction of lr")
     grad_clip: float = Field(1.0, gt=0.0, description="global gradient-norm clip")
-    markov_order: int = Field(5, ge=0, le=10, description="order k of the k-mer baseline")
     eval_every: int = Field(0, ge=0, description="held-out evaluation every n steps; 0 = at end")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
+import torch
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -24,7 +25,9 @@ from shared.corpus import read_corpus
 from shared.datasets import read_fasta_records, tile_windows
 from shared.errors import ConfigError
 from shared.genomes import Reference
+from shared.markov_fields import PRIVACY_NOTE, BaselineScore
 from shared.pretrain import PretrainSettings, pretrain
+from shared.reference_markov import reference_baseline
 from shared.scoring import COLUMNS, score_variants
 from shared.train import evaluate, pick_device
 
@@ -102,14 +105,20 @@ def _bits_table(title: str, rows: list[tuple[str, str, str]]) -> Table:
     return table
 
 
+def _baseline_lines(model_bits: float, markov: BaselineScore) -> str:
+    """What the baseline is, that it costs no privacy, and how far the model is from it."""
+    return (f"Markov baseline: order {markov.order} and {markov.smoothing} smoothing picked on a "
+            f"validation slice of the reference; {PRIVACY_NOTE}\nmodel - baseline: "
+            f"{model_bits - markov.bits_per_base:+.4f} bits per base")
+
+
 def _print_run(run: TrainingRun) -> None:
     rows = [("untrained model", f"{run.before.bits_per_base:.4f}", f"{run.before.bases:,}"),
-            ("trained model", f"{run.after.bits_per_base:.4f}", f"{run.after.bases:,}")]
-    if run.markov_bits is not None:
-        rows.append((f"Markov order-{run.markov_order} baseline", f"{run.markov_bits:.4f}",
-                     f"{run.after.bases:,}"))
+            ("trained model", f"{run.after.bits_per_base:.4f}", f"{run.after.bases:,}"),
+            (run.markov.label, f"{run.markov.bits_per_base:.4f}", f"{run.after.bases:,}")]
     console_out = Console()
     console_out.print(_bits_table("Held-out chr20 (last 5 Mb)", rows))
+    console_out.print(_baseline_lines(run.after.bits_per_base, run.markov))
     if run.privacy is not None:
         e = run.privacy.entry
         console_out.print(f"privacy: epsilon {run.privacy.epsilon:.3f} of budget "
@@ -209,6 +218,20 @@ def pretrain_command(
     Console().print(f"checkpoint: {result.checkpoint} (model card: {result.checkpoint / 'MODEL_CARD.md'})")
 
 
+def _checkpoint_baseline(meta: dict[str, Any], reference: Path | None,
+                         windows: torch.Tensor) -> BaselineScore | str:
+    """The best-k baseline of the checkpoint's reference (or ``reference``) minus its held-out regions.
+
+    Returns why there is none instead when that reference is not at hand (``--fasta`` needs none).
+    """
+    path = reference or (Path(meta["reference"]) if meta.get("reference") else None)
+    if path is None or not path.is_file():
+        return (f"no Markov baseline: the checkpoint's reference {path or '(none)'} is not here; "
+                "pass --reference FASTA")
+    holdout = [Region(**r) for r in meta.get("holdout", [])]
+    return reference_baseline(path, exclude=holdout).score(windows)
+
+
 def eval_command(
     checkpoint: Checkpoint_,
     fasta: Annotated[Path | None, typer.Option(help="Evaluate on every record of this FASTA "
@@ -219,7 +242,11 @@ def eval_command(
     windows: Annotated[int | None, typer.Option(help="Windows to evaluate.")] = None,
     device: Device_ = "auto",
 ) -> None:
-    """Print held-out bits per base of a checkpoint's model and of its Markov baseline."""
+    """Print held-out bits per base of a checkpoint's model and of the best-k Markov baseline.
+
+    The baseline is counted on the checkpoint's reference (or --reference) minus its held-out
+    regions, whatever is evaluated: public sequence only, so it costs no privacy.
+    """
     ckpt = load_checkpoint(checkpoint)
     meta = ckpt.meta
     window, count = meta["data"]["window"], windows or meta["data"]["eval_windows"]
@@ -235,10 +262,16 @@ def eval_command(
     dev = pick_device(device)
     result = evaluate(ckpt.model.to(dev), data, device=dev)
     rows = [("model", f"{result.bits_per_base:.4f}", f"{result.bases:,}")]
-    if ckpt.markov is not None:
-        rows.append((f"Markov order-{ckpt.markov.order} baseline",
+    markov = _checkpoint_baseline(meta, reference, data)
+    if isinstance(markov, BaselineScore):
+        rows.append((markov.label, f"{markov.bits_per_base:.4f}", f"{result.bases:,}"))
+    if ckpt.markov is not None:  # a checkpoint from before the best-k baseline
+        rows.append((f"Markov order-{ckpt.markov.order} (windows seen in training)",
                      f"{ckpt.markov.bits_per_base(data):.4f}", f"{result.bases:,}"))
-    Console().print(_bits_table(f"{where} ({len(data)} windows of {window})", rows))
+    out = Console()
+    out.print(_bits_table(f"{where} ({len(data)} windows of {window})", rows))
+    out.print(_baseline_lines(result.bits_per_base, markov) if isinstance(markov, BaselineScore)
+              else markov)
 
 
 def score_command(

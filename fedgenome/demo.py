@@ -27,10 +27,12 @@ from server.deploy import DeploymentError
 from server.pki import PkiLayout
 from shared.errors import ConfigError
 from shared.fetch import fetch_data
+from shared.markov_fields import PRIVACY_NOTE, BaselineScore
 from shared.sites import make_sites
 
 log = logging.getLogger(__name__)
 MARKER = ".fedgenome-demo"
+MODEL_MINUS_MARKOV = "model_minus_markov_bits_per_base"
 HOSPITALS = ("hospital-gbr-fin", "hospital-tsi", "hospital-ceu")
 
 
@@ -75,9 +77,10 @@ def publish_pki(pki: PkiLayout, out: Path) -> None:
 
 
 def summarize(run_dir: Path, sites: list[Path], *, seconds: float) -> dict[str, Any]:
-    """Collect the final checkpoint and the ledgers; held-out bits and epsilon against budgets."""
+    """Collect the final checkpoint and the ledgers; held-out bits (and the baseline's), epsilon."""
     report = json.loads((run_dir / "report.json").read_text())
     last = report["rounds"][-1]
+    markov = BaselineScore.from_json(report)
     state = json.loads((run_dir / "state.json").read_text())
     shutil.copytree(state["checkpoint"], run_dir / "final")
     ledgers = run_dir / "ledgers"
@@ -93,6 +96,9 @@ def summarize(run_dir: Path, sites: list[Path], *, seconds: float) -> dict[str, 
     return {"rounds": len(report["rounds"]), "seconds": round(seconds, 1),
             "heldout_bits_per_base_before": report["initial_bits_per_base"],
             "heldout_bits_per_base_after": last["heldout_bits_per_base"],
+            **(markov.to_json() if markov is not None else {}),
+            MODEL_MINUS_MARKOV: (None if markov is None
+                                 else last["heldout_bits_per_base"] - markov.bits_per_base),
             "sites": {name: {"epsilon": last["epsilon"].get(name), "budget": budget}
                       for name, budget in budgets.items()},
             "security": {"tls": (run_dir / "pki").exists(),
@@ -110,6 +116,10 @@ def print_summary(summary: dict[str, Any]) -> None:
                   f"{len(summary['sites'])} hospitals in {summary['seconds'] / 60:.1f} min")
     console.print(f"held-out chr20 bits per base: {summary['heldout_bits_per_base_before']:.4f} "
                   f"before -> {summary['heldout_bits_per_base_after']:.4f} after")
+    markov = BaselineScore.from_json(summary)
+    if markov is not None:
+        console.print(f"{markov.label}: {markov.bits_per_base:.4f} ({PRIVACY_NOTE}); model - baseline: "
+                      f"{summary[MODEL_MINUS_MARKOV]:+.4f} bits per base")
     table = Table(title="Privacy spent (patient-level, cumulative)")
     for column in ("site", "epsilon", "budget"):
         table.add_column(column)

@@ -13,14 +13,15 @@ from typing import Any
 import torch
 from torch.utils.data import ConcatDataset
 
-from configs.schema import Preset, SitePrivacy
+from configs.schema import Preset, Region, SitePrivacy
 from privacy.site_state import open_ledger
 from privacy.trainer import RoundOutcome, noise_for, run_private_round
 from shared.checkpoint import save_checkpoint
 from shared.datasets import SiteData, open_site, tile_windows
 from shared.errors import ConfigError, PrivacyBudgetExhausted
-from shared.markov import MarkovBaseline
+from shared.markov_fields import PRIVACY_NOTE, BaselineScore
 from shared.model import GenomeLM
+from shared.reference_markov import reference_baseline
 from shared.train import EvalResult, endless, evaluate, pick_device, train
 
 log = logging.getLogger(__name__)
@@ -44,8 +45,7 @@ class TrainingRun:
     before: EvalResult
     after: EvalResult
     checkpoint: Path
-    markov_bits: float | None = None  # no Markov baseline under DP: its counts would leak
-    markov_order: int | None = None
+    markov: BaselineScore
     privacy: RoundOutcome | None = None
 
 
@@ -70,6 +70,18 @@ def prepare(sites: list[Path], preset: Preset, *, preset_name: str, device_name:
     return Workspace(opened, windows, device, meta)
 
 
+def markov_score(ws: Workspace) -> BaselineScore:
+    """The best-k Markov baseline on the run's evaluation windows (it costs no privacy).
+
+    Counted on the public reference minus the held-out regions, never on the sites' patients, so it
+    is the same for a plain and a DP run and spends nothing from any budget.
+    """
+    holdout = [Region(**r) for r in ws.meta["holdout"]]
+    score = reference_baseline(Path(ws.meta["reference"]), exclude=holdout).score(ws.eval_windows)
+    log.info("%s: %.4f held-out bits per base (%s)", score.label, score.bits_per_base, PRIVACY_NOTE)
+    return score
+
+
 @contextmanager
 def _no_progress(total: int) -> Iterator[None]:
     yield None
@@ -81,19 +93,17 @@ def run_baseline(sites: list[Path], preset: Preset, *, out: Path, preset_name: s
     ws = prepare(sites, preset, preset_name=preset_name, device_name=device_name)
     model = GenomeLM(preset.model).to(ws.device)
     before = evaluate(model, ws.eval_windows, device=ws.device)
-    markov = MarkovBaseline(preset.train.markov_order)
+    markov = markov_score(ws)
     batches = endless(ConcatDataset([o.dataset for o in ws.sites]), preset.train.batch_size,
                       preset.train.seed)
     with progress(preset.train.steps) as on_step:
-        result = train(model, batches, preset.train, device=ws.device, markov=markov,
-                       on_step=on_step)
+        result = train(model, batches, preset.train, device=ws.device, on_step=on_step)
     after = evaluate(model, ws.eval_windows, device=ws.device)
-    markov_bits = markov.bits_per_base(ws.eval_windows)
     meta = {**ws.meta, "steps": result.steps, "seconds": round(result.seconds, 1),
-            "heldout_bits_per_base": after.bits_per_base, "markov_bits_per_base": markov_bits,
+            "heldout_bits_per_base": after.bits_per_base, **markov.to_json(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    save_checkpoint(out, model, meta=meta, markov=markov)
-    return TrainingRun(before, after, out, markov_bits=markov_bits, markov_order=markov.order)
+    save_checkpoint(out, model, meta=meta)
+    return TrainingRun(before, after, out, markov)
 
 
 def run_private(sites: list[Path], preset: Preset, *, out: Path, preset_name: str,
@@ -120,6 +130,7 @@ def run_private(sites: list[Path], preset: Preset, *, out: Path, preset_name: st
     sigma = noise_for(dp=preset.privacy, site=budget, sample_rate=q, total_steps=preset.train.steps)
     model = GenomeLM(preset.model).to(ws.device)
     before = evaluate(model, ws.eval_windows, device=ws.device)
+    markov = markov_score(ws)
     with progress(preset.train.steps) as on_step:
         outcome = run_private_round(
             model=model, dataset=dataset, ledger=ledger, site=budget, dp=preset.privacy,
@@ -133,9 +144,9 @@ def run_private(sites: list[Path], preset: Preset, *, out: Path, preset_name: st
             "nothing was trained (fewer steps, more noise, or a new budget)")
     after = evaluate(model, ws.eval_windows, device=ws.device)
     meta = {**ws.meta, "steps": outcome.steps, "heldout_bits_per_base": after.bits_per_base,
-            "privacy": {**preset.privacy.model_dump(), "noise_multiplier": sigma,
+            **markov.to_json(), "privacy": {**preset.privacy.model_dump(), "noise_multiplier": sigma,
                         "sample_rate": q, "delta": budget.delta, "epsilon": outcome.epsilon,
                         "epsilon_budget": budget.epsilon_budget, "ledger": str(ledger.path)},
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     save_checkpoint(out, model, meta=meta)
-    return TrainingRun(before, after, out, privacy=outcome)
+    return TrainingRun(before, after, out, markov, privacy=outcome)

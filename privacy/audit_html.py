@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
 
+from shared.markov_fields import PRIVACY_NOTE, BaselineScore
+
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
 table { border-collapse: collapse; margin: 0.5em 0 1em; font-size: 0.9em; }
@@ -89,6 +91,15 @@ def _epsilon_rows(data: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def markov_line(data: Mapping[str, Any]) -> str:
+    """The Markov baseline beside the model's held-out bits ('' for a run report without one)."""
+    markov = BaselineScore.from_json(data)
+    if markov is None:
+        return ""
+    return (f"<p>{escape(markov.label)}: <b>{markov.bits_per_base:.4f}</b> bits per base on the same "
+            f"held-out windows; it {escape(PRIVACY_NOTE)}.</p>")
+
+
 def _rounds_section(data: Mapping[str, Any]) -> str:
     """Per round: held-out bits per base, loss, and which sites trained, refused, failed."""
     rows = [["0 (initial)", _num(data["initial_bits_per_base"]), "-", "", "", "", ""]]
@@ -150,6 +161,7 @@ def render_html(data: Mapping[str, Any], plots: Mapping[str, bytes]) -> str:
 <p>Run report against the ledgers:</p><ul>{cross}</ul>
 <h2>Held-out bits per base</h2>
 {_img(plots["heldout"], "held-out bits per base per round")}
+{markov_line(data)}
 {_rounds_section(data)}
 {canary_section(data.get("canary_audit"))}
 <h2>What was checked</h2>{checked}

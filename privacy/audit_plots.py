@@ -82,12 +82,14 @@ def _budget_lines(axes: Axes, budgets: Mapping[str, float | None], colors: Mappi
         axes.axhline(value, color=color, linestyle="--", linewidth=1.2, label=f"budget {value:g} ({who})")
 
 
-def heldout_plot(rounds: Sequence[tuple[int, float]], *, initial: float | None) -> bytes:
+def heldout_plot(rounds: Sequence[tuple[int, float]], *, initial: float | None,
+                 baseline: tuple[str, float] | None = None) -> bytes:
     """Held-out bits per base of the global model after each round, with the value before training.
 
     Args:
         rounds: (round, bits per base) from the run report.
         initial: Bits per base of the initial model (drawn at round 0 and as a dotted line).
+        baseline: (label, bits per base) of the Markov baseline on the same windows (a dashed line).
 
     Returns:
         PNG bytes.
@@ -98,6 +100,8 @@ def heldout_plot(rounds: Sequence[tuple[int, float]], *, initial: float | None) 
     if initial is not None:
         axes.axhline(initial, color="grey", linestyle=":", label=f"initial {initial:.4f}")
         xs, ys = [0, *xs], [initial, *ys]
+    if baseline is not None:
+        axes.axhline(baseline[1], color="C3", linestyle="--", label=f"{baseline[0]} {baseline[1]:.4f}")
     if xs:
         axes.plot(xs, ys, marker="o", color="C0", label="global model")
         axes.legend(fontsize="small")

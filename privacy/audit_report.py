@@ -3,7 +3,8 @@
 From a run directory (what ``fedgenome demo`` or a federated run writes): the ledgers
 (``ledgers/*.jsonl``, else ``sites/*/state/ledger.jsonl``) are audited as by ``audit verify``
 (:mod:`privacy.audit`), with keys from the run's PKI registry (``pki/sites``) when it is there;
-the run report (``report.json``) gives the rounds, the held-out bits per base and the ε each site
+the run report (``report.json``) gives the rounds, the held-out bits per base, the best-k Markov
+baseline on the same windows (counted on the public reference: no privacy cost) and the ε each site
 reported to the server. The report adds one cross-check that no ledger alone can make: for every
 round, the ε the server received from a site must be in that site's ledger at that round (a
 truncated ledger with an older head, or a rewritten one, shows up here). If the run directory holds
@@ -29,6 +30,7 @@ from privacy.audit_sources import audit_ledgers, run_ledgers, run_site_budgets
 from privacy.audit_types import AuditProblem, Budget
 from shared.atomic import write_bytes, write_text
 from shared.errors import ConfigError, InputFileError
+from shared.markov_fields import BaselineScore
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,7 @@ def build_report(run_dir: Path, *, pki: Path | None = None) -> AuditReport:
     canary_path = run_dir / CANARY_AUDIT
     canary = _read_json(canary_path, "the canary audit") if canary_path.exists() else None
     data = _data(run_dir, run, result, canary, pki=pki)
+    markov = BaselineScore.from_json(data)
     plots = {
         "epsilon": epsilon_plot(
             {s["site"]: [(p["round"], p["epsilon"]) for p in s["epsilon_by_round"]] for s in data["sites"]
@@ -87,7 +90,8 @@ def build_report(run_dir: Path, *, pki: Path | None = None) -> AuditReport:
             reported={s["site"]: [(p["round"], p["epsilon"]) for p in s["reported_epsilon_by_round"]]
                       for s in data["sites"]}),
         "heldout": heldout_plot([(r["round"], r["heldout_bits_per_base"]) for r in data["rounds"]],
-                                initial=data["initial_bits_per_base"]),
+                                initial=data["initial_bits_per_base"],
+                                baseline=None if markov is None else (markov.label, markov.bits_per_base)),
     }
     return AuditReport(data, plots, result)
 
@@ -141,12 +145,14 @@ def _data(run_dir: Path, run: Mapping[str, Any], result: AuditResult, canary: An
         sites.append(row)
     keep = ("round", "train_loss", "heldout_bits_per_base", "trained", "refused", "failed", "dropped",
             "rejected", "epsilon", "seconds")
+    markov = BaselineScore.from_json(run)
     return {
         "format": FORMAT, "run_dir": str(run_dir), "pki": None if pki is None else str(pki),
         "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"), "ok": result.ok,
         "problems": [p.line() for p in result.problems], "sites": sites,
         "cross_check": [p.line() for p in result.extra_problems],
         "initial_bits_per_base": run.get("initial_bits_per_base"),
+        **(markov.to_json() if markov is not None else {}),
         "rounds": [{k: r.get(k) for k in keep} for r in run["rounds"]],
         "config": run.get("config", {}), "canary_audit": canary,
         "tolerances": result.to_json()["tolerances"],

@@ -1,8 +1,11 @@
 """The run report and the server's resumable state, rewritten atomically after every round.
 
 ``report.json`` / ``report.csv``: per round, the training loss, held-out bits per base, which sites
-trained, refused, failed or dropped out, and each site's cumulative epsilon. ``state.json``: the
-last completed round and its checkpoint, so a new run with ``resume = true`` continues from there.
+trained, refused, failed or dropped out, and each site's cumulative epsilon; ``report.json`` also
+has, at top level, the best-k Markov baseline on the same held-out windows (its fields are
+:class:`shared.markov_fields.BaselineScore`'s: counted on the public reference, no privacy cost).
+``state.json``: the last completed round and its checkpoint, so a new run with ``resume = true``
+continues from there.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.atomic import write_text
+from shared.markov_fields import BaselineScore
 
 
 @dataclass
@@ -42,6 +46,7 @@ class RunReport:
     config: dict[str, Any]
     initial_bits_per_base: float | None = None
     rounds: list[RoundRecord] = field(default_factory=list)
+    markov: BaselineScore | None = None  # the public-reference baseline on the held-out windows
 
     def add(self, record: RoundRecord) -> None:
         """Append a round and rewrite the JSON and CSV reports."""
@@ -51,6 +56,7 @@ class RunReport:
     def write(self) -> None:
         """Write ``report.json`` and ``report.csv`` atomically."""
         data = {"config": self.config, "initial_bits_per_base": self.initial_bits_per_base,
+                **(self.markov.to_json() if self.markov is not None else {}),
                 "rounds": [asdict(r) for r in self.rounds]}
         write_text(self.run_dir / "report.json", json.dumps(data, indent=2) + "\n")
         buffer = io.StringIO()
@@ -74,7 +80,7 @@ class RunReport:
             return cls(run_dir, config)
         data = json.loads(path.read_text())
         rounds = [RoundRecord(**r) for r in data.get("rounds", [])]
-        return cls(run_dir, config, data.get("initial_bits_per_base"), rounds)
+        return cls(run_dir, config, data.get("initial_bits_per_base"), rounds, BaselineScore.from_json(data))
 
 
 def write_state(run_dir: Path, *, last_round: int, checkpoint: Path) -> None:

@@ -32,7 +32,9 @@ from shared.checkpoint import load_checkpoint, save_checkpoint
 from shared.datasets import tile_windows
 from shared.errors import ConfigError, FedGenomeError
 from shared.genomes import Reference
+from shared.markov_fields import PRIVACY_NOTE, BaselineScore
 from shared.model import GenomeLM
+from shared.reference_markov import reference_baseline
 from shared.train import evaluate
 
 log = logging.getLogger(__name__)
@@ -187,7 +189,8 @@ class Federation:
         self.preset = load_preset(fed.preset)
         self.strategy: Strategy = create_strategy(fed)
         self.eval_windows = self._eval_windows()
-        self.report = RunReport(self.run_dir, fed.model_dump(by_alias=True))
+        self.markov = self._markov()
+        self.report = RunReport(self.run_dir, fed.model_dump(by_alias=True), markov=self.markov)
         self.names: dict[int, str] = {}
         self.done = 0
         resumed = read_state(self.run_dir) if fed.resume else None
@@ -195,6 +198,7 @@ class Federation:
             self.done, checkpoint = resumed
             self.model = load_checkpoint(checkpoint).model
             self.report = RunReport.load(self.run_dir, self.report.config)
+            self.report.markov = self.markov
             load_strategy_state(self.strategy, self.run_dir / "strategy-state.npz")
             log.info("resuming after round %d from %s", self.done, checkpoint)
         elif read_state(self.run_dir) is not None:
@@ -211,6 +215,13 @@ class Federation:
         return tile_windows({region.contig: ref.tokens(region.contig)}, [region],
                             window=self.preset.data.window, count=self.fed.eval_windows,
                             max_n_fraction=self.preset.data.max_n_fraction)
+
+    def _markov(self) -> BaselineScore:
+        """The best-k Markov baseline on the held-out windows, once per run (no privacy cost)."""
+        score = reference_baseline(Path(self.fed.reference), exclude=[Region.parse(self.fed.holdout)]
+                                   ).score(self.eval_windows)
+        log.info("%s: %.4f held-out bits per base (%s)", score.label, score.bits_per_base, PRIVACY_NOTE)
+        return score
 
     def heldout_bits(self) -> float:
         """Bits per base of the global model on the held-out region."""
@@ -318,10 +329,11 @@ def run_federation(grid: Grid, fed: FederationConfig, context: Context | None = 
         record = federation.run_round(grid, rnd, context)
         federation.report.add(record)
         federation.checkpoint(rnd)
-        log.info("round %d: loss %s, held-out %.4f bits/base, trained %s, refused %s, rejected %s, "
-                 "failed %s", rnd, "-" if record.train_loss is None else f"{record.train_loss:.4f}",
-                 record.heldout_bits_per_base, record.trained, record.refused,
-                 sorted(record.rejected), record.failed)
+        log.info("round %d: loss %s, held-out %.4f bits/base (Markov baseline %.4f), trained %s, "
+                 "refused %s, rejected %s, failed %s", rnd,
+                 "-" if record.train_loss is None else f"{record.train_loss:.4f}",
+                 record.heldout_bits_per_base, federation.markov.bits_per_base, record.trained,
+                 record.refused, sorted(record.rejected), record.failed)
         if math.isnan(record.heldout_bits_per_base):
             raise FedGenomeError(f"round {rnd}: the global model diverged (NaN held-out loss)")
         if fed.stop_after and rnd >= fed.stop_after and rnd < fed.num_server_rounds:

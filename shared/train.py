@@ -19,7 +19,6 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from configs.schema import TrainConfig
 from shared.errors import ConfigError
-from shared.markov import MarkovBaseline
 from shared.tokenizer import A, T
 
 log = logging.getLogger(__name__)
@@ -143,19 +142,14 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, windows: torc
 
 def train(model: nn.Module, batches: Iterator[torch.Tensor], cfg: TrainConfig, *,
           device: torch.device, eval_windows: torch.Tensor | None = None,
-          markov: MarkovBaseline | None = None, on_step: StepCallback | None = None) -> TrainResult:
-    """Train ``model`` for ``cfg.steps`` steps of AdamW on ``batches``; optionally fit ``markov``.
-
-    The Markov baseline sees exactly the windows the model trains on.
-    """
+          on_step: StepCallback | None = None) -> TrainResult:
+    """Train ``model`` for ``cfg.steps`` steps of AdamW on ``batches``."""
     model.to(device).train()
     optimizer = make_optimizer(model, cfg)
     result = TrainResult(steps=0, seconds=0.0)
     start = time.perf_counter()
     for step in range(cfg.steps):
         windows = next(batches)
-        if markov is not None:
-            markov.update(windows)
         result.losses.append(train_step(model, optimizer, windows, lr=lr_at(step, cfg),
                                         grad_clip=cfg.grad_clip, device=device))
         result.steps = step + 1

@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import io
 import json
+from html import escape
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from configs.schema import DPConfig, Preset, SitePrivacy
 from fedgenome.cli import main
 from privacy.accounting import epsilon
 from privacy.audit import audit_ledger
+from privacy.audit_plots import heldout_plot
 from privacy.audit_report import build_report, write_report
 from privacy.audit_sources import audit_ledgers, find_key
 from privacy.audit_types import Budget, KeyLookup, SiteAudit
@@ -28,10 +30,12 @@ from privacy.keys import generate_key, sign, write_public_key
 from privacy.ledger import Ledger, LedgerEntry, head_path
 from privacy.mechanism import Mechanism
 from privacy.trainer import run_private_round
+from shared.markov_fields import PRIVACY_NOTE, BaselineScore
 from shared.model import GenomeLM
 from shared.tokenizer import A, T
 
 SIGMA, Q, DELTA = 1.5, 0.04, 1e-5
+MARKOV = BaselineScore(1.87, 9, "dirichlet-256")  # a run report's Markov baseline
 GOLDEN_RDP, GOLDEN_PLD = 7.3291, 6.7695  # sigma 1.5, q 0.04, 2,250 steps, delta 1e-5 (README)
 
 
@@ -367,7 +371,7 @@ def write_run_report(run_dir: Path, ledgers: dict[str, Ledger]) -> None:
                        "epsilon": eps, "update_norms": {}, "seconds": 1.0})
     (run_dir / "report.json").write_text(json.dumps(
         {"config": {"preset": "tiny", "num-server-rounds": 4}, "initial_bits_per_base": 2.0,
-         "rounds": rounds}))
+         **MARKOV.to_json(), "rounds": rounds}))
     for site, ledger in ledgers.items():
         write_public_key(run_dir / "pki" / "sites" / f"{site}.pub", ledger.public_key, comment=site)
 
@@ -413,6 +417,13 @@ def test_the_report_renders_with_plots_and_the_same_numbers_as_its_json(
     assert data["ok"] and data["problems"] == [] and data["initial_bits_per_base"] == 2.0
     assert [r["heldout_bits_per_base"] for r in data["rounds"]] == pytest.approx([1.97, 1.95, 1.93, 1.91])
     assert data["canary_audit"]["empirical_epsilon"] == 0.42
+    assert BaselineScore.from_json(data) == MARKOV  # the baseline beside the model, in the JSON
+    flat = " ".join(html.split())
+    assert f"{MARKOV.label}: <b>1.8700</b> bits per base" in flat
+    assert escape(PRIVACY_NOTE) in flat
+    points = [(r["round"], r["heldout_bits_per_base"]) for r in data["rounds"]]
+    assert heldout_plot(points, initial=2.0) != heldout_plot(points, initial=2.0,
+                                                             baseline=(MARKOV.label, MARKOV.bits_per_base))
     for site in data["sites"]:
         entries = ledgers[site["site"]].entries
         assert site["budget"] == 8.0 and site["budget_source"].startswith("ledger (signed")

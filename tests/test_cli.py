@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -30,19 +33,50 @@ def assert_one_line_error(code: int, err: str, *needles: str) -> None:
         assert needle in lines[0]
 
 
+def _bits(out: str, label: str) -> float:
+    """The bits-per-base cell of the table row that starts with ``label``."""
+    row = next(line for line in out.splitlines() if line.strip("│ ").startswith(label))
+    return float(re.findall(r"\d\.\d{4}", row)[0])
+
+
+def assert_baseline_beside_model(out: str) -> None:
+    """The best-k baseline's row, its no-privacy-cost note, and the difference to the model's row."""
+    flat = " ".join(out.split())
+    order = re.search(r"Markov baseline: order (\d+) and (\S+) smoothing picked on a validation slice", flat)
+    assert order and 1 <= int(order.group(1)) <= 12, out
+    assert "costs no privacy: counted on the public reference only" in flat
+    model, markov = _bits(out, "model"), _bits(out, "best-k Markov")
+    diff = re.search(r"model - baseline: ([+-]\d\.\d{4}) bits per base", flat)
+    assert diff and float(diff.group(1)) == pytest.approx(model - markov, abs=2e-4), out
+
+
 def test_eval_prints_model_and_markov_bits(tiny_checkpoint: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_cli(["eval", str(tiny_checkpoint), "--device", "cpu"], capsys)
     assert code == 0
     assert "20:58025520-63025520" in out
-    assert "model" in out and "Markov order-3 baseline" in out
-    assert out.count("1.9") >= 2 or out.count("1.8") >= 1
+    assert_baseline_beside_model(out)
 
 
 def test_eval_on_a_fasta(tiny_checkpoint: Path, data_paths: DataPaths,
                          capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_cli(["eval", str(tiny_checkpoint), "--fasta", str(data_paths.mt_fasta)], capsys)
     assert code == 0 and "MT-human.fa" in out
+    assert_baseline_beside_model(out)
+
+
+def test_eval_without_the_reference_still_scores_the_model(tiny_checkpoint: Path, data_paths: DataPaths,
+                                                            tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    moved = tmp_path / "ck"
+    shutil.copytree(tiny_checkpoint, moved)
+    config = json.loads((moved / "config.json").read_text())
+    config["meta"]["reference"] = str(tmp_path / "gone.fa.gz")
+    (moved / "config.json").write_text(json.dumps(config))
+    code, out, _ = run_cli(["eval", str(moved), "--fasta", str(data_paths.mt_fasta)], capsys)
+    flat = " ".join(out.split())
+    assert code == 0 and "MT-human.fa" in out and "best-k Markov" not in out
+    assert f"no Markov baseline: the checkpoint's reference {tmp_path / 'gone.fa.gz'} is not here" in flat
 
 
 def test_score_writes_a_tsv(tiny_checkpoint: Path, sites_dir: Path, tmp_path: Path,

@@ -116,6 +116,7 @@ def test_cli_train_dp_spends_and_then_refuses(site: Path, tmp_path: Path,
     assert first.value.code == 0
     spent = re.search(r"privacy: epsilon (\d+\.\d+) of budget 8 at delta 1e-05", out)
     assert spent and float(spent.group(1)) == pytest.approx(5.53, abs=0.01), out
+    assert "best-k Markov" in out and "costs no privacy: counted on the public reference" in out
     codes: list[object] = []
     while len(codes) < 6 and 3 not in codes:  # composed: 6.53, 7.29, 7.93, then 8.48 > 8
         with pytest.raises(SystemExit) as run:

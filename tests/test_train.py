@@ -10,12 +10,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from configs.schema import Preset, TrainConfig
+from configs.schema import Preset, Region, TrainConfig
 from shared.checkpoint import load_checkpoint, save_checkpoint
+from shared.datasets import tile_windows
 from shared.errors import IncompatibleModelError, InputFileError
 from shared.genomes import Reference
 from shared.markov import MarkovBaseline
+from shared.markov_fields import BaselineScore
 from shared.model import GenomeLM
+from shared.reference_markov import reference_baseline
 from shared.scoring import score_variants
 from shared.tokenizer import encode
 from shared.train import lr_at
@@ -76,12 +79,18 @@ def test_damaged_checkpoint_is_refused(tiny: Preset, tmp_path: Path) -> None:
         load_checkpoint(tmp_path / "ck")
 
 
-def test_trained_baseline_beats_the_untrained_model(tiny_checkpoint: Path) -> None:
+def test_trained_baseline_beats_the_untrained_model(tiny_checkpoint: Path, tiny: Preset) -> None:
     meta = load_checkpoint(tiny_checkpoint).meta
     assert meta["sites"] == ["hospital-ceu", "hospital-gbr-fin", "hospital-tsi"]
     assert meta["holdout"] == [{"contig": "20", "start": 58_025_520, "end": 63_025_520}]
     assert 1.8 < meta["heldout_bits_per_base"] < 2.0  # below log2(4) = 2 after a few steps
-    assert 1.8 < meta["markov_bits_per_base"] < 2.0
+    markov = BaselineScore.from_json(meta)  # the public reference's best-k baseline, same windows
+    holdout = [Region(**r) for r in meta["holdout"]]
+    windows = tile_windows({"20": Reference(Path(meta["reference"])).tokens("20")}, holdout,
+                           window=tiny.data.window, count=tiny.data.eval_windows,
+                           max_n_fraction=tiny.data.max_n_fraction)
+    baseline = reference_baseline(Path(meta["reference"]), exclude=holdout)
+    assert markov == baseline.score(windows) and 1 <= markov.order <= 12
 
 
 def test_variant_scores_are_alt_minus_ref(tiny_checkpoint: Path, sites_dir: Path) -> None:

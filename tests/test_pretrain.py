@@ -95,7 +95,6 @@ def test_training_windows_never_touch_excluded_or_validation_sequence(tmp_path: 
                          validation=[Region(contig="g", start=50_000, end=55_000)])
     stream = WindowStream(corpus, window=63, max_n_fraction=0.5, seed=0)
     spans = ((20_000, 30_000), (50_000, 55_000))
-    spans = ((20_000, 30_000), (50_000, 55_000))
     kept_out = {seq[i : i + 20] for lo, hi in spans for i in range(lo, hi - 20)}
     seen = set()
     for window in stream.batch(3000):

@@ -40,8 +40,8 @@ class ModelConfig(_Frozen):
     conv_every: int = Field(0, ge=0, description="every k-th block mixes by short convolution; 0 = none")
     conv_kernel: int = Field(7, ge=2, le=128, description="kernel of the short depthwise convolution")
     rope_base: float = Field(10000.0, gt=1.0, description="base of the rotary position frequencies")
-    kmer_order: int = Field(0, ge=0, le=10, description="longest context of the learned k-mer prior "
-                            "added to the logits (a table of (4^(k+1)-1)/3 x 4); 0 = none")
+    markov_prior: bool = Field(False, description="add the best-k Markov baseline of the public "
+                               "reference (minus the held-out regions) to the logits, frozen")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
 
     @model_validator(mode="after")

@@ -20,6 +20,7 @@ from shared.checkpoint import save_checkpoint
 from shared.datasets import SiteData, open_site, tile_windows
 from shared.errors import ConfigError, PrivacyBudgetExhausted
 from shared.markov_fields import PRIVACY_NOTE, BaselineScore
+from shared.markov_prior import build_model
 from shared.model import GenomeLM
 from shared.reference_markov import reference_baseline
 from shared.train import EvalResult, endless, evaluate, pick_device, train
@@ -70,6 +71,12 @@ def prepare(sites: list[Path], preset: Preset, *, preset_name: str, device_name:
     return Workspace(opened, windows, device, meta)
 
 
+def new_model(ws: Workspace, preset: Preset) -> GenomeLM:
+    """The preset's model on the run's device; its Markov prior (if any) from the run's reference."""
+    return build_model(preset.model, reference=Path(ws.meta["reference"]),
+                       exclude=[Region(**r) for r in ws.meta["holdout"]]).to(ws.device)
+
+
 def markov_score(ws: Workspace) -> BaselineScore:
     """The best-k Markov baseline on the run's evaluation windows (it costs no privacy).
 
@@ -91,7 +98,7 @@ def run_baseline(sites: list[Path], preset: Preset, *, out: Path, preset_name: s
                  device_name: str, progress: ProgressFactory = _no_progress) -> TrainingRun:
     """Train the non-private baseline on every site's patients, evaluate, save a checkpoint."""
     ws = prepare(sites, preset, preset_name=preset_name, device_name=device_name)
-    model = GenomeLM(preset.model).to(ws.device)
+    model = new_model(ws, preset)
     before = evaluate(model, ws.eval_windows, device=ws.device)
     markov = markov_score(ws)
     batches = endless(ConcatDataset([o.dataset for o in ws.sites]), preset.train.batch_size,
@@ -128,7 +135,7 @@ def run_private(sites: list[Path], preset: Preset, *, out: Path, preset_name: st
     dataset: ConcatDataset[torch.Tensor] = ConcatDataset([o.dataset for o in ws.sites])
     q = preset.privacy.patients_per_step / len(dataset)
     sigma = noise_for(dp=preset.privacy, site=budget, sample_rate=q, total_steps=preset.train.steps)
-    model = GenomeLM(preset.model).to(ws.device)
+    model = new_model(ws, preset)
     before = evaluate(model, ws.eval_windows, device=ws.device)
     markov = markov_score(ws)
     with progress(preset.train.steps) as on_step:

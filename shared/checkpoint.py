@@ -19,13 +19,15 @@ from pydantic import ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from configs.schema import ModelConfig, validate
+from configs.schema import ModelConfig, Region, validate
 from shared.atomic import atomic_dir
 from shared.errors import IncompatibleModelError, InputFileError
 from shared.markov import MarkovBaseline
+from shared.markov_prior import build_model
 from shared.model import GenomeLM
 
 FORMAT = "fedgenome-checkpoint/1"
+PRIOR_KEY = "markov_prior"  # config.json: the fingerprint of the Markov prior the weights fit
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,8 @@ def save_checkpoint(path: Path, model: GenomeLM, *, meta: dict[str, Any],
     loaded back as float32. ``extra`` may write more files into the directory being built.
     """
     state = {k: v.detach().to(dtype).cpu().contiguous() for k, v in model.state_dict().items()}
-    config = {"format": FORMAT, "model": model.config.model_dump(), "meta": meta}
+    config = {"format": FORMAT, "model": model.config.model_dump(), "meta": meta,
+              PRIOR_KEY: None if model.prior is None else model.prior.fingerprint}
     with atomic_dir(path) as tmp:
         save_file(state, str(tmp / "model.safetensors"))
         if markov is not None:
@@ -56,8 +59,14 @@ def save_checkpoint(path: Path, model: GenomeLM, *, meta: dict[str, Any],
             extra(tmp)
 
 
-def load_checkpoint(path: Path, *, device: torch.device | str = "cpu") -> Checkpoint:
-    """Rebuild the model of a checkpoint directory, with its metadata and Markov baseline."""
+def load_checkpoint(path: Path, *, device: torch.device | str = "cpu",
+                    reference: Path | None = None) -> Checkpoint:
+    """Rebuild the model of a checkpoint directory, with its metadata and Markov baseline.
+
+    A model with a Markov prior gets it rebuilt from ``reference`` (default: the reference the
+    checkpoint names) minus the checkpoint's held-out regions, and checked against the prior its
+    weights were trained with.
+    """
     config_path, weights = path / "config.json", path / "model.safetensors"
     if not config_path.is_file() or not weights.is_file():
         raise InputFileError(f"{path}: not a checkpoint (needs config.json and model.safetensors); "
@@ -69,11 +78,15 @@ def load_checkpoint(path: Path, *, device: torch.device | str = "cpu") -> Checkp
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise InputFileError(f"{config_path}: unknown checkpoint format; expected {FORMAT}")
     model_config = validate(ModelConfig, config["model"], source=str(config_path))
-    model = GenomeLM(model_config)
+    meta = config.get("meta", {})
+    ref = reference or (Path(meta["reference"]) if meta.get("reference") else None)
+    model = build_model(model_config, reference=ref,
+                        exclude=[Region(**r) for r in meta.get("holdout", [])],
+                        fingerprint=config.get(PRIOR_KEY))
     load_weights(model, _read(weights), source=str(weights))
     markov_path = path / "markov.safetensors"
     markov = MarkovBaseline.from_state(_read(markov_path)) if markov_path.is_file() else None
-    return Checkpoint(model=model.to(device), meta=config.get("meta", {}), markov=markov)
+    return Checkpoint(model=model.to(device), meta=meta, markov=markov)
 
 
 def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], *, source: str) -> None:

@@ -1,4 +1,4 @@
-"""Public sequence for pretraining: FASTA files minus excluded regions, a validation slice, k-mers.
+"""Public sequence for pretraining: FASTA files minus excluded regions, and a validation slice.
 
 Public sequence costs no privacy: the site's reference genome minus every held-out region, or any
 other public FASTA. Training windows never touch an excluded region (the held-out evaluation
@@ -20,9 +20,7 @@ import torch
 from configs.schema import Region
 from shared.datasets import Interval, WindowSampler, allowed_intervals, n_fraction, read_fasta_records
 from shared.errors import ConfigError
-from shared.model import kmer_contexts, kmer_table_size
-from shared.tokenizer import PAD, A, Ids, reverse_complement_ids
-from shared.tokenizer import T as T_ID
+from shared.tokenizer import PAD, Ids, reverse_complement_ids
 
 log = logging.getLogger(__name__)
 VALIDATION_BASES = 2_000_000  # the validation slice: the end of the longest training stretch
@@ -134,23 +132,3 @@ class WindowStream:
     def restore(self, state: dict[str, object]) -> None:
         """Continue the stream from :meth:`state`."""
         self.rng.bit_generator.state = state
-
-
-def count_kmers(corpus: Corpus, order: int, *, chunk: int = 1 << 20) -> torch.Tensor:
-    """Next-base counts (rows, 4) of every k-mer context up to ``order``, on both strands.
-
-    Rows are those of the model's k-mer prior (:func:`shared.model.kmer_contexts`); only the
-    training stretches are counted.
-    """
-    rows = kmer_table_size(order)
-    counts = torch.zeros(rows * 4, dtype=torch.float64)
-    for iv in corpus.train:
-        seq = corpus.seqs[iv.contig][iv.start : iv.end]
-        for strand in (seq, reverse_complement_ids(seq)):
-            for lo in range(0, len(strand) - 1, chunk):
-                back = min(lo, order)  # the bases before the chunk, for its first contexts
-                piece = torch.from_numpy(strand[lo - back : lo + chunk + 1].astype(np.int64))
-                ctx, nxt = kmer_contexts(piece[:-1], order)[back:], piece[back + 1 :]
-                ok = (nxt >= A) & (nxt <= T_ID)
-                counts += torch.bincount(ctx[ok] * 4 + (nxt[ok] - A), minlength=rows * 4).double()
-    return counts.view(rows, 4)

@@ -3,11 +3,12 @@
 A stack of pre-norm residual blocks. Each block mixes along the sequence either with rotary-position
 causal self-attention (``scaled_dot_product_attention``) or, every ``conv_every``-th block, with a
 short Hyena-style mixer built from depthwise causal convolutions (a StripedHyena-style hybrid), then
-applies an MLP. The next-base logits are the network's output plus a learned **k-mer prior**: a
-table of logits indexed by the up to ``kmer_order`` bases that end at each position (shorter near a
-window's start or after an ``N``), initialised from base counts of public sequence
-(:func:`kmer_prior_from_counts`), so the model starts as a smoothed Markov chain and the network
-learns what k-mers cannot see (repeats, longer motifs, local composition).
+applies an MLP. With ``markov_prior`` the next-base logits are the network's output plus the
+log-probabilities of a **Markov prior**: the best-k Markov baseline of the public reference, a frozen
+table (``shared/markov_prior.py``; not a parameter: never trained, noised or sent) that is also fed
+into the residual stream. With the head's weights at zero (:meth:`GenomeLM.silence`) the model is
+exactly that baseline, and the network learns what k-mers cannot see (repeats longer than k,
+motifs, local composition).
 
 Only layers that Opacus supports per sample are used (Embedding, Linear, LayerNorm / RMSNorm, and
 a Conv1d subclass with an exact grad sampler in ``privacy/grad_samplers.py``), rotary tables are
@@ -22,16 +23,29 @@ C = d_model, H heads, D = C / H head size, V vocabulary (see ``shared/tokenizer.
 from __future__ import annotations
 
 import math
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from configs.schema import ModelConfig
+from shared.errors import IncompatibleModelError
 from shared.tokenizer import NUCLEOTIDES, A
 from shared.tokenizer import T as T_ID
 
 Rope = tuple[torch.Tensor, torch.Tensor]
+
+
+class Prior(Protocol):
+    """A frozen next-base prior (``shared.markov_prior.MarkovPrior``)."""
+
+    @property
+    def fingerprint(self) -> str:
+        """The name of the prior (what the weights trained with it must be used with)."""
+
+    def log_probs(self, idx: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities (..., T, 4) of A, C, G, T after every position of idx (..., T)."""
 
 
 def make_norm(config: ModelConfig) -> nn.Module:
@@ -53,52 +67,6 @@ def apply_rotary(x: torch.Tensor, rope: Rope) -> torch.Tensor:
     cos, sin = (t.to(x.dtype) for t in rope)  # (T, D/2)
     x1, x2 = x.chunk(2, dim=-1)  # (B, H, T, D/2) each
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
-
-
-def kmer_table_size(order: int) -> int:
-    """Rows of the k-mer prior: one per context of every length 0..order (4^0 + ... + 4^order)."""
-    return (4 ** (order + 1) - 1) // 3
-
-
-def kmer_contexts(idx: torch.Tensor, order: int) -> torch.Tensor:
-    """Row of the k-mer table for every position of idx (..., T): its context of up to ``order`` bases.
-
-    The context of position t is the longest run of A/C/G/T tokens, at most ``order`` long, that
-    ends at t (it predicts token t + 1). Contexts of length j use rows
-    ``kmer_table_size(j - 1) + code``, where code has the most recent base as its lowest base-4 digit.
-    """
-    clean = (idx >= A) & (idx <= T_ID)  # (..., T)
-    codes = torch.where(clean, idx - A, 0).long()
-    T = idx.shape[-1]
-    pos = torch.arange(T, device=idx.device)
-    last_unclean = torch.where(clean, -1, pos).cummax(dim=-1).values  # (..., T)
-    length = (pos - last_unclean).clamp(max=order)  # clean bases ending at t, at most order
-    code = torch.zeros_like(codes)
-    for i in range(order):  # base t - i is digit i
-        code = code + F.pad(codes, (i, 0))[..., :T] * (4**i)
-    mask = (1 << (2 * length)) - 1  # keep the lowest `length` digits
-    offset = ((1 << (2 * length)) - 1) // 3  # rows of all shorter contexts
-    return (offset + (code & mask)).contiguous()  # (..., T)
-
-
-def kmer_prior_from_counts(counts: torch.Tensor, *, order: int, strength: float = 8.0) -> torch.Tensor:
-    """Log-probabilities (rows, 4) of the k-mer prior from next-base counts (rows, 4).
-
-    Each context's distribution is smoothed towards that of its one-base-shorter context, with
-    ``strength`` pseudo-counts (an interpolated Markov chain): unseen long contexts fall back to
-    shorter ones instead of to uniform.
-    """
-    counts = counts.double()
-    probs = torch.empty_like(counts)
-    parent = torch.full((4,), 0.25, dtype=torch.float64)
-    probs[0] = (counts[0] + strength * parent) / (counts[0].sum() + strength)
-    for j in range(1, order + 1):
-        lo, hi = kmer_table_size(j - 1), kmer_table_size(j)
-        rows = torch.arange(4**j)
-        parents = probs[kmer_table_size(j - 2) + rows % 4 ** (j - 1)]  # drop the oldest base
-        block = counts[lo:hi]
-        probs[lo:hi] = (block + strength * parents) / (block.sum(1, keepdim=True) + strength)
-    return probs.log().float()
 
 
 class CausalSelfAttention(nn.Module):
@@ -203,7 +171,8 @@ class GenomeLM(nn.Module):
         )
         self.norm_f = make_norm(config)
         self.head = nn.Linear(config.d_model, config.vocab_size)
-        self.kmer = nn.Embedding(kmer_table_size(config.kmer_order), 4) if config.kmer_order else None
+        self.prior_in = nn.Linear(4, config.d_model) if config.markov_prior else None
+        self.prior: Prior | None = None  # attached by attach_prior (shared/markov_prior.build_model)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2: scale residual projections by depth
             if name.endswith(("proj.weight", "out_proj.weight")):
@@ -227,25 +196,30 @@ class GenomeLM(nn.Module):
         rope = rotary_tables(T, self.config.d_model // self.config.n_head, self.config.rope_base,
                              idx.device)  # (T, D/2) each
         x = self.embed(idx)  # (..., T, C)
+        prior = None
+        if self.prior_in is not None:
+            if self.prior is None:
+                raise IncompatibleModelError("this model adds a Markov prior (model.markov_prior) but "
+                                             "none is attached: build it with "
+                                             "shared.markov_prior.build_model and the reference")
+            prior = self.prior.log_probs(idx)  # (..., T, 4) for A, C, G, T
+            x = x + self.prior_in(prior)
         for block in self.blocks:
             x = block(x, rope)
         logits = self.head(self.norm_f(x))  # (..., T, V)
-        if self.kmer is None:
+        if prior is None:
             return logits
-        prior = self.kmer(kmer_contexts(idx, self.config.kmer_order))  # (..., T, 4) for A, C, G, T
         return logits + F.pad(prior, (A, self.config.vocab_size - T_ID - 1))  # (..., T, V)
 
-    def set_kmer_prior(self, log_probs: torch.Tensor) -> None:
-        """Start from a Markov chain: load the k-mer table (rows, 4) and silence the network's head.
+    def attach_prior(self, prior: Prior) -> None:
+        """Use ``prior`` (frozen, not part of the state dict) in every forward pass."""
+        if self.prior_in is None:
+            raise IncompatibleModelError("this model has no Markov prior (model.markov_prior = false)")
+        self.prior = prior
 
-        ``log_probs`` comes from :func:`kmer_prior_from_counts`. With the head's weights at zero the
-        model's next-base distribution is exactly the prior's; training then learns the rest.
-        """
-        if self.kmer is None or log_probs.shape != self.kmer.weight.shape:
-            raise ValueError(f"k-mer prior of shape {tuple(log_probs.shape)} does not fit this model "
-                             f"(kmer_order={self.config.kmer_order})")
+    def silence(self) -> None:
+        """Zero the head's weights: the next-base distribution is then exactly the prior's."""
         with torch.no_grad():
-            self.kmer.weight.copy_(log_probs)
             self.head.weight.zero_()
 
     def num_params(self) -> int:

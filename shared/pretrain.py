@@ -1,12 +1,13 @@
 """Public pretraining: the genome LM trained centrally, without DP, on public sequence; resumable.
 
 Pretraining spends no privacy: it reads only public FASTA (the reference genome minus every
-held-out region, or any other public sequence), never a patient's genome. The model's k-mer prior
-starts from the corpus's k-mer counts (an interpolated Markov chain), the network from silence
-(:meth:`shared.model.GenomeLM.set_kmer_prior`), and AdamW with the preset's warm-up and cosine
-schedule trains both. Every ``checkpoint_every`` steps the checkpoint directory is rewritten whole:
-the weights, ``config.json``, and ``resume/`` (optimizer moments, step, the window stream's and
-torch's random state), so an interrupted run continues where it stopped, with the same windows.
+held-out region, or any other public sequence), never a patient's genome. A model with a Markov
+prior starts as exactly the best-k baseline of the first FASTA (an indexed reference) minus the
+excluded regions, its network silent (:meth:`shared.model.GenomeLM.silence`); AdamW with the preset's
+warm-up and cosine schedule then trains the network. Every ``checkpoint_every`` steps the
+checkpoint directory is rewritten whole: the weights, ``config.json``, and ``resume/`` (optimizer
+moments, step, the window stream's and torch's random state), so an interrupted run continues where
+it stopped, with the same windows.
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ from safetensors.torch import load_file, save_file
 
 from configs.schema import Preset, Region
 from shared.checkpoint import load_weights, save_checkpoint
-from shared.corpus import Corpus, WindowStream, count_kmers
+from shared.corpus import Corpus, WindowStream
 from shared.datasets import tile_windows
 from shared.errors import ConfigError
-from shared.model import GenomeLM, kmer_prior_from_counts
+from shared.markov_prior import build_model
+from shared.model import GenomeLM
 from shared.train import evaluate, lr_at, make_optimizer, pick_device, train_step
 
 log = logging.getLogger(__name__)
@@ -45,7 +47,6 @@ class PretrainSettings:
     out: Path
     command: str
     checkpoint_every: int = 200
-    prior_strength: float = 8.0
     float16: bool = False  # store the weights as float16 (a checkpoint that ships with the project)
 
 
@@ -72,7 +73,7 @@ class PretrainResult:
 
 def _fingerprint(corpus: Corpus, settings: PretrainSettings) -> str:
     """What a resumed run must share with the one that wrote the resume state."""
-    text = json.dumps({"preset": settings.preset.model_dump(), "prior": settings.prior_strength,
+    text = json.dumps({"preset": settings.preset.model_dump(),
                        "sources": [s.sha256 for s in corpus.sources],
                        "excluded": [r.model_dump() for r in corpus.excluded],
                        "validation": [r.model_dump() for r in corpus.validation]}, sort_keys=True)
@@ -100,17 +101,11 @@ def _score(model: GenomeLM, sets: dict[str, torch.Tensor], device: torch.device)
     return {name: round(evaluate(model, w, device=device).bits_per_base, 5) for name, w in sets.items()}
 
 
-def _initial_model(corpus: Corpus, settings: PretrainSettings) -> GenomeLM:
-    """A new model whose k-mer prior is the corpus's interpolated Markov chain."""
+def _new_model(corpus: Corpus, settings: PretrainSettings) -> GenomeLM:
+    """The preset's model, its Markov prior (if any) that of the first FASTA minus the exclusions."""
     torch.manual_seed(settings.preset.train.seed)
-    model = GenomeLM(settings.preset.model)
-    order = settings.preset.model.kmer_order
-    if order:
-        counts = count_kmers(corpus, order)
-        model.set_kmer_prior(kmer_prior_from_counts(counts, order=order,
-                                                    strength=settings.prior_strength))
-        log.info("k-mer prior of order %d from %.0f counted transitions", order, counts.sum())
-    return model
+    return build_model(settings.preset.model, reference=Path(corpus.sources[0].path),
+                       exclude=corpus.excluded)
 
 
 def _save(model: GenomeLM, optimizer: torch.optim.Optimizer, stream: WindowStream, *,
@@ -164,7 +159,7 @@ def pretrain(corpus: Corpus, settings: PretrainSettings, *,
     device = pick_device(cfg.device)
     fingerprint = _fingerprint(corpus, settings)
     state = _resume_state(settings.out, fingerprint)
-    model = (_initial_model(corpus, settings) if state is None else GenomeLM(preset.model)).to(device)
+    model = _new_model(corpus, settings).to(device)
     optimizer = make_optimizer(model, cfg)
     stream = WindowStream(corpus, window=preset.data.window, max_n_fraction=preset.data.max_n_fraction,
                           seed=cfg.seed)
@@ -209,8 +204,17 @@ def _meta(corpus: Corpus, settings: PretrainSettings, fingerprint: str) -> dict[
                          "sources": [asdict(s) for s in corpus.sources],
                          "validation": [r.model_dump() for r in corpus.validation],
                          "train_bases": corpus.train_bases, "seed": preset.train.seed,
-                         "prior_strength": settings.prior_strength, "curve": [],
+                         "curve": [],
                          "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}}
+
+
+def _prior_text(model: GenomeLM) -> str:
+    if model.prior is None:
+        return "none"
+    return (f"the best-k baseline of the first FASTA minus the excluded regions (order "
+            f"{getattr(model.prior, 'order', '?')}, {getattr(model.prior, 'smoothing', '?')}; frozen, "
+            f"fingerprint {model.prior.fingerprint}), rebuilt from that public FASTA wherever the "
+            "model is loaded")
 
 
 def model_card(model: GenomeLM, meta: dict[str, Any]) -> str:
@@ -245,13 +249,12 @@ was read, so it costs no privacy. Use it as the starting point of private traini
 ## Model
 
 {model.num_params():,} parameters: d_model {cfg.d_model}, {cfg.n_layer} blocks ({cfg.n_head} heads, a
-convolution mixer every {cfg.conv_every or 'no'} block), window {meta['data']['window']}, k-mer prior of
-order {cfg.kmer_order} (initialised from the training sequence's k-mer counts, strength
-{pre['prior_strength']:g}).
+convolution mixer every {cfg.conv_every or 'no'} block), window {meta['data']['window']}; Markov prior:
+{_prior_text(model)}.
 
 ## Held-out figures (bits per base; lower is better; 2.0 is uniform guessing)
 
-| windows | this model | its k-mer prior at initialisation |
+| windows | this model | at initialisation (its Markov prior alone) |
 |---|---|---|
 {rows}
 """

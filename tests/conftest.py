@@ -7,8 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from configs.schema import Preset, load_preset
+from configs.schema import Preset, Region, load_preset
 from shared.fetch import DataPaths, default_cache, fetch_data
+from shared.markov_prior import MarkovPrior, markov_prior
+
+CE_HOLDOUT = Region(contig="CHROMOSOME_I", start=0, end=50_000)
 
 torch.set_num_threads(2)
 
@@ -27,6 +30,13 @@ def sites_dir(data_paths: DataPaths, tmp_path_factory: pytest.TempPathFactory) -
     out = tmp_path_factory.mktemp("sites")
     make_sites(data_paths, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def small_prior(data_paths: DataPaths, tmp_path_factory: pytest.TempPathFactory) -> MarkovPrior:
+    """The best-k Markov prior (orders up to 5) of the C. elegans chunks minus 50 kb, cached apart."""
+    return markov_prior(data_paths.ce_fasta, exclude=[CE_HOLDOUT], max_order=5,
+                        cache=tmp_path_factory.mktemp("prior-cache"))
 
 
 @pytest.fixture(scope="session")

@@ -36,6 +36,8 @@ def private_copy(model: GenomeLM, windows: torch.Tensor, *, mode: str, sigma: fl
                  per_step: int) -> tuple[GenomeLM, object]:
     twin = GenomeLM(model.config)
     twin.load_state_dict(model.state_dict())
+    if model.prior is not None:
+        twin.attach_prior(model.prior)
     settings = DPConfig(noise_multiplier=sigma, max_grad_norm=clip, patients_per_step=per_step,
                         grad_sample_mode=mode)  # type: ignore[arg-type]
     setup = make_private(model=twin, optimizer=torch.optim.SGD(twin.parameters(), lr=1.0),
@@ -170,3 +172,29 @@ def test_a_patients_k_windows_give_one_mean_gradient(tiny: Preset) -> None:
         per_sample_loss(model(x[i : i + 1]), y[i : i + 1]).sum().backward()
         for p, q in zip(gsm._module.parameters(), model.parameters(), strict=True):
             assert torch.allclose(p.grad_sample[i], q.grad, atol=1e-5)
+
+
+def test_dp_with_a_markov_prior_is_opacus_stock_dp(tiny: Preset, small_prior: object) -> None:
+    """The frozen prior is no weight: the lean DP step with it attached equals Opacus' stock step."""
+    from opacus import PrivacyEngine
+
+    torch.manual_seed(5)
+    config = tiny.model.model_copy(update={"markov_prior": True})
+    model = GenomeLM(config)
+    model.attach_prior(small_prior)  # type: ignore[arg-type]
+    batch = torch.randint(5, 10, (4, 65))
+    lean, setup = private_copy(model, batch, mode="hooks", sigma=0.5, clip=0.1, per_step=4)
+    stock = GenomeLM(config)
+    stock.load_state_dict(model.state_dict())
+    stock.attach_prior(small_prior)  # type: ignore[arg-type]
+    module, optimizer, _ = PrivacyEngine(accountant="rdp").make_private(
+        module=stock, optimizer=torch.optim.SGD(stock.parameters(), lr=1.0),
+        data_loader=torch.utils.data.DataLoader(Windows(batch), batch_size=4), noise_multiplier=0.5,
+        max_grad_norm=0.1, poisson_sampling=False)
+    torch.manual_seed(6)
+    private_step(setup, batch, device=CPU)  # type: ignore[arg-type]
+    torch.manual_seed(6)
+    x, y = split_batch(batch)
+    per_sample_loss(module(x), y).mean().backward()
+    optimizer.step()
+    assert torch.allclose(flat_params(lean), flat_params(stock), atol=1e-6)

@@ -1,9 +1,10 @@
-"""Public pretraining: k-mer contexts and counts, the prior, excluded regions, resume, the CLI."""
+"""Public pretraining and the Markov prior: contexts, the baseline exactly, exclusions, resume, the CLI."""
 
 from __future__ import annotations
 
 import hashlib
 import itertools
+import math
 from pathlib import Path
 
 import numpy as np
@@ -12,16 +13,22 @@ import torch
 
 from configs.schema import Preset, Region
 from shared.checkpoint import load_checkpoint
-from shared.corpus import WindowStream, count_kmers, read_corpus
+from shared.corpus import WindowStream, read_corpus
+from shared.datasets import read_fasta_records, tile_windows
+from shared.errors import ConfigError, IncompatibleModelError
 from shared.fetch import DataPaths
-from shared.model import GenomeLM, kmer_contexts, kmer_prior_from_counts, kmer_table_size
+from shared.markov_prior import MarkovPrior, build_model, offset
+from shared.model import GenomeLM
 from shared.pretrain import PretrainSettings, pretrain
+from shared.reference_markov import reference_baseline
 from shared.tokenizer import A, N, decode, encode, reverse_complement_ids
+from shared.train import split_batch
+from tests.conftest import CE_HOLDOUT
 from tests.test_cli import assert_one_line_error, run_cli
 
 
 def longest_context(seq: str, t: int, order: int) -> str:
-    """The bases ending at t that the k-mer prior conditions on, by a direct scan."""
+    """The bases ending at t that the prior conditions on, by a direct scan."""
     ctx = ""
     while len(ctx) < order and t - len(ctx) >= 0 and seq[t - len(ctx)] in "ACGT":
         ctx = seq[t - len(ctx)] + ctx
@@ -29,20 +36,9 @@ def longest_context(seq: str, t: int, order: int) -> str:
 
 
 def row_of(ctx: str) -> int:
-    """Row of a context: the shorter tables first, the most recent base the lowest digit."""
-    code = sum("ACGT".index(b) * 4**i for i, b in enumerate(reversed(ctx)))
-    return kmer_table_size(len(ctx) - 1) + code
-
-
-@pytest.mark.parametrize("order", [1, 3, 5])
-def test_kmer_contexts_match_a_direct_scan(order: int) -> None:
-    rng = np.random.default_rng(order)
-    seq = "".join(rng.choice(list("ACGTACGTACGTN"), size=300))
-    rows = kmer_contexts(torch.from_numpy(encode(seq).astype(np.int64)), order)
-    assert rows.tolist() == [row_of(longest_context(seq, t, order)) for t in range(len(seq))]
-    # every context of every length has its own row, and the table is exactly that large
-    all_rows = {row_of("".join(c)) for j in range(order + 1) for c in itertools.product("ACGT", repeat=j)}
-    assert all_rows == set(range(kmer_table_size(order)))
+    """Row of a context: the shorter ones first, the nearest base (the last) most significant."""
+    code = sum("ACGT".index(b) * 4**i for i, b in enumerate(ctx))
+    return offset(len(ctx)) + code
 
 
 def write_fasta(path: Path, records: dict[str, str]) -> Path:
@@ -50,41 +46,52 @@ def write_fasta(path: Path, records: dict[str, str]) -> Path:
     return path
 
 
-def test_counts_cover_both_strands(tmp_path: Path) -> None:
+def test_prior_contexts_match_a_direct_scan(small_prior: MarkovPrior) -> None:
     rng = np.random.default_rng(0)
-    seq = "".join(rng.choice(list("ACGGT"), size=5000))
-    rc = decode(reverse_complement_ids(encode(seq)))
-    forward = read_corpus([write_fasta(tmp_path / "f.fa", {"s": seq})], exclude=[],
-                          validation=[Region(contig="s", start=0, end=1)])
-    backward = read_corpus([write_fasta(tmp_path / "r.fa", {"s": rc})], exclude=[],
-                           validation=[Region(contig="s", start=len(seq) - 1, end=len(seq))])
-    a, b = count_kmers(forward, 4), count_kmers(backward, 4)
-    assert torch.equal(a, b)
-    assert a.sum() == 2 * (len(seq) - 2)  # every transition of both strands of the 4998-base stretch
-    order0 = a[0]
-    assert order0[0] == order0[3] and order0[1] == order0[2]  # A pairs with T, C with G
+    seq = "".join(rng.choice(list("ACGTACGTACGTN"), size=300))
+    rows = small_prior.contexts(torch.from_numpy(encode(seq).astype(np.int64)))
+    k = small_prior.order
+    assert rows.tolist() == [row_of(longest_context(seq, t, k)) for t in range(len(seq))]
+    every = {row_of("".join(c)) for j in range(k + 1) for c in itertools.product("ACGT", repeat=j)}
+    assert every == set(range(len(small_prior.table)))
 
 
-def test_prior_interpolates_towards_shorter_contexts() -> None:
-    counts = torch.zeros(kmer_table_size(2), 4)
-    counts[0] = torch.tensor([70.0, 10.0, 10.0, 10.0])
-    counts[row_of("A")] = torch.tensor([0.0, 0.0, 90.0, 10.0])
-    probs = kmer_prior_from_counts(counts, order=2, strength=8.0).exp()
-    assert torch.allclose(probs.sum(dim=1), torch.ones(len(probs)), atol=1e-5)
-    assert torch.allclose(probs[row_of("CA")], probs[row_of("A")])  # unseen: falls back to "A"
-    assert torch.allclose(probs[row_of("C")], probs[0])  # unseen: falls back to order 0
-    assert probs[row_of("A")][2] > 0.8 and probs[0][0] > 0.6
+def test_the_prior_is_exactly_the_best_k_baseline(small_prior: MarkovPrior, data_paths: DataPaths,
+                                                  tmp_path_factory: pytest.TempPathFactory) -> None:
+    baseline = reference_baseline(data_paths.ce_fasta, exclude=[CE_HOLDOUT], max_order=5,
+                                  cache=tmp_path_factory.getbasetemp() / "cache0")
+    seqs = read_fasta_records(data_paths.ce_fasta)
+    windows = tile_windows(seqs, [CE_HOLDOUT], window=128, count=16, max_n_fraction=0.5)
+    x, y = split_batch(windows)
+    logp = small_prior.log_probs(x)
+    assert torch.allclose(logp.exp().sum(-1), torch.ones(logp.shape[:-1]), atol=1e-5)
+    ok = (y >= A) & (y <= A + 3)
+    picked = logp.gather(-1, (y.clamp(A, A + 3) - A).unsqueeze(-1)).squeeze(-1)
+    bits = float(-picked[ok].sum() / ok.sum() / math.log(2))
+    assert bits == pytest.approx(baseline.model.bits_per_base(windows), abs=1e-5)
 
 
-def test_a_model_with_a_prior_starts_as_that_markov_chain(tiny: Preset) -> None:
-    order = tiny.model.kmer_order
-    counts = torch.rand(kmer_table_size(order), 4) * 50
-    prior = kmer_prior_from_counts(counts, order=order)
-    model = GenomeLM(tiny.model)
-    model.set_kmer_prior(prior)
+def test_a_silent_model_is_its_prior_and_the_prior_is_not_a_weight(tiny: Preset,
+                                                                   small_prior: MarkovPrior) -> None:
+    config = tiny.model.model_copy(update={"markov_prior": True})
+    model = GenomeLM(config)
+    with pytest.raises(IncompatibleModelError, match="none is attached"):
+        model(torch.randint(A, N + 1, (1, 8)))
+    model.attach_prior(small_prior)
+    model.silence()
     idx = torch.randint(A, N + 1, (2, 40))
     logp = model(idx).log_softmax(-1)[..., A : A + 4]
-    assert torch.allclose(logp, prior[kmer_contexts(idx, order)], atol=1e-3)
+    assert torch.allclose(logp, small_prior.log_probs(idx), atol=1e-4)
+    assert not any(t.numel() == small_prior.table.numel() for t in model.state_dict().values())
+
+
+def test_weights_are_refused_with_another_prior(tiny: Preset, data_paths: DataPaths,
+                                                tmp_path: Path) -> None:
+    config = tiny.model.model_copy(update={"markov_prior": True})
+    with pytest.raises(IncompatibleModelError, match="trained with prior 0123"):
+        build_model(config, reference=data_paths.reference, exclude=[], fingerprint="0123")
+    with pytest.raises(ConfigError, match="no reference"):
+        build_model(config, reference=None, exclude=[])
 
 
 def test_training_windows_never_touch_excluded_or_validation_sequence(tmp_path: Path) -> None:

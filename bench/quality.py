@@ -1,0 +1,357 @@
+"""Quality benchmark: held-out bits per base of every way to train, at one compute budget per arm.
+
+Arms (every neural arm from random initialisation and from the pretrained checkpoint):
+
+* ``markov``    the best-k Markov baseline, counted on the public reference (no training, no privacy)
+* ``central``   centralized, non-private: the three hospitals' patients pooled in one place
+* ``fed``       federated (FedAvg), non-private local AdamW at each hospital
+* ``fed-dp-8``  federated, patient-level DP-SGD at epsilon 8 per hospital (the real site path:
+                ``fedgenome.inprocess``, ledgers, budgets, the server's round loop)
+* ``fed-dp-2``  the same at epsilon 2
+
+Every neural arm processes the same windows: ``rounds x local-steps`` steps of ``patients-per-step``
+patients x k windows at each of the three hospitals (the centralized arm: as many steps of the
+three hospitals' batches pooled; DP arms: that many in expectation, Poisson-sampled). Prints one
+table (held-out bits per base on the held-out region, on ``--fasta`` if given, and at the cohort's
+variant positions on the unseen IBS cohort's haplotypes: what the hospitals' data adds that the
+public reference cannot), writes ``quality.png`` (bits per base against tokens seen) and
+``quality.json`` into ``--out``. Usage:
+
+    .venv/bin/python bench/quality.py [--preset small] [--init models/small] [--rounds 6]
+        [--local-steps 5] [--seeds 0] [--fasta FILE] [--out runs/quality]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from fedgenome.inprocess import run_in_process
+from torch.utils.data import ConcatDataset
+
+from configs.schema import FederationConfig, Preset, Region, load_preset
+from shared.checkpoint import load_checkpoint, load_weights
+from shared.datasets import SiteData, open_site, read_fasta_records, tile_windows
+from shared.fetch import default_cache, fetch_data
+from shared.genomes import Reference, load_cohort
+from shared.markov_prior import build_model
+from shared.model import GenomeLM
+from shared.reference_markov import reference_baseline
+from shared.scoring import variant_site_bits
+from shared.sites import make_sites
+from shared.train import endless, evaluate, lr_at, make_optimizer, train_step
+
+log = logging.getLogger("bench.quality")
+HOSPITALS = ("hospital-gbr-fin", "hospital-tsi", "hospital-ceu")
+UNSEEN = "unseen-ibs"
+HOLDOUT = Region.parse("20:58025520-63025520")
+CPU = torch.device("cpu")
+
+
+@dataclass
+class Arm:
+    """One arm's run: its learning curve and final scores."""
+
+    name: str
+    init: str
+    seed: int
+    curve: list[tuple[int, float]] = field(default_factory=list)  # (tokens seen, held-out bits)
+    heldout: float = float("nan")
+    fasta: float | None = None
+    variant_bits: float | None = None
+    variant_alt_bits: float | None = None
+    tokens: int = 0
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What every arm shares."""
+
+    preset_name: str
+    preset: Preset
+    reference: Path
+    sites: Path  # the built hospital sites (copied per DP arm)
+    heldout: torch.Tensor
+    fasta: torch.Tensor | None
+    rounds: int
+    local_steps: int
+    patients_per_step: int
+    lr: float
+
+    @property
+    def step_tokens(self) -> int:
+        """Tokens one hospital processes per local step (in expectation under DP)."""
+        data = self.preset.data
+        return self.patients_per_step * data.windows_per_patient * data.window
+
+
+def new_model(setup: Setup, init: Path | None, seed: int) -> GenomeLM:
+    """The preset's model: random (seeded) or the checkpoint's weights, with the Markov prior."""
+    torch.manual_seed(seed)
+    model = build_model(setup.preset.model, reference=setup.reference, exclude=[HOLDOUT])
+    if init is not None:
+        load_weights(model, load_checkpoint(init).model.state_dict(), source=str(init))
+    return model
+
+
+def hospital(setup: Setup, name: str, seed: int) -> SiteData:
+    """A hospital's patients as a dataset (k windows per patient)."""
+    return open_site(setup.sites / name, setup.preset.data, seed=seed,
+                     cache_dir=setup.sites / name / "state")
+
+
+def finish(arm: Arm, model: GenomeLM, setup: Setup, started: float) -> Arm:
+    """Final scores of an arm's model."""
+    arm.heldout = evaluate(model, setup.heldout, device=CPU).bits_per_base
+    if setup.fasta is not None:
+        arm.fasta = evaluate(model, setup.fasta, device=CPU).bits_per_base
+    unseen = open_site(setup.sites / UNSEEN, setup.preset.data, seed=0,
+                       cache_dir=setup.sites / UNSEEN / "state")
+    assert unseen.reference is not None
+    cohort = load_cohort(unseen.manifest, unseen.reference, cache_dir=setup.sites / UNSEEN / "state")
+    bits = variant_site_bits(model, cohort, unseen.reference, contig="20",
+                             window=setup.preset.data.window, device=CPU, max_positions=300)
+    arm.variant_bits, arm.variant_alt_bits = bits.bits_per_base, bits.alt_bits_per_base
+    arm.seconds = time.perf_counter() - started
+    return arm
+
+
+def schedule(setup: Setup) -> Any:
+    """The run-wide schedule of the plain arms: the preset's, over rounds x local steps."""
+    steps = setup.rounds * setup.local_steps
+    return setup.preset.train.model_copy(update={"steps": steps, "lr": setup.lr,
+                                                 "warmup_steps": min(setup.preset.train.warmup_steps,
+                                                                     steps // 5)})
+
+
+def central(setup: Setup, init: Path | None, seed: int) -> Arm:
+    """Centralized non-private training on the three hospitals' patients pooled."""
+    started, arm = time.perf_counter(), Arm("central", "pretrained" if init else "random", seed)
+    model = new_model(setup, init, seed)
+    data = [hospital(setup, h, seed + i) for i, h in enumerate(HOSPITALS)]
+    batches = endless(ConcatDataset([d.dataset for d in data]), setup.patients_per_step * len(HOSPITALS),
+                      seed)
+    cfg = schedule(setup)
+    optimizer = make_optimizer(model, cfg)
+    arm.curve.append((0, evaluate(model, setup.heldout, device=CPU).bits_per_base))
+    for step in range(cfg.steps):
+        train_step(model, optimizer, next(batches), lr=lr_at(step, cfg), grad_clip=cfg.grad_clip,
+                   device=CPU)
+        arm.tokens += setup.step_tokens * len(HOSPITALS)
+        if (step + 1) % setup.local_steps == 0:
+            arm.curve.append((arm.tokens, evaluate(model, setup.heldout, device=CPU).bits_per_base))
+    return finish(arm, model, setup, started)
+
+
+def federated_plain(setup: Setup, init: Path | None, seed: int) -> Arm:
+    """FedAvg of non-private local AdamW steps (each hospital keeps its moments across rounds)."""
+    started, arm = time.perf_counter(), Arm("fed", "pretrained" if init else "random", seed)
+    model = new_model(setup, init, seed)
+    cfg = schedule(setup)
+    locals_ = []
+    for i, h in enumerate(HOSPITALS):
+        site = hospital(setup, h, seed + i)
+        twin = new_model(setup, None, seed)
+        locals_.append((len(site.dataset), endless(site.dataset, setup.patients_per_step, seed + i), twin,
+                        make_optimizer(twin, cfg)))
+    arm.curve.append((0, evaluate(model, setup.heldout, device=CPU).bits_per_base))
+    for rnd in range(setup.rounds):
+        states, weights = [], []
+        for patients, batches, twin, optimizer in locals_:
+            twin.load_state_dict(model.state_dict())
+            for s in range(setup.local_steps):
+                step = rnd * setup.local_steps + s
+                train_step(twin, optimizer, next(batches), lr=lr_at(step, cfg), grad_clip=cfg.grad_clip,
+                           device=CPU)
+            states.append(twin.state_dict())
+            weights.append(patients)
+        total = sum(weights)
+        model.load_state_dict({k: sum(w * st[k] for w, st in zip(weights, states, strict=True)) / total
+                               for k in states[0]})
+        arm.tokens += setup.step_tokens * setup.local_steps * len(HOSPITALS)
+        arm.curve.append((arm.tokens, evaluate(model, setup.heldout, device=CPU).bits_per_base))
+    return finish(arm, model, setup, started)
+
+
+def federated_dp(setup: Setup, init: Path | None, seed: int, *, epsilon: float, work: Path) -> Arm:
+    """The real private federation, in one process, at a target epsilon per hospital."""
+    started = time.perf_counter()
+    arm = Arm(f"fed-dp-{epsilon:g}", "pretrained" if init else "random", seed)
+    root = work / f"{arm.name}-{arm.init}-{seed}"
+    sites = [copy_site(setup.sites / h, root / "sites" / h) for h in HOSPITALS]
+    initial = init
+    if init is None:  # random initialisation: a seeded checkpoint, so every arm starts alike
+        initial = root / "random-init"
+        from shared.checkpoint import save_checkpoint
+        save_checkpoint(initial, new_model(setup, None, seed),
+                        meta={"reference": str(setup.reference), "holdout": [HOLDOUT.model_dump()]})
+    fed = FederationConfig.model_validate({
+        "preset": setup.preset_name, "num-server-rounds": setup.rounds, "local-steps": setup.local_steps,
+        "target-epsilon": epsilon, "patients-per-step": setup.patients_per_step, "lr": setup.lr,
+        "warmup-steps": schedule(setup).warmup_steps, "min-nodes": len(sites),
+        "run-dir": str(root / "run"), "reference": str(setup.reference), "holdout": str_region(HOLDOUT),
+        "eval-windows": len(setup.heldout), "seed": seed, "initial-checkpoint": str(initial)})
+    report = run_in_process(fed, sites)
+    arm.curve.append((0, report.initial_bits_per_base or float("nan")))
+    for r in report.rounds:
+        arm.tokens += setup.step_tokens * setup.local_steps * len(r.trained)
+        arm.curve.append((arm.tokens, r.heldout_bits_per_base))
+    final = load_checkpoint(root / "run" / "checkpoints" / f"round-{setup.rounds:04d}").model
+    return finish(arm, final, setup, started)
+
+
+def str_region(region: Region) -> str:
+    return f"{region.contig}:{region.start}-{region.end}"
+
+
+def copy_site(src: Path, dst: Path) -> Path:
+    """A fresh copy of a site (own ledger, key and state) sharing the real VCF."""
+    dst.mkdir(parents=True)
+    text = (src / "site.toml").read_text()
+    for name in ("patients.vcf.gz",):
+        text = text.replace(f'vcf = "{name}"', f'vcf = "{src / name}"')
+    (dst / "site.toml").write_text(text)
+    return dst
+
+
+def run_arms(setup: Setup, *, inits: dict[str, Path | None], seeds: list[int], arms: list[str],
+             work: Path) -> list[Arm]:
+    """Every requested neural arm, for every initialisation and seed."""
+    out = []
+    for seed in seeds:
+        for init in inits.values():
+            for name in arms:
+                log.info("arm %s from %s, seed %d", name, init or "random initialisation", seed)
+                if name == "central":
+                    out.append(central(setup, init, seed))
+                elif name == "fed":
+                    out.append(federated_plain(setup, init, seed))
+                elif name.startswith("fed-dp-"):
+                    out.append(federated_dp(setup, init, seed, epsilon=float(name[7:]), work=work))
+                else:
+                    raise SystemExit(f"unknown arm {name!r}: use central, fed, fed-dp-EPSILON")
+                log.info("  held-out %.4f bits/base after %s tokens (%.0f s)", out[-1].heldout,
+                         f"{out[-1].tokens:,}", out[-1].seconds)
+    return out
+
+
+def mean_sd(values: list[float]) -> str:
+    if not values or any(v is None for v in values):
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def table(arms: list[Arm], markov: dict[str, float], markov_order: str) -> str:
+    """The benchmark's table, one row per arm and initialisation (mean ± sd over seeds)."""
+    lines = ["| arm | init | held-out bits/base | vs best-k | --fasta bits/base | IBS variant sites "
+             "(ALT alleles) | tokens seen | wall s |", "|---|---|---|---|---|---|---|---|",
+             f"| best-k Markov ({markov_order}) | public reference | {markov['heldout']:.4f} | 0 | "
+             f"{markov.get('fasta', float('nan')):.4f} | - | - | - |"]
+    groups: dict[tuple[str, str], list[Arm]] = {}
+    for arm in arms:
+        groups.setdefault((arm.name, arm.init), []).append(arm)
+    for (name, init), runs in groups.items():
+        held = [r.heldout for r in runs]
+        lines.append(
+            f"| {name} | {init} | {mean_sd(held)} | {statistics.mean(held) - markov['heldout']:+.4f} | "
+            f"{mean_sd([r.fasta for r in runs]) if runs[0].fasta is not None else '-'} | "  # type: ignore[misc]
+            f"{mean_sd([r.variant_bits for r in runs])} ({mean_sd([r.variant_alt_bits for r in runs])}) | "  # type: ignore[misc]
+            f"{runs[0].tokens:,} | {statistics.mean(r.seconds for r in runs):.0f} |")
+    return "\n".join(lines)
+
+
+def plot(arms: list[Arm], markov_bits: float, path: Path) -> None:
+    """Held-out bits per base against tokens seen, one line per arm and initialisation (first seed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    seen = set()
+    for arm in arms:
+        if (arm.name, arm.init) in seen:
+            continue
+        seen.add((arm.name, arm.init))
+        xs, ys = zip(*arm.curve, strict=True)
+        ax.plot(xs, ys, marker="o", markersize=3, linestyle="-" if arm.init == "pretrained" else "--",
+                label=f"{arm.name} ({arm.init})")
+    ax.axhline(markov_bits, color="black", linestyle=":", label="best-k Markov (public reference)")
+    ax.set_xlabel("training tokens seen (all hospitals)")
+    ax.set_ylabel("held-out bits per base (chr20, last 5 Mb)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="small")
+    parser.add_argument("--init", type=Path, default=None,
+                        help="pretrained checkpoint (default: models/<preset> if it exists)")
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--local-steps", type=int, default=5)
+    parser.add_argument("--patients-per-step", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the preset's)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--arms", default="central,fed,fed-dp-8,fed-dp-2")
+    parser.add_argument("--no-random-init", action="store_true", help="only the pretrained arms")
+    parser.add_argument("--fasta", type=Path, default=None, help="also evaluate on this FASTA")
+    parser.add_argument("--out", type=Path, default=Path("runs/quality"))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(2)
+    preset = load_preset(args.preset)
+    init = args.init or (Path("models") / args.preset if (Path("models") / args.preset).is_dir() else None)
+    paths = fetch_data(default_cache())
+    work = Path(tempfile.mkdtemp(prefix="fedgenome-quality-"))
+    make_sites(paths, work / "sites")
+    ref = Reference(paths.reference)
+    heldout = tile_windows({"20": ref.tokens("20")}, [HOLDOUT], window=preset.data.window,
+                           count=preset.data.eval_windows, max_n_fraction=preset.data.max_n_fraction)
+    fasta = None
+    if args.fasta is not None:
+        fasta = tile_windows(read_fasta_records(args.fasta), None, window=preset.data.window,
+                             count=preset.data.eval_windows, max_n_fraction=preset.data.max_n_fraction)
+    setup = Setup(args.preset, preset, paths.reference, work / "sites", heldout, fasta, args.rounds,
+                  args.local_steps, args.patients_per_step, args.lr or preset.train.lr)
+    baseline = reference_baseline(paths.reference, exclude=[HOLDOUT])
+    markov = {"heldout": baseline.score(heldout).bits_per_base}
+    if fasta is not None:
+        markov["fasta"] = baseline.score(fasta).bits_per_base
+    inits: dict[str, Path | None] = {} if args.no_random_init else {"random": None}
+    if init is not None:
+        inits["pretrained"] = init
+    arms = run_arms(setup, inits=inits, seeds=args.seeds, arms=args.arms.split(","), work=work)
+    args.out.mkdir(parents=True, exist_ok=True)
+    plot(arms, markov["heldout"], args.out / "quality.png")
+    (args.out / "quality.json").write_text(json.dumps(
+        {"preset": args.preset, "init": str(init), "rounds": args.rounds, "local_steps": args.local_steps,
+         "patients_per_step": args.patients_per_step, "markov": markov,
+         "markov_pick": f"order {baseline.fit.order}, {baseline.fit.smoothing}",
+         "arms": [asdict(a) for a in arms]}, indent=1) + "\n")
+    print(f"preset {args.preset}, 3 hospitals, {args.rounds} rounds x {args.local_steps} local steps x "
+          f"{args.patients_per_step} patients x {preset.data.windows_per_patient} window(s) of "
+          f"{preset.data.window}; held-out: {len(heldout)} windows of chr20:58,025,520-63,025,520; "
+          f"seeds {args.seeds}; pretrained init: {init}")
+    print(table(arms, markov, f"order {baseline.fit.order}, {baseline.fit.smoothing}"))
+    print(f"plot: {args.out / 'quality.png'}; data: {args.out / 'quality.json'}")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -23,15 +23,17 @@ from pathlib import Path
 import torch
 from opacus import PrivacyEngine
 
-from configs.schema import DPConfig, Preset, load_preset
+from configs.schema import DPConfig, Preset, Region, load_preset
 from privacy.engine import make_private, per_sample_loss, private_step
 from shared.datasets import open_site
 from shared.fetch import default_cache, fetch_data
-from shared.model import GenomeLM
+from shared.markov_prior import build_model
 from shared.sites import ensure_sites
 from shared.train import autocast, make_optimizer, pick_device, split_batch, train_step
 
 Step = Callable[[torch.Tensor], None]
+REFERENCE = fetch_data(default_cache()).reference  # the Markov prior's public reference
+HOLDOUT = Region.parse("20:58025520-63025520")
 
 
 def peak_rss_mib() -> float:
@@ -48,7 +50,7 @@ def reset_peak() -> float:
 
 
 def plain_step(preset: Preset, device: torch.device) -> Step:
-    model = GenomeLM(preset.model).to(device)
+    model = build_model(preset.model, reference=REFERENCE, exclude=[HOLDOUT]).to(device)
     optimizer = make_optimizer(model, preset.train)
 
     def step(windows: torch.Tensor) -> None:
@@ -58,7 +60,7 @@ def plain_step(preset: Preset, device: torch.device) -> Step:
 
 def private(mode: str, preset: Preset, batch: int, dataset: torch.utils.data.Dataset[torch.Tensor],
             device: torch.device) -> Step:
-    model = GenomeLM(preset.model).to(device)
+    model = build_model(preset.model, reference=REFERENCE, exclude=[HOLDOUT]).to(device)
     dp = DPConfig(noise_multiplier=1.0, max_grad_norm=1.0, patients_per_step=batch,
                   grad_sample_mode=mode)  # type: ignore[arg-type]
     setup = make_private(model=model, optimizer=make_optimizer(model, preset.train), dataset=dataset,
@@ -71,7 +73,7 @@ def private(mode: str, preset: Preset, batch: int, dataset: torch.utils.data.Dat
 
 def opacus_stock(preset: Preset, batch: int, dataset: torch.utils.data.Dataset[torch.Tensor],
                  device: torch.device) -> Step:
-    model = GenomeLM(preset.model).to(device)
+    model = build_model(preset.model, reference=REFERENCE, exclude=[HOLDOUT]).to(device)
     module, optimizer, _ = PrivacyEngine(accountant="rdp").make_private(
         module=model, optimizer=make_optimizer(model, preset.train),
         data_loader=torch.utils.data.DataLoader(dataset, batch_size=batch), noise_multiplier=1.0,
@@ -124,7 +126,7 @@ def main() -> None:
             step(batch)
             times[name].append(time.perf_counter() - start)
     plain = statistics.median(times["plain"])
-    params = GenomeLM(preset.model).num_params()
+    params = build_model(preset.model, reference=REFERENCE, exclude=[HOLDOUT]).num_params()
     with autocast(device):
         dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
     print(f"preset {args.preset}: {params:,} parameters, {args.batch} patients x {k} window(s) x "

@@ -306,6 +306,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--local-steps", type=int, default=5)
     parser.add_argument("--patients-per-step", type=int, default=8)
+    parser.add_argument("--windows-per-patient", type=int, default=None,
+                        help="k windows per patient and step (default: the preset's)")
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the preset's)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--arms", default="central,fed,fed-dp-8,fed-dp-2")
@@ -315,7 +317,8 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(2)
-    preset = load_preset(args.preset)
+    preset = load_preset(args.preset, None if args.windows_per_patient is None else
+                         {"data": {"windows_per_patient": args.windows_per_patient}})
     init = args.init or (Path("models") / args.preset if (Path("models") / args.preset).is_dir() else None)
     paths = fetch_data(default_cache())
     work = Path(tempfile.mkdtemp(prefix="fedgenome-quality-"))

@@ -68,6 +68,38 @@ def load_checkpoint(path: Path, *, device: torch.device | str = "cpu") -> Checkp
     return Checkpoint(model=model.to(device), meta=config.get("meta", {}), markov=markov)
 
 
+@dataclass(frozen=True)
+class InitialCheckpoint:
+    """The checkpoint a run starts from: its model, where it is, and the SHA-256 of its weights."""
+
+    model: GenomeLM
+    path: Path
+    sha256: str
+    """:func:`state_sha256` of the model's weights (fp32), what ledgers and reports record."""
+
+    def record(self) -> dict[str, str]:
+        """What a report or checkpoint's metadata records: ``{"path", "sha256"}``."""
+        return {"path": str(self.path), "sha256": self.sha256}
+
+
+def load_initial(path: Path, *, model: ModelConfig) -> InitialCheckpoint:
+    """Load the checkpoint a run starts from; its model config must be ``model``.
+
+    Raises:
+        InputFileError: ``path`` is not a readable checkpoint.
+        IncompatibleModelError: Its model config differs from ``model`` (naming the first key).
+    """
+    ckpt = load_checkpoint(path)
+    theirs, ours = ckpt.model.config.model_dump(), model.model_dump()
+    differs = [k for k in ours if theirs.get(k) != ours[k]]
+    if differs:
+        key = differs[0]
+        raise IncompatibleModelError(
+            f"{path}: the checkpoint's model has {key} = {theirs.get(key)!r}, the preset's model "
+            f"{ours[key]!r}; start from a checkpoint of the same model, or choose its preset")
+    return InitialCheckpoint(ckpt.model, path.resolve(), state_sha256(ckpt.model.state_dict()))
+
+
 def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], *, source: str) -> None:
     """Load ``state`` into ``model``, naming the first missing, unexpected or mis-shaped tensor."""
     own = model.state_dict()

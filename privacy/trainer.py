@@ -93,25 +93,23 @@ def run_private_round(*, model: nn.Module, dataset: Dataset[torch.Tensor], ledge
     """Train ``model`` for ``local_steps`` private steps, unless that would exceed the budget.
 
     Args:
-        model: The model to train in place (the global model at the start of a federated round).
-        dataset: One item per patient; Poisson-sampled with rate ``patients_per_step / len``.
-        ledger: The site's ledger: the accountant is rebuilt from it, and the round appended.
+        model: Trained in place (a federated round's global model).
+        dataset: One item per patient, Poisson-sampled at rate ``patients_per_step / len``.
+        ledger: The site's ledger: the accountant is rebuilt from it; the round is appended.
         site: The site's own budget and delta.
         dp: Clipping, batch and accountant settings.
-        train: The optimizer settings (``make_optimizer``); its ``lr`` is set every step from
-            ``schedule``.
-        noise_multiplier: Sigma of this round.
-        round: The round recorded in the ledger (global in a federated run).
+        train: The optimizer settings (``make_optimizer``); the lr comes from ``schedule``.
+        noise_multiplier: This round's sigma.
+        round: The round the ledger records (global in a federated run).
         local_steps: Private steps to take.
-        first_step: The global step of the first local step (its place in ``schedule``).
+        first_step: The global step of the first one (its place in ``schedule``).
         device: Where to train.
         seed: Seeds the Poisson sampler.
         on_step: Called with (local step, loss) after every step.
-        schedule: The run's learning-rate schedule; default ``LRSchedule.of_training(train)``.
-        optimizer_store: Where the optimizer's state persists between rounds (loaded before the
-            first step, saved after the ledger entry); None for a fresh optimizer every round.
-        proximal_mu: FedProx's mu; > 0 adds ``mu * (w - w_global)`` after the noise step
-            (:mod:`privacy.proximal`).
+        schedule: The run's learning-rate schedule (default ``LRSchedule.of_training(train)``).
+        optimizer_store: Keeps the optimizer's state between rounds (loaded before the first
+            step, saved after the ledger entry); None: a fresh optimizer.
+        proximal_mu: FedProx's mu, added after the noise step (:mod:`privacy.proximal`).
         initial_checkpoint_sha256: The run's initial checkpoint, signed into the ledger entry.
     """
     patients = len(dataset)  # type: ignore[arg-type]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from configs.schema import Preset
 from fedgenome.cli import main
 from fedgenome.inprocess import run_in_process
 from privacy.accounting import epsilon
+from privacy.audit_report import build_report
 from privacy.keys import generate_key, write_public_key
 from privacy.ledger import Ledger, verify_ledger
 from privacy.mechanism import Mechanism
@@ -171,6 +173,25 @@ def test_a_federated_run_starts_from_the_checkpoint_records_it_and_keeps_it_on_r
     elsewhere = resumed.model_copy(update={"initial_checkpoint": str(tmp_path)})
     with pytest.raises(ConfigError, match="a resumed run keeps its start"):
         Federation(elsewhere)
+    assert_audit_report_cross_checks_the_start(tmp_path / "run", site, digest)
+
+
+def assert_audit_report_cross_checks_the_start(run_dir: Path, site: Path, digest: str) -> None:
+    """The audit report agrees with the signed starts, and flags a report that names another one."""
+    copies = run_dir / "ledgers"
+    copies.mkdir()
+    for name in ("ledger.jsonl", "ledger.jsonl.head"):
+        shutil.copy(site / "state" / name, copies / name.replace("ledger", site.name))
+    shutil.copy(site / "keys" / f"{site.name}.pub", copies / f"{site.name}.pub")
+    report = build_report(run_dir)
+    assert report.ok, [p.line() for p in report.result.problems]
+    assert report.data["initial_checkpoint"]["sha256"] == digest
+    run = json.loads((run_dir / "report.json").read_text())
+    run["initial_checkpoint"]["sha256"] = "f" * 64
+    (run_dir / "report.json").write_text(json.dumps(run))
+    lines = [p.line() for p in build_report(run_dir).result.problems]
+    assert lines == [f"site {site.name}, round {r}: the run report starts from initial checkpoint "
+                     f"{'f' * 64}, the ledger's entries of this round from {digest}" for r in (1, 2)]
 
 
 @pytest.mark.data

@@ -14,12 +14,14 @@ the held-out bits per base of the global model (the server's held-out region) af
 Usage::
 
     .venv/bin/python bench/fedopt.py [--preset tiny] [--rounds 8] [--local-steps 5] [--seeds 0 1]
+    .venv/bin/python bench/fedopt.py --combine run1.log run2.log   # one table from earlier runs
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import logging
 import statistics
 import tempfile
@@ -112,20 +114,34 @@ def run(variant: str, seed: int, args: argparse.Namespace, sites_src: Path, root
 
 
 def table(results: list[Result], rounds: int) -> str:
+    """Mean held-out bits per base at a few rounds; gain = initial - final; rise = worst round-to-round
+    increase (0 for a run that only improved)."""
     marks = sorted({1, rounds // 2, rounds} - {0})
     head = (f"{'variant':12} {'seeds':>5} " + " ".join(f"{'round ' + str(m):>9}" for m in marks)
-            + f" {'gain':>8} {'s/run':>6}")
+            + f" {'sd final':>8} {'gain':>7} {'max rise':>8} {'s/run':>6}")
     lines = [head, "-" * len(head)]
     for variant in VARIANTS:
         rows = [r for r in results if r.variant == variant]
         if not rows:
             continue
         at = [statistics.mean(r.bits[m - 1] for r in rows) for m in marks]
+        sd = statistics.stdev([r.bits[-1] for r in rows]) if len(rows) > 1 else float("nan")
         gain = statistics.mean(r.initial - r.bits[-1] for r in rows)
+        rise = max(max(0.0, b - a) for r in rows for a, b in itertools.pairwise((r.initial, *r.bits)))
         secs = statistics.mean(r.seconds for r in rows)
         lines.append(f"{variant:12} {len(rows):5d} " + " ".join(f"{v:9.4f}" for v in at)
-                     + f" {gain:8.4f} {secs:6.0f}")
+                     + f" {sd:8.4f} {gain:7.4f} {rise:8.4f} {secs:6.0f}")
     return "\n".join(lines)
+
+
+def parse_line(line: str) -> Result:
+    """A result from a per-run line this script printed (to combine runs made apart)."""
+    head, rest = line.split(": initial ", 1)
+    variant, seed = head.split(" seed ")
+    initial, per_round = rest.split(", per round ")
+    bits, seconds = per_round.rsplit(" (", 1)
+    return Result(variant, int(seed), float(initial), tuple(float(b) for b in bits.split()),
+                  float(seconds.removesuffix(" s)")))
 
 
 def main() -> None:
@@ -141,7 +157,14 @@ def main() -> None:
     parser.add_argument("--eval-windows", type=int, default=64)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--combine", nargs="+", type=Path, default=None,
+                        help="only print the table of the per-run lines in these earlier outputs")
     args = parser.parse_args()
+    if args.combine:
+        lines = [line for path in args.combine for line in path.read_text().splitlines()
+                 if " seed " in line and ", per round " in line]
+        print(table([parse_line(line) for line in lines], args.rounds))
+        return
     torch.set_num_threads(2)
     logging.basicConfig(level=logging.ERROR)
     logging.getLogger("flwr").setLevel(logging.ERROR)

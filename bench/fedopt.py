@@ -115,10 +115,11 @@ def run(variant: str, seed: int, args: argparse.Namespace, sites_src: Path, root
 
 def table(results: list[Result], rounds: int) -> str:
     """Mean held-out bits per base at a few rounds; gain = initial - final; rise = worst round-to-round
-    increase (0 for a run that only improved)."""
+    increase (0 for a run that only improved); vs persist = final minus persist's final at the same
+    seed (paired), mean [min, max]."""
     marks = sorted({1, rounds // 2, rounds} - {0})
     head = (f"{'variant':12} {'seeds':>5} " + " ".join(f"{'round ' + str(m):>9}" for m in marks)
-            + f" {'sd final':>8} {'gain':>7} {'max rise':>8} {'s/run':>6}")
+            + f" {'sd final':>8} {'gain':>7} {'max rise':>8} {'vs persist, paired':>26} {'s/run':>6}")
     lines = [head, "-" * len(head)]
     for variant in VARIANTS:
         rows = [r for r in results if r.variant == variant]
@@ -129,8 +130,12 @@ def table(results: list[Result], rounds: int) -> str:
         gain = statistics.mean(r.initial - r.bits[-1] for r in rows)
         rise = max(max(0.0, b - a) for r in rows for a, b in itertools.pairwise((r.initial, *r.bits)))
         secs = statistics.mean(r.seconds for r in rows)
+        ref = {r.seed: r.bits[-1] for r in results if r.variant == "persist"}
+        paired = [r.bits[-1] - ref[r.seed] for r in rows if r.seed in ref]
+        vs = (f"{statistics.mean(paired):+.4f} [{min(paired):+.4f}, {max(paired):+.4f}]" if paired
+              else "-")
         lines.append(f"{variant:12} {len(rows):5d} " + " ".join(f"{v:9.4f}" for v in at)
-                     + f" {sd:8.4f} {gain:7.4f} {rise:8.4f} {secs:6.0f}")
+                     + f" {sd:8.4f} {gain:7.4f} {rise:8.4f} {vs:>26} {secs:6.0f}")
     return "\n".join(lines)
 
 

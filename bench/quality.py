@@ -35,10 +35,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from fedgenome.inprocess import run_in_process
 from torch.utils.data import ConcatDataset
 
 from configs.schema import FederationConfig, Preset, Region, load_preset
+from fedgenome.inprocess import run_in_process
 from shared.checkpoint import load_checkpoint, load_weights
 from shared.datasets import SiteData, open_site, read_fasta_records, tile_windows
 from shared.fetch import default_cache, fetch_data

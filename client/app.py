@@ -56,8 +56,10 @@ def train(msg: Message, context: Context) -> Message:
     fed = federation_config(context)
     if "fitins.parameters" in msg.content.array_records:  # SecAgg+ (legacy records)
         return _train_secure(msg, site, fed)
-    config = msg.content.config_records[wire.CONFIG]
-    reply = site.train_round(global_arrays(msg), fed, global_round=int(str(config["global-round"])))
+    orders = wire.RoundConfig.from_config(msg.content.config_records[wire.CONFIG])
+    reply = site.train_round(global_arrays(msg), fed, global_round=orders.global_round,
+                             run_key=orders.run_key, initial_sha256=orders.initial_sha256,
+                             markov_prior=orders.markov_prior)
     content = RecordDict({wire.METRICS: MetricRecord(dict(reply.metrics)),  # type: ignore[arg-type]
                           SITE: ConfigRecord({"name": reply.site})})
     if reply.delta is not None:
@@ -73,7 +75,10 @@ def _train_secure(msg: Message, site: SiteNode, fed: FederationConfig) -> Messag
     if len(values) != len(names):
         raise ValueError(f"the server sent {len(values)} arrays, the model has {len(names)}")
     global_ = {k: np.asarray(v, dtype=np.float32) for k, v in zip(names, values, strict=True)}
-    reply = site.train_round(global_, fed, global_round=int(str(fitins.config["global-round"])))
+    orders = wire.RoundConfig.from_config(fitins.config)
+    reply = site.train_round(global_, fed, global_round=orders.global_round,
+                             run_key=orders.run_key, initial_sha256=orders.initial_sha256,
+                             markov_prior=orders.markov_prior)
     content = compat.fitres_to_recorddict(_fitres(reply, global_, fed), keep_input=True)
     return Message(content=content, reply_to=msg)
 

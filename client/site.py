@@ -7,6 +7,7 @@ and packs the :class:`SiteReply` it returns.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,15 +16,26 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from configs.schema import DPConfig, FederationConfig, SiteManifest, load_preset, load_site_manifest
+from configs.schema import (
+    DPConfig,
+    FederationConfig,
+    Preset,
+    Region,
+    SiteManifest,
+    load_preset,
+    load_site_manifest,
+)
+from privacy.optim_state import OptimizerStore
 from privacy.site_state import open_ledger
 from privacy.trainer import noise_for, run_private_round
 from shared import wire
 from shared.atomic import atomic_path
-from shared.checkpoint import load_weights
+from shared.checkpoint import load_weights, state_sha256
 from shared.datasets import n_fraction, open_site
 from shared.errors import ConfigError
+from shared.markov_prior import build_model
 from shared.model import GenomeLM
+from shared.schedule import LRSchedule, first_step
 from shared.train import evaluate, pick_device
 
 log = logging.getLogger(__name__)
@@ -68,23 +80,34 @@ class SiteNode:
         with torch.device("meta"):
             return list(GenomeLM(load_preset(fed.preset).model).state_dict())
 
-    def train_round(self, global_: wire.Arrays, fed: FederationConfig, *,
-                    global_round: int) -> SiteReply:
-        """Private local training from the global weights, unless the budget forbids it."""
+    def train_round(self, global_: wire.Arrays, fed: FederationConfig, *, global_round: int,
+                    run_key: str | None = None, initial_sha256: str | None = None,
+                    markov_prior: str | None = None) -> SiteReply:
+        """Private local training from the global weights, unless the budget forbids it.
+
+        Args:
+            global_: The global model's weights.
+            fed: The run's settings.
+            global_round: The server's (global) round number: the ledger's round and the place
+                of this round in the run's learning-rate schedule.
+            run_key: The run's key from the server; with ``optimizer-state = "persist"`` the
+                site's optimizer state is kept under it in ``state/optimizer/``.
+            initial_sha256: The SHA-256 of the run's initial checkpoint, signed into the ledger
+                entry; in round 1 it must be the hash of ``global_``.
+            markov_prior: The fingerprint of the server's Markov prior; the site's own (from its
+                reference minus the run's held-out region) must be the same.
+        """
         preset = load_preset(fed.preset)
-        train_cfg = preset.train.model_copy(update={"lr": fed.lr, "warmup_steps": 0,
-                                                    "steps": fed.local_steps})
-        dp = DPConfig(noise_multiplier=fed.noise_multiplier or None,
-                      target_epsilon=fed.target_epsilon, max_grad_norm=fed.max_grad_norm,
-                      patients_per_step=fed.patients_per_step,
-                      grad_sample_mode=preset.privacy.grad_sample_mode,
-                      accountant=preset.privacy.accountant)
+        train_cfg = preset.train.model_copy(update={
+            "lr": fed.lr, "optimizer": fed.local_optimizer, "momentum": fed.local_momentum})
+        dp = dp_settings(preset, fed)
         device = pick_device(preset.train.device)
         data = open_site(self.site_dir, preset.data, seed=fed.seed * 100_003 + global_round,
                          cache_dir=self.site_dir / "state")
-        model = GenomeLM(preset.model)
+        model = self.model(preset, fed, markov_prior)
         load_weights(model, wire.arrays_to_state(global_),
                      source="the global model")
+        _check_initial(model, initial_sha256, global_round=global_round)
         q = dp.patients_per_step / len(data.dataset)
         sigma = noise_for(dp=dp, site=self.manifest.privacy, sample_rate=min(q, 1.0),
                           total_steps=fed.num_server_rounds * fed.local_steps)
@@ -92,7 +115,11 @@ class SiteNode:
             model=model, dataset=data.dataset, ledger=open_ledger(self.site_dir, self.manifest.name),
             site=self.manifest.privacy, dp=dp, train=train_cfg, noise_multiplier=sigma,
             round=global_round, local_steps=fed.local_steps, device=device,
-            seed=fed.seed * 100_003 + global_round)
+            schedule=LRSchedule.of_federation(fed),
+            first_step=first_step(global_round, fed.local_steps),
+            optimizer_store=self.optimizer_store(fed, run_key),
+            proximal_mu=fed.proximal_mu if fed.strategy == "fedprox" else 0.0,
+            initial_checkpoint_sha256=initial_sha256)
         metrics: dict[str, float | int] = {
             wire.STATUS: wire.TRAINED if outcome.status == "trained" else wire.REFUSED,
             wire.EPSILON: outcome.epsilon, wire.BUDGET: outcome.budget, wire.STEPS: outcome.steps,
@@ -105,11 +132,27 @@ class SiteNode:
                 self._keep(delta, global_round=global_round, seq=outcome.entry.seq)
         return SiteReply(self.manifest.name, delta, metrics)  # client/egress.py checks what leaves
 
+    def optimizer_store(self, fed: FederationConfig, run_key: str | None) -> OptimizerStore | None:
+        """Where this run's optimizer state persists (None: a fresh optimizer every round)."""
+        if fed.optimizer_state == "reset":
+            return None
+        if run_key is None:
+            log.warning("the server sent no run key: this round starts a fresh optimizer "
+                        "(optimizer-state = 'persist' needs a server that sends 'run-key')")
+            return None
+        return OptimizerStore.for_run(self.site_dir / "state", run_key=run_key,
+                                      optimizer=fed.local_optimizer)
+
     def _keep(self, delta: dict[str, npt.NDArray[np.float16]], *, global_round: int, seq: int) -> None:
         """Keep the update about to be sent: ``state/outbox/round-RRRR-entry-SSSSS.npz``."""
         path = self.site_dir / "state" / OUTBOX / f"round-{global_round:04d}-entry-{seq:05d}.npz"
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, **delta)  # type: ignore[arg-type]
+
+    def model(self, preset: Preset, fed: FederationConfig, markov_prior: str | None) -> GenomeLM:
+        """The run's model; a Markov prior from this site's reference minus the run's held-out region."""
+        return build_model(preset.model, reference=self.manifest.reference,
+                           exclude=[Region.parse(fed.holdout)], fingerprint=markov_prior)
 
     def evaluate(self, global_: wire.Arrays, fed: FederationConfig) -> tuple[float, int]:
         """Bits per base of the global model on the site's own patients' held-out windows.
@@ -130,9 +173,30 @@ class SiteNode:
             if n_fraction(window) <= preset.data.max_n_fraction and len(rows) < fed.eval_windows:
                 rows.append(dataset.cohort.apply(window, patient=i % len(dataset), hap=i % 2,
                                                  contig=region.contig, start=int(start)))
-        model = GenomeLM(preset.model)
+        model = self.model(preset, fed, None)
         load_weights(model, wire.arrays_to_state(global_),
                      source="the global model")
         windows = torch.from_numpy(np.stack(rows).astype(np.int64))
         result = evaluate(model, windows, device=pick_device(preset.train.device))
         return result.bits_per_base, len(rows)
+
+
+def dp_settings(preset: Preset, fed: FederationConfig) -> DPConfig:
+    """The DP-SGD settings of a federated round: the run's, with the preset's mode and accountant."""
+    return DPConfig(noise_multiplier=fed.noise_multiplier or None,
+                    target_epsilon=fed.target_epsilon, max_grad_norm=fed.max_grad_norm,
+                    patients_per_step=fed.patients_per_step,
+                    grad_sample_mode=preset.privacy.grad_sample_mode,
+                    accountant=preset.privacy.accountant)
+
+
+def _check_initial(model: GenomeLM, initial_sha256: str | None, *, global_round: int) -> None:
+    """Refuse to sign an initial checkpoint hash that is malformed, or in round 1 not the model's."""
+    if initial_sha256 is None:
+        return
+    if not re.fullmatch(r"[0-9a-f]{64}", initial_sha256):
+        raise ConfigError(f"initial-sha256 {initial_sha256!r} from the server is not 64 lowercase "
+                          "hex digits")
+    if global_round == 1 and state_sha256(model.state_dict()) != initial_sha256:
+        raise ConfigError(f"the server announced initial checkpoint {initial_sha256[:16]}... but "
+                          "round 1's global weights have another SHA-256; not training on them")

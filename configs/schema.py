@@ -75,6 +75,8 @@ class TrainConfig(_Frozen):
     warmup_steps: int = Field(20, ge=0)
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="cosine floor as a fraction of lr")
     grad_clip: float = Field(1.0, gt=0.0, description="global gradient-norm clip")
+    optimizer: Literal["adamw", "sgd"] = Field("adamw", description="AdamW, or SGD with momentum")
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum (optimizer = 'sgd')")
     eval_every: int = Field(0, ge=0, description="held-out evaluation every n steps; 0 = at end")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -133,7 +135,18 @@ class FederationConfig(BaseModel):
     target_epsilon: float = Field(8.0, gt=0.0, description="epsilon all planned rounds reach")
     max_grad_norm: float = Field(1.0, gt=0.0)
     patients_per_step: int = Field(16, gt=0)
-    lr: float = Field(1e-3, gt=0.0, lt=1.0, description="sites' local learning rate")
+    lr: float = Field(1e-3, gt=0.0, lt=10.0, description="sites' peak local learning rate")
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up, in global steps (rounds x "
+                              "local-steps) of the run's one schedule")
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="cosine floor of the run's "
+                                "schedule, reached at num-server-rounds x local-steps")
+    local_optimizer: Literal["adamw", "sgd"] = Field("adamw", description="the sites' optimizer")
+    local_momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum (sgd only)")
+    optimizer_state: Literal["persist", "reset"] = Field(
+        "persist", description="'persist': each site keeps its optimizer's state (AdamW moments) "
+        "across rounds in its state/; 'reset': a fresh optimizer every round")
+    initial_checkpoint: str = Field("", description="absolute checkpoint directory the global "
+                                    "model starts from ('' = random initialisation)")
     proximal_mu: float = Field(0.01, ge=0.0, description="FedProx proximal term")
     server_lr: float = Field(0.01, gt=0.0, description="FedAdam server learning rate (eta)")
     trimmed_beta: float = Field(0.2, gt=0.0, lt=0.5, description="FedTrimmedAvg cut fraction")
@@ -156,6 +169,17 @@ class FederationConfig(BaseModel):
                                      "clipped to +-this before quantisation")
     max_examples: int = Field(1000, ge=50, description="largest example (patient) count a site "
                               "may claim; FedAvg weights by it, SecAgg+ scales by it")
+
+    @model_validator(mode="after")
+    def _schedule_fits(self) -> FederationConfig:
+        total = self.num_server_rounds * self.local_steps
+        if self.warmup_steps > total:
+            raise ValueError(f"warmup-steps={self.warmup_steps} is longer than the run's "
+                             f"num-server-rounds x local-steps = {total} steps: lower warmup-steps")
+        if self.initial_checkpoint and not Path(self.initial_checkpoint).is_absolute():
+            raise ValueError(f"initial-checkpoint={self.initial_checkpoint!r}: give an absolute "
+                             "checkpoint directory")
+        return self
 
     @model_validator(mode="after")
     def _secagg_compatible(self) -> FederationConfig:

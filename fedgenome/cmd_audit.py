@@ -73,6 +73,10 @@ def print_audit(result: AuditResult, console: Console) -> None:
     for site in result.sites:
         budget = "unknown" if site.budget.source == "unknown" else f"from {site.budget.source}"
         console.print(f"{site.site}: key {site.key_source}; budget {budget}", markup=False)
+        for digest in site.initial_checkpoints():
+            rounds = sorted({e.round for e in site.entries if e.initial_checkpoint_sha256 == digest})
+            console.print(f"  initial checkpoint sha256 {digest} (signed; rounds "
+                          f"{rounds[0]}-{rounds[-1]})", markup=False)
         for note in site.notes:
             console.print(f"  note: {note}", markup=False)
     for problem in result.problems:

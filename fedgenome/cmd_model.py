@@ -151,6 +151,8 @@ def train_command(
     grad_sample_mode: Annotated[str | None, typer.Option(help="DP: hooks or ghost.")] = None,
     privacy_state: Annotated[Path | None, typer.Option(help="DP: ledger and key directory "
                                                        "(default: the site's).")] = None,
+    init: Annotated[Path | None, typer.Option("--init", help="Start from this checkpoint's "
+                                              "weights (its model must be the preset's).")] = None,
 ) -> None:
     """Train the centralized baseline over one or more sites: plain, or with --dp."""
     cfg = build_preset(preset, config, train__steps=steps, data__window=window,
@@ -162,10 +164,10 @@ def train_command(
     found = find_sites(sites)
     if dp:
         run = run_private(found, cfg, out=out, preset_name=preset, device_name=device,
-                          state_dir=privacy_state, progress=step_progress)
+                          state_dir=privacy_state, progress=step_progress, init=init)
     else:
         run = run_baseline(found, cfg, out=out, preset_name=preset, device_name=device,
-                           progress=step_progress)
+                           progress=step_progress, init=init)
     _print_run(run)
 
 

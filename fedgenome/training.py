@@ -16,7 +16,7 @@ from torch.utils.data import ConcatDataset
 from configs.schema import Preset, Region, SitePrivacy
 from privacy.site_state import open_ledger
 from privacy.trainer import RoundOutcome, noise_for, run_private_round
-from shared.checkpoint import save_checkpoint
+from shared.checkpoint import InitialCheckpoint, load_initial, save_checkpoint
 from shared.datasets import SiteData, open_site, tile_windows
 from shared.errors import ConfigError, PrivacyBudgetExhausted
 from shared.markov_fields import PRIVACY_NOTE, BaselineScore
@@ -94,11 +94,25 @@ def _no_progress(total: int) -> Iterator[None]:
     yield None
 
 
+def initial_model(ws: Workspace, preset: Preset,
+                  init: Path | None) -> tuple[GenomeLM, InitialCheckpoint | None]:
+    """The model a run starts from: ``init``'s weights (its model must be the preset's), or new."""
+    if init is None:
+        return new_model(ws, preset), None
+    initial = load_initial(init, model=preset.model)
+    log.info("starting from %s (weights SHA-256 %s)", initial.path, initial.sha256)
+    return initial.model.to(ws.device), initial
+
+
 def run_baseline(sites: list[Path], preset: Preset, *, out: Path, preset_name: str,
-                 device_name: str, progress: ProgressFactory = _no_progress) -> TrainingRun:
-    """Train the non-private baseline on every site's patients, evaluate, save a checkpoint."""
+                 device_name: str, progress: ProgressFactory = _no_progress,
+                 init: Path | None = None) -> TrainingRun:
+    """Train the non-private baseline on every site's patients, evaluate, save a checkpoint.
+
+    ``init`` is a checkpoint directory to start from (default: a random model).
+    """
     ws = prepare(sites, preset, preset_name=preset_name, device_name=device_name)
-    model = new_model(ws, preset)
+    model, initial = initial_model(ws, preset, init)
     before = evaluate(model, ws.eval_windows, device=ws.device)
     markov = markov_score(ws)
     batches = endless(ConcatDataset([o.dataset for o in ws.sites]), preset.train.batch_size,
@@ -106,7 +120,8 @@ def run_baseline(sites: list[Path], preset: Preset, *, out: Path, preset_name: s
     with progress(preset.train.steps) as on_step:
         result = train(model, batches, preset.train, device=ws.device, on_step=on_step)
     after = evaluate(model, ws.eval_windows, device=ws.device)
-    meta = {**ws.meta, "steps": result.steps, "seconds": round(result.seconds, 1),
+    meta = {**ws.meta, "initial_checkpoint": initial.record() if initial else None,
+            "steps": result.steps, "seconds": round(result.seconds, 1),
             "heldout_bits_per_base": after.bits_per_base, **markov.to_json(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     save_checkpoint(out, model, meta=meta)
@@ -115,11 +130,12 @@ def run_baseline(sites: list[Path], preset: Preset, *, out: Path, preset_name: s
 
 def run_private(sites: list[Path], preset: Preset, *, out: Path, preset_name: str,
                 device_name: str, state_dir: Path | None,
-                progress: ProgressFactory = _no_progress) -> TrainingRun:
+                progress: ProgressFactory = _no_progress, init: Path | None = None) -> TrainingRun:
     """Train with patient-level DP-SGD, spending from the site's (or the pool's) privacy ledger.
 
     One site: its own key, ledger and budget. Several sites pooled centrally: a ledger and key in
-    ``state_dir``, with the strictest budget and delta of the sites.
+    ``state_dir``, with the strictest budget and delta of the sites. ``init`` is a checkpoint
+    directory to start from; the SHA-256 of its weights is signed into the ledger entry.
     """
     ws = prepare(sites, preset, preset_name=preset_name, device_name=device_name)
     if len(sites) == 1:
@@ -135,22 +151,23 @@ def run_private(sites: list[Path], preset: Preset, *, out: Path, preset_name: st
     dataset: ConcatDataset[torch.Tensor] = ConcatDataset([o.dataset for o in ws.sites])
     q = preset.privacy.patients_per_step / len(dataset)
     sigma = noise_for(dp=preset.privacy, site=budget, sample_rate=q, total_steps=preset.train.steps)
-    model = new_model(ws, preset)
+    model, initial = initial_model(ws, preset, init)
     before = evaluate(model, ws.eval_windows, device=ws.device)
     markov = markov_score(ws)
     with progress(preset.train.steps) as on_step:
         outcome = run_private_round(
             model=model, dataset=dataset, ledger=ledger, site=budget, dp=preset.privacy,
             train=preset.train, noise_multiplier=sigma, round=(ledger.last_round or 0) + 1,
-            local_steps=preset.train.steps, device=ws.device, seed=preset.train.seed,
-            on_step=on_step)
+            local_steps=preset.train.steps, device=ws.device,
+            on_step=on_step, initial_checkpoint_sha256=initial.sha256 if initial else None)
     if outcome.status == "refused":
         raise PrivacyBudgetExhausted(
             f"budget exhausted: this run would bring epsilon to {outcome.planned_epsilon:.3f}, past "
             f"the budget {outcome.budget:g} ({ledger.path} has spent {outcome.epsilon:.3f}); "
             "nothing was trained (fewer steps, more noise, or a new budget)")
     after = evaluate(model, ws.eval_windows, device=ws.device)
-    meta = {**ws.meta, "steps": outcome.steps, "heldout_bits_per_base": after.bits_per_base,
+    meta = {**ws.meta, "initial_checkpoint": initial.record() if initial else None,
+            "steps": outcome.steps, "heldout_bits_per_base": after.bits_per_base,
             **markov.to_json(), "privacy": {**preset.privacy.model_dump(), "noise_multiplier": sigma,
                         "sample_rate": q, "delta": budget.delta, "epsilon": outcome.epsilon,
                         "epsilon_budget": budget.epsilon_budget, "ledger": str(ledger.path)},

@@ -196,7 +196,8 @@ def _row(entry: LedgerEntry, found: _Recomputed) -> EntryAudit:
     """The audit row of one entry."""
     return EntryAudit(seq=entry.seq, round=entry.round, status=entry.status, delta=entry.delta,
                       accountant=entry.accountant, recorded=entry.epsilon, opacus=found.opacus,
-                      dp_accounting=found.dp_accounting, budget=entry.epsilon_budget)
+                      dp_accounting=found.dp_accounting, budget=entry.epsilon_budget,
+                      initial_checkpoint_sha256=entry.initial_checkpoint_sha256)
 
 
 def _recompute_entry(entry: LedgerEntry, history: list[Mechanism], cache: _Cache) -> _Recomputed:

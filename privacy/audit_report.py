@@ -77,7 +77,9 @@ def build_report(run_dir: Path, *, pki: Path | None = None) -> AuditReport:
     pki = pki or next((d for d in registries if (d / "sites").is_dir()), None)
     budgets = {**_summary_budgets(run_dir), **run_site_budgets(run_dir)}
     audited = audit_ledgers(run_ledgers(run_dir), pki=pki, budgets=budgets)
-    result = AuditResult(audited.sites, tuple(cross_check(audited, rounds)))
+    initial = run.get("initial_checkpoint")
+    digest = initial.get("sha256") if isinstance(initial, dict) else None
+    result = AuditResult(audited.sites, tuple(cross_check(audited, rounds, initial_sha256=digest)))
     canary_path = run_dir / CANARY_AUDIT
     canary = _read_json(canary_path, "the canary audit") if canary_path.exists() else None
     data = _data(run_dir, run, result, canary, pki=pki)
@@ -96,12 +98,17 @@ def build_report(run_dir: Path, *, pki: Path | None = None) -> AuditReport:
     return AuditReport(data, plots, result)
 
 
-def cross_check(result: AuditResult, rounds: Sequence[Mapping[str, Any]]) -> list[AuditProblem]:
+def cross_check(result: AuditResult, rounds: Sequence[Mapping[str, Any]], *,
+                initial_sha256: str | None = None) -> list[AuditProblem]:
     """Problems where the ε a site reported to the server (run report) is not in its verified ledger.
+
+    Also where none of the site's entries of a round records the run's initial checkpoint
+    (``initial_sha256``, from the run report; None for a run that started from random weights).
 
     Args:
         result: The audit of the run's ledgers.
         rounds: The run report's rounds (each with ``round`` and ``epsilon`` {site: ε}).
+        initial_sha256: The run report's initial checkpoint hash.
 
     Returns:
         One problem per (site, round) that disagrees; sites whose ledger did not verify are skipped
@@ -127,6 +134,13 @@ def cross_check(result: AuditResult, rounds: Sequence[Mapping[str, Any]]) -> lis
             elif not any(math.isclose(eps, r, rel_tol=_SAME_EPSILON) for r in recorded):
                 problems.append(AuditProblem(site, where, f"the server received epsilon {eps:.6g}, the "
                                              f"ledger records {', '.join(f'{r:.6g}' for r in recorded)}"))
+            starts = {e.initial_checkpoint_sha256 for e in audit.entries if e.round == rnd
+                      and e.status != "rotated"}
+            if recorded and initial_sha256 not in starts:
+                problems.append(AuditProblem(site, where, f"the run report starts from initial "
+                                             f"checkpoint {initial_sha256 or 'none (random weights)'}, "
+                                             f"the ledger's entries of this round from "
+                                             f"{', '.join(sorted(d or 'none' for d in starts))}"))
     return problems
 
 
@@ -153,6 +167,7 @@ def _data(run_dir: Path, run: Mapping[str, Any], result: AuditResult, canary: An
         "cross_check": [p.line() for p in result.extra_problems],
         "initial_bits_per_base": run.get("initial_bits_per_base"),
         **(markov.to_json() if markov is not None else {}),
+        "initial_checkpoint": run.get("initial_checkpoint"),
         "rounds": [{k: r.get(k) for k in keep} for r in run["rounds"]],
         "config": run.get("config", {}), "canary_audit": canary,
         "tolerances": result.to_json()["tolerances"],

@@ -60,6 +60,8 @@ class EntryAudit:
     """dp-accounting's PLD over the same history; None if it failed."""
     budget: float | None
     """The ``epsilon_budget`` the entry records (signed); None in older entries."""
+    initial_checkpoint_sha256: str | None = None
+    """The run's initial checkpoint the entry records (signed); None when it started at random."""
 
     def to_json(self) -> dict[str, Any]:
         """The row as JSON."""
@@ -102,6 +104,11 @@ class SiteAudit:
     def last(self, field: str) -> float | None:
         """The last entry's ``recorded``, ``opacus`` or ``dp_accounting`` ε; None without entries."""
         return getattr(self.entries[-1], field) if self.entries else None
+
+    def initial_checkpoints(self) -> list[str]:
+        """The initial checkpoint hashes the entries record, in order of first appearance."""
+        return list(dict.fromkeys(e.initial_checkpoint_sha256 for e in self.entries
+                                  if e.initial_checkpoint_sha256 is not None))
 
     def epsilon_by_round(self) -> dict[int, float]:
         """The recorded cumulative ε after the last entry of each round."""

@@ -136,13 +136,14 @@ class Ledger:
     def append(
         self, *, round: int, status: Status, local_steps: int, sample_rate: float, noise_multiplier: float,
         max_grad_norm: float, delta: float, accountant: str, epsilon: float, update_sha256: str | None,
-        epsilon_budget: float | None = None,
+        epsilon_budget: float | None = None, initial_checkpoint_sha256: str | None = None,
     ) -> LedgerEntry:
         """Sign and append one entry; it is on disk (fsynced) when this returns.
 
         Callers rely on that: append first, send the update it covers only after this returns.
-        ``epsilon_budget`` (the site's budget now) is signed with the entry when given; without it
-        the entry has the format of ledgers written before the field existed.
+        ``epsilon_budget`` (the site's budget now) and ``initial_checkpoint_sha256`` (the weights the
+        run started from) are signed with the entry when given; without them the entry has the
+        format of ledgers written before the fields existed.
 
         Raises:
             LedgerError: A value is invalid, the round or epsilon would decrease, another process
@@ -157,6 +158,8 @@ class Ledger:
             **{k: float(v) if type(v) is int else v for k, v in floats.items()},
             "accountant": accountant, "update_sha256": update_sha256,
             **({} if epsilon_budget is None else {"epsilon_budget": float(epsilon_budget)}),
+            **({} if initial_checkpoint_sha256 is None
+               else {"initial_checkpoint_sha256": initial_checkpoint_sha256}),
         })
         self._write_head()
         return entry

@@ -10,6 +10,11 @@ A trained or refused entry may carry ``epsilon_budget``: the site's budget when 
 written (its ``[privacy] epsilon_budget``), signed with the entry so that an auditor learns the budget
 from signed data. It is optional in the same way: entries written before it existed (and rotations,
 which never carry it) keep their exact bytes and signatures.
+
+A trained or refused entry of a run that started from a checkpoint may carry
+``initial_checkpoint_sha256``: the SHA-256 (``shared.checkpoint.state_sha256``) of the weights the
+run's global model started from, as the server announced it (and, in round 1, as the site checked
+against the weights it received). Optional and signed like ``epsilon_budget``; never on a rotation.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "update_sha256": (str, type(None)),
 }
 _KEY_FIELDS = ("old_public_key", "new_public_key")
-_OPTIONAL_FIELDS = (*_KEY_FIELDS, "epsilon_budget")
+_OPTIONAL_FIELDS = (*_KEY_FIELDS, "epsilon_budget", "initial_checkpoint_sha256")
 """Fields stored only when set, so that entries written before they existed keep their bytes."""
 _FLOATS = ("sample_rate", "noise_multiplier", "max_grad_norm", "delta", "epsilon")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -76,6 +81,8 @@ class LedgerEntry:
     """A rotation's incoming key: it signs every later entry and the head."""
     epsilon_budget: float | None = None
     """The site's epsilon budget when this entry was written; None in older entries and rotations."""
+    initial_checkpoint_sha256: str | None = None
+    """SHA-256 of the weights the run started from; None without an initial checkpoint."""
 
     @property
     def mechanism(self) -> Mechanism | None:
@@ -148,6 +155,9 @@ def entry_from_dict(fields: dict[str, object], where: str) -> LedgerEntry:
             raise LedgerError(f"{where}: field {name!r} is {fields[name]!r}, expected str")
     if "epsilon_budget" in fields and type(fields["epsilon_budget"]) is not float:
         raise LedgerError(f"{where}: field 'epsilon_budget' is {fields['epsilon_budget']!r}, expected float")
+    initial = fields.get("initial_checkpoint_sha256")
+    if "initial_checkpoint_sha256" in fields and type(initial) is not str:
+        raise LedgerError(f"{where}: field 'initial_checkpoint_sha256' is {initial!r}, expected str")
     return LedgerEntry(**fields)  # type: ignore[arg-type]
 
 
@@ -172,7 +182,19 @@ def value_problem(entry: LedgerEntry) -> str | None:
         (_is_utc_time(entry.time), f"time {entry.time!r} is not an ISO 8601 UTC time"),
     ]
     return (next((message for ok, message in checks if not ok), None) or _budget_problem(entry)
-            or _rotation_problem(entry))
+            or _initial_problem(entry) or _rotation_problem(entry))
+
+
+def _initial_problem(entry: LedgerEntry) -> str | None:
+    """What is wrong with ``initial_checkpoint_sha256``: when set, 64 hex digits, not on a rotation."""
+    digest = entry.initial_checkpoint_sha256
+    if digest is None:
+        return None
+    if entry.status == "rotated":
+        return "a rotation carries no initial_checkpoint_sha256"
+    if _SHA256.fullmatch(digest) is None:
+        return "initial_checkpoint_sha256 must be 64 lowercase hex digits"
+    return None
 
 
 def _budget_problem(entry: LedgerEntry) -> str | None:

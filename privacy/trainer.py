@@ -5,7 +5,9 @@ The order is what makes the guarantee hold across rounds and restarts:
 2. the epsilon this round would bring is computed *before* training; past the site's budget the
    round is refused, the refusal is recorded, and nothing is trained or returned;
 3. after training, the ledger entry (mechanism, cumulative epsilon, hash of the update) is written
-   and fsynced before the update is handed back to the caller that sends it.
+   and fsynced before the update is handed back to the caller that sends it;
+4. only then is the site's optimizer state saved (when it persists across rounds), so it never
+   holds steps that the ledger does not.
 """
 
 from __future__ import annotations
@@ -25,9 +27,12 @@ from privacy.accounting import epsilon, plan_noise_multiplier
 from privacy.engine import make_private, private_step
 from privacy.ledger import Ledger, LedgerEntry
 from privacy.mechanism import Mechanism
+from privacy.optim_state import OptimizerStore
+from privacy.proximal import add_proximal_term
 from shared.checkpoint import state_sha256
 from shared.errors import ConfigError
-from shared.train import lr_at, make_optimizer
+from shared.schedule import LRSchedule
+from shared.train import make_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +85,31 @@ def _endless(loader: DataLoader[Any]) -> Iterator[torch.Tensor]:
 def run_private_round(*, model: nn.Module, dataset: Dataset[torch.Tensor], ledger: Ledger,
                       site: SitePrivacy, dp: DPConfig, train: TrainConfig, noise_multiplier: float,
                       round: int, local_steps: int, first_step: int = 0, device: torch.device,
-                      seed: int | None = None,
-                      on_step: Callable[[int, float], None] | None = None) -> RoundOutcome:
-    """Train ``model`` for ``local_steps`` private steps, unless that would exceed the budget."""
+                      on_step: Callable[[int, float], None] | None = None,
+                      schedule: LRSchedule | None = None,
+                      optimizer_store: OptimizerStore | None = None, proximal_mu: float = 0.0,
+                      initial_checkpoint_sha256: str | None = None) -> RoundOutcome:
+    """Train ``model`` for ``local_steps`` private steps, unless that would exceed the budget.
+
+    Args:
+        model: Trained in place (a federated round's global model).
+        dataset: One item per patient, Poisson-sampled at rate ``patients_per_step / len``.
+        ledger: The site's ledger: the accountant is rebuilt from it; the round is appended.
+        site: The site's own budget and delta.
+        dp: Clipping, batch and accountant settings.
+        train: The optimizer settings (``make_optimizer``); the lr comes from ``schedule``.
+        noise_multiplier: This round's sigma.
+        round: The round the ledger records (global in a federated run).
+        local_steps: Private steps to take.
+        first_step: The global step of the first one (its place in ``schedule``).
+        device: Where to train.
+        on_step: Called with (local step, loss) after every step.
+        schedule: The run's learning-rate schedule (default ``LRSchedule.of_training(train)``).
+        optimizer_store: Keeps the optimizer's state between rounds (loaded before the first
+            step, saved after the ledger entry); None: a fresh optimizer.
+        proximal_mu: FedProx's mu, added after the noise step (:mod:`privacy.proximal`).
+        initial_checkpoint_sha256: The run's initial checkpoint, signed into the ledger entry.
+    """
     patients = len(dataset)  # type: ignore[arg-type]
     check_site_settings(site, dp, patients)
     q = dp.patients_per_step / patients
@@ -95,7 +122,8 @@ def run_private_round(*, model: nn.Module, dataset: Dataset[torch.Tensor], ledge
         return ledger.append(round=round, status=status, local_steps=steps, sample_rate=q,
                              noise_multiplier=noise_multiplier, max_grad_norm=dp.max_grad_norm,
                              delta=site.delta, accountant=dp.accountant, epsilon=eps,
-                             update_sha256=digest, epsilon_budget=site.epsilon_budget)
+                             update_sha256=digest, epsilon_budget=site.epsilon_budget,
+                             initial_checkpoint_sha256=initial_checkpoint_sha256)
 
     if planned > site.epsilon_budget:
         entry = record("refused", 0, ledger.epsilon, None)
@@ -104,20 +132,42 @@ def run_private_round(*, model: nn.Module, dataset: Dataset[torch.Tensor], ledge
         return RoundOutcome("refused", round, 0, ledger.epsilon, planned, site.epsilon_budget, (),
                             None, entry)
     model.to(device).train()
-    setup = make_private(model=model, optimizer=make_optimizer(model, train), dataset=dataset,
-                         settings=dp, noise_multiplier=noise_multiplier)
-    losses = []
+    optimizer = make_optimizer(model, train)
+    if optimizer_store is not None and optimizer_store.load_into(optimizer, model) is not None:
+        log.info("round %d continues the optimizer state of %s", round, optimizer_store.path)
+    schedule = schedule or LRSchedule.of_training(train)
+    losses = _private_steps(model=model, optimizer=optimizer, dataset=dataset, dp=dp,
+                            noise_multiplier=noise_multiplier, device=device,
+                            lrs=[schedule.at(first_step + s) for s in range(local_steps)],
+                            proximal_mu=proximal_mu, on_step=on_step)
+    digest = state_sha256(model.state_dict())
+    entry = record("trained", local_steps, planned, digest)
+    if optimizer_store is not None:  # only now: the steps it holds are in the ledger
+        optimizer_store.save(optimizer, model, round=round)
+    return RoundOutcome("trained", round, local_steps, planned, planned, site.epsilon_budget,
+                        tuple(losses), digest, entry)
+
+
+def _private_steps(*, model: nn.Module, optimizer: torch.optim.Optimizer,
+                   dataset: Dataset[torch.Tensor], dp: DPConfig, noise_multiplier: float,
+                   device: torch.device, lrs: list[float], proximal_mu: float,
+                   on_step: Callable[[int, float], None] | None) -> list[float]:
+    """One private step per learning rate in ``lrs``; the losses."""
+    setup = make_private(model=model, optimizer=optimizer, dataset=dataset, settings=dp,
+                         noise_multiplier=noise_multiplier)
+    proximal = (add_proximal_term(setup.optimizer.original_optimizer, mu=proximal_mu)
+                if proximal_mu > 0 else None)
+    losses: list[float] = []
     try:
         batches = _endless(setup.data_loader)
-        for step in range(local_steps):
+        for step, lr in enumerate(lrs):
             for group in setup.optimizer.param_groups:
-                group["lr"] = lr_at(first_step + step, train)
+                group["lr"] = lr
             losses.append(private_step(setup, next(batches), device=device))
             if on_step is not None:
                 on_step(step + 1, losses[-1])
     finally:
+        if proximal is not None:
+            proximal.remove()
         setup.close()
-    digest = state_sha256(model.state_dict())
-    entry = record("trained", local_steps, planned, digest)
-    return RoundOutcome("trained", round, local_steps, planned, planned, site.epsilon_budget,
-                        tuple(losses), digest, entry)
+    return losses

@@ -1,9 +1,11 @@
 """The run report and the server's resumable state, rewritten atomically after every round.
 
 ``report.json`` / ``report.csv``: per round, the training loss, held-out bits per base, which sites
-trained, refused, failed or dropped out, and each site's cumulative epsilon; ``report.json`` also
-has, at top level, the best-k Markov baseline on the same held-out windows (its fields are
-:class:`shared.markov_fields.BaselineScore`'s: counted on the public reference, no privacy cost).
+trained, refused, failed or dropped out, and each site's cumulative epsilon; for the run, its key
+and the checkpoint it started from (path and SHA-256 of its weights), kept across a resume;
+``report.json`` also has, at top level, the best-k Markov baseline on the same held-out windows (its
+fields are :class:`shared.markov_fields.BaselineScore`'s: counted on the public reference, no
+privacy cost).
 ``state.json``: the last completed round and its checkpoint, so a new run with ``resume = true``
 continues from there.
 """
@@ -47,6 +49,8 @@ class RunReport:
     initial_bits_per_base: float | None = None
     rounds: list[RoundRecord] = field(default_factory=list)
     markov: BaselineScore | None = None  # the public-reference baseline on the held-out windows
+    run_key: str = ""  # sent to the sites every round; they keep their optimizer state under it
+    initial_checkpoint: dict[str, str] | None = None  # {"path", "sha256"}; None: random init
 
     def add(self, record: RoundRecord) -> None:
         """Append a round and rewrite the JSON and CSV reports."""
@@ -55,7 +59,9 @@ class RunReport:
 
     def write(self) -> None:
         """Write ``report.json`` and ``report.csv`` atomically."""
-        data = {"config": self.config, "initial_bits_per_base": self.initial_bits_per_base,
+        data = {"config": self.config, "run_key": self.run_key,
+                "initial_checkpoint": self.initial_checkpoint,
+                "initial_bits_per_base": self.initial_bits_per_base,
                 **(self.markov.to_json() if self.markov is not None else {}),
                 "rounds": [asdict(r) for r in self.rounds]}
         write_text(self.run_dir / "report.json", json.dumps(data, indent=2) + "\n")
@@ -80,7 +86,8 @@ class RunReport:
             return cls(run_dir, config)
         data = json.loads(path.read_text())
         rounds = [RoundRecord(**r) for r in data.get("rounds", [])]
-        return cls(run_dir, config, data.get("initial_bits_per_base"), rounds, BaselineScore.from_json(data))
+        return cls(run_dir, config, data.get("initial_bits_per_base"), rounds, BaselineScore.from_json(data),
+                   run_key=data.get("run_key", ""), initial_checkpoint=data.get("initial_checkpoint"))
 
 
 def write_state(run_dir: Path, *, last_round: int, checkpoint: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import secrets
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,12 +29,12 @@ from server.secagg import secure_round
 from server.strategies import create_strategy, load_strategy_state, save_strategy_state
 from server.validation import UpdateRejected, check_update, update_bound
 from shared import wire
-from shared.checkpoint import load_checkpoint, save_checkpoint
+from shared.checkpoint import load_checkpoint, load_initial, save_checkpoint
 from shared.datasets import tile_windows
 from shared.errors import ConfigError, FedGenomeError
 from shared.genomes import Reference
 from shared.markov_fields import PRIVACY_NOTE, BaselineScore
-from shared.model import GenomeLM
+from shared.markov_prior import build_model
 from shared.reference_markov import reference_baseline
 from shared.train import evaluate
 
@@ -195,19 +196,59 @@ class Federation:
         self.done = 0
         resumed = read_state(self.run_dir) if fed.resume else None
         if resumed is not None:
-            self.done, checkpoint = resumed
-            self.model = load_checkpoint(checkpoint).model
-            self.report = RunReport.load(self.run_dir, self.report.config)
-            self.report.markov = self.markov
-            load_strategy_state(self.strategy, self.run_dir / "strategy-state.npz")
-            log.info("resuming after round %d from %s", self.done, checkpoint)
+            self._resume(*resumed)
         elif read_state(self.run_dir) is not None:
             raise ConfigError(f"{self.run_dir} holds an earlier run; set resume = true to continue "
                               "it, or choose another run-dir")
         else:
-            torch.manual_seed(fed.seed)
-            self.model = GenomeLM(self.preset.model)
-            self.report.initial_bits_per_base = self.heldout_bits()
+            self._start()
+
+    def _start(self) -> None:
+        """A fresh run: a new run key; the initial checkpoint's weights, or a seeded random model."""
+        self.report.run_key = secrets.token_hex(16)
+        if self.fed.initial_checkpoint:
+            initial = load_initial(Path(self.fed.initial_checkpoint), model=self.preset.model,
+                                   reference=Path(self.fed.reference),
+                                   exclude=[Region.parse(self.fed.holdout)])
+            self.model = initial.model
+            self.report.initial_checkpoint = initial.record()
+            log.info("starting from %s (weights SHA-256 %s)", initial.path, initial.sha256)
+        else:
+            torch.manual_seed(self.fed.seed)
+            self.model = build_model(self.preset.model, reference=Path(self.fed.reference),
+                                     exclude=[Region.parse(self.fed.holdout)])
+        self.report.initial_bits_per_base = self.heldout_bits()
+        self.report.write()
+
+    def _resume(self, done: int, checkpoint: Path) -> None:
+        """Continue after round ``done``: its checkpoint, strategy state, report, key and start."""
+        self.done = done
+        self.model = load_checkpoint(checkpoint).model
+        self.report = RunReport.load(self.run_dir, self.report.config)
+        self.report.markov = self.markov
+        load_strategy_state(self.strategy, self.run_dir / "strategy-state.npz")
+        recorded = self.report.initial_checkpoint
+        asked = self.fed.initial_checkpoint
+        if asked and (recorded is None or Path(asked).resolve() != Path(recorded["path"])):
+            start = recorded["path"] if recorded else "random weights"
+            raise ConfigError(f"run config 'initial-checkpoint' = {asked!r}, but the run in "
+                              f"{self.run_dir} started from {start}: a resumed run keeps its "
+                              "start; drop initial-checkpoint or set it to that")
+        if not self.report.run_key:  # a run directory from before run keys
+            self.report.run_key = secrets.token_hex(16)
+        log.info("resuming after round %d from %s", done, checkpoint)
+
+    @property
+    def initial_sha256(self) -> str | None:
+        """SHA-256 of the initial checkpoint's weights; None for a random start."""
+        return self.report.initial_checkpoint["sha256"] if self.report.initial_checkpoint else None
+
+    def round_config(self, rnd: int) -> dict[str, int | str]:
+        """What every train message of round ``rnd`` carries besides the weights."""
+        orders = wire.RoundConfig(rnd, run_key=self.report.run_key, initial_sha256=self.initial_sha256,
+                                  markov_prior=None if self.model.prior is None
+                                  else self.model.prior.fingerprint)
+        return {**orders.to_config(), "local-steps": self.fed.local_steps}
 
     def _eval_windows(self) -> torch.Tensor:
         region = Region.parse(self.fed.holdout)
@@ -236,7 +277,7 @@ class Federation:
         start = time.monotonic()
         nodes = wait_for_quorum(grid, minimum=self.fed.min_nodes, timeout=self.fed.sample_timeout)
         global_ = self.arrays()
-        config = ConfigRecord({"global-round": rnd, "local-steps": self.fed.local_steps})
+        config = ConfigRecord(self.round_config(rnd))  # type: ignore[arg-type]
         messages = list(self.strategy.configure_train(
             rnd, ArrayRecord({k: Array(v) for k, v in global_.items()}), config,
             cast(Grid, _Snapshot(nodes))))
@@ -273,7 +314,8 @@ class Federation:
         Each site's declared metrics and weight are checked too; an impossible one rejects the
         whole mean, since one site's part of the sum cannot be taken out.
         """
-        result = secure_round(grid, context, self.fed, rnd=rnd, nodes=sampled, global_=global_)
+        result = secure_round(grid, context, self.fed, rnd=rnd, nodes=sampled, global_=global_,
+                              config=self.round_config(rnd))
         got = Collected(failed=[f"node {n}" for n in range(result.failures)])
         problems: list[str] = []
         for name, metrics in result.metrics.items():
@@ -313,7 +355,8 @@ class Federation:
         meta: dict[str, Any] = {"round": rnd, "federation": self.fed.model_dump(by_alias=True),
                                 "data": self.preset.data.model_dump(),
                                 "reference": self.fed.reference,
-                                "holdout": [self._holdout_dict()]}
+                                "holdout": [self._holdout_dict()],
+                                "initial_checkpoint": self.report.initial_checkpoint}
         save_checkpoint(path, self.model, meta=meta)
         save_strategy_state(self.strategy, self.run_dir / "strategy-state.npz")
         write_state(self.run_dir, last_round=rnd, checkpoint=path)

@@ -15,6 +15,7 @@ sites that trained.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -107,11 +108,14 @@ def workflow_for(fed: FederationConfig, sampled: int) -> SecAggPlusWorkflow:
 
 
 def secure_round(grid: Grid, context: Context, fed: FederationConfig, *, rnd: int, nodes: list[int],
-                 global_: wire.Arrays) -> SecureRound:
-    """Run one SecAgg+ round with ``nodes``; the sites' weighted mean delta and their metrics."""
+                 global_: wire.Arrays, config: Mapping[str, Scalar] | None = None) -> SecureRound:
+    """Run one SecAgg+ round with ``nodes``; the sites' weighted mean delta and their metrics.
+
+    ``config`` is what each site's fit instruction carries (default: the round and local steps).
+    """
     names = list(global_)
     strategy = _OneRound([GridClientProxy(n, grid, context.run_id) for n in nodes],
-                         {"global-round": rnd, "local-steps": fed.local_steps})
+                         dict(config or {"global-round": rnd, "local-steps": fed.local_steps}))
     legacy = LegacyContext(Context(run_id=context.run_id, node_id=context.node_id,
                                    node_config=context.node_config, state=RecordDict(),
                                    run_config=context.run_config),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,13 +59,13 @@ def save_checkpoint(path: Path, model: GenomeLM, *, meta: dict[str, Any],
             extra(tmp)
 
 
-def load_checkpoint(path: Path, *, device: torch.device | str = "cpu",
-                    reference: Path | None = None) -> Checkpoint:
+def load_checkpoint(path: Path, *, device: torch.device | str = "cpu", reference: Path | None = None,
+                    exclude: Sequence[Region] | None = None) -> Checkpoint:
     """Rebuild the model of a checkpoint directory, with its metadata and Markov baseline.
 
     A model with a Markov prior gets it rebuilt from ``reference`` (default: the reference the
-    checkpoint names) minus the checkpoint's held-out regions, and checked against the prior its
-    weights were trained with.
+    checkpoint names) minus ``exclude`` (default: the checkpoint's held-out regions), and checked
+    against the prior its weights were trained with.
     """
     config_path, weights = path / "config.json", path / "model.safetensors"
     if not config_path.is_file() or not weights.is_file():
@@ -80,13 +80,48 @@ def load_checkpoint(path: Path, *, device: torch.device | str = "cpu",
     model_config = validate(ModelConfig, config["model"], source=str(config_path))
     meta = config.get("meta", {})
     ref = reference or (Path(meta["reference"]) if meta.get("reference") else None)
-    model = build_model(model_config, reference=ref,
-                        exclude=[Region(**r) for r in meta.get("holdout", [])],
-                        fingerprint=config.get(PRIOR_KEY))
+    held = [Region(**r) for r in meta.get("holdout", [])] if exclude is None else list(exclude)
+    model = build_model(model_config, reference=ref, exclude=held, fingerprint=config.get(PRIOR_KEY))
     load_weights(model, _read(weights), source=str(weights))
     markov_path = path / "markov.safetensors"
     markov = MarkovBaseline.from_state(_read(markov_path)) if markov_path.is_file() else None
     return Checkpoint(model=model.to(device), meta=meta, markov=markov)
+
+
+@dataclass(frozen=True)
+class InitialCheckpoint:
+    """The checkpoint a run starts from: its model, where it is, and the SHA-256 of its weights."""
+
+    model: GenomeLM
+    path: Path
+    sha256: str
+    """:func:`state_sha256` of the model's weights (fp32), what ledgers and reports record."""
+
+    def record(self) -> dict[str, str]:
+        """What a report or checkpoint's metadata records: ``{"path", "sha256"}``."""
+        return {"path": str(self.path), "sha256": self.sha256}
+
+
+def load_initial(path: Path, *, model: ModelConfig, reference: Path | None = None,
+                 exclude: Sequence[Region] | None = None) -> InitialCheckpoint:
+    """Load the checkpoint a run starts from; its model config must be ``model``.
+
+    ``reference`` and ``exclude`` are the run's: a Markov prior is rebuilt from them and must be
+    the one the checkpoint was trained with.
+
+    Raises:
+        InputFileError: ``path`` is not a readable checkpoint.
+        IncompatibleModelError: Its model config differs from ``model`` (naming the first key).
+    """
+    ckpt = load_checkpoint(path, reference=reference, exclude=exclude)
+    theirs, ours = ckpt.model.config.model_dump(), model.model_dump()
+    differs = [k for k in ours if theirs.get(k) != ours[k]]
+    if differs:
+        key = differs[0]
+        raise IncompatibleModelError(
+            f"{path}: the checkpoint's model has {key} = {theirs.get(key)!r}, the preset's model "
+            f"{ours[key]!r}; start from a checkpoint of the same model, or choose its preset")
+    return InitialCheckpoint(ckpt.model, path.resolve(), state_sha256(ckpt.model.state_dict()))
 
 
 def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], *, source: str) -> None:

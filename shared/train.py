@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from configs.schema import TrainConfig
 from shared.errors import ConfigError
+from shared.schedule import LRSchedule
 from shared.tokenizer import A, T
 
 log = logging.getLogger(__name__)
@@ -71,19 +72,24 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean"
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
     """Linear warm-up to ``lr``, then cosine decay to ``min_lr_ratio * lr`` at ``steps``."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(cfg.steps - cfg.warmup_steps, 1)
-    cosine = 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-    return cfg.lr * (cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * cosine)
+    return LRSchedule.of_training(cfg).at(step)
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only (not on norms, biases or embeddings)."""
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices only (not norms, biases, embeddings), or SGD + momentum.
+
+    The parameter groups are always [decayed, not decayed], in ``named_parameters`` order: saved
+    optimizer state (``privacy/optim_state.py``) is matched to them by position. SGD takes no weight
+    decay: torch's SGD couples it to the gradient (``lr * wd`` per step), which at SGD's learning
+    rates would shrink the weights far faster than AdamW's decoupled decay.
+    """
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
     rest = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embed" not in n)]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},
               {"params": rest, "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD([{**g, "weight_decay": 0.0} for g in groups], lr=cfg.lr,
+                               momentum=cfg.momentum)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
 
 
@@ -160,11 +166,12 @@ def train(model: nn.Module, batches: Iterator[torch.Tensor], cfg: TrainConfig, *
     """Train ``model`` for ``cfg.steps`` steps of AdamW on ``batches``."""
     model.to(device).train()
     optimizer = make_optimizer(model, cfg)
+    schedule = LRSchedule.of_training(cfg)
     result = TrainResult(steps=0, seconds=0.0)
     start = time.perf_counter()
     for step in range(cfg.steps):
         windows = next(batches)
-        result.losses.append(train_step(model, optimizer, windows, lr=lr_at(step, cfg),
+        result.losses.append(train_step(model, optimizer, windows, lr=schedule.at(step),
                                         grad_clip=cfg.grad_clip, device=device))
         result.steps = step + 1
         if on_step is not None:

@@ -8,6 +8,7 @@ float32 global weights it sent. Pure numpy: the Flower apps turn these dicts int
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -28,6 +29,10 @@ TRAIN_LOSS = "train-loss"
 STEPS = "steps"
 EVAL_BITS = "bits-per-base"
 TRAINED, REFUSED = 1, 0
+GLOBAL_ROUND = "global-round"  # round config: the server's global round number
+RUN_KEY = "run-key"  # round config: the run's key (sites keep their optimizer state under it)
+INITIAL_SHA256 = "initial-sha256"  # round config: SHA-256 of the run's initial checkpoint
+MARKOV_PRIOR = "markov-prior"  # round config: fingerprint of the model's Markov prior (public)
 ALLOWED_METRICS = frozenset({NUM_EXAMPLES, STATUS, EPSILON, BUDGET, TRAIN_LOSS, STEPS, EVAL_BITS})
 BUCKET = 50
 
@@ -56,3 +61,33 @@ def encode_update(local: dict[str, torch.Tensor], global_: Arrays) -> dict[str, 
 def decode_update(delta: Mapping[str, npt.NDArray[np.generic]], global_: Arrays) -> Arrays:
     """Float32 weights ``global + delta``."""
     return {k: (global_[k] + delta[k].astype(np.float32)).astype(np.float32) for k in global_}
+
+
+@dataclass(frozen=True)
+class RoundConfig:
+    """What the server sends with every train message besides the weights (its config record)."""
+
+    global_round: int
+    run_key: str | None = None
+    initial_sha256: str | None = None
+    markov_prior: str | None = None
+
+    def to_config(self) -> dict[str, int | str]:
+        """The config record's entries (absent keys stay absent)."""
+        out: dict[str, int | str] = {GLOBAL_ROUND: self.global_round}
+        if self.run_key is not None:
+            out[RUN_KEY] = self.run_key
+        if self.initial_sha256 is not None:
+            out[INITIAL_SHA256] = self.initial_sha256
+        if self.markov_prior is not None:
+            out[MARKOV_PRIOR] = self.markov_prior
+        return out
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, object]) -> RoundConfig:
+        """Read a received config record; strings stay unchecked here (the site checks them)."""
+        run_key, initial, prior = config.get(RUN_KEY), config.get(INITIAL_SHA256), config.get(MARKOV_PRIOR)
+        return cls(global_round=int(str(config[GLOBAL_ROUND])),
+                   run_key=None if run_key is None else str(run_key),
+                   initial_sha256=None if initial is None else str(initial),
+                   markov_prior=None if prior is None else str(prior))

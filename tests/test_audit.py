@@ -162,8 +162,7 @@ def test_private_rounds_sign_the_site_budget_and_audit_clean(
         run_private_round(model=GenomeLM(tiny.model), dataset=_RandomPatients(),
                           ledger=Ledger(path, site="siteA", private_key=key),
                           site=SitePrivacy(epsilon_budget=budget, delta=1e-5), dp=dp, train=tiny.train,
-                          noise_multiplier=1.0, round=rnd, local_steps=2, device=torch.device("cpu"),
-                          seed=rnd)
+                          noise_multiplier=1.0, round=rnd, local_steps=2, device=torch.device("cpu"))
 
     one(1, 50.0)
     one(2, 50.0)

@@ -55,3 +55,10 @@ def test_site_manifest_needs_paths_for_its_kind(tmp_path: Path) -> None:
 def test_missing_site_manifest(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"no site\.toml here"):
         load_site_manifest(tmp_path)
+
+
+def test_the_flower_app_config_has_every_run_config_key_with_its_default() -> None:
+    from configs.schema import FederationConfig, read_toml
+    app_config = read_toml(Path(__file__).parent.parent / "pyproject.toml")["tool"]["flwr"]["app"]["config"]
+    defaults = FederationConfig().model_dump(by_alias=True)
+    assert app_config == defaults  # Flower rejects override keys missing here

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -15,7 +16,7 @@ from configs.schema import load_preset
 from fedgenome.localfed import LocalFederation
 from privacy.keys import load_public_key
 from privacy.ledger import verify_ledger
-from shared.checkpoint import load_checkpoint
+from shared.checkpoint import load_checkpoint, state_sha256
 from shared.fetch import DataPaths
 from shared.model import GenomeLM
 
@@ -109,3 +110,30 @@ def test_server_stops_after_round_one_and_resumes(site_copy: Callable[[str], Pat
         entries = ledger_entries(site)
         assert [e.round for e in entries] == [1, 2, 3]  # no round counted twice
         assert entries[0].epsilon < entries[1].epsilon < entries[2].epsilon  # no reset
+
+
+def test_a_run_from_an_initial_checkpoint_starts_from_exactly_its_weights(
+        site_copy: Callable[[str], Path], data_paths: DataPaths, tiny_checkpoint: Path,
+        tmp_path: Path) -> None:
+    sites = [site_copy("hospital-ceu"), site_copy("hospital-tsi")]  # 100 examples each: equal weights
+    run_dir = tmp_path / "run"
+    config = run_config(data_paths, run_dir, **{"num-server-rounds": 1,
+                                                "initial-checkpoint": str(tiny_checkpoint)})
+    with LocalFederation(tmp_path / "fed", sites, keep_updates=True) as federation:
+        run_id = federation.submit(config)
+        assert federation.wait(run_id, timeout=600) == "finished:completed"
+    start = load_checkpoint(tiny_checkpoint).model.state_dict()
+    digest = state_sha256(start)
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["initial_checkpoint"] == {"path": str(tiny_checkpoint.resolve()), "sha256": digest}
+    assert report["rounds"][0]["trained"] == ["hospital-ceu", "hospital-tsi"]
+    deltas = []
+    for site in sites:  # each site checked round 1's weights against the hash before signing it
+        [entry] = ledger_entries(site)
+        assert entry.initial_checkpoint_sha256 == digest
+        (kept,) = (site / "state" / "outbox").glob("round-0001-*.npz")
+        with np.load(kept) as delta:
+            deltas.append({k: torch.from_numpy(delta[k].astype(np.float32)) for k in delta.files})
+    final = load_checkpoint(run_dir / "checkpoints" / "round-0001").model.state_dict()
+    for name, weights in start.items():  # the global model = the checkpoint + the sites' mean update
+        assert torch.allclose(final[name], weights + (deltas[0][name] + deltas[1][name]) / 2, atol=1e-5)

@@ -38,7 +38,7 @@ data = open_site(site, tiny.data, seed=rnd, cache_dir=site / "state")
 out = run_private_round(model=GenomeLM(tiny.model), dataset=data.dataset,
     ledger=open_ledger(site, manifest.name), site=manifest.privacy,
     dp=DPConfig(noise_multiplier=1.0, max_grad_norm=1.0, patients_per_step=8), train=tiny.train,
-    noise_multiplier=1.0, round=rnd, local_steps=2, device=torch.device("cpu"), seed=rnd)
+    noise_multiplier=1.0, round=rnd, local_steps=2, device=torch.device("cpu"))
 print(json.dumps({"status": out.status, "epsilon": out.epsilon}))
 """
 
@@ -64,7 +64,7 @@ def one_round(site: Path, tiny: Preset, rnd: int, *, budget: float | None = None
                              dataset=open_site(site, tiny.data, seed=rnd, cache_dir=site / "state").dataset,
                              ledger=open_ledger(site, manifest.name), site=privacy, dp=DP,
                              train=tiny.train, noise_multiplier=1.0, round=rnd, local_steps=2,
-                             device=CPU, seed=rnd)
+                             device=CPU)
 
 
 def test_epsilon_grows_every_round_and_survives_a_process_restart(site: Path, tiny: Preset) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -36,8 +37,16 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+CPU_BF16_ENV = "FEDGENOME_CPU_BF16"  # "0": train in float32 on CPU even where bf16 is fast
+
+
 def cpu_bf16() -> bool:
-    """Whether this CPU multiplies bfloat16 in hardware (AMX tiles), where bf16 autocast pays off."""
+    """Whether CPU training uses bf16: where the CPU multiplies it in hardware (AMX tiles).
+
+    ``FEDGENOME_CPU_BF16=0`` turns it off (float32).
+    """
+    if os.environ.get(CPU_BF16_ENV, "1") == "0":
+        return False
     return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
 
 

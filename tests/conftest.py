@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -10,10 +11,13 @@ import torch
 from configs.schema import Preset, Region, load_preset
 from shared.fetch import DataPaths, default_cache, fetch_data
 from shared.markov_prior import MarkovPrior, markov_prior
+from shared.train import CPU_BF16_ENV
 
 CE_HOLDOUT = Region(contig="CHROMOSOME_I", start=0, end=50_000)
 
 torch.set_num_threads(2)
+# Exact comparisons (DP against vanilla, resumed against uninterrupted) need one precision: float32.
+os.environ.setdefault(CPU_BF16_ENV, "0")
 
 
 @pytest.fixture(scope="session")

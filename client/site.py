@@ -15,13 +15,14 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from configs.schema import DPConfig, FederationConfig, SiteManifest, load_preset, load_site_manifest
+from client.cache import load_preset, open_site  # immutable site data, kept between messages
+from configs.schema import DPConfig, FederationConfig, SiteManifest, load_site_manifest
 from privacy.site_state import open_ledger
 from privacy.trainer import noise_for, run_private_round
 from shared import wire
 from shared.atomic import atomic_path
 from shared.checkpoint import load_weights
-from shared.datasets import n_fraction, open_site
+from shared.datasets import n_fraction
 from shared.errors import ConfigError
 from shared.model import GenomeLM
 from shared.train import evaluate, pick_device

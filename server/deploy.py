@@ -19,14 +19,11 @@ from typing import Any
 
 from server.tls import TlsFiles
 from shared.atomic import write_text
-from shared.errors import ConfigError, FedGenomeError
+from shared.errors import ConfigError
+from shared.errors import DeploymentError as DeploymentError  # re-exported; it lives in shared.errors
 from shared.processes import flower_env, flower_tool
 
 log = logging.getLogger(__name__)
-
-
-class DeploymentError(FedGenomeError):
-    """A Flower process or command failed; the message says which and where its log is."""
 
 
 def superlink_command(*, host: str, port: int, database: Path, tls: TlsFiles | None,

@@ -26,6 +26,7 @@ from configs.schema import load_site_manifest
 from privacy.keys import create_site_key
 from privacy.site_state import site_key_path
 from server.deploy import (
+    IN_MEMORY,
     register_supernode,
     submit_run,
     superlink_command,
@@ -120,7 +121,7 @@ class LocalFederation:
             self.tls = self.pki.tls
         self.port = free_port()
         self.group.start("superlink", superlink_command(
-            host=HOST, port=self.port, database=self.workdir / "superlink.db", tls=self.tls,
+            host=HOST, port=self.port, database=IN_MEMORY, tls=self.tls,
             insecure=self.insecure, auth=self.auth), env=flower_env(self.flwr_home), cwd=self.workdir)
         ca = None if self.tls is None else self.tls.ca_cert
         wait_healthy(HOST, self.port, ca_cert=ca)

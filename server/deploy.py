@@ -26,9 +26,15 @@ from shared.processes import flower_env, flower_tool
 log = logging.getLogger(__name__)
 
 
-def superlink_command(*, host: str, port: int, database: Path, tls: TlsFiles | None,
+IN_MEMORY = ":flwr-in-memory:"  # a SuperLink database that lives and dies with the process
+
+
+def superlink_command(*, host: str, port: int, database: Path | str, tls: TlsFiles | None,
                       insecure: bool = False, auth: bool = False) -> list[str]:
-    """``flower-superlink`` listening on ``host:port`` (Fleet, Control and Runtime APIs)."""
+    """``flower-superlink`` listening on ``host:port`` (Fleet, Control and Runtime APIs).
+
+    ``database`` is a SQLite file for runs, nodes and messages, or :data:`IN_MEMORY`.
+    """
     command = [flower_tool("flower-superlink"), "--host", host, "--port", str(port),
                "--database", str(database), "--disable-runtime-dependency-installation"]
     if auth:

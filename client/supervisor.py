@@ -81,6 +81,13 @@ class NodeProcesses:
         self._started = time.monotonic()
 
     @property
+    def runtime(self) -> RuntimeSecurity:
+        """The files locking the SuperNode's Runtime API (made by :meth:`start`)."""
+        if self._runtime is None:
+            raise RuntimeError(f"the node of {self.spec.site.name} has not been started")
+        return self._runtime
+
+    @property
     def worker_pid(self) -> int:
         """The process id of the current worker."""
         return self.group.procs[self.worker].pid

@@ -124,12 +124,16 @@ def _delta(arrays: ArrayRecord, global_: wire.Arrays) -> dict[str, npt.NDArray[n
         raise UpdateRejected(str(exc)) from None
 
 
-def packed(messages: list[Message], global_: wire.Arrays) -> list[Message]:
-    """The train instructions with the global model packed into one array, its layout in the config."""
+def packed(messages: list[Message], global_: wire.Arrays, *, rnd: int) -> list[Message]:
+    """The train instructions with the global model packed into one array, its layout in the config.
+
+    Each message is grouped under the global round (its ``group_id``), as SecAgg+ does.
+    """
     record = ArrayRecord({wire.PACKED: Array(wire.pack(global_, np.float32))})
     for msg in messages:
         msg.content[wire.ARRAYS] = record
         msg.content.config_records[wire.CONFIG][wire.LAYOUT] = wire.layout(global_)
+        msg.metadata.group_id = str(rnd)
     return messages
 
 
@@ -248,7 +252,7 @@ class Federation:
         config = ConfigRecord({"global-round": rnd, "local-steps": self.fed.local_steps})
         messages = packed(list(self.strategy.configure_train(
             rnd, ArrayRecord({k: Array(v) for k, v in global_.items()}), config,
-            cast(Grid, _Snapshot(nodes)))), global_)
+            cast(Grid, _Snapshot(nodes)))), global_, rnd=rnd)
         sampled = [m.metadata.dst_node_id for m in messages]
         bound = update_bound(self.fed, global_)
         if self.fed.aggregation == "secagg+":

@@ -1,10 +1,10 @@
 """``python -m client.supernode ARGS``: Flower's ``flower-supernode ARGS`` with its waits shortened.
 
-The arguments are ``flower-supernode``'s own. Before handing over to Flower's entry point this caps
-the SuperNode's idle pull from the SuperLink and its look for the ClientApp's reply at
-:data:`NODE_WAIT` seconds, and makes object pulls back off from :data:`PULL_FIRST` to
-:data:`PULL_CAP` seconds (see :mod:`shared.flower_patches`); a Flower without those internals stops
-here with a one-line error.
+The arguments are ``flower-supernode``'s own. Before handing over to Flower's entry point this
+shortens the SuperNode's idle pull from the SuperLink (:data:`IDLE_FIRST` to :data:`IDLE_CAP`) and
+its looks for the ClientApp's reply (:data:`REPLY_WAIT`), and makes object pulls back off from
+:data:`PULL_FIRST` to :data:`PULL_CAP` seconds (see :mod:`shared.flower_patches`); a Flower
+without those internals stops here with a one-line error.
 """
 
 from __future__ import annotations
@@ -14,9 +14,11 @@ import sys
 from shared.errors import FedGenomeError
 from shared.flower_patches import shorten_object_pulls, shorten_supernode_waits
 
-NODE_WAIT = 0.1
-"""Seconds an idle SuperNode waits between pulls from the SuperLink (Flower: 3 s), and between looks
-for the reply (Flower: 0.5 s). Each idle pull is one HTTPS request to the SuperLink."""
+IDLE_FIRST, IDLE_CAP = 0.05, 0.25
+"""Seconds an idle SuperNode waits between pulls from the SuperLink (Flower: 3 s): from IDLE_FIRST
+after a message, growing by half per empty pull to IDLE_CAP. Each is one HTTPS request."""
+REPLY_WAIT = 0.05
+"""Seconds between looks for the worker's reply and its objects (Flower: 0.5 s); in-process."""
 PULL_FIRST, PULL_CAP = 0.02, 0.25
 """Object pull back-off (Flower: 1 s doubling to 10 s), when a pull races the push of a message."""
 
@@ -24,7 +26,7 @@ PULL_FIRST, PULL_CAP = 0.02, 0.25
 def main() -> None:
     """Patch, then run Flower's SuperNode with this process's arguments."""
     try:
-        shorten_supernode_waits(cap=NODE_WAIT)
+        shorten_supernode_waits(idle=IDLE_FIRST, idle_cap=IDLE_CAP, wait=REPLY_WAIT)
         shorten_object_pulls(initial=PULL_FIRST, cap=PULL_CAP)
     except FedGenomeError as exc:
         sys.exit(f"error: {exc}")

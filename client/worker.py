@@ -89,8 +89,9 @@ log = logging.getLogger("fedgenome.worker")
 PRELOAD = ("numpy", "torch", "opacus", "pysam", "pydantic", "scipy", "safetensors", "cryptography",
            "flwr.clientapp", "flwr.client.mod", "flwr.compat.common.recorddict_compat")
 """Third-party modules imported at start, before the first message (never the project's own)."""
-FAST_POLL, SLOW_POLL, FAST_FOR = 0.02, 0.5, 120.0
-"""AcquireTask every FAST_POLL s within FAST_FOR s of the last task (or of the start), else SLOW_POLL."""
+POLL_FIRST, POLL_CAP, IDLE_POLL, IDLE_AFTER = 0.02, 0.25, 1.0, 300.0
+"""AcquireTask POLL_FIRST s after a task, growing by half per empty poll to POLL_CAP; IDLE_POLL once
+nothing came for IDLE_AFTER s. Each poll is one HTTPS request to the SuperNode."""
 PULL_FIRST, PULL_CAP = 0.02, 0.25  # object pull back-off (Flower: 1 s doubling to 10 s)
 MESSAGE_WAIT = 5.0  # seconds to wait for a task's message (the SuperNode stores it just after the task)
 AUTH_METHODS = frozenset({"/flwr.proto.Runtime/AcquireTask"})
@@ -204,7 +205,7 @@ class Worker:
 
     def serve_forever(self) -> None:
         """Serve tasks until interrupted; a SuperNode not (yet) answering is waited for."""
-        last, unreachable = time.monotonic(), False
+        last, unreachable, wait = time.monotonic(), False, POLL_FIRST
         while True:
             try:
                 token = self.acquire()
@@ -217,10 +218,11 @@ class Worker:
                 continue
             unreachable = False
             if token is None:
-                time.sleep(FAST_POLL if time.monotonic() - last < FAST_FOR else SLOW_POLL)
+                time.sleep(wait if time.monotonic() - last < IDLE_AFTER else IDLE_POLL)
+                wait = min(wait * 1.5, POLL_CAP)
                 continue
             self.serve(token)
-            last = time.monotonic()
+            last, wait = time.monotonic(), POLL_FIRST
 
     def serve(self, token: str) -> None:
         """Serve one task; re-raise (after reporting it) what should end the process."""

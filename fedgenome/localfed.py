@@ -2,7 +2,9 @@
 
 Used by ``fedgenome demo``, the benchmark and the integration tests. Everything listens on
 127.0.0.1. Each site's long-lived worker (``client/worker.py``) serves every message of a run in
-one process; a thread restarts a worker that dies (``client/supervisor.py``). Unless
+one process; a thread restarts a worker that dies (``client/supervisor.py``). The SuperLink keeps
+its state in memory: a local federation's runs end with it (checkpoints and reports are in each
+run's directory, and a resumed run starts from there). Unless
 ``insecure`` is asked for, the federation has its own consortium PKI (``<workdir>/pki``, as
 ``fedgenome pki init`` makes it: a CA and the SuperLink's certificate) and SuperNode
 authentication is on: each site's key (``keys/<site>``, the one that signs its ledger) is added to

@@ -5,7 +5,7 @@ A message's round trip in Flower 1.42.0 passes several fixed waits that no CLI f
 - an idle SuperNode sleeps 3 s between pulls from the SuperLink, and 0.5 s between looks for its
   ClientApp's reply (``time.sleep(3)`` / ``time.sleep(0.5)`` in
   ``flwr.supernode.start_client_internal``): :func:`shorten_supernode_waits` hands that module a
-  stand-in for :mod:`time` whose ``sleep`` is capped;
+  stand-in for :mod:`time` whose ``sleep`` waits less;
 - an object pull that races the push of the same message retries after 1 s, doubling to 10 s
   (the keyword defaults of ``flwr.supercore.inflatable.inflatable_utils.pull_objects`` and
   ``pull_and_inflate_object_from_tree``): :func:`shorten_object_pulls` lowers them, with as
@@ -54,22 +54,36 @@ def check_version() -> None:
                     "internals are checked name by name", FLOWER_VERSION, flwr.__version__)
 
 
-class _CappedTime(types.ModuleType):
-    """Stands in for :mod:`time` in one Flower module: ``sleep`` waits at most ``cap`` seconds."""
+class _ShortSleeps(types.ModuleType):
+    """Stands in for :mod:`time` in Flower's SuperNode loop, whose only use of it is ``sleep``.
 
-    def __init__(self, cap: float) -> None:
+    Its idle sleep (3 s: no message from the SuperLink) becomes ``idle`` seconds, growing by half
+    with every further empty pull up to ``idle_cap``; its other sleeps (0.5 s: waiting for the
+    ClientApp's reply and its objects) take at most ``wait`` seconds, and reset the idle wait.
+    """
+
+    def __init__(self, *, idle: float, idle_cap: float, wait: float) -> None:
         super().__init__("time")
-        self.cap = cap
+        self.idle, self.idle_cap, self.wait = idle, idle_cap, wait
+        self._next_idle = idle
 
     def sleep(self, seconds: float) -> None:
-        time.sleep(min(seconds, self.cap))
+        if seconds < 1.0:  # a message is being served
+            self._next_idle = self.idle
+            time.sleep(min(seconds, self.wait))
+            return
+        time.sleep(min(seconds, self._next_idle))
+        self._next_idle = min(self._next_idle * 1.5, self.idle_cap)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(time, name)
 
 
-def shorten_supernode_waits(*, cap: float) -> None:
-    """Cap the SuperNode loop's sleeps (idle pull 3 s, reply wait 0.5 s) at ``cap`` seconds."""
+def shorten_supernode_waits(*, idle: float, idle_cap: float, wait: float) -> None:
+    """Shorten the SuperNode loop's sleeps: the idle pull's 3 s and the reply wait's 0.5 s.
+
+    See :class:`_ShortSleeps` for ``idle``, ``idle_cap`` and ``wait`` (seconds).
+    """
     check_version()
     from flwr.supernode import start_client_internal as loop
 
@@ -78,8 +92,8 @@ def shorten_supernode_waits(*, cap: float) -> None:
             raise missing(f"flwr.supernode.start_client_internal.{name}")
     if not isinstance(getattr(loop, "time", None), types.ModuleType):
         raise missing("flwr.supernode.start_client_internal.time")
-    loop.time = _CappedTime(cap)  # type: ignore[attr-defined]
-    log.debug("SuperNode waits capped at %.2f s", cap)
+    loop.time = _ShortSleeps(idle=idle, idle_cap=idle_cap, wait=wait)  # type: ignore[attr-defined]
+    log.debug("SuperNode waits: idle %.2f-%.2f s, reply %.2f s", idle, idle_cap, wait)
 
 
 def shorten_object_pulls(*, initial: float, cap: float) -> None:

@@ -1,4 +1,4 @@
-"""A site's immutable data kept between messages: the tokenised reference, the cohort, the presets.
+"""A site's immutable data kept between messages: the reference, the cohort, presets, noise levels.
 
 A long-lived ClientApp worker (``client/worker.py``) serves every message of a run in one process,
 so the expensive, read-only inputs of a round need not be read again per message: the reference
@@ -11,7 +11,9 @@ instead of corrupting later rounds. The datasets built over them (their window g
 seeds) are new for every message, and nothing mutable is kept here: the ledger, ``state/`` (planted
 canaries included), the model and the Opacus engine are read or built per message by their owners.
 The data settings (window, augmentation) shape only those per-message datasets, so they are not
-part of the key.
+part of the key. The calibrated noise multiplier (a search over the accountant, seconds of CPU) is
+a pure function of the DP settings, the site's privacy settings, the sampling rate and the steps,
+so it is kept per such combination.
 
 This module lives in the app bundle: a new run (a new bundle) imports it afresh, with empty caches.
 """
@@ -26,8 +28,9 @@ from typing import Generic, TypeVar
 
 import numpy as np
 
-from configs.schema import PRESETS_DIR, DataConfig, Preset, load_site_manifest
+from configs.schema import PRESETS_DIR, DataConfig, DPConfig, Preset, SitePrivacy, load_site_manifest
 from configs.schema import load_preset as _load_preset
+from privacy import trainer
 from shared.datasets import SiteData, SiteSource, read_site_source
 from shared.datasets import open_site as _open_site
 from shared.genomes import Reference
@@ -67,6 +70,7 @@ class BoundedCache(Generic[V]):
 _sources: BoundedCache[SiteSource] = BoundedCache(MAX_SITES)
 _references: BoundedCache[Reference] = BoundedCache(MAX_REFERENCES)
 _presets: BoundedCache[Preset] = BoundedCache(8)
+_noise: BoundedCache[float] = BoundedCache(32)
 
 
 def file_key(*paths: Path | None) -> tuple[tuple[str, int, int], ...]:
@@ -137,7 +141,13 @@ def load_preset(name: str) -> Preset:
     return _presets.get((name, file_key(path)), lambda: _load_preset(name))
 
 
+def noise_for(*, dp: DPConfig, site: SitePrivacy, sample_rate: float, total_steps: int) -> float:
+    """:func:`privacy.trainer.noise_for`, computed once per combination of its (frozen) arguments."""
+    return _noise.get((dp, site, sample_rate, total_steps), lambda: trainer.noise_for(
+        dp=dp, site=site, sample_rate=sample_rate, total_steps=total_steps))
+
+
 def clear() -> None:
     """Forget everything cached (tests)."""
-    for cache in (_sources, _references, _presets):
+    for cache in (_sources, _references, _presets, _noise):
         cache.clear()

@@ -15,10 +15,10 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from client.cache import load_preset, open_site  # immutable site data, kept between messages
+from client.cache import load_preset, noise_for, open_site  # kept between messages
 from configs.schema import DPConfig, FederationConfig, SiteManifest, load_site_manifest
 from privacy.site_state import open_ledger
-from privacy.trainer import noise_for, run_private_round
+from privacy.trainer import run_private_round
 from shared import wire
 from shared.atomic import atomic_path
 from shared.checkpoint import load_weights

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from server.deploy import run_status
@@ -85,17 +86,22 @@ def follow_run(run_id: int, connection: str, *, flwr_home: Path, timeout: float,
         DeploymentError: The run did not finish within ``timeout``.
     """
     follower = RoundFollower(run_dir, on_round)
-    if run_dir is None:
-        status_every = min(status_every, 10.0)  # no report to watch: ask more often
-    start = time.monotonic()
-    deadline, next_status = start + timeout, start + status_every
-    while (now := time.monotonic()) < deadline:
-        follower.poll()
-        if now >= next_status or follower.done:
-            status = run_status(run_id, connection, flwr_home=flwr_home)
-            if status.startswith("finished"):
-                follower.poll()
-                return status
-            next_status = now + (1.0 if follower.done else status_every)
-        time.sleep(tick)
+    every = status_every if run_dir is not None else min(status_every, 10.0)  # no report: ask more
+    deadline = time.monotonic() + timeout
+    next_status, last_seen_done = time.monotonic() + every, False
+    with ThreadPoolExecutor(max_workers=1) as pool:  # the report is read while the status comes
+        asked: Future[str] | None = None
+        while time.monotonic() < deadline:
+            follower.poll()
+            if follower.done and not last_seen_done:
+                next_status, last_seen_done = time.monotonic(), True  # the run ends any moment
+            if asked is None and time.monotonic() >= next_status:
+                asked = pool.submit(run_status, run_id, connection, flwr_home=flwr_home)
+            if asked is not None and asked.done():
+                if (status := asked.result()).startswith("finished"):
+                    follower.poll()
+                    return status
+                asked = None
+                next_status = time.monotonic() + (1.0 if follower.done else every)
+            time.sleep(tick)
     raise DeploymentError(f"run {run_id} did not finish within {timeout:.0f} s")

@@ -22,7 +22,8 @@ from flwr.supercore.inflatable import inflatable_utils
 from client import cache
 from client.app_loader import forget_directory, purge_modules, top_level_names
 from client.worker import reseed_from_os_entropy
-from configs.schema import Preset
+from configs.schema import DPConfig, Preset, SitePrivacy
+from privacy import trainer
 from server.progress import RoundFollower, describe_round
 from server.report import RoundRecord, RunReport
 from shared import datasets, wire
@@ -90,6 +91,16 @@ def test_a_preset_is_parsed_once_per_version_of_its_file(tmp_path: Path) -> None
     first = cache.load_preset(str(preset))
     preset.write_text(preset.read_text() + "\n")
     assert cache.load_preset(str(preset)) is not first
+
+
+@pytest.mark.usefixtures("fresh_cache")
+def test_the_calibrated_noise_is_kept_per_setting_and_equals_a_fresh_calibration() -> None:
+    dp = DPConfig(target_epsilon=8.0, max_grad_norm=1.0, patients_per_step=8)
+    site = SitePrivacy(epsilon_budget=8.0, delta=1e-5)
+    first = cache.noise_for(dp=dp, site=site, sample_rate=0.08, total_steps=10)
+    assert cache.noise_for(dp=dp, site=site, sample_rate=0.08, total_steps=10) == first
+    assert first == trainer.noise_for(dp=dp, site=site, sample_rate=0.08, total_steps=10)
+    assert cache.noise_for(dp=dp, site=site, sample_rate=0.08, total_steps=20) > first
 
 
 def write_package(root: Path, version: int) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 
 from shared.errors import FedGenomeError
-from shared.flower_patches import shorten_object_pulls, shorten_supernode_waits
+from shared.flower_patches import check_worker_internals, shorten_object_pulls, shorten_supernode_waits
 
 IDLE_FIRST, IDLE_CAP = 0.05, 0.25
 """Seconds an idle SuperNode waits between pulls from the SuperLink (Flower: 3 s): from IDLE_FIRST
@@ -26,6 +26,7 @@ PULL_FIRST, PULL_CAP = 0.02, 0.25
 def main() -> None:
     """Patch, then run Flower's SuperNode with this process's arguments."""
     try:
+        check_worker_internals()  # the site's worker needs them: stop here, with one line
         shorten_supernode_waits(idle=IDLE_FIRST, idle_cap=IDLE_CAP, wait=REPLY_WAIT)
         shorten_object_pulls(initial=PULL_FIRST, cap=PULL_CAP)
     except FedGenomeError as exc:

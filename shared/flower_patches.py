@@ -14,10 +14,13 @@ A message's round trip in Flower 1.42.0 passes several fixed waits that no CLI f
 (The ServerApp's 3 s between pulls is removed without a patch, by ``server.grid.PromptGrid``.)
 Each patch checks that the names it changes exist and raises :class:`FlowerVersionError`, one line
 naming the Flower version expected, when they do not; ``pyproject.toml`` pins that version.
+:func:`check_worker_internals` does the same for the internals the long-lived ClientApp worker
+calls (:data:`WORKER_INTERNALS`); the SuperNode launcher runs it before anything starts.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import time
 import types
@@ -28,6 +31,21 @@ from shared.errors import FedGenomeError
 log = logging.getLogger(__name__)
 FLOWER_VERSION = "1.42.0"
 """The Flower release whose internals these patches (and ``client.worker``) use."""
+WORKER_INTERNALS = {  # what client/worker.py and client/app_loader.py use beyond Flower's app API
+    "flwr.supernode.runtime.run_clientapp": ("push_message", "push_task_output"),
+    "flwr.supercore.runtime": ("RuntimeHttpClient",),
+    "flwr.supercore.interceptors": ("RuntimeTokenHttpInterceptor", "RuntimeVersionHttpInterceptor",
+                                    "SuperExecAuthHttpInterceptor"),
+    "flwr.supercore.heartbeat": ("HeartbeatSender",),
+    "flwr.supercore.task_identity": ("TaskIdentity",),
+    "flwr.supercore.app_utils": ("start_parent_process_monitor",),
+    "flwr.supercore.inflatable.inflatable_utils": ("pull_and_inflate_object_from_tree",),
+    "flwr.supercore.inflatable.inflatable_protobuf_utils": (
+        "make_pull_object_fn_protobuf", "make_confirm_message_received_fn_protobuf"),
+    "flwr.cli.install": ("install_from_fab",),
+    "flwr.clientapp.utils": ("get_load_client_app_fn",),
+    "flwr.common.config": ("get_project_dir",),
+}
 _PULL_FUNCTIONS = ("pull_objects", "pull_and_inflate_object_from_tree")
 _PULL_KEYS = ("initial_backoff", "backoff_cap", "max_tries_per_object")
 
@@ -52,6 +70,18 @@ def check_version() -> None:
     if flwr.__version__ != FLOWER_VERSION:
         log.warning("fedgenome is pinned to flwr %s but %s is installed; its patches of Flower "
                     "internals are checked name by name", FLOWER_VERSION, flwr.__version__)
+
+
+def check_worker_internals() -> None:
+    """Raise :class:`FlowerVersionError` unless every Flower internal the worker uses is there."""
+    for module, names in WORKER_INTERNALS.items():
+        try:
+            found = importlib.import_module(module)
+        except ImportError:
+            raise missing(module) from None
+        for name in names:
+            if not hasattr(found, name):
+                raise missing(f"{module}.{name}")
 
 
 class _ShortSleeps(types.ModuleType):

@@ -27,7 +27,7 @@ from privacy import trainer
 from server.progress import RoundFollower, describe_round
 from server.report import RoundRecord, RunReport
 from shared import datasets, wire
-from shared.flower_patches import FLOWER_VERSION, shorten_object_pulls
+from shared.flower_patches import FLOWER_VERSION, check_worker_internals, shorten_object_pulls
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -158,6 +158,7 @@ def test_the_pinned_flower_is_the_installed_one_and_the_pulls_are_patched() -> N
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert f"flwr=={FLOWER_VERSION}" in project["dependencies"]
     assert flwr.__version__ == FLOWER_VERSION
+    check_worker_internals()
     saved = {name: dict(getattr(inflatable_utils, name).__kwdefaults__)
              for name in ("pull_objects", "pull_and_inflate_object_from_tree")}
     try:

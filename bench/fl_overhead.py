@@ -8,7 +8,9 @@ Start-up (the processes, then the run's submission and ServerApp start) is timed
 compares the rounds' wall time, from the start of round 1 to the report of round R. The fixed cost
 of a deployed round is its time minus that of its slowest site's ClientApp call (from the workers'
 journals): messaging, polling, validation, aggregation, evaluation, checkpoint. In (a) the sites
-train at once, each with its share of the cores; in (b) one after another with all of them.
+train at once, each with its share of the cores; in (b) one after another with all of them, so the
+last line also compares (a) with what it would take at its own parallelism if messages were free:
+its slowest site's calls plus the server's own work (aggregation, evaluation) as (b) timed it.
 Usage:
 
     .venv/bin/python bench/fl_overhead.py [--preset small] [--rounds 3] [--local-steps 3]
@@ -81,10 +83,11 @@ def direct(work: Path, config: dict[str, Any], rounds: int) -> dict[str, Any]:
     model = GenomeLM(load_preset(fed.preset).model)
     global_ = wire.state_to_arrays(model.state_dict())
     nodes = [SiteNode(s) for s in sites]
-    seconds, sent, evals = [], [], []
+    seconds, sent, evals, train = [], [], [], []
     for rnd in range(1, rounds + 1):
         begin = time.perf_counter()
         replies = [node.train_round(global_, fed, global_round=rnd) for node in nodes]
+        train.append(time.perf_counter() - begin)
         deltas = [r.delta for r in replies if r.delta is not None]
         global_ = {k: global_[k] + np.mean([d[k].astype(np.float32) for d in deltas], axis=0)
                    for k in global_}
@@ -96,18 +99,14 @@ def direct(work: Path, config: dict[str, Any], rounds: int) -> dict[str, Any]:
         sent += [ArrayRecord({wire.PACKED: Array(wire.pack(d, wire.WIRE_DTYPE))}).count_bytes()
                  for d in deltas]
     fp32 = ArrayRecord({wire.PACKED: Array(wire.pack(global_, np.float32))}).count_bytes()
-    return {"seconds": seconds, "sent": float(np.mean(sent)), "fp32": fp32, "evals": evals}
+    return {"seconds": seconds, "sent": float(np.mean(sent)), "fp32": fp32, "evals": evals,
+            "train": train}
 
 
-def fixed_costs(a: dict[str, Any]) -> list[float]:
-    """Per round: its time minus the slowest site's ClientApp call in it."""
-    out = []
-    for i, record in enumerate(a["records"]):
-        calls = [t["seconds"] for tasks in a["journals"].values() for t in tasks
-                 if t["round"] == str(record.round)]
-        start = a["first_start"] if i == 0 else a["ends"][i - 1]
-        out.append(a["ends"][i] - start - max(calls, default=0.0))
-    return out
+def slowest_calls(a: dict[str, Any]) -> list[float]:
+    """Per round: the longest ClientApp call of any site in it (the workers' journals)."""
+    return [max((t["seconds"] for tasks in a["journals"].values() for t in tasks
+                 if t["round"] == str(record.round)), default=0.0) for record in a["records"]]
 
 
 def main() -> None:
@@ -123,7 +122,9 @@ def main() -> None:
     a = deployed(work, config)
     b = direct(work, config, args.rounds)
     per_a = np.diff([a["first_start"], *a["ends"]])
-    fixed = fixed_costs(a)
+    slowest = slowest_calls(a)
+    fixed = [r - c for r, c in zip(per_a, slowest, strict=True)]
+    server_b = [s - t for s, t in zip(b["seconds"], b["train"], strict=True)]
     total_b = sum(b["seconds"])
     print(f"preset {args.preset}, {len(SITES)} sites ({', '.join(SITES)}), {args.rounds} rounds x "
           f"{args.local_steps} private steps; TLS, authenticated SuperNodes, long-lived ClientApp "
@@ -140,7 +141,11 @@ def main() -> None:
         print(f"  rounds 2-{args.rounds} only:                          {steady:7.2f}x")
     print(f"fixed cost per round (round minus its slowest site's ClientApp call): "
           f"{', '.join(f'{s:.2f}' for s in fixed)} s; mean {np.mean(fixed):.2f} s")
-    print(f"  of which the held-out evaluation, as (b) timed it: {np.mean(b['evals']):.2f} s per round")
+    print(f"  of which the server's own work, as (b) timed it (mean, evaluation): "
+          f"{np.mean(server_b):.2f} s ({np.mean(b['evals']):.2f} s) per round")
+    ideal = sum(slowest) + sum(server_b)
+    print(f"(a) / (its slowest site's calls + (b)'s server work), same parallelism: "
+          f"{a['rounds'] / ideal:.2f}x")
     print(f"bytes sent per site per round:               {int(b['sent']):,} "
           f"(fp32 model {b['fp32']:,}; ratio {b['sent'] / b['fp32']:.2f}x)")
 

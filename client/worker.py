@@ -15,9 +15,12 @@ per message by the app.
 
 Random generators are reseeded from OS entropy at the start of every task (torch's, numpy's and
 :mod:`random`'s global ones). Opacus without ``secure_mode`` draws its DP noise from torch's global
-generator: carried over between messages its sequence would depend on what earlier messages drew,
-and a fresh process starts it at torch's fixed default seed, so two messages could add the very
-same noise (which the difference of the two updates then cancels).
+generator, and in a long-lived process that generator carries over from task to task: once any
+task seeds it for reproducibility (``torch.manual_seed(seed)`` before building a model, as the
+server side and the baseline trainer do), every later task of every run would draw its noise as a
+fixed function of that seed, so two messages could add the very same noise, which the difference
+of the two updates then cancels. Reseeding confines a task's seeding to that task; it also keeps a
+forked or restored copy of the worker from sharing the generators' state.
 
 An exception in the app becomes an error reply and the worker goes on. ``SystemExit`` or
 ``KeyboardInterrupt`` in the app, and SIGTERM, are reported as a failed task, then the worker exits;

@@ -131,7 +131,7 @@ def test_a_new_bundle_is_imported_afresh_not_served_from_the_old(tmp_path: Path)
 def test_every_task_starts_from_fresh_random_generators() -> None:
     draws = []
     for _ in range(2):
-        torch.manual_seed(0)  # the state a fresh process (or an earlier task) left behind
+        torch.manual_seed(0)  # an earlier task seeded the generators for reproducibility
         np.random.seed(0)
         reseed_from_os_entropy()
         draws.append((torch.randn(8), np.random.standard_normal(8)))

@@ -4,7 +4,8 @@ One app serves both aggregation modes. Plain: the server sends ``arrays`` and ge
 back. SecAgg+ (Flower 1.41 runs it on its legacy records only): ``secaggplus_mod`` drives the
 protocol and calls the same train handler with ``fitins.*`` records, which gets the same site round
 and answers with ``fitres.*`` records; the mod then masks the delta before anything leaves. Every
-reply passes the egress guard last (client/egress.py).
+reply passes the egress guard last (client/egress.py). A model that comes packed (one flat array
+and its layout, see shared/wire.py) is answered packed, in the same layout.
 """
 
 from __future__ import annotations
@@ -12,11 +13,20 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+import numpy.typing as npt
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import ClientAppCallable
-from flwr.common import Code, FitRes, Scalar, Status, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common import (
+    Code,
+    FitRes,
+    Parameters,
+    Scalar,
+    Status,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
 from flwr.compat.common import recorddict_compat as compat
 
 from client.egress import SECAGG_RECORD, SITE_RECORD, egress_guard
@@ -44,9 +54,19 @@ def federation_config(context: Context) -> FederationConfig:
 
 
 def global_arrays(msg: Message) -> wire.Arrays:
-    """The global model the server sent, as float32 arrays."""
-    record = msg.content.array_records[wire.ARRAYS]
-    return {k: v.numpy().astype("float32") for k, v in record.items()}
+    """The global model the server sent, as float32 arrays (unpacked if it came packed)."""
+    arrays = {k: v.numpy().astype("float32") for k, v in msg.content.array_records[wire.ARRAYS].items()}
+    config = msg.content.config_records.get(wire.CONFIG, ConfigRecord())
+    if set(arrays) == {wire.PACKED} and wire.LAYOUT in config:
+        return wire.unpack(arrays[wire.PACKED], str(config[wire.LAYOUT]))  # type: ignore[return-value]
+    return arrays
+
+
+def reply_arrays(delta: dict[str, npt.NDArray[np.float16]], msg: Message) -> ArrayRecord:
+    """The float16 delta as the instruction sent the model: packed into one array, or by name."""
+    if set(msg.content.array_records[wire.ARRAYS]) == {wire.PACKED}:
+        return ArrayRecord({wire.PACKED: Array(wire.pack(delta, wire.WIRE_DTYPE))})
+    return ArrayRecord({k: Array(v) for k, v in delta.items()})
 
 
 @app.train()
@@ -63,27 +83,36 @@ def train(msg: Message, context: Context) -> Message:
     content = RecordDict({wire.METRICS: MetricRecord(dict(reply.metrics)),  # type: ignore[arg-type]
                           SITE: ConfigRecord({"name": reply.site})})
     if reply.delta is not None:
-        content[wire.ARRAYS] = ArrayRecord({k: Array(v) for k, v in reply.delta.items()})
+        content[wire.ARRAYS] = reply_arrays(reply.delta, msg)
     return Message(content=content, reply_to=msg)
 
 
 def _train_secure(msg: Message, site: SiteNode, fed: FederationConfig) -> Message:
     """The same round for SecAgg+: arrays in state-dict order, the delta weighted by its examples."""
     fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
-    names = site.parameter_names(fed)
-    values = parameters_to_ndarrays(fitins.parameters)
-    if len(values) != len(names):
-        raise ValueError(f"the server sent {len(values)} arrays, the model has {len(names)}")
-    global_ = {k: np.asarray(v, dtype=np.float32) for k, v in zip(names, values, strict=True)}
+    global_, packed = _secure_global(fitins.parameters, fitins.config, site, fed)
     orders = wire.RoundConfig.from_config(fitins.config)
     reply = site.train_round(global_, fed, global_round=orders.global_round,
                              run_key=orders.run_key, initial_sha256=orders.initial_sha256,
                              markov_prior=orders.markov_prior)
-    content = compat.fitres_to_recorddict(_fitres(reply, global_, fed), keep_input=True)
+    content = compat.fitres_to_recorddict(_fitres(reply, global_, fed, packed=packed), keep_input=True)
     return Message(content=content, reply_to=msg)
 
 
-def _fitres(reply: SiteReply, global_: wire.Arrays, fed: FederationConfig) -> FitRes:
+def _secure_global(parameters: Parameters, config: dict[str, Scalar], site: SiteNode,
+                   fed: FederationConfig) -> tuple[wire.Arrays, bool]:
+    """The global model of a SecAgg+ instruction, and whether it came packed (one flat array)."""
+    values = parameters_to_ndarrays(parameters)
+    if wire.LAYOUT in config and len(values) == 1:
+        unpacked = wire.unpack(values[0], str(config[wire.LAYOUT]))
+        return {k: np.asarray(v, dtype=np.float32) for k, v in unpacked.items()}, True
+    names = site.parameter_names(fed)
+    if len(values) != len(names):
+        raise ValueError(f"the server sent {len(values)} arrays, the model has {len(names)}")
+    return {k: np.asarray(v, dtype=np.float32) for k, v in zip(names, values, strict=True)}, False
+
+
+def _fitres(reply: SiteReply, global_: wire.Arrays, fed: FederationConfig, *, packed: bool) -> FitRes:
     """The legacy fit result SecAgg+ masks: a refused site takes part with zeros and weight 0."""
     if reply.delta is None:
         arrays, weight = [np.zeros_like(v) for v in global_.values()], 0
@@ -94,6 +123,8 @@ def _fitres(reply: SiteReply, global_: wire.Arrays, fed: FederationConfig) -> Fi
         if peak > fed.secagg_clip_range:
             log.warning("the weighted update reaches %.3g, beyond secagg-clip-range %.3g: SecAgg+ "
                         "clips it", peak, fed.secagg_clip_range)
+    if packed:  # one flat vector, in the order the server sent
+        arrays = [np.concatenate([a.ravel() for a in arrays])]
     metrics: dict[str, Scalar] = {**reply.metrics, "site": reply.site}
     return FitRes(Status(Code.OK, "OK"), ndarrays_to_parameters(arrays), weight, metrics)
 

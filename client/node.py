@@ -1,26 +1,77 @@
-"""A hospital's SuperNode: Flower's ``flower-supernode`` pointed at the site directory."""
+"""A hospital's node: Flower's SuperNode pointed at the site directory, and its ClientApp worker.
+
+The SuperNode runs with ``--isolation process``: it starts no ClientApp process of its own, and
+the site's long-lived worker (``python -m client.worker``) serves its tasks. The two talk over the
+SuperNode's local Runtime API, which is locked down on two counts: HTTPS with a certificate for
+127.0.0.1 from a throwaway CA made for this node at every start (:func:`runtime_security`; the
+CA's key is never written), and an HMAC secret (``--superexec-auth-secret-file``, 32 random bytes,
+mode 0600) without which no task is handed out. The SuperNode is started through
+``python -m client.supernode``, which shortens Flower's fixed waits before running it.
+"""
 
 from __future__ import annotations
 
+import os
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+from server.tls import (
+    TlsFiles,
+    issue_ca,
+    issue_server_certificate,
+    tls_files,
+    write_certificate,
+    write_private_key_pem,
+)
+from shared.atomic import atomic_path
 from shared.errors import ConfigError
-from shared.processes import flower_tool
+
+HOST = "127.0.0.1"  # the Runtime API listens on loopback only
+JOURNAL = "worker.jsonl"  # in the site's state/: one line per task its worker served
+
+
+@dataclass(frozen=True)
+class RuntimeSecurity:
+    """The files that lock a SuperNode's local Runtime API: TLS for 127.0.0.1 and the HMAC secret."""
+
+    tls: TlsFiles
+    secret: Path
+
+
+def runtime_security(directory: Path, *, days: int = 365) -> RuntimeSecurity:
+    """A fresh CA, a Runtime API certificate for 127.0.0.1 and a secret, in ``directory``."""
+    ca_key, ca = issue_ca(days=days)
+    key, cert = issue_server_certificate(ca_key, ca, hosts=(HOST,), days=days)
+    files = tls_files(directory)
+    write_certificate(files.ca_cert, ca)
+    write_private_key_pem(files.server_key, key)
+    write_certificate(files.server_cert, cert)
+    secret = directory / "superexec.secret"
+    with atomic_path(secret) as tmp:
+        os.chmod(tmp, 0o600)
+        tmp.write_bytes(os.urandom(32))
+    return RuntimeSecurity(files, secret)
 
 
 def supernode_command(*, site: Path, superlink: str, clientappio_port: int,
-                      root_cert: Path | None, insecure: bool = False,
+                      root_cert: Path | None, runtime: RuntimeSecurity, insecure: bool = False,
                       auth_key: Path | None = None, keep_updates: bool = False) -> list[str]:
-    """``flower-supernode`` for ``site``; TLS unless ``insecure`` was asked for explicitly.
+    """The SuperNode for ``site``; TLS to the SuperLink unless ``insecure`` was asked for explicitly.
 
     ``auth_key`` is the site's private key for SuperNode authentication (its public half must be
-    registered with the SuperLink); ``keep_updates`` keeps a copy of every update sent.
+    registered with the SuperLink); ``keep_updates`` keeps a copy of every update sent;
+    ``runtime`` locks the local Runtime API its worker uses.
     """
     node_config = f"site='{site.resolve()}'" + (" keep-updates=true" if keep_updates else "")
-    command = [flower_tool("flower-supernode"), "--superlink", superlink,
-               "--host", "127.0.0.1", "--port", str(clientappio_port),
+    command = [sys.executable, "-m", "client.supernode", "--superlink", superlink,
+               "--host", HOST, "--port", str(clientappio_port),
                "--node-config", node_config, "--max-retries", "10",
-               "--max-wait-time", "120"]
+               "--max-wait-time", "120", "--isolation", "process",
+               "--ssl-certfile", str(runtime.tls.server_cert),
+               "--ssl-keyfile", str(runtime.tls.server_key),
+               "--ssl-ca-certfile", str(runtime.tls.ca_cert),
+               "--superexec-auth-secret-file", str(runtime.secret)]
     if insecure:
         command.append("--insecure")
     elif root_cert is None:
@@ -31,3 +82,13 @@ def supernode_command(*, site: Path, superlink: str, clientappio_port: int,
     if auth_key is not None:
         command += ["--auth-supernode-private-key", str(auth_key)]
     return command
+
+
+def worker_command(*, site: Path, clientappio_port: int, runtime: RuntimeSecurity,
+                   supernode_pid: int) -> list[str]:
+    """The site's long-lived ClientApp worker, serving the SuperNode at ``clientappio_port``."""
+    return [sys.executable, "-m", "client.worker", "--runtime-api-address",
+            f"{HOST}:{clientappio_port}", "--root-certificates", str(runtime.tls.ca_cert),
+            "--superexec-auth-secret-file", str(runtime.secret),
+            "--parent-pid", str(supernode_pid),
+            "--journal", str(site.resolve() / "state" / JOURNAL)]

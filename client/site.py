@@ -16,22 +16,15 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from configs.schema import (
-    DPConfig,
-    FederationConfig,
-    Preset,
-    Region,
-    SiteManifest,
-    load_preset,
-    load_site_manifest,
-)
+from client.cache import load_preset, noise_for, open_site  # kept between messages
+from configs.schema import DPConfig, FederationConfig, Preset, Region, SiteManifest, load_site_manifest
 from privacy.optim_state import OptimizerStore
 from privacy.site_state import open_ledger
-from privacy.trainer import noise_for, run_private_round
+from privacy.trainer import run_private_round
 from shared import wire
 from shared.atomic import atomic_path
 from shared.checkpoint import load_weights, state_sha256
-from shared.datasets import n_fraction, open_site
+from shared.datasets import n_fraction
 from shared.errors import ConfigError
 from shared.markov_prior import build_model
 from shared.model import GenomeLM

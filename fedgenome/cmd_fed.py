@@ -13,17 +13,17 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from client.node import supernode_command
+from client.supervisor import NodeSpec, run_node
 from configs.schema import FederationConfig, validate
 from server.deploy import (
     DeploymentError,
     register_supernode,
     submit_run,
     superlink_command,
-    wait_run,
     write_connection,
 )
 from server.pki_checks import check_ca, check_server_tls, host_matches
+from server.progress import describe_round, follow_run
 from server.tls import TlsFiles, make_certificates, tls_files
 from shared.errors import ConfigError
 from shared.processes import flower_env
@@ -165,11 +165,14 @@ def client_start(
                                              "authentication (default: the site's keys/NAME, "
                                              "which also signs its ledger).")] = None,
     insecure: Insecure_ = False,
-    port: Annotated[int, typer.Option(help="Local ClientApp API port (one per node on a "
-                                      "host).")] = 9094,
+    port: Annotated[int, typer.Option(help="The SuperNode's local Runtime API port, where its "
+                                      "worker connects (one per node on a host).")] = 9094,
     flwr_home: FlwrHome_ = Path(".flwr-node"),
 ) -> None:
-    """Start this site's SuperNode in the foreground (Ctrl-C stops it)."""
+    """Start this site's SuperNode and its ClientApp worker in the foreground (Ctrl-C stops them).
+
+    The worker serves every message in one long-lived process and is restarted if it dies.
+    """
     from configs.schema import load_site_manifest
     from privacy.keys import load_private_key
     from privacy.site_state import site_key_path
@@ -188,10 +191,10 @@ def client_start(
                               f"--pki DIR --site {site}' (or its handover kit), or pass --key")
     if key is not None:
         load_private_key(key)  # a one-line error now rather than Flower's exit later
-    command = supernode_command(site=site, superlink=server, clientappio_port=port,
-                                root_cert=root_cert, insecure=insecure,
-                                auth_key=key.resolve() if key is not None else None)
-    _foreground(command, flower_env(flwr_home.resolve()))
+    _terminate_on_sigterm()
+    run_node(NodeSpec(site=site.resolve(), superlink=server, port=port, home=flwr_home.resolve(),
+                      root_cert=root_cert and root_cert.resolve(), insecure=insecure,
+                      auth_key=key.resolve() if key is not None else None))
 
 
 def run_command(
@@ -217,11 +220,15 @@ def run_command(
     write_connection(home, "fedgenome", address=server, ca_cert=root_cert and root_cert.resolve())
     from fedgenome.localfed import APP_DIR
 
+    console = Console(highlight=False)
     run_id = submit_run(APP_DIR, "fedgenome", run_config, flwr_home=home)
-    status = wait_run(run_id, "fedgenome", flwr_home=home, timeout=timeout)
+    console.print(f"run {run_id} submitted; rounds appear here as {run_dir / 'report.json'} "
+                  "records them (when this host can see the run directory)")
+    status = follow_run(run_id, "fedgenome", flwr_home=home, timeout=timeout,
+                        run_dir=run_dir.resolve(), on_round=lambda r: console.print(describe_round(r)))
     if status != "finished:completed":
         raise DeploymentError(f"run {run_id} ended as {status}; see the SuperLink's log")
-    Console().print(f"run {run_id} completed; report: {run_dir / 'report.json'}")
+    console.print(f"run {run_id} completed; report: {run_dir / 'report.json'}")
 
 
 def _parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -267,6 +274,10 @@ def demo_command(
               "target-epsilon": target_epsilon, "patients-per-step": patients_per_step,
               "eval-windows": 64, "aggregation": aggregation}
     validate(FederationConfig, config, source="demo options")
+    console = Console(highlight=False)
     summary = run_demo(Path("runs") / name, cache=cache or default_cache(), run_config=config,
-                       timeout=timeout, insecure=insecure)
+                       timeout=timeout, insecure=insecure,
+                       on_submit=lambda run_id: console.print(f"run {run_id} submitted: {rounds} "
+                                                              "rounds across the hospitals"),
+                       on_round=lambda record: console.print(describe_round(record)))
     print_summary(summary)

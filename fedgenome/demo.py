@@ -14,6 +14,7 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from fedgenome.localfed import LocalFederation
 from privacy.site_state import ledger_path
 from server.deploy import DeploymentError
 from server.pki import PkiLayout
+from server.progress import OnRound
 from shared.errors import ConfigError
 from shared.fetch import fetch_data
 from shared.markov_fields import PRIVACY_NOTE, BaselineScore
@@ -48,8 +50,13 @@ def prepare_run_dir(run_dir: Path) -> None:
 
 
 def run_demo(run_dir: Path, *, cache: Path, run_config: dict[str, Any], timeout: float,
-             insecure: bool = False) -> dict[str, Any]:
-    """Run the whole demo; the summary it prints, as a dict (also written to summary.json)."""
+             insecure: bool = False, on_submit: Callable[[int], None] | None = None,
+             on_round: OnRound | None = None) -> dict[str, Any]:
+    """Run the whole demo; the summary it prints, as a dict (also written to summary.json).
+
+    ``on_submit`` is called with the run id once the run is submitted, ``on_round`` with each
+    round's record as it ends.
+    """
     start = time.monotonic()
     prepare_run_dir(run_dir)
     paths = fetch_data(cache)
@@ -59,7 +66,9 @@ def run_demo(run_dir: Path, *, cache: Path, run_config: dict[str, Any], timeout:
               "reference": str(paths.reference.resolve()), "min-nodes": len(sites)}
     with LocalFederation(run_dir / "federation", sites, insecure=insecure) as federation:
         run_id = federation.submit(config)
-        status = federation.wait(run_id, timeout=timeout)
+        if on_submit is not None:
+            on_submit(run_id)
+        status = federation.wait(run_id, timeout=timeout, on_round=on_round)
     if federation.pki is not None:
         publish_pki(federation.pki, run_dir / "pki")
     if status != "finished:completed":

@@ -1,12 +1,15 @@
-"""A whole federation on one machine: a SuperLink and one SuperNode per site, real processes.
+"""A whole federation on one machine: a SuperLink and, per site, a SuperNode and its ClientApp worker.
 
 Used by ``fedgenome demo``, the benchmark and the integration tests. Everything listens on
-127.0.0.1. Unless ``insecure`` is asked for, the federation has its own consortium PKI
-(``<workdir>/pki``, as ``fedgenome pki init`` makes it: a CA and the SuperLink's certificate) and
-SuperNode authentication is on: each site's key (``keys/<site>``, the one that signs its ledger) is
-added to the PKI's registry and registered with the SuperLink before its SuperNode starts.
-Leaving the ``with`` block (normally, on an exception or on Ctrl-C) stops every process and its
-children.
+127.0.0.1. Each site's long-lived worker (``client/worker.py``) serves every message of a run in
+one process; a thread restarts a worker that dies (``client/supervisor.py``). The SuperLink keeps
+its state in memory: a local federation's runs end with it (checkpoints and reports are in each
+run's directory, and a resumed run starts from there). Unless
+``insecure`` is asked for, the federation has its own consortium PKI (``<workdir>/pki``, as
+``fedgenome pki init`` makes it: a CA and the SuperLink's certificate) and SuperNode
+authentication is on: each site's key (``keys/<site>``, the one that signs its ledger) is added to
+the PKI's registry and registered with the SuperLink before its SuperNode starts. Leaving the
+``with`` block (normally, on an exception or on Ctrl-C) stops every process and its children.
 """
 
 from __future__ import annotations
@@ -14,24 +17,26 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from client.node import supernode_command
+from client.supervisor import NodeProcesses, NodeSpec
 from configs.schema import load_site_manifest
 from privacy.keys import create_site_key
 from privacy.site_state import site_key_path
 from server.deploy import (
+    IN_MEMORY,
     register_supernode,
     submit_run,
     superlink_command,
     wait_healthy,
-    wait_run,
     write_connection,
 )
 from server.pki import PkiLayout, add_site, init_pki, open_pki
+from server.progress import OnRound, follow_run
 from server.tls import TlsFiles
 from shared.processes import ProcessGroup, flower_env
 
@@ -78,18 +83,35 @@ class LocalFederation:
         self.tls: TlsFiles | None = None
         self.pki: PkiLayout | None = None
         self.port = 0
+        self.nodes: dict[str, NodeProcesses] = {}  # by site directory name
+        self._run_dirs: dict[int, Path] = {}
+        self._stopping = threading.Event()
+        self._supervisor = threading.Thread(target=self._supervise, name="node-supervisor",
+                                            daemon=True)
 
     def __enter__(self) -> LocalFederation:
         try:
             self.start()
         except BaseException:
-            self.group.stop()
+            self.stop()
             raise
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Stop supervising, then stop every process and its children."""
+        self._stopping.set()
+        if self._supervisor.is_alive():
+            self._supervisor.join()
         self.group.stop()
+
+    def _supervise(self) -> None:
+        while not self._stopping.wait(0.5):
+            for node in list(self.nodes.values()):
+                node.supervise()
 
     def start(self) -> None:
         """Start the SuperLink, wait until it is healthy, then start one SuperNode per site."""
@@ -101,7 +123,7 @@ class LocalFederation:
             self.tls = self.pki.tls
         self.port = free_port()
         self.group.start("superlink", superlink_command(
-            host=HOST, port=self.port, database=self.workdir / "superlink.db", tls=self.tls,
+            host=HOST, port=self.port, database=IN_MEMORY, tls=self.tls,
             insecure=self.insecure, auth=self.auth), env=flower_env(self.flwr_home), cwd=self.workdir)
         ca = None if self.tls is None else self.tls.ca_cert
         wait_healthy(HOST, self.port, ca_cert=ca)
@@ -111,6 +133,7 @@ class LocalFederation:
             if self.auth:
                 self.register(site)
             self.start_node(site)
+        self._supervisor.start()
         log.info("SuperLink on %s:%d (%s, %s) with %d SuperNodes", HOST, self.port,
                  "plaintext" if self.insecure else "TLS",
                  "authenticated nodes" if self.auth else "no node authentication", len(self.sites))
@@ -132,27 +155,40 @@ class LocalFederation:
         return register_supernode(self.pki.site_public(name), CONNECTION, flwr_home=self.flwr_home)
 
     def start_node(self, site: Path) -> None:
-        """Start (or restart) the SuperNode of ``site``."""
-        command = supernode_command(site=site, superlink=f"{HOST}:{self.fleet_port}",
-                                    clientappio_port=free_port(),
-                                    root_cert=None if self.tls is None else self.tls.ca_cert,
-                                    insecure=self.insecure,
-                                    auth_key=self.site_key(site) if self.auth else None,
-                                    keep_updates=self.keep_updates)
-        home = self.workdir / "nodes" / site.name
-        # Several hospitals share this machine's cores: one math thread each avoids oversubscription.
-        threads = str(max(1, (os.cpu_count() or 1) // len(self.sites)))
-        env = {**flower_env(home), "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-        self.group.start(f"supernode-{site.name}", command, env=env, cwd=self.workdir)
+        """Start (or restart) the SuperNode of ``site`` and its ClientApp worker."""
+        # Several hospitals share this machine's cores: a share of the math threads each.
+        threads = max(1, (os.cpu_count() or 1) // len(self.sites))
+        spec = NodeSpec(site=site, superlink=f"{HOST}:{self.fleet_port}", port=free_port(),
+                        home=self.workdir / "nodes" / site.name,
+                        root_cert=None if self.tls is None else self.tls.ca_cert,
+                        insecure=self.insecure, auth_key=self.site_key(site) if self.auth else None,
+                        keep_updates=self.keep_updates, threads=threads)
+        node = NodeProcesses(spec, self.group, cwd=self.workdir)
+        node.start()
+        self.nodes[site.name] = node
 
     def kill_node(self, site: Path) -> None:
-        """SIGKILL a site's SuperNode and everything it started (a crashed hospital)."""
-        self.group.kill(f"supernode-{site.name}")
+        """SIGKILL a site's SuperNode and its worker (a crashed hospital)."""
+        self.nodes[site.name].kill()
+
+    def kill_worker(self, site: Path) -> int:
+        """SIGKILL a site's ClientApp worker only (a crashed app); the supervisor restarts it.
+
+        Returns the process id of the worker killed.
+        """
+        node = self.nodes[site.name]
+        pid = node.worker_pid
+        node.kill_worker()
+        return pid
 
     def submit(self, run_config: dict[str, Any]) -> int:
         """Submit a run of the fedgenome app; its run id."""
-        return submit_run(APP_DIR, CONNECTION, run_config, flwr_home=self.flwr_home)
+        run_id = submit_run(APP_DIR, CONNECTION, run_config, flwr_home=self.flwr_home)
+        if run_config.get("run-dir"):
+            self._run_dirs[run_id] = Path(str(run_config["run-dir"]))
+        return run_id
 
-    def wait(self, run_id: int, *, timeout: float) -> str:
-        """Wait for a run to finish; its final status."""
-        return wait_run(run_id, CONNECTION, flwr_home=self.flwr_home, timeout=timeout)
+    def wait(self, run_id: int, *, timeout: float, on_round: OnRound | None = None) -> str:
+        """Wait for a run to finish; its final status. ``on_round`` is called as each round ends."""
+        return follow_run(run_id, CONNECTION, flwr_home=self.flwr_home, timeout=timeout,
+                          run_dir=self._run_dirs.get(run_id), on_round=on_round)

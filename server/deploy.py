@@ -19,19 +19,22 @@ from typing import Any
 
 from server.tls import TlsFiles
 from shared.atomic import write_text
-from shared.errors import ConfigError, FedGenomeError
+from shared.errors import ConfigError
+from shared.errors import DeploymentError as DeploymentError  # re-exported; it lives in shared.errors
 from shared.processes import flower_env, flower_tool
 
 log = logging.getLogger(__name__)
 
 
-class DeploymentError(FedGenomeError):
-    """A Flower process or command failed; the message says which and where its log is."""
+IN_MEMORY = ":flwr-in-memory:"  # a SuperLink database that lives and dies with the process
 
 
-def superlink_command(*, host: str, port: int, database: Path, tls: TlsFiles | None,
+def superlink_command(*, host: str, port: int, database: Path | str, tls: TlsFiles | None,
                       insecure: bool = False, auth: bool = False) -> list[str]:
-    """``flower-superlink`` listening on ``host:port`` (Fleet, Control and Runtime APIs)."""
+    """``flower-superlink`` listening on ``host:port`` (Fleet, Control and Runtime APIs).
+
+    ``database`` is a SQLite file for runs, nodes and messages, or :data:`IN_MEMORY`.
+    """
     command = [flower_tool("flower-superlink"), "--host", host, "--port", str(port),
                "--database", str(database), "--disable-runtime-dependency-installation"]
     if auth:

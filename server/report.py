@@ -90,6 +90,16 @@ class RunReport:
                    run_key=data.get("run_key", ""), initial_checkpoint=data.get("initial_checkpoint"))
 
 
+def read_report(run_dir: Path) -> RunReport | None:
+    """The report in ``run_dir`` as its run wrote it (with that run's config); None if none yet."""
+    path = run_dir / "report.json"
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    rounds = [RoundRecord(**r) for r in data.get("rounds", [])]
+    return RunReport(run_dir, data.get("config", {}), data.get("initial_bits_per_base"), rounds)
+
+
 def write_state(run_dir: Path, *, last_round: int, checkpoint: Path) -> None:
     """Record the last completed round and its checkpoint."""
     write_text(run_dir / "state.json",

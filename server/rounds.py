@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
@@ -115,6 +116,30 @@ def _check_examples(reply: _Reply, *, max_examples: float) -> None:
                              f"in [{wire.BUCKET}, {max_examples:g}] (max-examples)")
 
 
+def _delta(arrays: ArrayRecord, global_: wire.Arrays) -> dict[str, npt.NDArray[np.generic]]:
+    """A reply's delta by array name; a packed one is unpacked in the global model's layout."""
+    delta = {k: v.numpy() for k, v in arrays.items()}
+    if set(delta) != {wire.PACKED}:
+        return delta
+    try:
+        return wire.unpack(delta[wire.PACKED], wire.layout(global_))
+    except ValueError as exc:
+        raise UpdateRejected(str(exc)) from None
+
+
+def packed(messages: list[Message], global_: wire.Arrays, *, rnd: int) -> list[Message]:
+    """The train instructions with the global model packed into one array, its layout in the config.
+
+    Each message is grouped under the global round (its ``group_id``), as SecAgg+ does.
+    """
+    record = ArrayRecord({wire.PACKED: Array(wire.pack(global_, np.float32))})
+    for msg in messages:
+        msg.content[wire.ARRAYS] = record
+        msg.content.config_records[wire.CONFIG][wire.LAYOUT] = wire.layout(global_)
+        msg.metadata.group_id = str(rnd)
+    return messages
+
+
 def collect(replies: list[Message], sampled: list[int], names: dict[int, str],
             global_: wire.Arrays, *, max_norm: float, max_examples: float = math.inf) -> Collected:
     """Sort replies into trained / refused / rejected / failed; decode valid deltas to full weights.
@@ -145,8 +170,7 @@ def collect(replies: list[Message], sampled: list[int], names: dict[int, str],
                 out.refused.append(label)
                 continue
             _check_examples(reply, max_examples=max_examples)
-            arrays = msg.content.array_records.get(wire.ARRAYS, ArrayRecord())
-            delta = {k: v.numpy() for k, v in arrays.items()}
+            delta = _delta(msg.content.array_records.get(wire.ARRAYS, ArrayRecord()), global_)
             out.norms[label] = check_update(delta, global_, max_norm=max_norm).norm
         except UpdateRejected as exc:
             log.warning("rejected the reply of site %s: %s", label, exc)
@@ -278,9 +302,9 @@ class Federation:
         nodes = wait_for_quorum(grid, minimum=self.fed.min_nodes, timeout=self.fed.sample_timeout)
         global_ = self.arrays()
         config = ConfigRecord(self.round_config(rnd))  # type: ignore[arg-type]
-        messages = list(self.strategy.configure_train(
+        messages = packed(list(self.strategy.configure_train(
             rnd, ArrayRecord({k: Array(v) for k, v in global_.items()}), config,
-            cast(Grid, _Snapshot(nodes))))
+            cast(Grid, _Snapshot(nodes)))), global_, rnd=rnd)
         sampled = [m.metadata.dst_node_id for m in messages]
         bound = update_bound(self.fed, global_)
         if self.fed.aggregation == "secagg+":

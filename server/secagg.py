@@ -7,9 +7,9 @@ strategy hands the workflow the sites the loop sampled and the global weights, a
 unmasked weighted mean of the sites' deltas together with each site's allow-listed metrics, which
 travel in the clear beside the masked vector. No single site's delta ever reaches this process.
 
-Legacy parameters carry no names: arrays travel in the global model's state-dict order, which both
-sides know. A site that refuses (budget spent) takes part with weight 0, so the mean is over the
-sites that trained.
+Legacy parameters carry no names: the model travels packed into one flat array (shared/wire.py),
+its names and shapes beside it in the fit config. A site that refuses (budget spent) takes part
+with weight 0, so the mean is over the sites that trained.
 """
 
 from __future__ import annotations
@@ -111,16 +111,18 @@ def secure_round(grid: Grid, context: Context, fed: FederationConfig, *, rnd: in
                  global_: wire.Arrays, config: Mapping[str, Scalar] | None = None) -> SecureRound:
     """Run one SecAgg+ round with ``nodes``; the sites' weighted mean delta and their metrics.
 
-    ``config`` is what each site's fit instruction carries (default: the round and local steps).
+    ``config`` is what each site's fit instruction carries (default: the round and local steps),
+    to which the model's layout is added (the arrays travel packed).
     """
-    names = list(global_)
+    layout = wire.layout(global_)
+    base = dict(config or {"global-round": rnd, "local-steps": fed.local_steps})
     strategy = _OneRound([GridClientProxy(n, grid, context.run_id) for n in nodes],
-                         dict(config or {"global-round": rnd, "local-steps": fed.local_steps}))
+                         {**base, wire.LAYOUT: layout})
     legacy = LegacyContext(Context(run_id=context.run_id, node_id=context.node_id,
                                    node_config=context.node_config, state=RecordDict(),
                                    run_config=context.run_config),
                            config=ServerConfig(num_rounds=rnd), strategy=strategy)
-    params = ndarrays_to_parameters([global_[k] for k in names])
+    params = ndarrays_to_parameters([wire.pack(global_, np.float32)])  # one array: few requests
     legacy.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(params, True)
     legacy.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({Key.CURRENT_ROUND: rnd})
     with np.errstate(divide="ignore", invalid="ignore"):  # all sites refused: total weight 0
@@ -132,6 +134,7 @@ def secure_round(grid: Grid, context: Context, fed: FederationConfig, *, rnd: in
         out.metrics[name], out.weights[name] = metrics, res.num_examples
     trained = any(int(cast(int, m.get(wire.STATUS, 0))) == wire.TRAINED for m in out.metrics.values())
     if trained and strategy.results:
-        mean = parameters_to_ndarrays(strategy.results[0][1].parameters)
-        out.mean_delta = {k: np.asarray(v, dtype=np.float32) for k, v in zip(names, mean, strict=True)}
+        (mean,) = parameters_to_ndarrays(strategy.results[0][1].parameters)
+        out.mean_delta = {k: np.asarray(v, dtype=np.float32)
+                          for k, v in wire.unpack(mean, layout).items()}
     return out

@@ -14,7 +14,7 @@ without that file are unchanged.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -273,13 +273,36 @@ class SiteData:
     reference: Reference | None
 
 
-def open_site(site_dir: Path, data: DataConfig, *, seed: int,
-              cache_dir: Path | None = None) -> SiteData:
+@dataclass(frozen=True)
+class SiteSource:
+    """A site's inputs as read from disk, before any data setting or seed: what a cache may keep."""
+
+    manifest: SiteManifest
+    reference: Reference | None = None  # VCF sites: the reference and the patients' variants
+    cohort: Cohort | None = None
+    records: dict[str, Ids] | None = None  # FASTA sites: one sequence per unit
+
+    def dataset(self, data: DataConfig, *, seed: int) -> PatientWindows | RecordWindows:
+        """A fresh dataset over these inputs, drawing windows with its own generator (``seed``)."""
+        if self.records is not None:
+            return RecordWindows(self.records, holdout=self.manifest.holdout, data=data, seed=seed)
+        assert self.reference is not None and self.cohort is not None
+        contigs = self.reference.contigs
+        lengths = {c: contigs[c] for c in self.manifest.contigs}
+        return PatientWindows(self.cohort, self.reference, data=data, seed=seed,
+                              intervals=allowed_intervals(lengths, self.manifest.holdout))
+
+
+def open_site(site_dir: Path, data: DataConfig, *, seed: int, cache_dir: Path | None = None,
+              source: SiteSource | None = None) -> SiteData:
     """Load a site directory (``site.toml`` and the files it names) into a training dataset.
 
-    Planted canary units (``state/canaries.npz``), when present, come after the real units.
+    ``source`` is the site's inputs if the caller already holds them (:func:`read_site_source`).
+    Planted canary units (``state/canaries.npz``), when present, come after the real units; they
+    are read every time.
     """
-    site = _open_units(site_dir, data, seed=seed, cache_dir=cache_dir)
+    source = source or read_site_source(site_dir, cache_dir=cache_dir)
+    site = SiteData(source.manifest, source.dataset(data, seed=seed), source.reference)
     planted = read_planted(site_dir, span=data.window + 1)
     if planted is not None:
         site.dataset.planted = planted
@@ -287,27 +310,23 @@ def open_site(site_dir: Path, data: DataConfig, *, seed: int,
     return site
 
 
-def _open_units(site_dir: Path, data: DataConfig, *, seed: int, cache_dir: Path | None) -> SiteData:
-    """The site's real units (patients or records), without planted canaries."""
+def read_site_source(site_dir: Path, *, cache_dir: Path | None = None,
+                     open_reference: Callable[[Path], Reference] = Reference) -> SiteSource:
+    """Read a site's real units (patients or records), without planted canaries."""
     manifest = load_site_manifest(site_dir)
     if manifest.kind == "fasta":
         assert manifest.fasta is not None
-        records = read_fasta_records(manifest.fasta)
-        return SiteData(manifest, RecordWindows(records, holdout=manifest.holdout, data=data,
-                                                seed=seed), None)
+        return SiteSource(manifest, records=read_fasta_records(manifest.fasta))
     assert manifest.reference is not None
-    reference = Reference(manifest.reference)
+    reference = open_reference(manifest.reference)
     cohort = load_cohort(manifest, reference, cache_dir=cache_dir)
-    lengths = {c: reference.contigs[c] for c in manifest.contigs if c in reference.contigs}
-    missing = set(manifest.contigs) - set(lengths)
+    missing = set(manifest.contigs) - set(reference.contigs)
     if missing:
         raise InputFileError(f"{manifest.reference}: contigs {sorted(missing)} named in "
                              f"{site_dir / 'site.toml'} are not in the reference; fix 'contigs'")
-    intervals = allowed_intervals(lengths, manifest.holdout)
     log.info("site %s: %d patients, %s", manifest.name, len(cohort.samples),
              ", ".join(f"{c}: {len(v.pos)} SNVs" for c, v in cohort.contigs.items()))
-    dataset = PatientWindows(cohort, reference, intervals=intervals, data=data, seed=seed)
-    return SiteData(manifest, dataset, reference)
+    return SiteSource(manifest, reference=reference, cohort=cohort)
 
 
 def tile_windows(seqs: dict[str, Ids], regions: Sequence[Region] | None, *, window: int,

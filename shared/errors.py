@@ -33,3 +33,7 @@ class PrivacyBudgetExhausted(FedGenomeError):
 
 class LedgerError(FedGenomeError):
     """A privacy ledger fails verification: a bad signature, a broken hash chain, a missing entry."""
+
+
+class DeploymentError(FedGenomeError):
+    """A Flower process or command failed; the message says which and where its log is."""

@@ -1,7 +1,7 @@
 """Child processes that are always cleaned up: each in its own session, killed as a group.
 
-Flower's SuperLink and SuperNode start children of their own (SuperExec, one ClientApp process per
-message) that outlive a killed parent; killing the whole process group leaves nothing behind, also
+Flower's SuperLink starts children of its own (SuperExec, one ServerApp process per run) that
+outlive a killed parent; killing the whole process group leaves nothing behind, also
 on Ctrl-C, on an exception, or when the owning process is terminated.
 """
 
@@ -27,16 +27,23 @@ log = logging.getLogger(__name__)
 class ProcessGroup:
     """Starts commands in new sessions and stops every one of them, with all their children."""
 
-    def __init__(self, log_dir: Path) -> None:
-        self.log_dir = log_dir
+    def __init__(self, log_dir: Path | None) -> None:
+        self.log_dir = log_dir  # None: the children write to this process's stdout and stderr
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(self, name: str, command: Sequence[str], *, env: dict[str, str] | None = None,
               cwd: Path | None = None) -> subprocess.Popen[bytes]:
-        """Start ``command`` as ``name``; its output goes to ``log_dir/name.log``."""
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.log_dir / f"{name}.log", "ab") as out:
-            proc = subprocess.Popen(list(command), stdout=out, stderr=subprocess.STDOUT,
+        """Start ``command`` as ``name``; its output goes to ``log_dir/name.log``.
+
+        A name already in the group (a process that ended) is replaced.
+        """
+        with contextlib.ExitStack() as stack:
+            out = None
+            if self.log_dir is not None:
+                self.log_dir.mkdir(parents=True, exist_ok=True)
+                out = stack.enter_context(open(self.log_dir / f"{name}.log", "ab"))
+            proc = subprocess.Popen(list(command), stdout=out,
+                                    stderr=None if out is None else subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, env=env, cwd=cwd,
                                     start_new_session=True)
         self.procs[name] = proc
@@ -49,6 +56,11 @@ class ProcessGroup:
         for pid in tree(proc.pid):
             _signal(pid, signal.SIGKILL)
         proc.wait(timeout=30)
+
+    def running(self, name: str) -> bool:
+        """Whether ``name`` was started and has not exited."""
+        proc = self.procs.get(name)
+        return proc is not None and proc.poll() is None
 
     def stop(self, *, grace: float = 10.0) -> None:
         """SIGTERM every process tree, wait up to ``grace`` seconds, then SIGKILL what is left."""
@@ -128,8 +140,10 @@ def flower_tool(name: str) -> str:
 
 
 def flower_env(flwr_home: Path) -> dict[str, str]:
-    """Environment for Flower processes: their own FLWR_HOME, no update checks, no dep installs."""
+    """Environment for Flower processes: own FLWR_HOME, no update checks, dep installs, telemetry."""
     bin_dir = str(Path(sys.executable).parent)  # Flower starts flower-superexec etc. by name
     path = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
     return {**os.environ, "PATH": path, "FLWR_HOME": str(flwr_home), "FLWR_DISABLE_UPDATE_CHECK": "1",
-            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "PYTHONUNBUFFERED": "1"}
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "PYTHONUNBUFFERED": "1",
+            "FLWR_TELEMETRY_ENABLED": "0",  # Flower would report usage to its servers
+            "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.2"}  # a run's ServerApp starts sooner (default 1 s)

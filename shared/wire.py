@@ -3,10 +3,16 @@
 A site sends ``local - global`` in float16 (half the bytes of float32 weights, and a delta keeps
 its relative precision where full weights in float16 would not); the server adds it back to the
 float32 global weights it sent. Pure numpy: the Flower apps turn these dicts into records.
+
+On the wire a model travels packed: one flat array (:data:`PACKED`) holding every tensor in
+state-dict order, its names and shapes beside it as JSON (:data:`LAYOUT`, in the instruction's
+config). Flower moves every array of a record as objects of their own, one HTTPS request each per
+hop, so 109 separate tensors cost seconds per message where one packed array costs a few requests.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -20,6 +26,8 @@ WIRE_DTYPE = np.float16
 ARRAYS = "arrays"
 METRICS = "metrics"
 CONFIG = "config"
+PACKED = "packed"  # the one array of a packed model (ARRAYS record)
+LAYOUT = "layout"  # config key: JSON [[name, shape], ...] of the packed model
 
 NUM_EXAMPLES = "num-examples"  # bucketed: exact cohort sizes are themselves sensitive
 STATUS = "status"  # 1 = trained, 0 = refused (budget exhausted)
@@ -91,3 +99,32 @@ class RoundConfig:
                    run_key=None if run_key is None else str(run_key),
                    initial_sha256=None if initial is None else str(initial),
                    markov_prior=None if prior is None else str(prior))
+
+
+def layout(arrays: Mapping[str, npt.NDArray[np.generic]]) -> str:
+    """The names and shapes of ``arrays``, in order, as the JSON string sent as :data:`LAYOUT`."""
+    return json.dumps([[k, list(v.shape)] for k, v in arrays.items()], separators=(",", ":"))
+
+
+def pack(arrays: Mapping[str, npt.NDArray[np.generic]], dtype: npt.DTypeLike) -> npt.NDArray[np.generic]:
+    """Every array of ``arrays``, flattened in order into one array of ``dtype``."""
+    return np.concatenate([np.asarray(v, dtype=dtype).ravel() for v in arrays.values()])
+
+
+def unpack(flat: npt.NDArray[np.generic], layout_json: str) -> dict[str, npt.NDArray[np.generic]]:
+    """The arrays :func:`pack` flattened into ``flat``, named and shaped by ``layout_json``.
+
+    Raises:
+        ValueError: The layout is malformed or does not account for exactly ``flat``'s elements.
+    """
+    try:
+        entries = [(str(name), tuple(int(d) for d in shape)) for name, shape in json.loads(layout_json)]
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"malformed model layout ({exc})") from None
+    sizes = [int(np.prod(shape)) for _, shape in entries]
+    if flat.ndim != 1 or sum(sizes) != flat.size or len({n for n, _ in entries}) != len(entries):
+        raise ValueError(f"a packed model of {flat.size} values does not fit its layout of "
+                         f"{len(entries)} arrays and {sum(sizes)} values")
+    ends = np.cumsum(sizes)
+    return {name: flat[end - size:end].reshape(shape)
+            for (name, shape), size, end in zip(entries, sizes, ends, strict=True)}

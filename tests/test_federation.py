@@ -1,7 +1,12 @@
-"""Federated training on Flower's real deployment engine: SuperLink + SuperNodes on 127.0.0.1."""
+"""Federated training on Flower's real deployment engine: SuperLink + SuperNodes on 127.0.0.1.
+
+Each site's messages are served by its long-lived ClientApp worker (client/worker.py), which
+records every task it served, with its process id, in the site's ``state/worker.jsonl``.
+"""
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Callable
@@ -12,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from client.node import JOURNAL
 from configs.schema import load_preset
 from fedgenome.localfed import LocalFederation
 from privacy.keys import load_public_key
@@ -35,6 +41,11 @@ def ledger_entries(site: Path) -> list[Any]:
                               public_key=load_public_key(site / "keys" / f"{name}.pub"), site=name))
 
 
+def served(site: Path) -> list[dict[str, Any]]:
+    """The tasks the site's worker served, in order (its journal; local, never sent)."""
+    return [json.loads(line) for line in (site / "state" / JOURNAL).read_text().splitlines()]
+
+
 def wait_for_round(run_dir: Path, rnd: int, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -50,10 +61,15 @@ def test_two_sites_two_rounds_over_tls(site_copy: Callable[[str], Path], data_pa
     sites = [site_copy("hospital-ceu"), site_copy("hospital-tsi")]
     run_dir = tmp_path / "run"
     with LocalFederation(tmp_path / "fed", sites) as federation:
-        assert federation.tls is not None
+        assert federation.tls is not None and federation.auth
         run_id = federation.submit(run_config(data_paths, run_dir, **{"num-server-rounds": 2}))
         assert federation.wait(run_id, timeout=600) == "finished:completed"
+        workers = {site.name: federation.nodes[site.name].worker_pid for site in sites}
     assert federation.group.survivors() == []  # no process left behind
+    for site in sites:  # one long-lived ClientApp process served every message of the site
+        tasks = served(site)
+        assert [(t["round"], t["status"]) for t in tasks] == [("1", "completed"), ("2", "completed")]
+        assert {t["pid"] for t in tasks} == {workers[site.name]}
     report = json.loads((run_dir / "report.json").read_text())
     assert [r["round"] for r in report["rounds"]] == [1, 2]
     for r in report["rounds"]:
@@ -137,3 +153,28 @@ def test_a_run_from_an_initial_checkpoint_starts_from_exactly_its_weights(
     final = load_checkpoint(run_dir / "checkpoints" / "round-0001").model.state_dict()
     for name, weights in start.items():  # the global model = the checkpoint + the sites' mean update
         assert torch.allclose(final[name], weights + (deltas[0][name] + deltas[1][name]) / 2, atol=1e-5)
+
+
+def test_a_killed_worker_is_restarted_and_the_run_goes_on(site_copy: Callable[[str], Path],
+                                                         data_paths: DataPaths, tmp_path: Path) -> None:
+    ceu, tsi = site_copy("hospital-ceu"), site_copy("hospital-tsi")
+    run_dir = tmp_path / "run"
+    with LocalFederation(tmp_path / "fed", [ceu, tsi]) as federation:
+        run_id = federation.submit(run_config(data_paths, run_dir, **{"num-server-rounds": 3}))
+        wait_for_round(run_dir, 1)
+        killed = federation.kill_worker(ceu)  # a hard crash of the site's ClientApp process
+        assert federation.wait(run_id, timeout=900) == "finished:completed"
+        restarted = federation.nodes[ceu.name].worker_pid
+    assert federation.group.survivors() == []
+    assert restarted != killed and federation.nodes[ceu.name].restarts >= 1
+    rounds = json.loads((run_dir / "report.json").read_text())["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2, 3]
+    assert rounds[-1]["trained"] == ["hospital-ceu", "hospital-tsi"]  # the site is back
+    tasks = served(ceu)
+    assert tasks[0]["pid"] == killed and tasks[-1]["pid"] == restarted
+    assert tasks[-1]["round"] == "3" and tasks[-1]["status"] == "completed"
+    # The restarted worker went on from the site's state on disk: no round counted twice.
+    entries = ledger_entries(ceu)
+    assert len({e.round for e in entries}) == len(entries) and entries[-1].round == 3
+    assert all(a.epsilon < b.epsilon for a, b in itertools.pairwise(entries))
+    assert {t["pid"] for t in served(tsi)} == {federation.nodes[tsi.name].worker_pid}

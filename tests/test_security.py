@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import torch
 
 from client.egress import ALLOWED, EGRESS_LOG
+from client.node import JOURNAL
+from client.worker import Options, Worker
 from configs.schema import load_preset
 from fedgenome.localfed import LocalFederation
 from shared import tokenizer, wire
@@ -102,8 +106,13 @@ def test_secure_aggregation_equals_fedavg_and_hides_each_update(
         run_id = federation.submit(config)
         assert federation.wait(run_id, timeout=900) == "finished:completed"
         sent = tap.sent()
+        workers = {site.name: federation.nodes[site.name].worker_pid for site in sites}
     report = json.loads((run_dir / "report.json").read_text())["rounds"][0]
     assert report["trained"] == sorted(s.name for s in sites)
+    for site in sites:  # SecAgg+'s four stages, served by the site's one long-lived worker
+        tasks = [json.loads(x) for x in (site / "state" / JOURNAL).read_text().splitlines()]
+        assert [(t["round"], t["status"]) for t in tasks] == [("1", "completed")] * 4
+        assert {t["pid"] for t in tasks} == {workers[site.name]}
     # The global model moved by the example-weighted mean of the sites' deltas (what FedAvg does),
     # up to SecAgg+'s quantisation: clip range 1, 2^22 levels, scaled by weight/max-weight.
     torch.manual_seed(0)
@@ -125,3 +134,34 @@ def test_secure_aggregation_equals_fedavg_and_hides_each_update(
         for form in (array.astype(np.float16).tobytes(), array.astype(np.float32).tobytes()):
             assert form[:64] not in sent and form[-64:] not in sent
     assert nucleotide_runs(sent) == []
+
+
+def test_the_local_runtime_api_serves_only_tls_clients_with_the_secret(
+        site_copy: Callable[[str], Path], tmp_path: Path) -> None:
+    site = site_copy("hospital-ceu")
+    with LocalFederation(tmp_path / "fed", [site]) as federation:
+        assert federation.tls is not None
+        node = federation.nodes[site.name]
+        address = f"127.0.0.1:{node.spec.port}"
+        ca, secret = node.runtime.tls.ca_cert, node.runtime.secret
+        signed = Worker(Options(address, ca, secret, journal=None))
+        deadline = time.monotonic() + 120
+        while True:  # until the SuperNode's Runtime API is up
+            try:
+                assert signed.acquire() is None  # answered (there is no run, so no task)
+                break
+            except httpx.ConnectError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        with pytest.raises(httpx.HTTPStatusError):  # TLS, but no HMAC with the node's secret
+            Worker(Options(address, ca, None, journal=None)).acquire()
+        stranger = tmp_path / "stranger.secret"
+        stranger.write_bytes(b"not the node's secret")
+        with pytest.raises(httpx.HTTPStatusError):
+            Worker(Options(address, ca, stranger, journal=None)).acquire()
+        with pytest.raises(httpx.TransportError):  # plaintext is not served at all
+            Worker(Options(address, None, secret, journal=None)).acquire()
+        with pytest.raises(httpx.TransportError):  # nor a certificate of another CA (the SuperLink's)
+            Worker(Options(address, federation.tls.ca_cert, secret, journal=None)).acquire()
+        assert federation.group.running(node.worker)  # the site's own worker is still serving

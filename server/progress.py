@@ -1,0 +1,107 @@
+"""Follow a submitted run: its rounds as the ServerApp reports them, then its final status.
+
+The ServerApp rewrites ``report.json`` in the run directory after every round (server/report.py),
+so reading that file is how a submitter on the same host (or a shared file system) sees rounds
+finish; it costs a file read. Asking the SuperLink for the run's status takes a ``flwr`` command
+(about 2 s of CPU), so that is done rarely while rounds remain, and every second once the last
+round is in.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+from server.deploy import run_status
+from server.report import RoundRecord, read_report
+from shared.errors import DeploymentError
+
+log = logging.getLogger(__name__)
+OnRound = Callable[[RoundRecord], None]
+
+
+class RoundFollower:
+    """Hands each round that appears in ``run_dir/report.json`` to ``on_round``, once."""
+
+    def __init__(self, run_dir: Path | None, on_round: OnRound | None) -> None:
+        self.run_dir = run_dir
+        self.on_round = on_round
+        earlier = read_report(run_dir) if run_dir is not None else None
+        self.seen = 0 if earlier is None else len(earlier.rounds)  # rounds before a resume
+        self.last_round = 0
+        self.final_round: int | None = None
+
+    def poll(self) -> None:
+        """Read the report; call ``on_round`` for every round not seen yet."""
+        report = read_report(self.run_dir) if self.run_dir is not None else None
+        if report is None:
+            return
+        if report.config:
+            total = int(report.config.get("num-server-rounds", 0))
+            stop = int(report.config.get("stop-after", 0) or 0)
+            self.final_round = min(total, stop) if stop else total
+        for record in report.rounds[self.seen:]:
+            self.last_round = record.round
+            if self.on_round is not None:
+                self.on_round(record)
+        self.seen = max(self.seen, len(report.rounds))
+
+    @property
+    def done(self) -> bool:
+        """Whether the last round the run will do has been reported."""
+        return self.final_round is not None and self.last_round >= self.final_round
+
+
+def describe_round(record: RoundRecord) -> str:
+    """One line about a finished round: sites trained, train loss, held-out bits per base, seconds."""
+    loss = "-" if record.train_loss is None else f"{record.train_loss:.4f}"
+    others = [f"{len(names)} {what}" for what, names in (
+        ("refused", record.refused), ("failed", record.failed), ("rejected", record.rejected))
+        if names]
+    return (f"round {record.round}: {len(record.trained)} sites trained"
+            + "".join(f", {o}" for o in others)
+            + f", train loss {loss}, held-out {record.heldout_bits_per_base:.4f} bits/base, "
+            f"{record.seconds:.1f} s")
+
+
+def follow_run(run_id: int, connection: str, *, flwr_home: Path, timeout: float,
+               run_dir: Path | None = None, on_round: OnRound | None = None,
+               tick: float = 0.25, status_every: float = 30.0) -> str:
+    """Wait until a run has finished; its final status (``flwr run --stream`` exits 0 on failure).
+
+    Args:
+        run_id: The run.
+        connection: The ``flwr`` connection name of its SuperLink.
+        flwr_home: The ``flwr`` CLI's home.
+        timeout: Seconds to wait at most.
+        run_dir: The run directory, if visible here; its rounds go to ``on_round`` as they end.
+        on_round: Called with each round's record, in order.
+        tick: Seconds between looks at the report.
+        status_every: Seconds between status checks while rounds remain.
+
+    Raises:
+        DeploymentError: The run did not finish within ``timeout``.
+    """
+    follower = RoundFollower(run_dir, on_round)
+    every = status_every if run_dir is not None else min(status_every, 10.0)  # no report: ask more
+    deadline = time.monotonic() + timeout
+    next_status, last_seen_done = time.monotonic() + every, False
+    with ThreadPoolExecutor(max_workers=1) as pool:  # the report is read while the status comes
+        asked: Future[str] | None = None
+        while time.monotonic() < deadline:
+            follower.poll()
+            if follower.done and not last_seen_done:
+                next_status, last_seen_done = time.monotonic(), True  # the run ends any moment
+            if asked is None and time.monotonic() >= next_status:
+                asked = pool.submit(run_status, run_id, connection, flwr_home=flwr_home)
+            if asked is not None and asked.done():
+                if (status := asked.result()).startswith("finished"):
+                    follower.poll()
+                    return status
+                asked = None
+                next_status = time.monotonic() + (1.0 if follower.done else every)
+            time.sleep(tick)
+    raise DeploymentError(f"run {run_id} did not finish within {timeout:.0f} s")

@@ -17,7 +17,15 @@ import numpy.typing as npt
 import torch
 
 from client.cache import load_preset, noise_for, open_site  # kept between messages
-from configs.schema import DPConfig, FederationConfig, Preset, Region, SiteManifest, load_site_manifest
+from configs.schema import (
+    DataConfig,
+    DPConfig,
+    FederationConfig,
+    Preset,
+    Region,
+    SiteManifest,
+    load_site_manifest,
+)
 from privacy.optim_state import OptimizerStore
 from privacy.site_state import open_ledger
 from privacy.trainer import run_private_round
@@ -95,7 +103,7 @@ class SiteNode:
             "lr": fed.lr, "optimizer": fed.local_optimizer, "momentum": fed.local_momentum})
         dp = dp_settings(preset, fed)
         device = pick_device(preset.train.device)
-        data = open_site(self.site_dir, preset.data, seed=fed.seed * 100_003 + global_round,
+        data = open_site(self.site_dir, round_data(preset, fed), seed=fed.seed * 100_003 + global_round,
                          cache_dir=self.site_dir / "state")
         model = self.model(preset, fed, markov_prior)
         load_weights(model, wire.arrays_to_state(global_),
@@ -172,6 +180,11 @@ class SiteNode:
         windows = torch.from_numpy(np.stack(rows).astype(np.int64))
         result = evaluate(model, windows, device=pick_device(preset.train.device))
         return result.bits_per_base, len(rows)
+
+
+def round_data(preset: Preset, fed: FederationConfig) -> DataConfig:
+    """The preset's data settings with the run's windows per patient."""
+    return preset.data.model_copy(update={"windows_per_patient": fed.windows_per_patient})
 
 
 def dp_settings(preset: Preset, fed: FederationConfig) -> DPConfig:

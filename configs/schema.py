@@ -135,6 +135,8 @@ class FederationConfig(BaseModel):
     target_epsilon: float = Field(8.0, gt=0.0, description="epsilon all planned rounds reach")
     max_grad_norm: float = Field(1.0, gt=0.0)
     patients_per_step: int = Field(16, gt=0)
+    windows_per_patient: int = Field(4, ge=1, le=1024, description="windows k each sampled patient "
+                                     "gives per private step; their mean gradient is clipped once")
     lr: float = Field(1e-3, gt=0.0, lt=10.0, description="sites' peak local learning rate")
     warmup_steps: int = Field(0, ge=0, description="linear warm-up, in global steps (rounds x "
                               "local-steps) of the run's one schedule")

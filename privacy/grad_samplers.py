@@ -51,12 +51,11 @@ def causal_depthwise_grad_sample(layer: CausalDepthwiseConv, activations: list[t
     """
     B, C, T = backprops.shape[0], backprops.shape[-2], backprops.shape[-1]
     g = backprops.reshape(B, -1, C, T).float()  # (B, n, C, T)
-    u = activations[0].reshape(B, -1, C, T).float()
-    K = layer.kernel_size[0]
-    windows = F.pad(u, (K - 1, 0)).unfold(3, K, 1)  # (B, n, C, T, K)
+    u = F.pad(activations[0].reshape(B, -1, C, T).float(), (layer.kernel_size[0] - 1, 0))
     grads: dict[torch.Tensor, torch.Tensor] = {}
-    if layer.weight.requires_grad:
-        grads[layer.weight] = torch.einsum("bnct,bnctk->bck", g, windows).unsqueeze(2)
+    if layer.weight.requires_grad:  # one multiply-and-sum per tap: no (B, C, T, K) unfold
+        taps = [(g * u[..., k : k + T]).sum(dim=(1, 3)) for k in range(layer.kernel_size[0])]
+        grads[layer.weight] = torch.stack(taps, dim=-1).unsqueeze(2)  # (B, C, 1, K)
     if layer.bias is not None and layer.bias.requires_grad:
         grads[layer.bias] = g.sum(dim=(1, 3))  # (B, C)
     return grads

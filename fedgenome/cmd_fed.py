@@ -257,6 +257,9 @@ def demo_command(
     target_epsilon: Annotated[float, typer.Option(help="Epsilon every site reaches after all "
                                                   "rounds (budget 8).")] = 8.0,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the run.")] = 3600.0,
+    init: Annotated[Path | None, typer.Option(help="Checkpoint the global model starts from "
+                                              "(default: the project's pretrained "
+                                              "models/PRESET, if there is one).")] = None,
     aggregation: Annotated[str, typer.Option(help="'plain' or 'secagg+' (Flower's SecAgg+: the "
                                              "server sees only the sum; about 2-3x the time).")
                            ] = "plain",
@@ -270,9 +273,13 @@ def demo_command(
     from shared.fetch import default_cache
 
     _terminate_on_sigterm()
+    from fedgenome.demo import shipped_checkpoint
+
+    start = init or shipped_checkpoint(preset)
     config = {"preset": preset, "num-server-rounds": rounds, "local-steps": local_steps,
               "target-epsilon": target_epsilon, "patients-per-step": patients_per_step,
-              "eval-windows": 64, "aggregation": aggregation}
+              "eval-windows": 64, "aggregation": aggregation,
+              "initial-checkpoint": "" if start is None else str(start.resolve())}
     validate(FederationConfig, config, source="demo options")
     console = Console(highlight=False)
     summary = run_demo(Path("runs") / name, cache=cache or default_cache(), run_config=config,

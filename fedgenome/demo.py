@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from configs.schema import load_site_manifest
-from fedgenome.localfed import LocalFederation
+from fedgenome.localfed import APP_DIR, LocalFederation
 from privacy.site_state import ledger_path
 from server.deploy import DeploymentError
 from server.pki import PkiLayout
@@ -47,6 +47,16 @@ def prepare_run_dir(run_dir: Path) -> None:
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
     (run_dir / MARKER).write_text("made by fedgenome demo\n")
+
+
+def shipped_checkpoint(preset: str) -> Path | None:
+    """The project's pretrained checkpoint of ``preset`` (``models/<preset>``), if it ships one."""
+    path = APP_DIR / "models" / preset
+    if (path / "model.safetensors").is_file():
+        return path
+    log.warning("no pretrained checkpoint for preset %s in %s: the demo starts from random weights",
+                preset, APP_DIR / "models")
+    return None
 
 
 def run_demo(run_dir: Path, *, cache: Path, run_config: dict[str, Any], timeout: float,
@@ -103,6 +113,7 @@ def summarize(run_dir: Path, sites: list[Path], *, seconds: float) -> dict[str, 
             if path.exists():
                 shutil.copy2(path, ledgers / path.name.replace("ledger", manifest.name))
     return {"rounds": len(report["rounds"]), "seconds": round(seconds, 1),
+            "initial_checkpoint": report.get("initial_checkpoint"),
             "heldout_bits_per_base_before": report["initial_bits_per_base"],
             "heldout_bits_per_base_after": last["heldout_bits_per_base"],
             **(markov.to_json() if markov is not None else {}),
@@ -123,6 +134,9 @@ def print_summary(summary: dict[str, Any]) -> None:
     console = Console()
     console.print(f"Federated DP training: {summary['rounds']} rounds across "
                   f"{len(summary['sites'])} hospitals in {summary['seconds'] / 60:.1f} min")
+    start = summary.get("initial_checkpoint")
+    console.print("started from " + (f"{start['path']} (weights SHA-256 {start['sha256'][:16]})" if start
+                                     else "random weights"))
     console.print(f"held-out chr20 bits per base: {summary['heldout_bits_per_base_before']:.4f} "
                   f"before -> {summary['heldout_bits_per_base_after']:.4f} after")
     markov = BaselineScore.from_json(summary)

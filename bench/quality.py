@@ -23,31 +23,24 @@ public reference cannot), writes ``quality.png`` (bits per base against tokens s
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import shutil
-import statistics
-import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import ConcatDataset
 
-from configs.schema import FederationConfig, Preset, Region, load_preset
+from configs.schema import FederationConfig, Preset, Region
 from fedgenome.inprocess import run_in_process
 from shared.checkpoint import load_checkpoint, load_weights
-from shared.datasets import SiteData, open_site, read_fasta_records, tile_windows
-from shared.fetch import default_cache, fetch_data
-from shared.genomes import Reference, load_cohort
+from shared.datasets import SiteData, open_site
+from shared.genomes import load_cohort
 from shared.markov_prior import build_model
 from shared.model import GenomeLM
-from shared.reference_markov import reference_baseline
 from shared.scoring import variant_site_bits
-from shared.sites import make_sites
+from shared.sites import copy_site
 from shared.train import endless, evaluate, lr_at, make_optimizer, train_step
 
 log = logging.getLogger("bench.quality")
@@ -212,149 +205,3 @@ def federated_dp(setup: Setup, init: Path | None, seed: int, *, epsilon: float, 
 
 def str_region(region: Region) -> str:
     return f"{region.contig}:{region.start}-{region.end}"
-
-
-def copy_site(src: Path, dst: Path) -> Path:
-    """A fresh copy of a site (own ledger, key and state) sharing the real VCF."""
-    dst.mkdir(parents=True)
-    text = (src / "site.toml").read_text()
-    for name in ("patients.vcf.gz",):
-        text = text.replace(f'vcf = "{name}"', f'vcf = "{src / name}"')
-    (dst / "site.toml").write_text(text)
-    return dst
-
-
-def run_arms(setup: Setup, *, inits: dict[str, Path | None], seeds: list[int], arms: list[str],
-             work: Path) -> list[Arm]:
-    """Every requested neural arm, for every initialisation and seed."""
-    out = []
-    for seed in seeds:
-        for init in inits.values():
-            for name in arms:
-                log.info("arm %s from %s, seed %d", name, init or "random initialisation", seed)
-                if name == "central":
-                    out.append(central(setup, init, seed))
-                elif name == "fed":
-                    out.append(federated_plain(setup, init, seed))
-                elif name.startswith("fed-dp-"):
-                    out.append(federated_dp(setup, init, seed, epsilon=float(name[7:]), work=work))
-                else:
-                    raise SystemExit(f"unknown arm {name!r}: use central, fed, fed-dp-EPSILON")
-                log.info("  held-out %.4f bits/base after %s tokens (%.0f s)", out[-1].heldout,
-                         f"{out[-1].tokens:,}", out[-1].seconds)
-    return out
-
-
-def mean_sd(values: list[float]) -> str:
-    if not values or any(v is None for v in values):
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.4f}"
-    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
-
-
-def table(arms: list[Arm], markov: dict[str, float], markov_order: str) -> str:
-    """The benchmark's table, one row per arm and initialisation (mean ± sd over seeds)."""
-    lines = ["| arm | init | held-out bits/base | vs best-k | --fasta bits/base | IBS variant sites "
-             "(ALT alleles) | tokens seen | wall s |", "|---|---|---|---|---|---|---|---|",
-             f"| best-k Markov ({markov_order}) | public reference | {markov['heldout']:.4f} | 0 | "
-             f"{markov.get('fasta', float('nan')):.4f} | - | - | - |"]
-    groups: dict[tuple[str, str], list[Arm]] = {}
-    for arm in arms:
-        groups.setdefault((arm.name, arm.init), []).append(arm)
-    for (name, init), runs in groups.items():
-        held = [r.heldout for r in runs]
-        lines.append(
-            f"| {name} | {init} | {mean_sd(held)} | {statistics.mean(held) - markov['heldout']:+.4f} | "
-            f"{mean_sd([r.fasta for r in runs]) if runs[0].fasta is not None else '-'} | "  # type: ignore[misc]
-            f"{mean_sd([r.variant_bits for r in runs])} ({mean_sd([r.variant_alt_bits for r in runs])}) | "  # type: ignore[misc]
-            f"{runs[0].tokens:,} | {statistics.mean(r.seconds for r in runs):.0f} |")
-    return "\n".join(lines)
-
-
-def plot(arms: list[Arm], markov_bits: float, path: Path) -> None:
-    """Held-out bits per base against tokens seen, one line per arm and initialisation (first seed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 5))
-    seen = set()
-    for arm in arms:
-        if (arm.name, arm.init) in seen:
-            continue
-        seen.add((arm.name, arm.init))
-        xs, ys = zip(*arm.curve, strict=True)
-        ax.plot(xs, ys, marker="o", markersize=3, linestyle="-" if arm.init == "pretrained" else "--",
-                label=f"{arm.name} ({arm.init})")
-    ax.axhline(markov_bits, color="black", linestyle=":", label="best-k Markov (public reference)")
-    ax.set_xlabel("training tokens seen (all hospitals)")
-    ax.set_ylabel("held-out bits per base (chr20, last 5 Mb)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="small")
-    parser.add_argument("--init", type=Path, default=None,
-                        help="pretrained checkpoint (default: models/<preset> if it exists)")
-    parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--local-steps", type=int, default=5)
-    parser.add_argument("--patients-per-step", type=int, default=8)
-    parser.add_argument("--windows-per-patient", type=int, default=None,
-                        help="k windows per patient and step (default: the preset's)")
-    parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the preset's)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--arms", default="central,fed,fed-dp-8,fed-dp-2")
-    parser.add_argument("--no-random-init", action="store_true", help="only the pretrained arms")
-    parser.add_argument("--fasta", type=Path, default=None, help="also evaluate on this FASTA")
-    parser.add_argument("--out", type=Path, default=Path("runs/quality"))
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    torch.set_num_threads(2)
-    preset = load_preset(args.preset, None if args.windows_per_patient is None else
-                         {"data": {"windows_per_patient": args.windows_per_patient}})
-    init = args.init or (Path("models") / args.preset if (Path("models") / args.preset).is_dir() else None)
-    paths = fetch_data(default_cache())
-    work = Path(tempfile.mkdtemp(prefix="fedgenome-quality-"))
-    make_sites(paths, work / "sites")
-    ref = Reference(paths.reference)
-    heldout = tile_windows({"20": ref.tokens("20")}, [HOLDOUT], window=preset.data.window,
-                           count=preset.data.eval_windows, max_n_fraction=preset.data.max_n_fraction)
-    fasta = None
-    if args.fasta is not None:
-        fasta = tile_windows(read_fasta_records(args.fasta), None, window=preset.data.window,
-                             count=preset.data.eval_windows, max_n_fraction=preset.data.max_n_fraction)
-    setup = Setup(args.preset, preset, paths.reference, work / "sites", heldout, fasta, args.rounds,
-                  args.local_steps, args.patients_per_step, args.lr or preset.train.lr)
-    baseline = reference_baseline(paths.reference, exclude=[HOLDOUT])
-    markov = {"heldout": baseline.score(heldout).bits_per_base}
-    if fasta is not None:
-        markov["fasta"] = baseline.score(fasta).bits_per_base
-    inits: dict[str, Path | None] = {} if args.no_random_init else {"random": None}
-    if init is not None:
-        inits["pretrained"] = init
-    arms = run_arms(setup, inits=inits, seeds=args.seeds, arms=args.arms.split(","), work=work)
-    args.out.mkdir(parents=True, exist_ok=True)
-    plot(arms, markov["heldout"], args.out / "quality.png")
-    (args.out / "quality.json").write_text(json.dumps(
-        {"preset": args.preset, "init": str(init), "rounds": args.rounds, "local_steps": args.local_steps,
-         "patients_per_step": args.patients_per_step, "markov": markov,
-         "markov_pick": f"order {baseline.fit.order}, {baseline.fit.smoothing}",
-         "arms": [asdict(a) for a in arms]}, indent=1) + "\n")
-    print(f"preset {args.preset}, 3 hospitals, {args.rounds} rounds x {args.local_steps} local steps x "
-          f"{args.patients_per_step} patients x {preset.data.windows_per_patient} window(s) of "
-          f"{preset.data.window}; held-out: {len(heldout)} windows of chr20:58,025,520-63,025,520; "
-          f"seeds {args.seeds}; pretrained init: {init}")
-    print(table(arms, markov, f"order {baseline.fit.order}, {baseline.fit.smoothing}"))
-    print(f"plot: {args.out / 'quality.png'}; data: {args.out / 'quality.json'}")
-    shutil.rmtree(work, ignore_errors=True)
-
-
-if __name__ == "__main__":
-    main()

@@ -252,3 +252,11 @@ def describe_site(site: Path) -> SiteInfo:
         snps = sum(1 for _ in reader.fetch())
     return SiteInfo(path=site, name=manifest.name, role=manifest.role, patients=patients,
                     snps=snps)
+
+
+def copy_site(src: Path, dst: Path) -> Path:
+    """A fresh copy of a built site at ``dst``: its own key, ledger and state, sharing ``src``'s VCF."""
+    dst.mkdir(parents=True)
+    (dst / "site.toml").write_text((src / "site.toml").read_text().replace(
+        'vcf = "patients.vcf.gz"', f'vcf = "{src / "patients.vcf.gz"}"'))
+    return dst

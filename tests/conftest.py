@@ -65,12 +65,8 @@ def site_copy(sites_dir: Path, tmp_path: Path):  # type: ignore[no-untyped-def]
     """Factory: a private copy of a real site (own key, ledger, state) sharing the real VCF."""
 
     def make(name: str) -> Path:
-        src = sites_dir / name
-        dst = tmp_path / "sites" / name
-        dst.mkdir(parents=True)
-        text = (src / "site.toml").read_text().replace(
-            'vcf = "patients.vcf.gz"', f'vcf = "{src / "patients.vcf.gz"}"')
-        (dst / "site.toml").write_text(text)
-        return dst
+        from shared.sites import copy_site
+
+        return copy_site(sites_dir / name, tmp_path / "sites" / name)
 
     return make

@@ -8,16 +8,13 @@ from typing import Any
 from configs.schema import FederationConfig, validate
 from privacy.keys import load_public_key
 from privacy.ledger import LedgerEntry, verify_ledger
+from shared import sites
 from shared.fetch import DataPaths
 
 
 def copy_site(sites_dir: Path, root: Path, name: str) -> Path:
-    """A private copy of a real site (own key, ledger, state) sharing the real VCF."""
-    src, dst = sites_dir / name, root / name
-    dst.mkdir(parents=True)
-    (dst / "site.toml").write_text((src / "site.toml").read_text().replace(
-        'vcf = "patients.vcf.gz"', f'vcf = "{src / "patients.vcf.gz"}"'))
-    return dst
+    """A private copy of the real site ``name`` (own key, ledger, state) sharing the real VCF."""
+    return sites.copy_site(sites_dir / name, root / name)
 
 
 def fed_config(data_paths: DataPaths, run_dir: Path, **extra: Any) -> FederationConfig:

@@ -121,16 +121,22 @@ def test_too_many_patients_per_step_is_refused(tiny: Preset) -> None:
                      noise_multiplier=1.0)
 
 
-def test_lean_backward_gives_opacus_stock_update(tiny: Preset) -> None:
-    """The lean path (no aggregate weight gradients, matrix-vector clipping) is Opacus' DP-SGD step."""
+@pytest.mark.parametrize("prior", [False, True])
+def test_lean_backward_gives_opacus_stock_update(tiny: Preset, small_prior: object, prior: bool) -> None:
+    """The lean path (no aggregate weight gradients, matrix-vector clipping) is Opacus' DP-SGD step,
+    also with the frozen Markov prior attached (it is no weight)."""
     from opacus import PrivacyEngine
 
     torch.manual_seed(2)
-    model = GenomeLM(tiny.model)
-    batch = torch.randint(5, 9, (5, 65))
+    config = tiny.model.model_copy(update={"markov_prior": prior})
+    model = GenomeLM(config)
+    if prior:
+        model.attach_prior(small_prior)  # type: ignore[arg-type]
+    batch = torch.randint(5, 10, (5, 65))
     lean, setup = private_copy(model, batch, mode="hooks", sigma=0.7, clip=0.1, per_step=5)
-    stock = GenomeLM(tiny.model)
+    stock = GenomeLM(config)
     stock.load_state_dict(model.state_dict())
+    stock.prior = model.prior
     module, optimizer, _ = PrivacyEngine(accountant="rdp").make_private(
         module=stock, optimizer=torch.optim.SGD(stock.parameters(), lr=1.0),
         data_loader=torch.utils.data.DataLoader(Windows(batch), batch_size=5), noise_multiplier=0.7,
@@ -173,28 +179,3 @@ def test_a_patients_k_windows_give_one_mean_gradient(tiny: Preset) -> None:
         for p, q in zip(gsm._module.parameters(), model.parameters(), strict=True):
             assert torch.allclose(p.grad_sample[i], q.grad, atol=1e-5)
 
-
-def test_dp_with_a_markov_prior_is_opacus_stock_dp(tiny: Preset, small_prior: object) -> None:
-    """The frozen prior is no weight: the lean DP step with it attached equals Opacus' stock step."""
-    from opacus import PrivacyEngine
-
-    torch.manual_seed(5)
-    config = tiny.model.model_copy(update={"markov_prior": True})
-    model = GenomeLM(config)
-    model.attach_prior(small_prior)  # type: ignore[arg-type]
-    batch = torch.randint(5, 10, (4, 65))
-    lean, setup = private_copy(model, batch, mode="hooks", sigma=0.5, clip=0.1, per_step=4)
-    stock = GenomeLM(config)
-    stock.load_state_dict(model.state_dict())
-    stock.attach_prior(small_prior)  # type: ignore[arg-type]
-    module, optimizer, _ = PrivacyEngine(accountant="rdp").make_private(
-        module=stock, optimizer=torch.optim.SGD(stock.parameters(), lr=1.0),
-        data_loader=torch.utils.data.DataLoader(Windows(batch), batch_size=4), noise_multiplier=0.5,
-        max_grad_norm=0.1, poisson_sampling=False)
-    torch.manual_seed(6)
-    private_step(setup, batch, device=CPU)  # type: ignore[arg-type]
-    torch.manual_seed(6)
-    x, y = split_batch(batch)
-    per_sample_loss(module(x), y).mean().backward()
-    optimizer.step()
-    assert torch.allclose(flat_params(lean), flat_params(stock), atol=1e-6)

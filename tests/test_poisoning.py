@@ -40,6 +40,7 @@ from shared import wire
 from shared.fetch import DataPaths
 from shared.model import GenomeLM
 from shared.train import evaluate
+from tests.fedrun import copy_site
 
 pytestmark = pytest.mark.data
 
@@ -92,15 +93,6 @@ def server_task() -> Iterator[None]:
         for attr, value in (("_run_id", 1), ("_task_id", 1), ("_node_id", SUPERLINK_NODE_ID)):
             mp.setattr(TaskIdentity, attr, value)
         yield
-
-
-def copy_site(sites_dir: Path, root: Path, name: str) -> Path:
-    """A private copy of a real site (own key, ledger, state) sharing the real VCF."""
-    src, dst = sites_dir / name, root / name
-    dst.mkdir(parents=True)
-    (dst / "site.toml").write_text((src / "site.toml").read_text().replace(
-        'vcf = "patients.vcf.gz"', f'vcf = "{src / "patients.vcf.gz"}"'))
-    return dst
 
 
 def run_config(data_paths: DataPaths, run_dir: Path) -> FederationConfig:

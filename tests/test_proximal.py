@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.utils.data import Dataset
 
 from client.site import SiteNode
 from configs.schema import DPConfig, FederationConfig, Preset
@@ -16,19 +15,11 @@ from shared import wire
 from shared.model import GenomeLM
 from shared.tokenizer import A, T
 from tests.fedrun import copy_site, ledger_entries
+from tests.test_dp_engine import Windows
 
 CPU = torch.device("cpu")
 
 
-class Windows(Dataset[torch.Tensor]):
-    def __init__(self, windows: torch.Tensor) -> None:
-        self.windows = windows
-
-    def __len__(self) -> int:
-        return len(self.windows)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.windows[i]
 
 
 def one_step(tiny: Preset, start: GenomeLM, batch: torch.Tensor, *, mu: float,

@@ -79,7 +79,8 @@ class Setup:
     rounds: int
     local_steps: int
     patients_per_step: int
-    lr: float
+    lr: float  # peak learning rate from random initialisation
+    finetune_lr: float  # from the pretrained checkpoint
 
     @property
     def step_tokens(self) -> int:
@@ -119,10 +120,11 @@ def finish(arm: Arm, model: GenomeLM, setup: Setup, started: float) -> Arm:
     return arm
 
 
-def schedule(setup: Setup) -> Any:
+def schedule(setup: Setup, init: Path | None) -> Any:
     """The run-wide schedule of the plain arms: the preset's, over rounds x local steps."""
     steps = setup.rounds * setup.local_steps
-    return setup.preset.train.model_copy(update={"steps": steps, "lr": setup.lr,
+    lr = setup.lr if init is None else setup.finetune_lr
+    return setup.preset.train.model_copy(update={"steps": steps, "lr": lr,
                                                  "warmup_steps": min(setup.preset.train.warmup_steps,
                                                                      steps // 5)})
 
@@ -134,7 +136,7 @@ def central(setup: Setup, init: Path | None, seed: int) -> Arm:
     data = [hospital(setup, h, seed + i) for i, h in enumerate(HOSPITALS)]
     batches = endless(ConcatDataset([d.dataset for d in data]), setup.patients_per_step * len(HOSPITALS),
                       seed)
-    cfg = schedule(setup)
+    cfg = schedule(setup, init)
     optimizer = make_optimizer(model, cfg)
     arm.curve.append((0, evaluate(model, setup.heldout, device=CPU).bits_per_base))
     for step in range(cfg.steps):
@@ -150,7 +152,7 @@ def federated_plain(setup: Setup, init: Path | None, seed: int) -> Arm:
     """FedAvg of non-private local AdamW steps (each hospital keeps its moments across rounds)."""
     started, arm = time.perf_counter(), Arm("fed", "pretrained" if init else "random", seed)
     model = new_model(setup, init, seed)
-    cfg = schedule(setup)
+    cfg = schedule(setup, init)
     locals_ = []
     for i, h in enumerate(HOSPITALS):
         site = hospital(setup, h, seed + i)
@@ -188,10 +190,12 @@ def federated_dp(setup: Setup, init: Path | None, seed: int, *, epsilon: float, 
         from shared.checkpoint import save_checkpoint
         save_checkpoint(initial, new_model(setup, None, seed),
                         meta={"reference": str(setup.reference), "holdout": [HOLDOUT.model_dump()]})
+    plan = schedule(setup, init)
     fed = FederationConfig.model_validate({
         "preset": setup.preset_name, "num-server-rounds": setup.rounds, "local-steps": setup.local_steps,
-        "target-epsilon": epsilon, "patients-per-step": setup.patients_per_step, "lr": setup.lr,
-        "warmup-steps": schedule(setup).warmup_steps, "min-nodes": len(sites),
+        "target-epsilon": epsilon, "patients-per-step": setup.patients_per_step, "lr": plan.lr,
+        "windows-per-patient": setup.preset.data.windows_per_patient,
+        "warmup-steps": plan.warmup_steps, "min-nodes": len(sites),
         "run-dir": str(root / "run"), "reference": str(setup.reference), "holdout": str_region(HOLDOUT),
         "eval-windows": len(setup.heldout), "seed": seed, "initial-checkpoint": str(initial)})
     report = run_in_process(fed, sites)

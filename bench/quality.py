@@ -23,24 +23,32 @@ public reference cannot), writes ``quality.png`` (bits per base against tokens s
 
 from __future__ import annotations
 
+import argparse
+import itertools
+import json
 import logging
+import statistics
+import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import ConcatDataset
 
-from configs.schema import FederationConfig, Preset, Region
+from configs.schema import FederationConfig, Preset, Region, load_preset
 from fedgenome.inprocess import run_in_process
-from shared.checkpoint import load_checkpoint, load_weights
-from shared.datasets import SiteData, open_site
-from shared.genomes import load_cohort
+from shared.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from shared.datasets import SiteData, open_site, read_fasta_records, tile_windows
+from shared.fetch import default_cache, fetch_data
+from shared.genomes import Reference, load_cohort
 from shared.markov_prior import build_model
 from shared.model import GenomeLM
+from shared.reference_markov import reference_baseline
+from shared.schedule import FINETUNE_LR
 from shared.scoring import variant_site_bits
-from shared.sites import copy_site
+from shared.sites import copy_site, ensure_sites
 from shared.train import endless, evaluate, lr_at, make_optimizer, train_step
 
 log = logging.getLogger("bench.quality")
@@ -94,7 +102,8 @@ def new_model(setup: Setup, init: Path | None, seed: int) -> GenomeLM:
     torch.manual_seed(seed)
     model = build_model(setup.preset.model, reference=setup.reference, exclude=[HOLDOUT])
     if init is not None:
-        load_weights(model, load_checkpoint(init).model.state_dict(), source=str(init))
+        ckpt = load_checkpoint(init, reference=setup.reference, exclude=[HOLDOUT])
+        load_weights(model, ckpt.model.state_dict(), source=str(init))
     return model
 
 
@@ -187,7 +196,6 @@ def federated_dp(setup: Setup, init: Path | None, seed: int, *, epsilon: float, 
     initial = init
     if init is None:  # random initialisation: a seeded checkpoint, so every arm starts alike
         initial = root / "random-init"
-        from shared.checkpoint import save_checkpoint
         save_checkpoint(initial, new_model(setup, None, seed),
                         meta={"reference": str(setup.reference), "holdout": [HOLDOUT.model_dump()]})
     plan = schedule(setup, init)
@@ -209,3 +217,155 @@ def federated_dp(setup: Setup, init: Path | None, seed: int, *, epsilon: float, 
 
 def str_region(region: Region) -> str:
     return f"{region.contig}:{region.start}-{region.end}"
+
+
+def markov_arm(setup: Setup) -> Arm:
+    """The best-k Markov baseline: counted on the public reference minus the held-out region.
+
+    Its variant-position bits come from the silent model (network output zero), whose predictions
+    are exactly the baseline's.
+    """
+    started, arm = time.perf_counter(), Arm("markov", "-", 0)
+    baseline = reference_baseline(setup.reference, exclude=[HOLDOUT])
+    arm.curve.append((0, baseline.score(setup.heldout).bits_per_base))
+    finish(arm, new_model(setup, None, 0), setup, started)
+    arm.heldout = baseline.score(setup.heldout).bits_per_base
+    if setup.fasta is not None:
+        arm.fasta = baseline.score(setup.fasta).bits_per_base
+    return arm
+
+
+ARMS = ("central", "fed", "fed-dp-8", "fed-dp-2")
+
+
+def run_arm(name: str, setup: Setup, init: Path | None, seed: int, work: Path) -> Arm:
+    if name == "central":
+        return central(setup, init, seed)
+    if name == "fed":
+        return federated_plain(setup, init, seed)
+    return federated_dp(setup, init, seed, epsilon=float(name.removeprefix("fed-dp-")), work=work)
+
+
+def table(arms: list[Arm], setup: Setup, fasta: Path | None) -> str:
+    """One row per arm and start (mean over seeds), with the gap to the baseline and to central."""
+    def mean(values: list[float | None]) -> float:
+        kept = [v for v in values if v is not None]
+        return statistics.mean(kept) if kept else float("nan")
+
+    groups: dict[tuple[str, str], list[Arm]] = {}
+    for arm in arms:
+        groups.setdefault((arm.name, arm.init), []).append(arm)
+    markov = mean([a.heldout for a in groups.get(("markov", "-"), [])])
+    head = (f"{'arm':9} {'start':10} {'seeds':>5} {'held-out':>9} {'vs best-k':>9} {'vs central':>10} "
+            f"{'fasta':>7} {'var. pos.':>9} {'var. alt':>8} {'tokens':>11} {'wall s':>7}")
+    lines = [head, "-" * len(head)]
+    for (name, init), rows in groups.items():
+        bits = mean([a.heldout for a in rows])
+        ref = groups.get(("central", init))
+        rel = (f"{100 * (bits / mean([a.heldout for a in ref]) - 1):+9.2f}%" if ref and name != "markov"
+               else f"{'-':>10}")
+        lines.append(
+            f"{name:9} {init:10} {len(rows):5d} {bits:9.4f} {bits - markov:+9.4f} {rel} "
+            f"{mean([a.fasta for a in rows]):7.4f} {mean([a.variant_bits for a in rows]):9.4f} "
+            f"{mean([a.variant_alt_bits for a in rows]):8.4f} {rows[0].tokens:11,d} "
+            f"{mean([a.seconds for a in rows]):7.0f}")
+    data = setup.preset.data
+    lines.append(
+        f"\npreset {setup.preset_name}; {setup.rounds} rounds x {setup.local_steps} local steps x "
+        f"{setup.patients_per_step} patients x {data.windows_per_patient} windows of {data.window} at "
+        f"each of {len(HOSPITALS)} hospitals; lr {setup.lr:g} from random, {setup.finetune_lr:g} from "
+        f"the checkpoint. held-out: {len(setup.heldout)} windows of {HOLDOUT.contig}:{HOLDOUT.start}-"
+        f"{HOLDOUT.end}; fasta: {fasta or '-'}; var. pos.: bits per base at the cohort's variant "
+        f"positions on {UNSEEN}'s haplotypes (var. alt: where the haplotype carries the ALT allele). "
+        f"vs best-k: minus the baseline's held-out bits (negative = better); vs central: relative to "
+        f"the centralized arm from the same start.")
+    return "\n".join(lines)
+
+
+def plot(arms: list[Arm], path: Path) -> None:
+    """Held-out bits per base against tokens seen, one line per arm, start and seed."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for arm in arms:
+        if arm.name == "markov":
+            ax.axhline(arm.heldout, color="black", linestyle=":", label="best-k Markov")
+            continue
+        xs, ys = zip(*arm.curve, strict=True)
+        ax.plot(xs, ys, marker=".", linestyle="-" if arm.init == "pretrained" else "--",
+                label=f"{arm.name} ({arm.init}, seed {arm.seed})")
+    ax.set_xlabel("tokens seen (all hospitals)")
+    ax.set_ylabel("held-out bits per base")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def build_setup(args: argparse.Namespace, out: Path) -> Setup:
+    preset = load_preset(args.preset)
+    if args.windows_per_patient is not None:
+        preset = preset.model_copy(update={"data": preset.data.model_copy(
+            update={"windows_per_patient": args.windows_per_patient})})
+    paths = fetch_data(default_cache())
+    sites = out / "sites"
+    ensure_sites(paths, sites)
+    data = preset.data
+    ref = Reference(paths.reference)
+    heldout = tile_windows({HOLDOUT.contig: ref.tokens(HOLDOUT.contig)}, [HOLDOUT], window=data.window,
+                           count=data.eval_windows, max_n_fraction=data.max_n_fraction)
+    fasta = (tile_windows(read_fasta_records(args.fasta), None, window=data.window,
+                          count=data.eval_windows, max_n_fraction=data.max_n_fraction)
+             if args.fasta else None)
+    return Setup(args.preset, preset, paths.reference.absolute(), sites, heldout, fasta, args.rounds,
+                 args.local_steps, args.patients_per_step, args.lr or preset.train.lr, args.finetune_lr)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--preset", default="small")
+    parser.add_argument("--init", type=Path, default=Path("models/small"),
+                        help="the pretrained checkpoint (default: the one the project ships)")
+    parser.add_argument("--starts", nargs="+", default=["random", "pretrained"],
+                        choices=["random", "pretrained"])
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--local-steps", type=int, default=5)
+    parser.add_argument("--patients-per-step", type=int, default=8)
+    parser.add_argument("--windows-per-patient", type=int, default=None, help="k (default: the preset's)")
+    parser.add_argument("--lr", type=float, default=None, help="peak lr from random (default: preset's)")
+    parser.add_argument("--finetune-lr", type=float, default=FINETUNE_LR, help="peak lr from the checkpoint")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--fasta", type=Path, default=None, help="also score this FASTA's windows")
+    parser.add_argument("--out", type=Path, default=Path("runs/quality"))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    log.setLevel(logging.INFO)
+    logging.getLogger("flwr").setLevel(logging.ERROR)
+    if "pretrained" in args.starts and not (args.init / "model.safetensors").is_file():
+        raise SystemExit(f"--init {args.init}: no checkpoint there; pass one, or --starts random")
+    args.out.mkdir(parents=True, exist_ok=True)
+    setup = build_setup(args, args.out)
+    arms = [markov_arm(setup)]
+    log.info("best-k Markov: %.4f held-out bits per base", arms[0].heldout)
+    with tempfile.TemporaryDirectory(prefix="quality-", dir=args.out) as tmp:
+        for seed, start, name in itertools.product(args.seeds, args.starts, args.arms):
+            init = args.init if start == "pretrained" else None
+            arms.append(run_arm(name, setup, init, seed, Path(tmp)))
+            a = arms[-1]
+            log.info("%s from %s, seed %d: %.4f held-out bits per base, %s tokens, %.0f s",
+                     name, start, seed, a.heldout, f"{a.tokens:,}", a.seconds)
+            (args.out / "quality.json").write_text(json.dumps([asdict(x) for x in arms], indent=1))
+    report = table(arms, setup, args.fasta)
+    print(report)
+    (args.out / "quality.txt").write_text(report + "\n")
+    plot(arms, args.out / "quality.png")
+    log.info("wrote %s, %s and %s", args.out / "quality.txt", args.out / "quality.json",
+             args.out / "quality.png")
+
+
+if __name__ == "__main__":
+    main()

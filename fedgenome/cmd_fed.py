@@ -27,6 +27,7 @@ from server.progress import describe_round, follow_run
 from server.tls import TlsFiles, make_certificates, tls_files
 from shared.errors import ConfigError
 from shared.processes import flower_env
+from shared.schedule import FINETUNE_LR
 
 log = logging.getLogger(__name__)
 server_app = typer.Typer(name="server", help="The consortium's aggregator (a Flower SuperLink).",
@@ -260,6 +261,9 @@ def demo_command(
     init: Annotated[Path | None, typer.Option(help="Checkpoint the global model starts from "
                                               "(default: the project's pretrained "
                                               "models/PRESET, if there is one).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate (default: "
+                                          f"{FINETUNE_LR:g} from a checkpoint, the run config's "
+                                          "default from random weights).")] = None,
     aggregation: Annotated[str, typer.Option(help="'plain' or 'secagg+' (Flower's SecAgg+: the "
                                              "server sees only the sum; about 2-3x the time).")
                            ] = "plain",
@@ -280,6 +284,8 @@ def demo_command(
               "target-epsilon": target_epsilon, "patients-per-step": patients_per_step,
               "eval-windows": 64, "aggregation": aggregation,
               "initial-checkpoint": "" if start is None else str(start.resolve())}
+    if lr is not None or start is not None:
+        config["lr"] = lr if lr is not None else FINETUNE_LR
     validate(FederationConfig, config, source="demo options")
     console = Console(highlight=False)
     summary = run_demo(Path("runs") / name, cache=cache or default_cache(), run_config=config,

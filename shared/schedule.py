@@ -14,6 +14,11 @@ from dataclasses import dataclass
 
 from configs.schema import FederationConfig, TrainConfig
 
+FINETUNE_LR = 1e-4
+"""Peak learning rate of runs that start from a pretrained checkpoint (a twentieth of the
+``small`` preset's pretraining rate, so DP noise does not undo what pretraining learnt; the demo's
+and ``bench/quality.py``'s default)."""
+
 
 @dataclass(frozen=True)
 class LRSchedule:

@@ -220,8 +220,12 @@ def _prior_text(model: GenomeLM) -> str:
 def model_card(model: GenomeLM, meta: dict[str, Any]) -> str:
     """MODEL_CARD.md of a pretrained checkpoint: how to reproduce it and what it scores."""
     pre, cfg = meta["pretrain"], model.config
-    sources = "\n".join(f"  - `{s['path']}`: SHA-256 `{s['sha256']}`, {s['records']} records, "
+    sources = "\n".join(f"  - `{s['path']}`: SHA-256 `{s['sha256']}`, {s['records']} record(s), "
                         f"{s['bases']:,} bases" for s in pre["sources"])
+    names = list(pre["bits_per_base"])
+    curve = "\n".join(f"| {point['step']:,} | {point['tokens']:,} | "
+                      + " | ".join(f"{point.get(name, float('nan')):.4f}" for name in names) + " |"
+                      for point in pre.get("curve", []))
     regions = ", ".join(_region_key(Region(**r)) for r in meta["holdout"]) or "none"
     rows = "\n".join(f"| {name} | {bits:.4f} | {pre['prior_bits_per_base'].get(name, float('nan')):.4f} |"
                      for name, bits in pre["bits_per_base"].items())
@@ -237,6 +241,8 @@ was read, so it costs no privacy. Use it as the starting point of private traini
 {pre['command']}
 ```
 
+(`fedgenome data fetch` puts the reference in its cache, `~/.cache/fedgenome` by default.)
+
 - Data:
 {sources}
 - Excluded (never trained on): {regions}; validation slice (held apart from training):
@@ -249,12 +255,21 @@ was read, so it costs no privacy. Use it as the starting point of private traini
 ## Model
 
 {model.num_params():,} parameters: d_model {cfg.d_model}, {cfg.n_layer} blocks ({cfg.n_head} heads, a
-convolution mixer every {cfg.conv_every or 'no'} block), window {meta['data']['window']}; Markov prior:
+convolution mixer in every {cfg.conv_every or 'no'}th block), window {meta['data']['window']}; Markov prior:
 {_prior_text(model)}.
 
 ## Held-out figures (bits per base; lower is better; 2.0 is uniform guessing)
 
+{meta['data']['eval_windows']} evenly spaced windows of {meta['data']['window']} bases of each region
+(monitored, never used to pick the checkpoint: it is the last step's).
+
 | windows | this model | at initialisation (its Markov prior alone) |
 |---|---|---|
 {rows}
+
+Learning curve:
+
+| step | tokens | {" | ".join(names)} |
+|---|---|{"---|" * len(names)}
+{curve}
 """

@@ -252,7 +252,7 @@ def demo_command(
     cache: Annotated[Path | None, typer.Option(help="Data cache (default: $FEDGENOME_CACHE or "
                                                "~/.cache/fedgenome).")] = None,
     preset: Annotated[str, typer.Option(help="Model preset.")] = "small",
-    rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 8,
+    rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 4,
     local_steps: Annotated[int, typer.Option(help="Private steps per site per round.")] = 5,
     patients_per_step: Annotated[int, typer.Option(help="Expected patients per private step.")] = 8,
     target_epsilon: Annotated[float, typer.Option(help="Epsilon every site reaches after all "

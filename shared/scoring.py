@@ -22,7 +22,7 @@ from torch import nn
 from shared.errors import InputFileError
 from shared.genomes import Cohort, Reference
 from shared.tokenizer import encode
-from shared.train import IGNORE, autocast, split_batch
+from shared.train import IGNORE, autocast, eval_autocast, split_batch
 
 log = logging.getLogger(__name__)
 COLUMNS = ("chrom", "pos", "id", "ref", "alt", "ll_ref", "ll_alt", "delta")
@@ -147,20 +147,22 @@ def variant_site_bits(model: nn.Module, cohort: Cohort, reference: Reference, *,
                                        start=int(pos) - window)
                 rows.append(hap_win.astype(np.int64))
                 is_alt.append(hap_win[-1] != ref_win[-1])
-    total = alt_total = 0.0
-    scored = alt_scored = 0
+    # Most haplotypes read the same window at a position: score each distinct window once.
+    unique, inverse = np.unique(np.stack(rows), axis=0, return_inverse=True)
+    per_window = np.empty(len(unique))
     model.eval()
-    for lo in range(0, len(rows), batch_size):
-        chunk = torch.from_numpy(np.stack(rows[lo : lo + batch_size])).to(device)
-        x, y = split_batch(chunk)
-        with autocast(device):
+    for lo in range(0, len(unique), batch_size):
+        x, y = split_batch(torch.from_numpy(unique[lo : lo + batch_size]).to(device))
+        with eval_autocast(device):
             logits = model(x)
         logp = F.log_softmax(logits[:, -1].float(), dim=-1)  # (n, V): the variant position
         target = y[:, -1]
-        ok = target != IGNORE
         bits = -logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1) / math.log(2)
-        alt = torch.tensor(is_alt[lo : lo + batch_size], device=device) & ok
-        total, scored = total + float(bits[ok].sum()), scored + int(ok.sum())
-        alt_total, alt_scored = alt_total + float(bits[alt].sum()), alt_scored + int(alt.sum())
+        per_window[lo : lo + len(x)] = torch.where(target != IGNORE, bits, torch.nan).cpu().numpy()
+    row_bits = per_window[inverse.reshape(-1)]
+    ok = ~np.isnan(row_bits)
+    alt = np.asarray(is_alt) & ok
+    total, scored = float(row_bits[ok].sum()), int(ok.sum())
+    alt_total, alt_scored = float(row_bits[alt].sum()), int(alt.sum())
     return VariantSiteBits(total / max(scored, 1), alt_total / max(alt_scored, 1), scored,
                            alt_scored / max(scored, 1))

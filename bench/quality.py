@@ -305,13 +305,20 @@ def plot(arms: list[Arm], path: Path) -> None:
     plt.close(fig)
 
 
+def kept(path: Path) -> list[Arm]:
+    """The arms of an earlier run's quality.json, the Markov arm first."""
+    arms = [Arm(**{**row, "curve": [tuple(point) for point in row["curve"]]})
+            for row in json.loads(path.read_text())]
+    return sorted(arms, key=lambda arm: arm.name != "markov")
+
+
 def build_setup(args: argparse.Namespace, out: Path) -> Setup:
     preset = load_preset(args.preset)
     if args.windows_per_patient is not None:
         preset = preset.model_copy(update={"data": preset.data.model_copy(
             update={"windows_per_patient": args.windows_per_patient})})
     paths = fetch_data(default_cache())
-    sites = out / "sites"
+    sites = (out / "sites").resolve()  # site.toml of the copies names the VCF by absolute path
     ensure_sites(paths, sites)
     data = preset.data
     ref = Reference(paths.reference)
@@ -341,6 +348,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--fasta", type=Path, default=None, help="also score this FASTA's windows")
     parser.add_argument("--out", type=Path, default=Path("runs/quality"))
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="an earlier run's quality.json (same settings): its arms are kept, not rerun")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     log.setLevel(logging.INFO)
@@ -349,12 +358,15 @@ def main() -> None:
         raise SystemExit(f"--init {args.init}: no checkpoint there; pass one, or --starts random")
     args.out.mkdir(parents=True, exist_ok=True)
     setup = build_setup(args, args.out)
-    arms = [markov_arm(setup)]
+    arms = kept(args.keep) if args.keep else [markov_arm(setup)]
     log.info("best-k Markov: %.4f held-out bits per base", arms[0].heldout)
+    done = {(a.name, a.init, a.seed) for a in arms}
     with tempfile.TemporaryDirectory(prefix="quality-", dir=args.out) as tmp:
         for seed, start, name in itertools.product(args.seeds, args.starts, args.arms):
+            if (name, start, seed) in done:
+                continue
             init = args.init if start == "pretrained" else None
-            arms.append(run_arm(name, setup, init, seed, Path(tmp)))
+            arms.append(run_arm(name, setup, init, seed, Path(tmp).resolve()))
             a = arms[-1]
             log.info("%s from %s, seed %d: %.4f held-out bits per base, %s tokens, %.0f s",
                      name, start, seed, a.heldout, f"{a.tokens:,}", a.seconds)

@@ -31,13 +31,12 @@ from flwr.app import Array, ArrayRecord
 
 from client.node import JOURNAL
 from client.site import SiteNode
-from configs.schema import FederationConfig, load_preset
+from configs.schema import FederationConfig
 from fedgenome.localfed import LocalFederation
 from server.report import RoundRecord
 from server.rounds import Federation
 from shared import wire
 from shared.fetch import default_cache, fetch_data
-from shared.model import GenomeLM
 from shared.sites import make_sites
 from shared.train import evaluate
 
@@ -78,15 +77,17 @@ def direct(work: Path, config: dict[str, Any], rounds: int) -> dict[str, Any]:
     """Run (b); per-round wall times and the bytes each site would send."""
     sites = fresh_sites(work / "sites-b")
     fed = FederationConfig.model_validate({**config, "run-dir": str(work / "run-b")})
-    windows = Federation(fed).eval_windows  # the ServerApp's held-out windows
     torch.manual_seed(0)
-    model = GenomeLM(load_preset(fed.preset).model)
+    server = Federation(fed)  # the ServerApp's model (with its Markov prior) and held-out windows
+    windows, model = server.eval_windows, server.model
     global_ = wire.state_to_arrays(model.state_dict())
     nodes = [SiteNode(s) for s in sites]
     seconds, sent, evals, train = [], [], [], []
     for rnd in range(1, rounds + 1):
         begin = time.perf_counter()
-        replies = [node.train_round(global_, fed, global_round=rnd) for node in nodes]
+        orders = wire.RoundConfig.from_config(server.round_config(rnd))  # run key, prior fingerprint
+        replies = [node.train_round(global_, fed, global_round=rnd, run_key=orders.run_key,
+                                    markov_prior=orders.markov_prior) for node in nodes]
         train.append(time.perf_counter() - begin)
         deltas = [r.delta for r in replies if r.delta is not None]
         global_ = {k: global_[k] + np.mean([d[k].astype(np.float32) for d in deltas], axis=0)

@@ -357,6 +357,7 @@ def main() -> None:
     if "pretrained" in args.starts and not (args.init / "model.safetensors").is_file():
         raise SystemExit(f"--init {args.init}: no checkpoint there; pass one, or --starts random")
     args.out.mkdir(parents=True, exist_ok=True)
+    args.init = args.init.resolve()  # the DP arms' run config needs an absolute checkpoint path
     setup = build_setup(args, args.out)
     arms = kept(args.keep) if args.keep else [markov_arm(setup)]
     log.info("best-k Markov: %.4f held-out bits per base", arms[0].heldout)

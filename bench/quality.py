@@ -118,6 +118,13 @@ def finish(arm: Arm, model: GenomeLM, setup: Setup, started: float) -> Arm:
     arm.heldout = evaluate(model, setup.heldout, device=CPU).bits_per_base
     if setup.fasta is not None:
         arm.fasta = evaluate(model, setup.fasta, device=CPU).bits_per_base
+    score_variant_sites(arm, model, setup)
+    arm.seconds = time.perf_counter() - started
+    return arm
+
+
+def score_variant_sites(arm: Arm, model: GenomeLM, setup: Setup) -> None:
+    """Bits of ``model`` at the unseen cohort's variant positions, on its own haplotypes."""
     unseen = open_site(setup.sites / UNSEEN, setup.preset.data, seed=0,
                        cache_dir=setup.sites / UNSEEN / "state")
     assert unseen.reference is not None
@@ -125,8 +132,6 @@ def finish(arm: Arm, model: GenomeLM, setup: Setup, started: float) -> Arm:
     bits = variant_site_bits(model, cohort, unseen.reference, contig="20",
                              window=setup.preset.data.window, device=CPU, max_positions=300)
     arm.variant_bits, arm.variant_alt_bits = bits.bits_per_base, bits.alt_bits_per_base
-    arm.seconds = time.perf_counter() - started
-    return arm
 
 
 def schedule(setup: Setup, init: Path | None) -> Any:
@@ -227,11 +232,12 @@ def markov_arm(setup: Setup) -> Arm:
     """
     started, arm = time.perf_counter(), Arm("markov", "-", 0)
     baseline = reference_baseline(setup.reference, exclude=[HOLDOUT])
-    arm.curve.append((0, baseline.score(setup.heldout).bits_per_base))
-    finish(arm, new_model(setup, None, 0), setup, started)
     arm.heldout = baseline.score(setup.heldout).bits_per_base
+    arm.curve.append((0, arm.heldout))
     if setup.fasta is not None:
         arm.fasta = baseline.score(setup.fasta).bits_per_base
+    score_variant_sites(arm, new_model(setup, None, 0), setup)
+    arm.seconds = time.perf_counter() - started
     return arm
 
 

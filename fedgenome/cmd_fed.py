@@ -273,12 +273,10 @@ def demo_command(
 
     TLS with the run's own consortium PKI and authenticated SuperNodes, unless --insecure.
     """
-    from fedgenome.demo import print_summary, run_demo
+    from fedgenome.demo import print_summary, run_demo, shipped_checkpoint
     from shared.fetch import default_cache
 
     _terminate_on_sigterm()
-    from fedgenome.demo import shipped_checkpoint
-
     start = init or shipped_checkpoint(preset)
     config = {"preset": preset, "num-server-rounds": rounds, "local-steps": local_steps,
               "target-epsilon": target_epsilon, "patients-per-step": patients_per_step,

@@ -165,7 +165,8 @@ class FederationConfig(BaseModel):
                                    "0 = automatic (2 x lr x local-steps x sqrt(parameters))")
     aggregation: Literal["plain", "secagg+"] = Field(
         "plain", description="'secagg+': Flower's SecAgg+, the server sees only the sum")
-    secagg_shares: int = Field(3, ge=2, description="SecAgg+: shares of each site's secrets")
+    secagg_shares: int = Field(3, ge=3, description="SecAgg+: shares of each site's secrets "
+                               "(Flower needs at least 3)")
     secagg_threshold: int = Field(2, ge=2, description="SecAgg+: shares needed to reconstruct")
     secagg_clip_range: float = Field(1.0, gt=0.0, description="SecAgg+: weighted deltas are "
                                      "clipped to +-this before quantisation")
@@ -191,9 +192,10 @@ class FederationConfig(BaseModel):
             raise ValueError(f"strategy {self.strategy!r} needs each site's own update, which "
                              f"secure aggregation hides: use strategy {' or '.join(SECAGG_STRATEGIES)} "
                              "with aggregation 'secagg+', or aggregation 'plain'")
-        if self.secagg_threshold > self.secagg_shares:
-            raise ValueError(f"secagg-threshold={self.secagg_threshold} is above secagg-shares="
-                             f"{self.secagg_shares}: a secret cannot need more shares than exist")
+        if self.secagg_threshold >= self.secagg_shares:
+            raise ValueError(f"secagg-threshold={self.secagg_threshold} is not below secagg-shares="
+                             f"{self.secagg_shares}: Flower's SecAgg+ needs fewer shares to "
+                             "reconstruct a secret than exist; lower secagg-threshold")
         if self.min_nodes < 2:
             raise ValueError("aggregation 'secagg+' needs min-nodes >= 2 (a sum of one site's "
                              "update is that update)")

@@ -33,6 +33,7 @@ from server.deploy import (
     submit_run,
     superlink_command,
     wait_healthy,
+    wait_online,
     write_connection,
 )
 from server.pki import PkiLayout, add_site, init_pki, open_pki
@@ -134,6 +135,7 @@ class LocalFederation:
                 self.register(site)
             self.start_node(site)
         self._supervisor.start()
+        wait_online(len(self.sites), CONNECTION, flwr_home=self.flwr_home)  # round 1 sees all
         log.info("SuperLink on %s:%d (%s, %s) with %d SuperNodes", HOST, self.port,
                  "plaintext" if self.insecure else "TLS",
                  "authenticated nodes" if self.auth else "no node authentication", len(self.sites))

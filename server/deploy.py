@@ -133,6 +133,32 @@ def run_status(run_id: int, connection: str, *, flwr_home: Path) -> str:
     return str(runs[0].get("status", "unknown"))
 
 
+def online_nodes(connection: str, *, flwr_home: Path) -> set[int]:
+    """The ids of the SuperNodes that are connected to the SuperLink now."""
+    out = flwr(["supernode", "ls", connection, "--format", "json"], flwr_home=flwr_home)
+    data = json.loads(out[out.index("{"):])
+    return {int(n["node-id"]) for n in data.get("nodes", []) if n.get("status") == "online"}
+
+
+def wait_online(count: int, connection: str, *, flwr_home: Path, timeout: float = 120.0) -> None:
+    """Wait until at least ``count`` SuperNodes are online; DeploymentError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while len(online := online_nodes(connection, flwr_home=flwr_home)) < count:
+        if time.monotonic() > deadline:
+            raise DeploymentError(f"{len(online)} of {count} SuperNodes were online after "
+                                  f"{timeout:.0f} s; see their logs")
+        time.sleep(0.5)
+
+
+def run_log_tail(run_id: int, connection: str, *, flwr_home: Path, lines: int = 40) -> str:
+    """The last ``lines`` lines of a run's ServerApp log (what ``flwr log --show`` prints), or why not."""
+    try:
+        out = flwr(["log", str(run_id), connection, "--show"], flwr_home=flwr_home, timeout=60)
+    except (DeploymentError, subprocess.TimeoutExpired) as err:
+        return f"(the run's log could not be read: {err})"
+    return "\n".join(out.rstrip().splitlines()[-lines:])
+
+
 def wait_run(run_id: int, connection: str, *, flwr_home: Path, timeout: float,
              poll: float = 10.0) -> str:
     """Wait until a run has finished; its final status (``flwr run --stream`` exits 0 on failure)."""

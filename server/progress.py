@@ -15,7 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from server.deploy import run_status
+from server.deploy import run_log_tail, run_status
 from server.report import RoundRecord, read_report
 from shared.errors import DeploymentError
 
@@ -100,6 +100,9 @@ def follow_run(run_id: int, connection: str, *, flwr_home: Path, timeout: float,
             if asked is not None and asked.done():
                 if (status := asked.result()).startswith("finished"):
                     follower.poll()
+                    if status != "finished:completed":
+                        log.error("run %d ended %s; the end of its ServerApp log:\n%s", run_id,
+                                  status, run_log_tail(run_id, connection, flwr_home=flwr_home))
                     return status
                 asked = None
                 next_status = time.monotonic() + (1.0 if follower.done else every)

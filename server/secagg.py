@@ -100,9 +100,11 @@ class _OneRound(Strategy):
 
 def workflow_for(fed: FederationConfig, sampled: int) -> SecAggPlusWorkflow:
     """Flower's SecAgg+ workflow with the run's shares, threshold and quantisation settings."""
-    shares = min(fed.secagg_shares, sampled)
-    return SecAggPlusWorkflow(num_shares=shares,
-                              reconstruction_threshold=min(fed.secagg_threshold, shares),
+    # Flower takes an integer share count only above 2 and below the sample; with fewer sites
+    # than shares, every sampled site shares its secrets with all the others (1.0: all of them).
+    shares: int | float = fed.secagg_shares if fed.secagg_shares < sampled else 1.0
+    threshold = min(fed.secagg_threshold, fed.secagg_shares, sampled)
+    return SecAggPlusWorkflow(num_shares=shares, reconstruction_threshold=threshold,
                               max_weight=fed.max_examples, clipping_range=fed.secagg_clip_range,
                               timeout=fed.round_timeout)
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.supercore.task_identity import TaskIdentity
 
 from configs.schema import Preset, Region, load_preset
 from shared.fetch import DataPaths, default_cache, fetch_data
@@ -70,3 +72,10 @@ def site_copy(sites_dir: Path, tmp_path: Path):  # type: ignore[no-untyped-def]
         return copy_site(sites_dir / name, tmp_path / "sites" / name)
 
     return make
+
+
+@pytest.fixture()
+def serverapp_task(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The task identity a ServerApp process has, which new (non-reply) Messages need."""
+    for attr, value in (("_run_id", 1), ("_task_id", 1), ("_node_id", SUPERLINK_NODE_ID)):
+        monkeypatch.setattr(TaskIdentity, attr, value)

@@ -100,7 +100,8 @@ def test_secure_aggregation_equals_fedavg_and_hides_each_update(
         site_copy: Callable[[str], Path], data_paths: DataPaths, tmp_path: Path) -> None:
     sites = [site_copy("hospital-ceu"), site_copy("hospital-tsi"), site_copy("hospital-gbr-fin")]
     run_dir = tmp_path / "run"
-    config = run_config(data_paths, run_dir, **{"num-server-rounds": 1, "aggregation": "secagg+"})
+    config = run_config(data_paths, run_dir, **{"num-server-rounds": 1, "aggregation": "secagg+",
+                                              "min-nodes": 3})
     with WireTap() as tap, LocalFederation(tmp_path / "fed", sites,
                                            keep_updates=True, relay=tap.start) as federation:
         run_id = federation.submit(config)

@@ -13,6 +13,7 @@ import logging
 import math
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
@@ -25,8 +26,9 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from configs.schema import FederationConfig, Region, load_preset
+from server.identity import Claim, NodeIdentity, check_claim, node_identities
 from server.report import RoundRecord, RunReport, read_state, write_state
-from server.secagg import secure_round
+from server.secagg import SecureRound, secure_round
 from server.strategies import create_strategy, load_strategy_state, save_strategy_state
 from server.validation import UpdateRejected, check_update, update_bound
 from shared import wire
@@ -79,6 +81,7 @@ class Collected:
     epsilon: dict[str, float] = field(default_factory=dict)
     losses: list[float] = field(default_factory=list)
     norms: dict[str, float] = field(default_factory=dict)  # site -> L2 norm of its update
+    claims: list[Claim] = field(default_factory=list)  # replies that named a site not their own
 
 
 @dataclass(frozen=True)
@@ -141,30 +144,34 @@ def packed(messages: list[Message], global_: wire.Arrays, *, rnd: int) -> list[M
 
 
 def collect(replies: list[Message], sampled: list[int], names: dict[int, str],
-            global_: wire.Arrays, *, max_norm: float, max_examples: float = math.inf) -> Collected:
+            global_: wire.Arrays, *, max_norm: float, max_examples: float = math.inf,
+            identities: Mapping[int, NodeIdentity] | None = None) -> Collected:
     """Sort replies into trained / refused / rejected / failed; decode valid deltas to full weights.
 
-    Every reply is validated before anything of it is used: its metrics (present, typed, the
-    example count bucketed and at most ``max_examples``), its site name (a node keeps the name it
-    first gave; two nodes cannot claim one name) and its delta (:func:`check_update`). A rejected
-    reply is logged and left out, and the round goes on with the others.
+    Every reply is validated before anything of it is used: its site name (the name the node's
+    key was registered under, :func:`server.identity.check_claim`; a rejected claim is never
+    recorded), its metrics (present, typed, the example count bucketed and at most
+    ``max_examples``) and its delta (:func:`check_update`). A rejected reply is logged and left
+    out, and the round goes on with the others.
     """
     out = Collected()
-    answered, claimed = set(), set()
+    identities = identities or {}
+    answered: set[int] = set()
     for msg in replies:
         node = msg.metadata.src_node_id
         answered.add(node)
-        label = names.get(node, f"node {node}")
+        label = _label(node, names, identities)
         if msg.has_error():
             out.failed.append(label)
             continue
         try:
             reply = _read_reply(msg.content)
-            if names.setdefault(node, reply.name) != reply.name or reply.name in claimed:
-                raise UpdateRejected(f"node {node} claims to be site {reply.name!r}, which is "
-                                     f"{'another node' if reply.name in claimed else label}")
-            claimed.add(reply.name)
-            label = reply.name
+            claim = check_claim(node, reply.name, identities=identities, bound=names,
+                                taken=set(out.epsilon) | set(out.rejected))
+            if claim.site is None:
+                out.claims.append(claim)
+                raise UpdateRejected(str(claim.problem))
+            names[node] = label = claim.site
             out.epsilon[label] = reply.epsilon
             if reply.status == wire.REFUSED:
                 out.refused.append(label)
@@ -182,8 +189,14 @@ def collect(replies: list[Message], sampled: list[int], names: dict[int, str],
             wire.ARRAYS: ArrayRecord({k: Array(v) for k, v in full.items()}),
             wire.METRICS: MetricRecord({wire.NUM_EXAMPLES: reply.examples})})
         out.trained.append(msg)
-    out.failed += [names.get(n, f"node {n}") for n in sampled if n not in answered]
+    out.failed += [_label(n, names, identities) for n in sampled if n not in answered]
     return out
+
+
+def _label(node: int, names: Mapping[int, str], identities: Mapping[int, NodeIdentity]) -> str:
+    """How the report names a node: its registered site, the site it is bound to, or its id."""
+    ident = identities.get(node)
+    return (ident.name if ident is not None and ident.name else None) or names.get(node, f"node {node}")
 
 
 def with_defaults(fed: FederationConfig) -> FederationConfig:
@@ -300,6 +313,7 @@ class Federation:
         """One round: quorum, train, validate and aggregate the sites' updates, evaluate."""
         start = time.monotonic()
         nodes = wait_for_quorum(grid, minimum=self.fed.min_nodes, timeout=self.fed.sample_timeout)
+        identities = node_identities(grid)
         global_ = self.arrays()
         config = ConfigRecord(self.round_config(rnd))  # type: ignore[arg-type]
         messages = packed(list(self.strategy.configure_train(
@@ -310,11 +324,11 @@ class Federation:
         if self.fed.aggregation == "secagg+":
             if context is None:
                 raise ConfigError("aggregation 'secagg+' needs the ServerApp's context")
-            got = self._secure(grid, context, rnd, sampled, global_, bound)
+            got = self._secure(grid, context, rnd, sampled, global_, bound, identities)
         else:
             replies = list(grid.send_and_receive(messages, timeout=self.fed.round_timeout))
             got = collect(replies, sampled, self.names, global_, max_norm=bound,
-                          max_examples=self.fed.max_examples)
+                          max_examples=self.fed.max_examples, identities=identities)
             if got.trained:
                 arrays, _ = self.strategy.aggregate_train(rnd, got.trained)
                 if arrays is not None:
@@ -329,36 +343,25 @@ class Federation:
             dropped=sorted(seen_before - present), epsilon=dict(sorted(got.epsilon.items())),
             rejected=dict(sorted(got.rejected.items())),
             update_norms={k: round(v, 6) for k, v in sorted(got.norms.items())},
+            claims=[{"node": c.node_id, "key_fingerprint": c.fingerprint, "claimed": c.claimed,
+                     "problem": c.problem} for c in got.claims],
             seconds=time.monotonic() - start)
 
     def _secure(self, grid: Grid, context: Context, rnd: int, sampled: list[int],
-                global_: wire.Arrays, bound: float) -> Collected:
+                global_: wire.Arrays, bound: float, identities: Mapping[int, NodeIdentity]) -> Collected:
         """A SecAgg+ round: only the mean delta is seen, so the mean is what is validated.
 
-        Each site's declared metrics and weight are checked too; an impossible one rejects the
-        whole mean, since one site's part of the sum cannot be taken out.
+        Each site's name, declared metrics and weight are checked too; an impossible one rejects
+        the whole mean, since one site's part of the sum cannot be taken out.
         """
         result = secure_round(grid, context, self.fed, rnd=rnd, nodes=sampled, global_=global_,
                               config=self.round_config(rnd))
-        got = Collected(failed=[f"node {n}" for n in range(result.failures)])
-        problems: list[str] = []
-        for name, metrics in result.metrics.items():
-            try:
-                reply = _read_reply(RecordDict({SITE: ConfigRecord({"name": name}),
-                                                wire.METRICS: MetricRecord(metrics)}))  # type: ignore[arg-type]
-                got.epsilon[name] = reply.epsilon
-                if reply.status == wire.REFUSED:
-                    got.refused.append(name)
-                    continue
-                _check_examples(replace(reply, examples=result.weights.get(name, -1)),
-                                max_examples=self.fed.max_examples)
-                got.losses.append(cast(float, reply.loss))
-            except (UpdateRejected, TypeError) as exc:
-                problems.append(f"site {name}: {exc}")
+        got = Collected(failed=[_label(n, self.names, identities) for n in result.failed])
+        problems = self._secure_metrics(result, got, identities)
         if problems and result.mean_delta is not None:  # its part of the sum cannot be taken out
             log.warning("rejected the securely aggregated update of round %d: %s", rnd, problems)
-            got.rejected.update({name: "secure mean: " + "; ".join(problems) for name in result.metrics
-                                 if name not in got.refused})
+            got.rejected.update({_label(node, self.names, identities): "secure mean: " + "; ".join(problems)
+                                 for name, node in result.nodes.items() if name not in got.refused})
             return got
         if result.mean_delta is None:
             return got
@@ -372,6 +375,32 @@ class Federation:
             return got
         self.model.load_state_dict(wire.arrays_to_state(wire.decode_update(result.mean_delta, global_)))
         return got
+
+    def _secure_metrics(self, result: SecureRound, got: Collected,
+                        identities: Mapping[int, NodeIdentity]) -> list[str]:
+        """Check each SecAgg+ participant's name, metrics and weight into ``got``; the problems."""
+        problems: list[str] = []
+        for name, metrics in result.metrics.items():
+            claim = check_claim(result.nodes[name], name, identities=identities, bound=self.names,
+                                taken=set(got.epsilon))
+            if claim.site is None:
+                got.claims.append(claim)
+                problems.append(str(claim.problem))
+                continue
+            self.names[claim.node_id] = name
+            try:
+                reply = _read_reply(RecordDict({SITE: ConfigRecord({"name": name}),
+                                                wire.METRICS: MetricRecord(metrics)}))  # type: ignore[arg-type]
+                got.epsilon[name] = reply.epsilon
+                if reply.status == wire.REFUSED:
+                    got.refused.append(name)
+                    continue
+                _check_examples(replace(reply, examples=result.weights.get(name, -1)),
+                                max_examples=self.fed.max_examples)
+                got.losses.append(cast(float, reply.loss))
+            except (UpdateRejected, TypeError) as exc:
+                problems.append(f"site {name}: {exc}")
+        return problems
 
     def checkpoint(self, rnd: int) -> None:
         """Save the global model, the strategy state and the resumable state after ``rnd``."""

@@ -294,9 +294,10 @@ def test_a_secure_mean_is_rejected_when_a_site_declares_an_impossible_weight(
     mean = {k: np.full_like(v, 1e-4) for k, v in global_.items()}
     metrics = {wire.STATUS: wire.TRAINED, wire.EPSILON: 1.0, wire.TRAIN_LOSS: 1.4}
     outcome = SecureRound(mean_delta=mean, metrics={"a": dict(metrics), "b": dict(metrics)},
-                          weights={"a": 100, "b": weight})
+                          weights={"a": 100, "b": weight}, nodes={"a": 1, "b": 2})
     monkeypatch.setattr(rounds, "secure_round", lambda *args, **kwargs: outcome)
-    got = federation._secure(cast(Grid, None), cast(Context, None), 1, [1, 2], global_, bound=10.0)
+    got = federation._secure(cast(Grid, None), cast(Context, None), 1, [1, 2], global_, bound=10.0,
+                             identities={})
     after = federation.arrays()
     moved = any(not np.array_equal(after[k], global_[k]) for k in global_)
     assert moved is not rejected

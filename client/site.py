@@ -19,7 +19,6 @@ import torch
 from client.cache import load_preset, noise_for, open_site  # kept between messages
 from configs.schema import (
     DataConfig,
-    DPConfig,
     FederationConfig,
     Preset,
     Region,
@@ -27,6 +26,7 @@ from configs.schema import (
     load_site_manifest,
 )
 from privacy.optim_state import OptimizerStore
+from privacy.round_plan import dp_settings
 from privacy.site_state import open_ledger
 from privacy.trainer import run_private_round
 from shared import wire
@@ -124,6 +124,7 @@ class SiteNode:
         metrics: dict[str, float | int] = {
             wire.STATUS: wire.TRAINED if outcome.status == "trained" else wire.REFUSED,
             wire.EPSILON: outcome.epsilon, wire.BUDGET: outcome.budget, wire.STEPS: outcome.steps,
+            wire.DELTA: self.manifest.privacy.delta,
             wire.NUM_EXAMPLES: wire.bucket(len(data.dataset))}
         delta = None
         if outcome.status == "trained":
@@ -185,15 +186,6 @@ class SiteNode:
 def round_data(preset: Preset, fed: FederationConfig) -> DataConfig:
     """The preset's data settings with the run's windows per patient."""
     return preset.data.model_copy(update={"windows_per_patient": fed.windows_per_patient})
-
-
-def dp_settings(preset: Preset, fed: FederationConfig) -> DPConfig:
-    """The DP-SGD settings of a federated round: the run's, with the preset's mode and accountant."""
-    return DPConfig(noise_multiplier=fed.noise_multiplier or None,
-                    target_epsilon=fed.target_epsilon, max_grad_norm=fed.max_grad_norm,
-                    patients_per_step=fed.patients_per_step,
-                    grad_sample_mode=preset.privacy.grad_sample_mode,
-                    accountant=preset.privacy.accountant)
 
 
 def _check_initial(model: GenomeLM, initial_sha256: str | None, *, global_round: int) -> None:

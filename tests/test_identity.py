@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from server.identity import NodeIdentity, _fingerprint, check_claim
-from server.rounds import collect
+from server.replies import collect
 from tests.test_validation import GLOBAL, honest, reply
 
 CEU, IMPOSTOR = NodeIdentity(11, "hospital-ceu", "a1" * 32), NodeIdentity(12, "impostor", "b2" * 32)

@@ -12,6 +12,7 @@ foreground; the local federation supervises its nodes from a thread.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -24,6 +25,13 @@ from shared.processes import ProcessGroup, flower_env
 log = logging.getLogger(__name__)
 QUICK_DEATH = 10.0  # a worker that dies sooner than this after its start is restarted with back-off
 MAX_BACKOFF = 30.0
+#: flower-supernode's exit status for every error (its own code, e.g. 305 when it cannot connect or
+#: the SuperLink refuses to activate it, is only printed). The SuperLink refuses a node it still
+#: counts online, for about 50 s after a crash (Flower's heartbeat patience), so a failed SuperNode
+#: is restarted with back-off for ``NodeSpec.retry_for`` seconds.
+FLOWER_ERROR_STATUS = 1
+NODE_MAX_BACKOFF = 10.0  # seconds between SuperNode restarts at most: rejoin soon after the refusal
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 @dataclass(frozen=True)
@@ -39,6 +47,7 @@ class NodeSpec:
     auth_key: Path | None = None
     keep_updates: bool = False
     threads: int | None = None  # OMP/MKL threads for the worker (None: torch's default)
+    retry_for: float = 900.0  # seconds to keep restarting a SuperNode that cannot connect (0: never)
 
 
 class NodeProcesses:
@@ -56,6 +65,10 @@ class NodeProcesses:
         self._started = 0.0
         self._quick_deaths = 0
         self._restart_at: float | None = None
+        self._node_started = 0.0
+        self._refused_since: float | None = None  # when the SuperNode first failed to connect
+        self._node_retries = 0
+        self._node_retry_at: float | None = None
         env = flower_env(spec.home.resolve())
         if spec.threads is not None:
             env |= {"OMP_NUM_THREADS": str(spec.threads), "MKL_NUM_THREADS": str(spec.threads)}
@@ -63,14 +76,18 @@ class NodeProcesses:
 
     def start(self) -> None:
         """Start the SuperNode, then its worker."""
-        spec = self.spec
         with self._lock:
-            self._runtime = runtime_security(spec.home / "runtime")
-            self.group.start(self.supernode, supernode_command(
-                site=spec.site, superlink=spec.superlink, clientappio_port=spec.port,
-                root_cert=spec.root_cert, runtime=self._runtime, insecure=spec.insecure,
-                auth_key=spec.auth_key, keep_updates=spec.keep_updates), env=self.env, cwd=self.cwd)
-            self._start_worker()
+            self._start_both()
+
+    def _start_both(self) -> None:
+        spec = self.spec
+        self._runtime = runtime_security(spec.home / "runtime")
+        self.group.start(self.supernode, supernode_command(
+            site=spec.site, superlink=spec.superlink, clientappio_port=spec.port,
+            root_cert=spec.root_cert, runtime=self._runtime, insecure=spec.insecure,
+            auth_key=spec.auth_key, keep_updates=spec.keep_updates), env=self.env, cwd=self.cwd)
+        self._node_started = time.monotonic()
+        self._start_worker()
 
     def _start_worker(self) -> None:
         assert self._runtime is not None
@@ -95,11 +112,17 @@ class NodeProcesses:
     def supervise(self) -> int | None:
         """Restart the worker if it died; the SuperNode's exit status once it has ended, else None."""
         with self._lock:
+            if self._node_retry_at is not None:
+                return self._retry_node()
             code = self.group.procs[self.supernode].poll()
             if code is not None:
                 if self.group.running(self.worker):
                     self.group.procs[self.worker].terminate()
+                if code == FLOWER_ERROR_STATUS and self._may_retry_node():
+                    return None
                 return code
+            if time.monotonic() - self._node_started > 2 * MAX_BACKOFF:  # it has stayed connected
+                self._refused_since, self._node_retries = None, 0
             if self.group.running(self.worker):
                 return None
             now = time.monotonic()
@@ -116,6 +139,41 @@ class NodeProcesses:
                 self.restarts += 1
                 self._start_worker()
             return None
+
+    def _may_retry_node(self) -> bool:
+        """Schedule a restart of a SuperNode that could not connect, unless retry_for is spent."""
+        now = time.monotonic()
+        self._refused_since = self._refused_since or now
+        if now - self._refused_since >= self.spec.retry_for:
+            log.error("the SuperNode of %s could not connect to %s for %.0f s; giving up",
+                      self.spec.site.name, self.spec.superlink, now - self._refused_since)
+            return False
+        delay = min(NODE_MAX_BACKOFF, 2.0 ** self._node_retries)
+        self._node_retries += 1
+        log.warning("the SuperNode of %s stopped with an error (%s); retrying in %.0f s (a SuperLink "
+                    "that is down, or that still counts this node online after a crash, for up to "
+                    "about 50 s, refuses it for a while)", self.spec.site.name, self._reason(), delay)
+        self._node_retry_at = now + delay
+        return True
+
+    def _reason(self) -> str:
+        """Flower's own exit code and message from the SuperNode's log, where there is one."""
+        if self.group.log_dir is None:
+            return "Flower's reason is in its output above"
+        path = self.group.log_dir / f"{self.supernode}.log"
+        lines = path.read_text(errors="replace").splitlines()[-40:] if path.exists() else []
+        said = [ANSI.sub("", line).replace("ERROR :", "").strip() for line in lines
+                if "Exit Code:" in line or line.startswith("[code:")]
+        return " ".join(said[-2:]) or f"see {path}"
+
+    def _retry_node(self) -> int | None:
+        assert self._node_retry_at is not None
+        if time.monotonic() >= self._node_retry_at:
+            self._node_retry_at = None
+            if self.group.running(self.worker):
+                self.group.procs[self.worker].wait(timeout=30)
+            self._start_both()
+        return None
 
     def kill(self) -> None:
         """SIGKILL the SuperNode and the worker (a crashed hospital)."""

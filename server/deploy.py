@@ -94,14 +94,33 @@ def flwr(args: list[str], *, flwr_home: Path, timeout: float = 120.0) -> str:
     return proc.stdout
 
 
+class SuperLinkUnreachable(DeploymentError):
+    """The SuperLink did not answer: it is down, restarting, or the address is wrong."""
+
+
+def flwr_json(args: list[str], *, flwr_home: Path, timeout: float = 120.0) -> dict[str, Any]:
+    """Run a ``flwr`` command with ``--format json``; its answer, or why it failed.
+
+    ``flwr`` exits 0 when it cannot reach the SuperLink and says so in ``error-message``:
+    that is :class:`SuperLinkUnreachable`; any other refusal is a :class:`DeploymentError`.
+    """
+    out = flwr([*args, "--format", "json"], flwr_home=flwr_home, timeout=timeout)
+    data: dict[str, Any] = json.loads(out[out.index("{"):])
+    if data.get("success", True):
+        return data
+    message = " ".join(str(data.get("error-message", data)).split())
+    if "Connection to the SuperLink is unavailable" in message:
+        raise SuperLinkUnreachable(f"the SuperLink did not answer 'flwr {args[0]}': {message}")
+    raise DeploymentError(f"flwr {args[0]} was refused: {message}")
+
+
 def submit_run(app_dir: Path, connection: str, run_config: dict[str, Any], *,
                flwr_home: Path) -> int:
     """Submit the app in ``app_dir`` as a new run; its run id."""
     overrides = " ".join(f"{k}={_toml_value(v)}" for k, v in run_config.items())
-    out = flwr(["run", str(app_dir), connection, "--run-config", overrides, "--format", "json"],
-               flwr_home=flwr_home, timeout=300)
-    data = json.loads(out[out.index("{"):])
-    if not data.get("success", True) or "run-id" not in data:
+    data = flwr_json(["run", str(app_dir), connection, "--run-config", overrides],
+                     flwr_home=flwr_home, timeout=300)
+    if "run-id" not in data:
         raise DeploymentError(f"flwr run did not start a run: {data}")
     return int(data["run-id"])
 
@@ -115,18 +134,16 @@ def register_supernode(public_key: Path, connection: str, *, flwr_home: Path,
     if not public_key.is_file():
         raise ConfigError(f"{public_key}: no such public key; make the site's key pair with "
                           "'fedgenome pki add-site'")
-    args = ["supernode", "register", str(public_key), connection, "--format", "json"]
-    out = flwr(args + (["--name", name] if name else []), flwr_home=flwr_home)
-    data = json.loads(out[out.index("{"):])
-    if not data.get("success", True) or "node-id" not in data:
+    args = ["supernode", "register", str(public_key), connection]
+    data = flwr_json(args + (["--name", name] if name else []), flwr_home=flwr_home)
+    if "node-id" not in data:
         raise DeploymentError(f"flwr supernode register did not register {public_key}: {data}")
     return int(data["node-id"])
 
 
 def run_status(run_id: int, connection: str, *, flwr_home: Path) -> str:
     """The status of a run, e.g. 'running' or 'finished:completed'."""
-    out = flwr(["ls", connection, "--run-id", str(run_id), "--format", "json"], flwr_home=flwr_home)
-    data = json.loads(out[out.index("{"):])
+    data = flwr_json(["ls", connection, "--run-id", str(run_id)], flwr_home=flwr_home)
     runs = data.get("runs", [])
     if not runs:
         raise DeploymentError(f"run {run_id} is unknown to the SuperLink")
@@ -135,8 +152,7 @@ def run_status(run_id: int, connection: str, *, flwr_home: Path) -> str:
 
 def online_nodes(connection: str, *, flwr_home: Path) -> set[int]:
     """The ids of the SuperNodes that are connected to the SuperLink now."""
-    out = flwr(["supernode", "ls", connection, "--format", "json"], flwr_home=flwr_home)
-    data = json.loads(out[out.index("{"):])
+    data = flwr_json(["supernode", "ls", connection], flwr_home=flwr_home)
     return {int(n["node-id"]) for n in data.get("nodes", []) if n.get("status") == "online"}
 
 
@@ -157,15 +173,3 @@ def run_log_tail(run_id: int, connection: str, *, flwr_home: Path, lines: int = 
     except (DeploymentError, subprocess.TimeoutExpired) as err:
         return f"(the run's log could not be read: {err})"
     return "\n".join(out.rstrip().splitlines()[-lines:])
-
-
-def wait_run(run_id: int, connection: str, *, flwr_home: Path, timeout: float,
-             poll: float = 10.0) -> str:
-    """Wait until a run has finished; its final status (``flwr run --stream`` exits 0 on failure)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = run_status(run_id, connection, flwr_home=flwr_home)
-        if status.startswith("finished"):
-            return status
-        time.sleep(poll)
-    raise DeploymentError(f"run {run_id} did not finish within {timeout:.0f} s")

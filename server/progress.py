@@ -15,11 +15,12 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from server.deploy import run_log_tail, run_status
+from server.deploy import SuperLinkUnreachable, run_log_tail, run_status
 from server.report import RoundRecord, read_report
 from shared.errors import DeploymentError
 
 log = logging.getLogger(__name__)
+MAX_DOWN_WAIT = 30.0  # seconds between looks at most while the SuperLink does not answer
 OnRound = Callable[[RoundRecord], None]
 
 
@@ -72,6 +73,9 @@ def follow_run(run_id: int, connection: str, *, flwr_home: Path, timeout: float,
                tick: float = 0.25, status_every: float = 30.0) -> str:
     """Wait until a run has finished; its final status (``flwr run --stream`` exits 0 on failure).
 
+    While the SuperLink does not answer (down, restarting) it keeps waiting, looking again with
+    back-off up to :data:`MAX_DOWN_WAIT` seconds; a run the SuperLink does not know is an error.
+
     Args:
         run_id: The run.
         connection: The ``flwr`` connection name of its SuperLink.
@@ -89,6 +93,7 @@ def follow_run(run_id: int, connection: str, *, flwr_home: Path, timeout: float,
     every = status_every if run_dir is not None else min(status_every, 10.0)  # no report: ask more
     deadline = time.monotonic() + timeout
     next_status, last_seen_done = time.monotonic() + every, False
+    down: float | None = None  # since when the SuperLink has not answered
     with ThreadPoolExecutor(max_workers=1) as pool:  # the report is read while the status comes
         asked: Future[str] | None = None
         while time.monotonic() < deadline:
@@ -98,7 +103,19 @@ def follow_run(run_id: int, connection: str, *, flwr_home: Path, timeout: float,
             if asked is None and time.monotonic() >= next_status:
                 asked = pool.submit(run_status, run_id, connection, flwr_home=flwr_home)
             if asked is not None and asked.done():
-                if (status := asked.result()).startswith("finished"):
+                try:
+                    status = asked.result()
+                except SuperLinkUnreachable as exc:
+                    down = down or time.monotonic()
+                    wait = min(MAX_DOWN_WAIT, 2.0 * (time.monotonic() - down) + 1.0)
+                    log.warning("%s; still waiting for run %d (down %.0f s, next look in %.0f s)",
+                                exc, run_id, time.monotonic() - down, wait)
+                    asked, next_status = None, time.monotonic() + wait
+                    continue
+                if down is not None:
+                    log.info("the SuperLink answers again after %.0f s", time.monotonic() - down)
+                    down = None
+                if status.startswith("finished"):
                     follower.poll()
                     if status != "finished:completed":
                         log.error("run %d ended %s; the end of its ServerApp log:\n%s", run_id,

@@ -116,11 +116,14 @@ def collect(replies: list[Message], sampled: list[int], names: dict[int, str],
     answered: set[int] = set()
     for msg in replies:
         node = msg.metadata.src_node_id
+        if msg.has_error():  # made by the node, or by the SuperLink for it (from the SuperLink's id)
+            log.warning("round reply with an error from node %d: %s", node, msg.error.reason)
+            if node in sampled:
+                answered.add(node)
+                out.failed.append(node_label(node, names, identities))
+            continue  # a sampled node without a usable reply is counted failed below, once
         answered.add(node)
         label = node_label(node, names, identities)
-        if msg.has_error():
-            out.failed.append(label)
-            continue
         try:
             reply = read_reply(msg.content)
             claim = check_claim(node, reply.name, identities=identities, bound=names,

@@ -105,6 +105,34 @@ def test_a_killed_supernode_drops_out_and_the_run_completes(
     assert all(r["trained"] for r in rounds)
 
 
+def test_a_supernode_restarted_3_s_after_a_crash_rejoins_by_itself(
+        site_copy: Callable[[str], Path], data_paths: DataPaths, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    ceu, tsi = site_copy("hospital-ceu"), site_copy("hospital-tsi")
+    run_dir = tmp_path / "run"
+    config = run_config(data_paths, run_dir, **{"num-server-rounds": 3, "sample-timeout": 240.0,
+                                               "round-timeout": 240.0})
+    with LocalFederation(tmp_path / "fed", [ceu, tsi]) as federation:
+        run_id = federation.submit(config)
+        wait_for_round(run_dir, 1)
+        crashed = federation.nodes[tsi.name].group.procs[f"supernode-{tsi.name}"].pid
+        federation.kill_node(tsi)
+        time.sleep(3.0)
+        federation.start_node(tsi)  # Flower still counts the node online: activation is refused
+        assert federation.wait(run_id, timeout=900) == "finished:completed"
+        restarted = federation.nodes[tsi.name].group.procs[f"supernode-{tsi.name}"].pid
+    assert restarted != crashed
+    assert "the SuperNode of hospital-tsi stopped with an error (Exit Code: 305 [code: 2004] Failed to " \
+           "activate SuperNode.); retrying in" in caplog.text
+    rounds = json.loads((run_dir / "report.json").read_text())["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2, 3]
+    assert rounds[-1]["trained"] == ["hospital-ceu", "hospital-tsi"]  # back by itself
+    failed = [f for r in rounds for f in r["failed"]]
+    assert set(failed) <= {"hospital-tsi"} and len(failed) == len(set(failed)), failed  # no phantom
+    trained = [e.round for e in ledger_entries(tsi) if e.status == "trained"]
+    assert len(trained) == len(set(trained))  # no global round spent twice
+
+
 def test_server_stops_after_round_one_and_resumes(site_copy: Callable[[str], Path],
                                                   data_paths: DataPaths, tmp_path: Path) -> None:
     sites = [site_copy("hospital-ceu"), site_copy("hospital-tsi")]

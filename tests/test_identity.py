@@ -70,3 +70,17 @@ def test_the_fingerprint_of_flowers_stored_key_is_the_sites_own(tmp_path: pytest
     pem = key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     assert _fingerprint(pem) == fingerprint(key)
     assert _fingerprint(b"") is None
+
+
+def test_an_error_the_superlink_made_for_a_silent_node_names_that_node_once() -> None:
+    from flwr.app import Error
+    from flwr.app import Message as FlowerMessage
+    from flwr.common.constant import SUPERLINK_NODE_ID
+
+    from tests.test_validation import instruction
+
+    lost = FlowerMessage(Error(code=0, reason="the node went offline"), reply_to=instruction(12))
+    lost.metadata.__dict__["_src_node_id"] = SUPERLINK_NODE_ID  # as the SuperLink sends it
+    got = collect([reply(11, "hospital-ceu", honest()), lost], [11, 12], {}, GLOBAL, max_norm=10.0,
+                  identities=IDENTITIES)
+    assert got.failed == ["impostor"]  # the sampled node 12, under its name; no 'node 1'

@@ -187,8 +187,8 @@ class Ledger:
                 the write failed (nothing was recorded then).
         """
         if status in ("rotated", "reset"):
-            raise LedgerError(f"{self.path}: record a key rotation with Ledger.rotate and a reset with "
-                              "Ledger.start_over, not append")
+            how = "Ledger.rotate" if status == "rotated" else "Ledger.start_over"
+            raise LedgerError(f"{self.path}: record a {status} entry with {how}, not append")
         done = self.trained_entry(run_key=run_key, round=round) if run_key and status == "trained" else None
         if done is not None:
             raise LedgerError(f"{self.path}: round {round} of run {run_key} was already trained (entry seq "

@@ -114,7 +114,7 @@ def test_a_rotation_must_cost_nothing(tmp_path: Path) -> None:
     write_chain(path, entries, new)
     with pytest.raises(LedgerError, match=r"a rotation costs no privacy"):
         verify_ledger(path, public_key=old.public_key())
-    with pytest.raises(LedgerError, match=r"Ledger.rotate, not append"):
+    with pytest.raises(LedgerError, match=r"rotate, not append"):
         Ledger(tmp_path / "other.jsonl", site="s", private_key=old).append(
             round=1, status="rotated", local_steps=0, sample_rate=0.0, noise_multiplier=0.0,
             max_grad_norm=0.0, delta=0.0, accountant="none", epsilon=0.0, update_sha256=None)

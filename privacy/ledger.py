@@ -36,8 +36,9 @@ its entry 0 is a signed ``reset`` with the reason and the old head (or 'lost'). 
 
 The head leaves the site: :meth:`Ledger.head_digest` is the signed (count, last_sha256) that a
 round's reply carries, and a server compares consecutive ones with
-:func:`privacy.ledger_head.check_head_continuity`. ``on_head`` (given by :mod:`privacy.site_state`)
-is called with it before the first entry and after every head rewrite, to keep the site's marker.
+:func:`privacy.ledger_head.check_head_continuity`. The attribute ``on_head`` (set by
+:mod:`privacy.site_state`) is called with it before the first entry and after every head rewrite,
+to keep the site's marker (:mod:`privacy.ledger_marker`).
 
 Crashes: a head one entry behind (a crash after the line was fsynced, before the head was rewritten)
 is accepted with a warning and rewritten by :class:`Ledger`; an incomplete last line (a crash while
@@ -109,15 +110,15 @@ class Ledger:
     followed by a retry) and the cumulative epsilon must not decrease.
     """
 
-    def __init__(self, path: Path, *, site: str, private_key: ec.EllipticCurvePrivateKey,
-                 on_head: Callable[[HeadDigest], None] | None = None) -> None:
+    def __init__(self, path: Path, *, site: str, private_key: ec.EllipticCurvePrivateKey) -> None:
         if not site or any(c.isspace() for c in site):
             raise ConfigError(f"{path}: site name {site!r} is invalid: use a non-empty name without spaces")
         self.path = path
         self.site = site
         self._key = private_key
         self._public = private_key.public_key()
-        self._on_head = on_head
+        self.on_head: Callable[[HeadDigest], None] | None = None
+        """Called with the new head before the first entry and after every head rewrite."""
         data = read_ledger(path)
         if data and not data.endswith(b"\n"):
             data = self._drop_torn_tail(data)
@@ -268,8 +269,8 @@ class Ledger:
         problem = value_problem(unsigned) or order_problem(self._entries[-1] if seq else None, unsigned)
         if problem:
             raise LedgerError(f"{where}: {problem}")
-        if seq == 0 and self._on_head is not None:  # the site's marker exists before entry 0 does
-            self._on_head(self.head_digest())
+        if seq == 0 and self.on_head is not None:  # the site's marker exists before entry 0 does
+            self.on_head(self.head_digest())
         signature = base64.b64encode(sign(self._key, unsigned.signed_bytes())).decode("ascii")
         entry = dataclasses.replace(unsigned, signature=signature)
         self._write_line(entry)
@@ -319,8 +320,8 @@ class Ledger:
         except OSError as exc:
             raise LedgerError(f"{head_path(self.path)}: could not write the head file ({exc.strerror}); "
                               f"entry seq {len(self._entries) - 1} is recorded; do not send it") from exc
-        if self._on_head is not None:
-            self._on_head(digest)
+        if self.on_head is not None:
+            self.on_head(digest)
 
     def _drop_torn_tail(self, data: bytes) -> bytes:
         """Drop an incomplete last line that the head shows was never acknowledged."""

@@ -159,9 +159,9 @@ def duplicate_problems(site: str, entries: Sequence[LedgerEntry]) -> list[AuditP
     problems = []
     for first, again in duplicate_rounds(entries):
         run = f"run {first.run_key}" if first.run_key else "no run key recorded"
-        problems.append(AuditProblem(site, f"entry {again.seq}", f"round {again.round} ({run}) was trained "
-                                     f"twice: entries {first.seq} and {again.seq} (epsilon {first.epsilon:.6g} "
-                                     f"then {again.epsilon:.6g}); the second spent again", seq=again.seq))
+        what = (f"round {again.round} ({run}) was trained twice: entries {first.seq} and {again.seq} "
+                f"(epsilon {first.epsilon:.6g} then {again.epsilon:.6g}); the second spent again")
+        problems.append(AuditProblem(site, f"entry {again.seq}", what, seq=again.seq))
     return problems
 
 

@@ -11,7 +11,6 @@ import typer
 from privacy.accounting import ACCOUNTANTS, check_arguments, epsilon, plan_noise_multiplier
 from privacy.mechanism import Mechanism
 
-
 app = typer.Typer(
     name="privacy",
     help="Privacy accounting: the (ε, δ) of subsampled-Gaussian training, noise planning, and "

@@ -59,7 +59,6 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from privacy.keys import fingerprint, public_key_text, sign
-from privacy.ledger_head import HeadDigest
 from privacy.ledger_entry import (
     ROTATION_ACCOUNTANT,
     LedgerEntry,
@@ -71,6 +70,7 @@ from privacy.ledger_entry import (
     order_problem,
     value_problem,
 )
+from privacy.ledger_head import HeadDigest
 from privacy.ledger_verify import (
     KeyChain,
     check_anchor,

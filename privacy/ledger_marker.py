@@ -11,7 +11,7 @@ rewrite, so it is never ahead of the ledger; a crash in between leaves it one en
 is a plain extension. A site opening its ledger (:func:`privacy.site_state.open_ledger`) then
 
 * refuses an empty (or missing) ledger when there is any evidence of past training: the marker,
-  a retired key (a rotation was recorded in a ledger), optimizer state, kept or outgoing updates
+  a retired key (a rotation was recorded in a ledger), optimizer state, kept updates
   (:func:`training_evidence`); the operator restores the ledger or starts over on record
   (``fedgenome privacy reset``);
 * refuses a ledger that does not continue the marker (an older copy restored, or a rewrite):
@@ -36,8 +36,12 @@ from shared.errors import LedgerError
 
 log = logging.getLogger(__name__)
 FORMAT = "fedgenome-ledger-marker/1"
-TRACES = {"optimizer": "*.pt", "outbox": "*.npz", "outgoing": "*.npz"}
-"""Sub-directories of ``state/`` whose files only a round that trained leaves behind."""
+OUTGOING = "outgoing"
+"""The sub-directory of ``state/`` that keeps the last update sent (:mod:`client.outgoing`)."""
+TRACES = {"optimizer": "*.pt", "outbox": "*.npz"}
+"""Sub-directories of ``state/`` whose files only a recorded round leaves behind (both are written
+after the ledger entry). Not ``outgoing/``: its update is written *before* the entry, so a crash
+can leave one that no entry covers."""
 
 
 @dataclass(frozen=True)

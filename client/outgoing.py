@@ -72,7 +72,9 @@ def keep_outgoing(state_dir: Path, update: Outgoing) -> None:
     record = {"format": FORMAT, "run_key": update.run_key, "round": update.round,
               "update_sha256": update.update_sha256, "metrics": update.metrics}
     with atomic_path(outgoing_path(state_dir)) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, **update.delta, **{_RECORD: np.array(json.dumps(record, sort_keys=True))})
+        arrays: dict[str, npt.NDArray[np.generic]] = {**update.delta,
+                                                      _RECORD: np.array(json.dumps(record, sort_keys=True))}
+        np.savez(fh, **arrays)  # type: ignore[arg-type]
 
 
 def load_outgoing(state_dir: Path, *, run_key: str, round: int, update_sha256: str) -> Outgoing | None:

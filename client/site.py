@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,18 +130,9 @@ class SiteNode:
         q = dp.patients_per_step / len(data.dataset)
         sigma = noise_for(dp=dp, site=self.manifest.privacy, sample_rate=min(q, 1.0),
                           total_steps=fed.num_server_rounds * fed.local_steps)
-        examples = wire.bucket(len(data.dataset))
-        sent: list[SiteReply] = []
-
-        def keep(update: TrainedUpdate) -> None:  # before the ledger entry: what a retry re-sends
-            metrics = _metrics(wire.TRAINED, update.epsilon, update.budget, update.steps, examples)
-            reply = SiteReply(self.manifest.name, wire.encode_update(model.state_dict(), global_),
-                              {**metrics, wire.TRAIN_LOSS: update.mean_loss})
-            if run_key is not None:
-                keep_outgoing(self.state_dir, Outgoing(run_key, global_round, update.update_sha256,
-                                                       reply.metrics, reply.delta or {}))
-            sent.append(reply)
-
+        examples, sent = wire.bucket(len(data.dataset)), list[SiteReply]()
+        keep = self._keeper(model, global_, sent, examples=examples, run_key=run_key,
+                            global_round=global_round)
         outcome = run_private_round(
             model=model, dataset=data.dataset, ledger=ledger, site=self.manifest.privacy, dp=dp,
             train=train_cfg, noise_multiplier=sigma, round=global_round, local_steps=fed.local_steps,
@@ -155,6 +147,21 @@ class SiteNode:
         if self.keep_updates and sent[0].delta is not None:
             self._keep(sent[0].delta, global_round=global_round, seq=outcome.entry.seq)
         return dataclasses.replace(sent[0], ledger_head=ledger.head_digest())  # egress checks what leaves
+
+    def _keeper(self, model: GenomeLM, global_: wire.Arrays, sent: list[SiteReply], *, examples: int,
+                run_key: str | None, global_round: int) -> Callable[[TrainedUpdate], None]:
+        """What runs after training, before the ledger entry: build the reply, keep it (with a run key)."""
+
+        def keep(update: TrainedUpdate) -> None:
+            metrics = _metrics(wire.TRAINED, update.epsilon, update.budget, update.steps, examples)
+            reply = SiteReply(self.manifest.name, wire.encode_update(model.state_dict(), global_),
+                              {**metrics, wire.TRAIN_LOSS: update.mean_loss})
+            if run_key is not None:
+                keep_outgoing(self.state_dir, Outgoing(run_key, global_round, update.update_sha256,
+                                                       reply.metrics, reply.delta or {}))
+            sent.append(reply)
+
+        return keep
 
     @property
     def state_dir(self) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -137,3 +138,23 @@ def test_audit_verify_fails_on_a_round_trained_twice(
         main(["audit", "verify", str(path), "--key", str(tmp_path / "s.pub")])
     assert stopped.value.code == 4
     assert "site s, entry 2: round 2" in capsys.readouterr().out
+
+
+def test_audit_report_fails_on_a_round_trained_twice(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    key, run_dir = generate_key(), tmp_path / "run"
+    path = run_dir / "ledgers" / "s.jsonl"
+    path.parent.mkdir(parents=True)
+    _duplicated(path, key, monkeypatch, run_key=RUN_A)
+    entries = Ledger(path, site="s", private_key=key).entries
+    rounds = [{"round": r, "train_loss": 1.0, "heldout_bits_per_base": 1.9, "trained": ["s"], "refused": [],
+               "failed": [], "dropped": [], "rejected": {}, "seconds": 1.0,
+               "epsilon": {"s": [e.epsilon for e in entries if e.round == r][-1]}} for r in (1, 2)]
+    (run_dir / "report.json").write_text(json.dumps({"config": {}, "initial_bits_per_base": 2.0,
+                                                     "rounds": rounds}))
+    write_public_key(run_dir / "pki" / "sites" / "s.pub", key.public_key(), comment="s")
+    with pytest.raises(SystemExit) as stopped:
+        main(["audit", "report", str(run_dir)])
+    assert stopped.value.code == 4
+    assert f"site s, entry 2: round 2 (run {RUN_A}) was trained twice" in capsys.readouterr().out
+    assert "was trained twice" in (run_dir / "audit-report.html").read_text()

@@ -21,6 +21,7 @@ from privacy.ledger_reset import reset_site_ledger
 from privacy.mechanism import Mechanism
 from privacy.site_state import LedgerMissingError, ledger_head_digest, ledger_path, open_ledger, site_key_path
 from shared.errors import ConfigError, LedgerError
+from tests.fedrun import copy_site
 
 NAME = "hospital-a"
 
@@ -212,3 +213,34 @@ def test_continuity_catches_an_older_head_replayed_with_a_truncated_ledger(tmp_p
     assert check_head_continuity(later, rewritten).kind == "forked"
     entries = verify_ledger(path, public_key=open_ledger_key(site))
     assert check_head_continuity((1, "e" * 64), early, entries).kind == "forked"
+
+
+@pytest.mark.data
+def test_train_dp_refuses_after_the_ledger_is_deleted_until_a_reset_on_record(
+        sites_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    site = copy_site(sites_dir, tmp_path, "hospital-ceu")
+    path = ledger_path(site / "state")
+    args = ["train", str(site), "--dp", "--preset", "tiny", "--steps", "2", "--noise-multiplier", "1.0"]
+
+    def run(*extra: str) -> int:
+        with pytest.raises(SystemExit) as stopped:
+            main([*extra])
+        return int(stopped.value.code or 0)
+
+    assert run(*args, "--out", str(tmp_path / "a")) == 0
+    spent = verify_ledger(path, public_key=load_public_key(site / "keys" / "hospital-ceu.pub"))
+    path.unlink()
+    head_path(path).unlink()
+    capsys.readouterr()
+    assert run(*args, "--out", str(tmp_path / "b")) == 2
+    err = capsys.readouterr().err
+    assert "has trained before" in err and "fedgenome privacy reset" in err
+    assert not path.exists() and not (tmp_path / "b").exists()  # nothing trained, nothing spent
+    assert run("privacy", "reset", str(site), "--reason", "state/ wiped by mistake") == 0
+    assert run(*args, "--out", str(tmp_path / "c")) == 0
+    entries = verify_ledger(path, public_key=load_public_key(site / "keys" / "hospital-ceu.pub"))
+    assert [e.status for e in entries] == ["reset", "trained"]
+    assert (entries[0].previous_count, entries[0].previous_last_sha256) == (1, spent[0].sha256)
+    capsys.readouterr()
+    assert run("audit", "verify", str(path)) == 0
+    assert "state/ wiped by mistake" in capsys.readouterr().out

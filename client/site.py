@@ -22,7 +22,6 @@ from client.cache import load_preset, noise_for, open_site  # kept between messa
 from client.outgoing import Outgoing, keep_outgoing, load_outgoing
 from configs.schema import (
     DataConfig,
-    DPConfig,
     FederationConfig,
     Preset,
     Region,
@@ -33,6 +32,7 @@ from privacy.ledger import Ledger, LedgerEntry
 from privacy.ledger_entry import RUN_KEY
 from privacy.ledger_head import HeadDigest
 from privacy.optim_state import OptimizerStore
+from privacy.round_plan import dp_settings
 from privacy.site_state import open_ledger
 from privacy.trainer import TrainedUpdate, run_private_round
 from shared import wire
@@ -142,8 +142,9 @@ class SiteNode:
             proximal_mu=fed.proximal_mu if fed.strategy == "fedprox" else 0.0,
             initial_checkpoint_sha256=initial_sha256, run_key=run_key, before_record=keep)
         if outcome.status != "trained":
-            return SiteReply(self.manifest.name, None, _metrics(
-                wire.REFUSED, outcome.epsilon, outcome.budget, 0, examples), ledger.head_digest())
+            refused = _metrics(wire.REFUSED, outcome.epsilon, outcome.budget, 0, examples,
+                               delta=self.manifest.privacy.delta)
+            return SiteReply(self.manifest.name, None, refused, ledger.head_digest())
         if self.keep_updates and sent[0].delta is not None:
             self._keep(sent[0].delta, global_round=global_round, seq=outcome.entry.seq)
         return dataclasses.replace(sent[0], ledger_head=ledger.head_digest())  # egress checks what leaves
@@ -153,7 +154,8 @@ class SiteNode:
         """What runs after training, before the ledger entry: build the reply, keep it (with a run key)."""
 
         def keep(update: TrainedUpdate) -> None:
-            metrics = _metrics(wire.TRAINED, update.epsilon, update.budget, update.steps, examples)
+            metrics = _metrics(wire.TRAINED, update.epsilon, update.budget, update.steps, examples,
+                               delta=self.manifest.privacy.delta)
             reply = SiteReply(self.manifest.name, wire.encode_update(model.state_dict(), global_),
                               {**metrics, wire.TRAIN_LOSS: update.mean_loss})
             if run_key is not None:
@@ -180,7 +182,8 @@ class SiteNode:
                     "kept: refusing the round rather than spending on it again", done.round, run_key[:8],
                     done.seq)
         budget = self.manifest.privacy.epsilon_budget if done.epsilon_budget is None else done.epsilon_budget
-        return SiteReply(self.manifest.name, None, _metrics(wire.REFUSED, ledger.epsilon, budget, 0, None),
+        refused = _metrics(wire.REFUSED, ledger.epsilon, budget, 0, None, delta=self.manifest.privacy.delta)
+        return SiteReply(self.manifest.name, None, refused,
                          ledger.head_digest())
 
     def optimizer_store(self, fed: FederationConfig, run_key: str | None) -> OptimizerStore | None:
@@ -233,10 +236,10 @@ class SiteNode:
 
 
 def _metrics(status: int, epsilon: float, budget: float, steps: int,
-             examples: int | None) -> dict[str, float | int]:
+             examples: int | None, *, delta: float) -> dict[str, float | int]:
     """A train reply's metrics (``examples``: the bucketed patient count; None leaves it out)."""
     metrics: dict[str, float | int] = {wire.STATUS: status, wire.EPSILON: epsilon, wire.BUDGET: budget,
-                                       wire.STEPS: steps}
+                                       wire.STEPS: steps, wire.DELTA: delta}
     if examples is not None:
         metrics[wire.NUM_EXAMPLES] = examples
     return metrics
@@ -245,15 +248,6 @@ def _metrics(status: int, epsilon: float, budget: float, steps: int,
 def round_data(preset: Preset, fed: FederationConfig) -> DataConfig:
     """The preset's data settings with the run's windows per patient."""
     return preset.data.model_copy(update={"windows_per_patient": fed.windows_per_patient})
-
-
-def dp_settings(preset: Preset, fed: FederationConfig) -> DPConfig:
-    """The DP-SGD settings of a federated round: the run's, with the preset's mode and accountant."""
-    return DPConfig(noise_multiplier=fed.noise_multiplier or None,
-                    target_epsilon=fed.target_epsilon, max_grad_norm=fed.max_grad_norm,
-                    patients_per_step=fed.patients_per_step,
-                    grad_sample_mode=preset.privacy.grad_sample_mode,
-                    accountant=preset.privacy.accountant)
 
 
 def _check_initial(model: GenomeLM, initial_sha256: str | None, *, global_round: int) -> None:

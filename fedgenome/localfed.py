@@ -154,7 +154,8 @@ class LocalFederation:
         name = load_site_manifest(site).name
         if not self.pki.site_public(name).exists():
             add_site(self.pki.root, name, site_dir=site)
-        return register_supernode(self.pki.site_public(name), CONNECTION, flwr_home=self.flwr_home)
+        return register_supernode(self.pki.site_public(name), CONNECTION, flwr_home=self.flwr_home,
+                                  name=name)  # the name the node's replies must carry
 
     def start_node(self, site: Path) -> None:
         """Start (or restart) the SuperNode of ``site`` and its ClientApp worker."""

@@ -37,6 +37,7 @@ class RoundRecord:
     epsilon: dict[str, float] = field(default_factory=dict)  # cumulative, per site
     rejected: dict[str, str] = field(default_factory=dict)  # site -> why the server rejected it
     update_norms: dict[str, float] = field(default_factory=dict)  # L2 norm of each accepted update
+    claims: list[dict[str, Any]] = field(default_factory=list)  # replies naming a site not their own
     seconds: float = 0.0
 
 

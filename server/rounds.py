@@ -13,20 +13,23 @@ import logging
 import math
 import secrets
 import time
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
-import numpy.typing as npt
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from configs.schema import FederationConfig, Region, load_preset
+from server.epsilon_check import EpsilonCheck
+from server.identity import NodeIdentity, check_claim, node_identities
+from server.replies import SITE, Collected, check_examples, collect, node_label, read_reply
 from server.report import RoundRecord, RunReport, read_state, write_state
-from server.secagg import secure_round
+from server.secagg import SecureRound, secure_round
 from server.strategies import create_strategy, load_strategy_state, save_strategy_state
 from server.validation import UpdateRejected, check_update, update_bound
 from shared import wire
@@ -40,7 +43,6 @@ from shared.reference_markov import reference_baseline
 from shared.train import evaluate
 
 log = logging.getLogger(__name__)
-SITE = "site"
 
 
 class QuorumError(FedGenomeError):
@@ -68,65 +70,6 @@ def wait_for_quorum(grid: Grid, *, minimum: int, timeout: float) -> list[int]:
     return nodes
 
 
-@dataclass
-class Collected:
-    """A round's replies, sorted."""
-
-    trained: list[Message] = field(default_factory=list)
-    refused: list[str] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)
-    rejected: dict[str, str] = field(default_factory=dict)  # site -> why its update was rejected
-    epsilon: dict[str, float] = field(default_factory=dict)
-    losses: list[float] = field(default_factory=list)
-    norms: dict[str, float] = field(default_factory=dict)  # site -> L2 norm of its update
-
-
-@dataclass(frozen=True)
-class _Reply:
-    """The fields of a site's train reply, read and type-checked."""
-
-    name: str
-    status: int
-    epsilon: float
-    examples: int
-    loss: float | None
-
-
-def _read_reply(content: RecordDict) -> _Reply:
-    """Read a train reply's site name and metrics; UpdateRejected if any is missing or malformed."""
-    try:
-        name = content.config_records[SITE]["name"]
-        metrics = content.metric_records[wire.METRICS]
-        status, epsilon = int(cast(int, metrics[wire.STATUS])), float(cast(float, metrics[wire.EPSILON]))
-        examples = metrics.get(wire.NUM_EXAMPLES, 0)
-        loss = float(cast(float, metrics[wire.TRAIN_LOSS])) if status == wire.TRAINED else None
-    except (KeyError, TypeError, ValueError) as exc:
-        raise UpdateRejected(f"malformed reply: {exc!r} missing or of the wrong type") from None
-    if not isinstance(name, str) or not name:
-        raise UpdateRejected("malformed reply: no site name")
-    if status not in (wire.TRAINED, wire.REFUSED) or not math.isfinite(epsilon):
-        raise UpdateRejected(f"malformed reply: status {status}, epsilon {epsilon}")
-    return _Reply(name, status, epsilon, examples if isinstance(examples, int) else -1, loss)
-
-
-def _check_examples(reply: _Reply, *, max_examples: float) -> None:
-    """The example count FedAvg weights by: a multiple of the bucket, within [bucket, max]."""
-    if not (wire.BUCKET <= reply.examples <= max_examples and reply.examples % wire.BUCKET == 0):
-        raise UpdateRejected(f"example count {reply.examples} is not a multiple of {wire.BUCKET} "
-                             f"in [{wire.BUCKET}, {max_examples:g}] (max-examples)")
-
-
-def _delta(arrays: ArrayRecord, global_: wire.Arrays) -> dict[str, npt.NDArray[np.generic]]:
-    """A reply's delta by array name; a packed one is unpacked in the global model's layout."""
-    delta = {k: v.numpy() for k, v in arrays.items()}
-    if set(delta) != {wire.PACKED}:
-        return delta
-    try:
-        return wire.unpack(delta[wire.PACKED], wire.layout(global_))
-    except ValueError as exc:
-        raise UpdateRejected(str(exc)) from None
-
-
 def packed(messages: list[Message], global_: wire.Arrays, *, rnd: int) -> list[Message]:
     """The train instructions with the global model packed into one array, its layout in the config.
 
@@ -138,52 +81,6 @@ def packed(messages: list[Message], global_: wire.Arrays, *, rnd: int) -> list[M
         msg.content.config_records[wire.CONFIG][wire.LAYOUT] = wire.layout(global_)
         msg.metadata.group_id = str(rnd)
     return messages
-
-
-def collect(replies: list[Message], sampled: list[int], names: dict[int, str],
-            global_: wire.Arrays, *, max_norm: float, max_examples: float = math.inf) -> Collected:
-    """Sort replies into trained / refused / rejected / failed; decode valid deltas to full weights.
-
-    Every reply is validated before anything of it is used: its metrics (present, typed, the
-    example count bucketed and at most ``max_examples``), its site name (a node keeps the name it
-    first gave; two nodes cannot claim one name) and its delta (:func:`check_update`). A rejected
-    reply is logged and left out, and the round goes on with the others.
-    """
-    out = Collected()
-    answered, claimed = set(), set()
-    for msg in replies:
-        node = msg.metadata.src_node_id
-        answered.add(node)
-        label = names.get(node, f"node {node}")
-        if msg.has_error():
-            out.failed.append(label)
-            continue
-        try:
-            reply = _read_reply(msg.content)
-            if names.setdefault(node, reply.name) != reply.name or reply.name in claimed:
-                raise UpdateRejected(f"node {node} claims to be site {reply.name!r}, which is "
-                                     f"{'another node' if reply.name in claimed else label}")
-            claimed.add(reply.name)
-            label = reply.name
-            out.epsilon[label] = reply.epsilon
-            if reply.status == wire.REFUSED:
-                out.refused.append(label)
-                continue
-            _check_examples(reply, max_examples=max_examples)
-            delta = _delta(msg.content.array_records.get(wire.ARRAYS, ArrayRecord()), global_)
-            out.norms[label] = check_update(delta, global_, max_norm=max_norm).norm
-        except UpdateRejected as exc:
-            log.warning("rejected the reply of site %s: %s", label, exc)
-            out.rejected[label] = str(exc)
-            continue
-        full = wire.decode_update(delta, global_)
-        out.losses.append(cast(float, reply.loss))
-        msg.content = RecordDict({
-            wire.ARRAYS: ArrayRecord({k: Array(v) for k, v in full.items()}),
-            wire.METRICS: MetricRecord({wire.NUM_EXAMPLES: reply.examples})})
-        out.trained.append(msg)
-    out.failed += [names.get(n, f"node {n}") for n in sampled if n not in answered]
-    return out
 
 
 def with_defaults(fed: FederationConfig) -> FederationConfig:
@@ -300,6 +197,7 @@ class Federation:
         """One round: quorum, train, validate and aggregate the sites' updates, evaluate."""
         start = time.monotonic()
         nodes = wait_for_quorum(grid, minimum=self.fed.min_nodes, timeout=self.fed.sample_timeout)
+        identities = node_identities(grid)
         global_ = self.arrays()
         config = ConfigRecord(self.round_config(rnd))  # type: ignore[arg-type]
         messages = packed(list(self.strategy.configure_train(
@@ -310,11 +208,12 @@ class Federation:
         if self.fed.aggregation == "secagg+":
             if context is None:
                 raise ConfigError("aggregation 'secagg+' needs the ServerApp's context")
-            got = self._secure(grid, context, rnd, sampled, global_, bound)
+            got = self._secure(grid, context, rnd, sampled, global_, bound, identities)
         else:
             replies = list(grid.send_and_receive(messages, timeout=self.fed.round_timeout))
             got = collect(replies, sampled, self.names, global_, max_norm=bound,
-                          max_examples=self.fed.max_examples)
+                          max_examples=self.fed.max_examples, identities=identities,
+                          epsilons=self.epsilon_check())
             if got.trained:
                 arrays, _ = self.strategy.aggregate_train(rnd, got.trained)
                 if arrays is not None:
@@ -329,36 +228,26 @@ class Federation:
             dropped=sorted(seen_before - present), epsilon=dict(sorted(got.epsilon.items())),
             rejected=dict(sorted(got.rejected.items())),
             update_norms={k: round(v, 6) for k, v in sorted(got.norms.items())},
+            claims=[{"node": c.node_id, "key_fingerprint": c.fingerprint, "claimed": c.claimed,
+                     "problem": c.problem} for c in got.claims],
             seconds=time.monotonic() - start)
 
     def _secure(self, grid: Grid, context: Context, rnd: int, sampled: list[int],
-                global_: wire.Arrays, bound: float) -> Collected:
+                global_: wire.Arrays, bound: float, identities: Mapping[int, NodeIdentity]) -> Collected:
         """A SecAgg+ round: only the mean delta is seen, so the mean is what is validated.
 
-        Each site's declared metrics and weight are checked too; an impossible one rejects the
-        whole mean, since one site's part of the sum cannot be taken out.
+        Each site's name, declared metrics and weight are checked too; an impossible one rejects
+        the whole mean, since one site's part of the sum cannot be taken out.
         """
         result = secure_round(grid, context, self.fed, rnd=rnd, nodes=sampled, global_=global_,
                               config=self.round_config(rnd))
-        got = Collected(failed=[f"node {n}" for n in range(result.failures)])
-        problems: list[str] = []
-        for name, metrics in result.metrics.items():
-            try:
-                reply = _read_reply(RecordDict({SITE: ConfigRecord({"name": name}),
-                                                wire.METRICS: MetricRecord(metrics)}))  # type: ignore[arg-type]
-                got.epsilon[name] = reply.epsilon
-                if reply.status == wire.REFUSED:
-                    got.refused.append(name)
-                    continue
-                _check_examples(replace(reply, examples=result.weights.get(name, -1)),
-                                max_examples=self.fed.max_examples)
-                got.losses.append(cast(float, reply.loss))
-            except (UpdateRejected, TypeError) as exc:
-                problems.append(f"site {name}: {exc}")
+        got = Collected(failed=[node_label(n, self.names, identities) for n in result.failed])
+        problems = self._secure_metrics(result, got, identities)
         if problems and result.mean_delta is not None:  # its part of the sum cannot be taken out
             log.warning("rejected the securely aggregated update of round %d: %s", rnd, problems)
-            got.rejected.update({name: "secure mean: " + "; ".join(problems) for name in result.metrics
-                                 if name not in got.refused})
+            why = "secure mean: " + "; ".join(problems)
+            got.rejected.update({node_label(node, self.names, identities): why
+                                 for name, node in result.nodes.items() if name not in got.refused})
             return got
         if result.mean_delta is None:
             return got
@@ -372,6 +261,39 @@ class Federation:
             return got
         self.model.load_state_dict(wire.arrays_to_state(wire.decode_update(result.mean_delta, global_)))
         return got
+
+    def _secure_metrics(self, result: SecureRound, got: Collected,
+                        identities: Mapping[int, NodeIdentity]) -> list[str]:
+        """Check each SecAgg+ participant's name, metrics and weight into ``got``; the problems."""
+        problems: list[str] = []
+        epsilons = self.epsilon_check()
+        for name, metrics in result.metrics.items():
+            claim = check_claim(result.nodes[name], name, identities=identities, bound=self.names,
+                                taken=set(got.epsilon))
+            if claim.site is None:
+                got.claims.append(claim)
+                problems.append(str(claim.problem))
+                continue
+            self.names[claim.node_id] = name
+            try:
+                reply = read_reply(RecordDict({SITE: ConfigRecord({"name": name}),
+                                                wire.METRICS: MetricRecord(metrics)}))  # type: ignore[arg-type]
+                weighted = replace(reply, examples=result.weights.get(name, -1))
+                if reply.status == wire.TRAINED:
+                    check_examples(weighted, max_examples=self.fed.max_examples)
+                epsilons.check(name, weighted.privacy())
+                got.epsilon[name] = reply.epsilon
+                if reply.status == wire.REFUSED:
+                    got.refused.append(name)
+                    continue
+                got.losses.append(cast(float, reply.loss))
+            except (UpdateRejected, TypeError) as exc:
+                problems.append(f"site {name}: {exc}")
+        return problems
+
+    def epsilon_check(self) -> EpsilonCheck:
+        """The check of the sites' epsilons, with what this run's report has seen of them."""
+        return EpsilonCheck.of_report(self.fed, self.preset, self.report.rounds)
 
     def checkpoint(self, rnd: int) -> None:
         """Save the global model, the strategy state and the resumable state after ``rnd``."""

@@ -59,7 +59,10 @@ class SecureRound:
     """Site name -> the allow-listed metrics it sent."""
     weights: dict[str, int] = field(default_factory=dict)
     """Site name -> the example count its masked update was weighted by (as it declared it)."""
-    failures: int = 0
+    nodes: dict[str, int] = field(default_factory=dict)
+    """Site name -> the node id whose reply named it."""
+    failed: list[int] = field(default_factory=list)
+    """The sampled nodes that did not see the round through."""
 
 
 class _OneRound(Strategy):
@@ -69,7 +72,6 @@ class _OneRound(Strategy):
         self.proxies = proxies
         self.config = config
         self.results: list[tuple[ClientProxy, FitRes]] = []
-        self.failures = 0
 
     def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
         return None
@@ -81,7 +83,7 @@ class _OneRound(Strategy):
     def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
                       failures: list[tuple[ClientProxy, FitRes] | BaseException]
                       ) -> tuple[Parameters | None, dict[str, Scalar]]:
-        self.results, self.failures = list(results), len(failures)
+        self.results = list(results)
         return (results[0][1].parameters if results else None), {}
 
     def configure_evaluate(self, server_round: int, parameters: Parameters,
@@ -129,11 +131,13 @@ def secure_round(grid: Grid, context: Context, fed: FederationConfig, *, rnd: in
     legacy.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({Key.CURRENT_ROUND: rnd})
     with np.errstate(divide="ignore", invalid="ignore"):  # all sites refused: total weight 0
         workflow_for(fed, len(nodes))(grid, legacy)
-    out = SecureRound(mean_delta=None, failures=strategy.failures)
-    for _, res in strategy.results:
+    out = SecureRound(mean_delta=None)
+    for proxy, res in strategy.results:
         metrics = dict(res.metrics)
         name = str(metrics.pop(SITE_KEY, "?"))
         out.metrics[name], out.weights[name] = metrics, res.num_examples
+        out.nodes[name] = int(proxy.node_id)
+    out.failed = [n for n in nodes if n not in out.nodes.values()]
     trained = any(int(cast(int, m.get(wire.STATUS, 0))) == wire.TRAINED for m in out.metrics.values())
     if trained and strategy.results:
         (mean,) = parameters_to_ndarrays(strategy.results[0][1].parameters)

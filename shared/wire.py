@@ -33,6 +33,7 @@ NUM_EXAMPLES = "num-examples"  # bucketed: exact cohort sizes are themselves sen
 STATUS = "status"  # 1 = trained, 0 = refused (budget exhausted)
 EPSILON = "epsilon"  # the site's cumulative epsilon
 BUDGET = "epsilon-budget"
+DELTA = "delta"  # the site's delta: the server re-derives the least epsilon a round costs
 TRAIN_LOSS = "train-loss"
 STEPS = "steps"
 EVAL_BITS = "bits-per-base"
@@ -41,7 +42,8 @@ GLOBAL_ROUND = "global-round"  # round config: the server's global round number
 RUN_KEY = "run-key"  # round config: the run's key (sites keep their optimizer state under it)
 INITIAL_SHA256 = "initial-sha256"  # round config: SHA-256 of the run's initial checkpoint
 MARKOV_PRIOR = "markov-prior"  # round config: fingerprint of the model's Markov prior (public)
-ALLOWED_METRICS = frozenset({NUM_EXAMPLES, STATUS, EPSILON, BUDGET, TRAIN_LOSS, STEPS, EVAL_BITS})
+ALLOWED_METRICS = frozenset({NUM_EXAMPLES, STATUS, EPSILON, BUDGET, DELTA, TRAIN_LOSS, STEPS,
+                             EVAL_BITS})
 BUCKET = 50
 
 

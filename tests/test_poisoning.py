@@ -33,7 +33,8 @@ from flwr.supercore.task_identity import TaskIdentity
 from client import app as client_app
 from client.site import SiteNode
 from configs.schema import FederationConfig, Preset, load_preset, validate
-from server.rounds import Collected, Federation, _Snapshot, collect
+from server.replies import Collected, collect
+from server.rounds import Federation, _Snapshot
 from server.strategies import create_strategy
 from server.validation import auto_update_norm, check_update, update_bound
 from shared import wire

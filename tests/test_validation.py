@@ -18,7 +18,8 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from configs.schema import FederationConfig, Preset, validate
 from server import rounds
-from server.rounds import Federation, collect
+from server.replies import collect
+from server.rounds import Federation
 from server.secagg import SecureRound
 from server.validation import AUTO_MARGIN, UpdateRejected, auto_update_norm, check_update, update_bound
 from shared import wire
@@ -215,7 +216,8 @@ def instruction(node: int) -> Message:
 def reply(node: int, site: str, delta: Delta | None, *, status: int = wire.TRAINED) -> Message:
     """A site's reply, packed as client/app.py's train handler packs it."""
     metrics: dict[str, float | int] = {wire.STATUS: status, wire.EPSILON: 1.5, wire.BUDGET: 8.0,
-                                       wire.STEPS: 3, wire.NUM_EXAMPLES: 100, wire.TRAIN_LOSS: 1.4}
+                                       wire.DELTA: 1e-5, wire.STEPS: 3, wire.NUM_EXAMPLES: 100,
+                                       wire.TRAIN_LOSS: 1.4}
     content = RecordDict({wire.METRICS: MetricRecord(metrics),  # type: ignore[arg-type]
                           "site": ConfigRecord({"name": site})})
     if delta is not None:
@@ -292,11 +294,13 @@ def test_a_secure_mean_is_rejected_when_a_site_declares_an_impossible_weight(
     federation = Federation(fed)
     global_ = federation.arrays()
     mean = {k: np.full_like(v, 1e-4) for k, v in global_.items()}
-    metrics = {wire.STATUS: wire.TRAINED, wire.EPSILON: 1.0, wire.TRAIN_LOSS: 1.4}
+    metrics = {wire.STATUS: wire.TRAINED, wire.EPSILON: 7.0, wire.TRAIN_LOSS: 1.4, wire.BUDGET: 8.0,
+               wire.DELTA: 1e-5}
     outcome = SecureRound(mean_delta=mean, metrics={"a": dict(metrics), "b": dict(metrics)},
-                          weights={"a": 100, "b": weight})
+                          weights={"a": 100, "b": weight}, nodes={"a": 1, "b": 2})
     monkeypatch.setattr(rounds, "secure_round", lambda *args, **kwargs: outcome)
-    got = federation._secure(cast(Grid, None), cast(Context, None), 1, [1, 2], global_, bound=10.0)
+    got = federation._secure(cast(Grid, None), cast(Context, None), 1, [1, 2], global_, bound=10.0,
+                             identities={})
     after = federation.arrays()
     moved = any(not np.array_equal(after[k], global_[k]) for k in global_)
     assert moved is not rejected

@@ -1,0 +1,159 @@
+"""A round's replies, read and validated before anything of them is used.
+
+Each reply is checked in order: the site it names (:mod:`server.identity`), its metrics (present,
+typed, only allow-listed keys, a bucketed example count within the run's bound), its epsilon
+(:mod:`server.epsilon_check`) and its delta (:func:`server.validation.check_update`). A rejected
+reply is logged and left out; the round goes on with the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import cast
+
+import numpy as np
+import numpy.typing as npt
+from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+
+from server.epsilon_check import EpsilonCheck, PrivacyClaim
+from server.identity import Claim, NodeIdentity, check_claim
+from server.validation import UpdateRejected, check_update
+from shared import wire
+
+log = logging.getLogger(__name__)
+SITE = "site"
+
+
+@dataclass
+class Collected:
+    """A round's replies, sorted."""
+
+    trained: list[Message] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    rejected: dict[str, str] = field(default_factory=dict)  # site -> why its update was rejected
+    epsilon: dict[str, float] = field(default_factory=dict)
+    losses: list[float] = field(default_factory=list)
+    norms: dict[str, float] = field(default_factory=dict)  # site -> L2 norm of its update
+    claims: list[Claim] = field(default_factory=list)  # replies that named a site not their own
+
+
+@dataclass(frozen=True)
+class _Reply:
+    """The fields of a site's train reply, read and type-checked."""
+
+    name: str
+    status: int
+    epsilon: float
+    examples: int
+    loss: float | None
+    budget: float = math.nan
+    delta: float = math.nan
+
+    def privacy(self) -> PrivacyClaim:
+        """The figures :class:`server.epsilon_check.EpsilonCheck` checks."""
+        return PrivacyClaim(trained=self.status == wire.TRAINED, epsilon=self.epsilon,
+                            budget=self.budget, delta=self.delta, examples=self.examples)
+
+
+def read_reply(content: RecordDict) -> _Reply:
+    """Read a train reply's site name and metrics; UpdateRejected if any is missing or malformed."""
+    try:
+        name = content.config_records[SITE]["name"]
+        metrics = content.metric_records[wire.METRICS]
+        status, epsilon = int(cast(int, metrics[wire.STATUS])), float(cast(float, metrics[wire.EPSILON]))
+        budget, delta = float(cast(float, metrics[wire.BUDGET])), float(cast(float, metrics[wire.DELTA]))
+        examples = metrics.get(wire.NUM_EXAMPLES, 0)
+        loss = float(cast(float, metrics[wire.TRAIN_LOSS])) if status == wire.TRAINED else None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UpdateRejected(f"malformed reply: {exc!r} missing or of the wrong type") from None
+    if unknown := sorted(set(metrics) - wire.ALLOWED_METRICS):
+        raise UpdateRejected(f"malformed reply: metric keys {unknown} are not allowed "
+                             f"(allowed: {sorted(wire.ALLOWED_METRICS)})")
+    if not isinstance(name, str) or not name:
+        raise UpdateRejected("malformed reply: no site name")
+    if status not in (wire.TRAINED, wire.REFUSED) or not math.isfinite(epsilon):
+        raise UpdateRejected(f"malformed reply: status {status}, epsilon {epsilon}")
+    return _Reply(name, status, epsilon, examples if isinstance(examples, int) else -1, loss,
+                  budget, delta)
+
+
+def check_examples(reply: _Reply, *, max_examples: float) -> None:
+    """The example count FedAvg weights by: a multiple of the bucket, within [bucket, max]."""
+    if not (wire.BUCKET <= reply.examples <= max_examples and reply.examples % wire.BUCKET == 0):
+        raise UpdateRejected(f"example count {reply.examples} is not a multiple of {wire.BUCKET} "
+                             f"in [{wire.BUCKET}, {max_examples:g}] (max-examples)")
+
+
+def reply_delta(arrays: ArrayRecord, global_: wire.Arrays) -> dict[str, npt.NDArray[np.generic]]:
+    """A reply's delta by array name; a packed one is unpacked in the global model's layout."""
+    delta = {k: v.numpy() for k, v in arrays.items()}
+    if set(delta) != {wire.PACKED}:
+        return delta
+    try:
+        return wire.unpack(delta[wire.PACKED], wire.layout(global_))
+    except ValueError as exc:
+        raise UpdateRejected(str(exc)) from None
+
+
+def collect(replies: list[Message], sampled: list[int], names: dict[int, str],
+            global_: wire.Arrays, *, max_norm: float, max_examples: float = math.inf,
+            identities: Mapping[int, NodeIdentity] | None = None,
+            epsilons: EpsilonCheck | None = None) -> Collected:
+    """Sort replies into trained / refused / rejected / failed; decode valid deltas to full weights.
+
+    Every reply is validated before anything of it is used: its site name (the name the node's
+    key was registered under, :func:`server.identity.check_claim`; a rejected claim is never
+    recorded), its metrics (present, typed, the example count bucketed and at most
+    ``max_examples``) and its delta (:func:`check_update`). A rejected reply is logged and left
+    out, and the round goes on with the others.
+    """
+    out = Collected()
+    identities = identities or {}
+    answered: set[int] = set()
+    for msg in replies:
+        node = msg.metadata.src_node_id
+        answered.add(node)
+        label = node_label(node, names, identities)
+        if msg.has_error():
+            out.failed.append(label)
+            continue
+        try:
+            reply = read_reply(msg.content)
+            claim = check_claim(node, reply.name, identities=identities, bound=names,
+                                taken=set(out.epsilon) | set(out.rejected))
+            if claim.site is None:
+                out.claims.append(claim)
+                raise UpdateRejected(str(claim.problem))
+            names[node] = label = claim.site
+            if reply.status == wire.TRAINED:
+                check_examples(reply, max_examples=max_examples)
+            if epsilons is not None:
+                epsilons.check(label, reply.privacy())
+            out.epsilon[label] = reply.epsilon
+            if reply.status == wire.REFUSED:
+                out.refused.append(label)
+                continue
+            delta = reply_delta(msg.content.array_records.get(wire.ARRAYS, ArrayRecord()), global_)
+            out.norms[label] = check_update(delta, global_, max_norm=max_norm).norm
+        except UpdateRejected as exc:
+            log.warning("rejected the reply of site %s: %s", label, exc)
+            out.rejected[label] = str(exc)
+            continue
+        full = wire.decode_update(delta, global_)
+        out.losses.append(cast(float, reply.loss))
+        msg.content = RecordDict({
+            wire.ARRAYS: ArrayRecord({k: Array(v) for k, v in full.items()}),
+            wire.METRICS: MetricRecord({wire.NUM_EXAMPLES: reply.examples})})
+        out.trained.append(msg)
+    out.failed += [node_label(n, names, identities) for n in sampled if n not in answered]
+    return out
+
+
+def node_label(node: int, names: Mapping[int, str], identities: Mapping[int, NodeIdentity]) -> str:
+    """How the report names a node: its registered site, the site it is bound to, or its id."""
+    ident = identities.get(node)
+    return (ident.name if ident is not None and ident.name else None) or names.get(node, f"node {node}")

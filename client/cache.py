@@ -28,7 +28,7 @@ from typing import Generic, TypeVar
 
 import numpy as np
 
-from configs.schema import PRESETS_DIR, DataConfig, DPConfig, Preset, SitePrivacy, load_site_manifest
+from configs.schema import DataConfig, DPConfig, Preset, SitePrivacy, load_site_manifest, preset_path
 from configs.schema import load_preset as _load_preset
 from privacy import trainer
 from shared.datasets import SiteData, SiteSource, read_site_source
@@ -136,8 +136,12 @@ def open_site(site_dir: Path, data: DataConfig, *, seed: int, cache_dir: Path | 
 
 
 def load_preset(name: str) -> Preset:
-    """:func:`configs.schema.load_preset`, parsed once per version of the preset's file."""
-    path = Path(name) if Path(name).suffix else PRESETS_DIR / f"{name}.toml"
+    """:func:`configs.schema.load_preset`, parsed once per version of the preset's file.
+
+    ``name`` comes from the server, so it must be a shipped preset's name: a path is refused
+    before anything is opened or even looked at.
+    """
+    path = preset_path(name)
     return _presets.get((name, file_key(path)), lambda: _load_preset(name))
 
 

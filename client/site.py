@@ -27,7 +27,7 @@ from configs.schema import (
     load_site_manifest,
 )
 from privacy.optim_state import OptimizerStore
-from privacy.site_state import open_ledger
+from privacy.site_state import open_ledger, site_key_path
 from privacy.trainer import run_private_round
 from shared import wire
 from shared.atomic import atomic_path
@@ -36,6 +36,7 @@ from shared.datasets import n_fraction
 from shared.errors import ConfigError
 from shared.markov_prior import build_model
 from shared.model import GenomeLM
+from shared.preflight import check_writable
 from shared.schedule import LRSchedule, first_step
 from shared.train import evaluate, pick_device
 
@@ -99,6 +100,7 @@ class SiteNode:
                 reference minus the run's held-out region) must be the same.
         """
         preset = load_preset(fed.preset)
+        self.check_writable()
         train_cfg = preset.train.model_copy(update={
             "lr": fed.lr, "optimizer": fed.local_optimizer, "momentum": fed.local_momentum})
         dp = dp_settings(preset, fed)
@@ -132,6 +134,14 @@ class SiteNode:
             if self.keep_updates:
                 self._keep(delta, global_round=global_round, seq=outcome.entry.seq)
         return SiteReply(self.manifest.name, delta, metrics)  # client/egress.py checks what leaves
+
+    def check_writable(self) -> None:
+        """Before any training: the site can write its ledger, cache and (first time) its key."""
+        fix = "make the site directory writable (chmod u+w) for the user running the SuperNode"
+        check_writable(self.site_dir / "state", what="the site's ledger and cache", fix=fix)
+        key = site_key_path(self.site_dir, self.manifest.name)
+        if not key.exists():
+            check_writable(key.parent, what="the site's signing key", fix=fix)
 
     def optimizer_store(self, fed: FederationConfig, run_key: str | None) -> OptimizerStore | None:
         """Where this run's optimizer state persists (None: a fresh optimizer every round)."""

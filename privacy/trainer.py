@@ -88,7 +88,8 @@ def run_private_round(*, model: nn.Module, dataset: Dataset[torch.Tensor], ledge
                       on_step: Callable[[int, float], None] | None = None,
                       schedule: LRSchedule | None = None,
                       optimizer_store: OptimizerStore | None = None, proximal_mu: float = 0.0,
-                      initial_checkpoint_sha256: str | None = None) -> RoundOutcome:
+                      initial_checkpoint_sha256: str | None = None,
+                      before_record: Callable[[float], None] | None = None) -> RoundOutcome:
     """Train ``model`` for ``local_steps`` private steps, unless that would exceed the budget.
 
     Args:
@@ -109,6 +110,9 @@ def run_private_round(*, model: nn.Module, dataset: Dataset[torch.Tensor], ledge
             step, saved after the ledger entry); None: a fresh optimizer.
         proximal_mu: FedProx's mu, added after the noise step (:mod:`privacy.proximal`).
         initial_checkpoint_sha256: The run's initial checkpoint, signed into the ledger entry.
+        before_record: Called after training with the epsilon about to be recorded, before the
+            ledger entry is written (a run stages its checkpoint there); if it raises, nothing is
+            recorded and the trained weights must be thrown away.
     """
     patients = len(dataset)  # type: ignore[arg-type]
     check_site_settings(site, dp, patients)
@@ -141,6 +145,8 @@ def run_private_round(*, model: nn.Module, dataset: Dataset[torch.Tensor], ledge
                             lrs=[schedule.at(first_step + s) for s in range(local_steps)],
                             proximal_mu=proximal_mu, on_step=on_step)
     digest = state_sha256(model.state_dict())
+    if before_record is not None:
+        before_record(planned)
     entry = record("trained", local_steps, planned, digest)
     if optimizer_store is not None:  # only now: the steps it holds are in the ledger
         optimizer_store.save(optimizer, model, round=round)

@@ -321,8 +321,12 @@ def _write_cache(path: Path, cohort: Cohort) -> None:
     for name, cv in cohort.contigs.items():
         for field in ("pos", "alleles", "haplotypes", "flipped"):
             arrays[f"{name}/{field}"] = getattr(cv, field)
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)  # type: ignore[arg-type]
+    try:
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)  # type: ignore[arg-type]
+    except OSError as exc:  # a full disk: the temporary file is gone, nothing half-written stays
+        raise InputFileError(f"{path.parent}: cannot write the cohort cache ({exc.strerror or exc}); "
+                             "free some space or make the site's state directory writable") from None
 
 
 def _read_cache(path: Path) -> Cohort:

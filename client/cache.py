@@ -31,6 +31,7 @@ import numpy as np
 from configs.schema import DataConfig, DPConfig, Preset, SitePrivacy, load_site_manifest, preset_path
 from configs.schema import load_preset as _load_preset
 from privacy import trainer
+from shared.contigs import contig_key
 from shared.datasets import SiteData, SiteSource, read_site_source
 from shared.datasets import open_site as _open_site
 from shared.genomes import Reference
@@ -119,7 +120,8 @@ def _freeze(source: SiteSource) -> None:
     arrays: list[np.ndarray] = []
     if source.reference is not None:
         wanted = {*source.manifest.contigs, *(r.contig for r in source.manifest.holdout)}
-        arrays += [source.reference.tokens(c) for c in sorted(wanted) if c in source.reference.contigs]
+        present = {contig_key(c) for c in source.reference.contigs}  # 'chr20' or '20'
+        arrays += [source.reference.tokens(c) for c in sorted(wanted) if contig_key(c) in present]
     if source.cohort is not None:
         for variants in source.cohort.contigs.values():
             arrays += [variants.pos, variants.alleles, variants.haplotypes, variants.flipped]

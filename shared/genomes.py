@@ -58,8 +58,8 @@ class Reference:
     def __init__(self, path: Path) -> None:
         self.path = path
         if not path.is_file():
-            raise InputFileError(f"{path}: reference FASTA not found; check the 'reference' entry "
-                                 "of the site's site.toml (or fetch it: fedgenome data fetch)")
+            raise InputFileError(f"{path}: reference FASTA not found; check the path (a site's "
+                                 "'reference' in site.toml), or fetch it: fedgenome data fetch")
         _check_bgzf_end(path)
         try:
             self._fasta = pysam.FastaFile(str(path))

@@ -33,7 +33,7 @@ from privacy.ledger_entry import RUN_KEY
 from privacy.ledger_head import HeadDigest
 from privacy.optim_state import OptimizerStore
 from privacy.round_plan import dp_settings
-from privacy.site_state import open_ledger
+from privacy.site_state import open_ledger, site_key_path
 from privacy.trainer import TrainedUpdate, run_private_round
 from shared import wire
 from shared.atomic import atomic_path
@@ -42,6 +42,7 @@ from shared.datasets import n_fraction
 from shared.errors import ConfigError
 from shared.markov_prior import build_model
 from shared.model import GenomeLM
+from shared.preflight import check_writable
 from shared.schedule import LRSchedule, first_step
 from shared.train import evaluate, pick_device
 
@@ -113,6 +114,7 @@ class SiteNode:
         """
         if run_key is not None and not RUN_KEY.fullmatch(run_key):
             raise ConfigError(f"run key {run_key!r} from the server is not 32 lowercase hex digits")
+        self.check_writable()  # before anything is opened, written or spent
         ledger = open_ledger(self.site_dir, self.manifest.name)
         done = None if run_key is None else ledger.trained_entry(run_key=run_key, round=global_round)
         if done is not None and run_key is not None:
@@ -185,6 +187,14 @@ class SiteNode:
         refused = _metrics(wire.REFUSED, ledger.epsilon, budget, 0, None, delta=self.manifest.privacy.delta)
         return SiteReply(self.manifest.name, None, refused,
                          ledger.head_digest())
+
+    def check_writable(self) -> None:
+        """Before any training: the site can write its ledger, cache and (first time) its key."""
+        fix = "make the site directory writable (chmod u+w) for the user running the SuperNode"
+        check_writable(self.site_dir / "state", what="the site's ledger and cache", fix=fix)
+        key = site_key_path(self.site_dir, self.manifest.name)
+        if not key.exists():
+            check_writable(key.parent, what="the site's signing key", fix=fix)
 
     def optimizer_store(self, fed: FederationConfig, run_key: str | None) -> OptimizerStore | None:
         """Where this run's optimizer state persists (None: a fresh optimizer every round)."""

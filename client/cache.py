@@ -28,9 +28,10 @@ from typing import Generic, TypeVar
 
 import numpy as np
 
-from configs.schema import PRESETS_DIR, DataConfig, DPConfig, Preset, SitePrivacy, load_site_manifest
+from configs.schema import DataConfig, DPConfig, Preset, SitePrivacy, load_site_manifest, preset_path
 from configs.schema import load_preset as _load_preset
 from privacy import trainer
+from shared.contigs import contig_key
 from shared.datasets import SiteData, SiteSource, read_site_source
 from shared.datasets import open_site as _open_site
 from shared.genomes import Reference
@@ -119,7 +120,8 @@ def _freeze(source: SiteSource) -> None:
     arrays: list[np.ndarray] = []
     if source.reference is not None:
         wanted = {*source.manifest.contigs, *(r.contig for r in source.manifest.holdout)}
-        arrays += [source.reference.tokens(c) for c in sorted(wanted) if c in source.reference.contigs]
+        present = {contig_key(c) for c in source.reference.contigs}  # 'chr20' or '20'
+        arrays += [source.reference.tokens(c) for c in sorted(wanted) if contig_key(c) in present]
     if source.cohort is not None:
         for variants in source.cohort.contigs.values():
             arrays += [variants.pos, variants.alleles, variants.haplotypes, variants.flipped]
@@ -136,8 +138,12 @@ def open_site(site_dir: Path, data: DataConfig, *, seed: int, cache_dir: Path | 
 
 
 def load_preset(name: str) -> Preset:
-    """:func:`configs.schema.load_preset`, parsed once per version of the preset's file."""
-    path = Path(name) if Path(name).suffix else PRESETS_DIR / f"{name}.toml"
+    """:func:`configs.schema.load_preset`, parsed once per version of the preset's file.
+
+    ``name`` comes from the server, so it must be a shipped preset's name: a path is refused
+    before anything is opened or even looked at.
+    """
+    path = preset_path(name)
     return _presets.get((name, file_key(path)), lambda: _load_preset(name))
 
 

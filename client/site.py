@@ -6,8 +6,10 @@ and packs the :class:`SiteReply` it returns.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ import numpy.typing as npt
 import torch
 
 from client.cache import load_preset, noise_for, open_site  # kept between messages
+from client.outgoing import Outgoing, keep_outgoing, load_outgoing
 from configs.schema import (
     DataConfig,
     FederationConfig,
@@ -25,10 +28,13 @@ from configs.schema import (
     SiteManifest,
     load_site_manifest,
 )
+from privacy.ledger import Ledger, LedgerEntry
+from privacy.ledger_entry import RUN_KEY
+from privacy.ledger_head import HeadDigest
 from privacy.optim_state import OptimizerStore
 from privacy.round_plan import dp_settings
-from privacy.site_state import open_ledger
-from privacy.trainer import run_private_round
+from privacy.site_state import open_ledger, site_key_path
+from privacy.trainer import TrainedUpdate, run_private_round
 from shared import wire
 from shared.atomic import atomic_path
 from shared.checkpoint import load_weights, state_sha256
@@ -36,6 +42,7 @@ from shared.datasets import n_fraction
 from shared.errors import ConfigError
 from shared.markov_prior import build_model
 from shared.model import GenomeLM
+from shared.preflight import check_writable
 from shared.schedule import LRSchedule, first_step
 from shared.train import evaluate, pick_device
 
@@ -50,6 +57,8 @@ class SiteReply:
     site: str
     delta: dict[str, npt.NDArray[np.float16]] | None
     metrics: dict[str, float | int]
+    ledger_head: HeadDigest | None = None
+    """The ledger's signed head after this round, for the server's continuity check (not sent yet)."""
 
 
 class SiteNode:
@@ -86,25 +95,36 @@ class SiteNode:
                     markov_prior: str | None = None) -> SiteReply:
         """Private local training from the global weights, unless the budget forbids it.
 
+        Exactly once per (run, round): when the ledger already has a trained entry for
+        (``run_key``, ``global_round``) (a resumed server asking again), nothing is trained or
+        spent: the update kept in ``state/outgoing/`` is sent again, or, when it is gone, the round
+        is refused (:mod:`client.outgoing` has the crash windows).
+
         Args:
             global_: The global model's weights.
             fed: The run's settings.
             global_round: The server's (global) round number: the ledger's round and the place
                 of this round in the run's learning-rate schedule.
-            run_key: The run's key from the server; with ``optimizer-state = "persist"`` the
-                site's optimizer state is kept under it in ``state/optimizer/``.
+            run_key: The run's key from the server, signed into the ledger entry with the round;
+                with ``optimizer-state = "persist"`` the site's optimizer state is kept under it.
             initial_sha256: The SHA-256 of the run's initial checkpoint, signed into the ledger
                 entry; in round 1 it must be the hash of ``global_``.
             markov_prior: The fingerprint of the server's Markov prior; the site's own (from its
                 reference minus the run's held-out region) must be the same.
         """
+        if run_key is not None and not RUN_KEY.fullmatch(run_key):
+            raise ConfigError(f"run key {run_key!r} from the server is not 32 lowercase hex digits")
+        self.check_writable()  # before anything is opened, written or spent
+        ledger = open_ledger(self.site_dir, self.manifest.name)
+        done = None if run_key is None else ledger.trained_entry(run_key=run_key, round=global_round)
+        if done is not None and run_key is not None:
+            return self._answer_again(ledger, done, run_key=run_key)
         preset = load_preset(fed.preset)
         train_cfg = preset.train.model_copy(update={
             "lr": fed.lr, "optimizer": fed.local_optimizer, "momentum": fed.local_momentum})
         dp = dp_settings(preset, fed)
-        device = pick_device(preset.train.device)
         data = open_site(self.site_dir, round_data(preset, fed), seed=fed.seed * 100_003 + global_round,
-                         cache_dir=self.site_dir / "state")
+                         cache_dir=self.state_dir)
         model = self.model(preset, fed, markov_prior)
         load_weights(model, wire.arrays_to_state(global_),
                      source="the global model")
@@ -112,27 +132,69 @@ class SiteNode:
         q = dp.patients_per_step / len(data.dataset)
         sigma = noise_for(dp=dp, site=self.manifest.privacy, sample_rate=min(q, 1.0),
                           total_steps=fed.num_server_rounds * fed.local_steps)
+        examples, sent = wire.bucket(len(data.dataset)), list[SiteReply]()
+        keep = self._keeper(model, global_, sent, examples=examples, run_key=run_key,
+                            global_round=global_round)
         outcome = run_private_round(
-            model=model, dataset=data.dataset, ledger=open_ledger(self.site_dir, self.manifest.name),
-            site=self.manifest.privacy, dp=dp, train=train_cfg, noise_multiplier=sigma,
-            round=global_round, local_steps=fed.local_steps, device=device,
-            schedule=LRSchedule.of_federation(fed),
+            model=model, dataset=data.dataset, ledger=ledger, site=self.manifest.privacy, dp=dp,
+            train=train_cfg, noise_multiplier=sigma, round=global_round, local_steps=fed.local_steps,
+            device=pick_device(preset.train.device), schedule=LRSchedule.of_federation(fed),
             first_step=first_step(global_round, fed.local_steps),
             optimizer_store=self.optimizer_store(fed, run_key),
             proximal_mu=fed.proximal_mu if fed.strategy == "fedprox" else 0.0,
-            initial_checkpoint_sha256=initial_sha256)
-        metrics: dict[str, float | int] = {
-            wire.STATUS: wire.TRAINED if outcome.status == "trained" else wire.REFUSED,
-            wire.EPSILON: outcome.epsilon, wire.BUDGET: outcome.budget, wire.STEPS: outcome.steps,
-            wire.DELTA: self.manifest.privacy.delta,
-            wire.NUM_EXAMPLES: wire.bucket(len(data.dataset))}
-        delta = None
-        if outcome.status == "trained":
-            metrics[wire.TRAIN_LOSS] = outcome.mean_loss
-            delta = wire.encode_update(model.state_dict(), global_)
-            if self.keep_updates:
-                self._keep(delta, global_round=global_round, seq=outcome.entry.seq)
-        return SiteReply(self.manifest.name, delta, metrics)  # client/egress.py checks what leaves
+            initial_checkpoint_sha256=initial_sha256, run_key=run_key, before_record=keep)
+        if outcome.status != "trained":
+            refused = _metrics(wire.REFUSED, outcome.epsilon, outcome.budget, 0, examples,
+                               delta=self.manifest.privacy.delta)
+            return SiteReply(self.manifest.name, None, refused, ledger.head_digest())
+        if self.keep_updates and sent[0].delta is not None:
+            self._keep(sent[0].delta, global_round=global_round, seq=outcome.entry.seq)
+        return dataclasses.replace(sent[0], ledger_head=ledger.head_digest())  # egress checks what leaves
+
+    def _keeper(self, model: GenomeLM, global_: wire.Arrays, sent: list[SiteReply], *, examples: int,
+                run_key: str | None, global_round: int) -> Callable[[TrainedUpdate], None]:
+        """What runs after training, before the ledger entry: build the reply, keep it (with a run key)."""
+
+        def keep(update: TrainedUpdate) -> None:
+            metrics = _metrics(wire.TRAINED, update.epsilon, update.budget, update.steps, examples,
+                               delta=self.manifest.privacy.delta)
+            reply = SiteReply(self.manifest.name, wire.encode_update(model.state_dict(), global_),
+                              {**metrics, wire.TRAIN_LOSS: update.mean_loss})
+            if run_key is not None:
+                keep_outgoing(self.state_dir, Outgoing(run_key, global_round, update.update_sha256,
+                                                       reply.metrics, reply.delta or {}))
+            sent.append(reply)
+
+        return keep
+
+    @property
+    def state_dir(self) -> Path:
+        """The site's ``state/``: ledger, caches, optimizer state, the last update sent."""
+        return self.site_dir / "state"
+
+    def _answer_again(self, ledger: Ledger, done: LedgerEntry, *, run_key: str) -> SiteReply:
+        """A round already trained: its kept update again (no new spend), or a refusal without it."""
+        kept = load_outgoing(self.state_dir, run_key=run_key, round=done.round,
+                             update_sha256=done.update_sha256 or "")
+        if kept is not None:
+            log.warning("round %d of run %s was already trained (ledger entry %d): sending the same "
+                        "update again, spending nothing", done.round, run_key[:8], done.seq)
+            return SiteReply(self.manifest.name, kept.delta, kept.metrics, ledger.head_digest())
+        log.warning("round %d of run %s was already trained (ledger entry %d) but its update was not "
+                    "kept: refusing the round rather than spending on it again", done.round, run_key[:8],
+                    done.seq)
+        budget = self.manifest.privacy.epsilon_budget if done.epsilon_budget is None else done.epsilon_budget
+        refused = _metrics(wire.REFUSED, ledger.epsilon, budget, 0, None, delta=self.manifest.privacy.delta)
+        return SiteReply(self.manifest.name, None, refused,
+                         ledger.head_digest())
+
+    def check_writable(self) -> None:
+        """Before any training: the site can write its ledger, cache and (first time) its key."""
+        fix = "make the site directory writable (chmod u+w) for the user running the SuperNode"
+        check_writable(self.site_dir / "state", what="the site's ledger and cache", fix=fix)
+        key = site_key_path(self.site_dir, self.manifest.name)
+        if not key.exists():
+            check_writable(key.parent, what="the site's signing key", fix=fix)
 
     def optimizer_store(self, fed: FederationConfig, run_key: str | None) -> OptimizerStore | None:
         """Where this run's optimizer state persists (None: a fresh optimizer every round)."""
@@ -147,7 +209,7 @@ class SiteNode:
 
     def _keep(self, delta: dict[str, npt.NDArray[np.float16]], *, global_round: int, seq: int) -> None:
         """Keep the update about to be sent: ``state/outbox/round-RRRR-entry-SSSSS.npz``."""
-        path = self.site_dir / "state" / OUTBOX / f"round-{global_round:04d}-entry-{seq:05d}.npz"
+        path = self.state_dir / OUTBOX / f"round-{global_round:04d}-entry-{seq:05d}.npz"
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, **delta)  # type: ignore[arg-type]
 
@@ -181,6 +243,16 @@ class SiteNode:
         windows = torch.from_numpy(np.stack(rows).astype(np.int64))
         result = evaluate(model, windows, device=pick_device(preset.train.device))
         return result.bits_per_base, len(rows)
+
+
+def _metrics(status: int, epsilon: float, budget: float, steps: int,
+             examples: int | None, *, delta: float) -> dict[str, float | int]:
+    """A train reply's metrics (``examples``: the bucketed patient count; None leaves it out)."""
+    metrics: dict[str, float | int] = {wire.STATUS: status, wire.EPSILON: epsilon, wire.BUDGET: budget,
+                                       wire.STEPS: steps, wire.DELTA: delta}
+    if examples is not None:
+        metrics[wire.NUM_EXAMPLES] = examples
+    return metrics
 
 
 def round_data(preset: Preset, fed: FederationConfig) -> DataConfig:

@@ -11,6 +11,7 @@ from configs.schema import (
     SitePrivacy,
     TrainConfig,
     load_preset,
+    load_preset_file,
     load_site_manifest,
     preset_names,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "SitePrivacy",
     "TrainConfig",
     "load_preset",
+    "load_preset_file",
     "load_site_manifest",
     "preset_names",
 ]

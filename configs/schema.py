@@ -11,8 +11,9 @@ import sys
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from shared.contigs import contig_key
 from shared.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -22,24 +23,34 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 _M = TypeVar("_M", bound=BaseModel)
+MAX_EPSILON = 100.0
+"""The largest epsilon (budget or target) accepted: above it a DP guarantee says nothing."""
+MAX_STEPS = 1_000_000
+"""The most training steps a run may plan (a bound against a typo that trains until killed)."""
+MAX_PARAMS = 10_000_000_000
+"""The most parameters a model may have (about ten times the large preset)."""
+MAX_SEED = 2**32 - 1
+_STRICT = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
+"""Every config: immutable, no unknown keys, no coercion (true is not 1.0, "3" is not 3), finite."""
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = _STRICT
 
 
 class ModelConfig(_Frozen):
     """Shape of the genome language model (see ``shared/model.py``)."""
 
-    vocab_size: int = Field(16, ge=10, description="token ids; padded from the 10 used to 16")
-    d_model: int = Field(256, gt=0, description="residual width")
-    n_layer: int = Field(4, gt=0, description="number of blocks")
-    n_head: int = Field(4, gt=0, description="attention heads; must divide d_model")
-    mlp_ratio: int = Field(4, gt=0, description="MLP hidden width = mlp_ratio * d_model")
+    vocab_size: int = Field(16, ge=10, le=1024, description="token ids; padded from the 10 used to 16")
+    d_model: int = Field(256, gt=0, le=65_536, description="residual width")
+    n_layer: int = Field(4, gt=0, le=1024, description="number of blocks")
+    n_head: int = Field(4, gt=0, le=1024, description="attention heads; must divide d_model")
+    mlp_ratio: int = Field(4, gt=0, le=64, description="MLP hidden width = mlp_ratio * d_model")
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
-    conv_every: int = Field(0, ge=0, description="every k-th block mixes by short convolution; 0 = none")
+    conv_every: int = Field(0, ge=0, le=1024, description="every k-th block mixes by short "
+                            "convolution; 0 = none")
     conv_kernel: int = Field(7, ge=2, le=128, description="kernel of the short depthwise convolution")
-    rope_base: float = Field(10000.0, gt=1.0, description="base of the rotary position frequencies")
+    rope_base: float = Field(10000.0, gt=1.0, le=1e12, description="base of the rotary position frequencies")
     markov_prior: bool = Field(False, description="add the best-k Markov baseline of the public "
                                "reference (minus the held-out regions) to the logits, frozen")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
@@ -50,6 +61,11 @@ class ModelConfig(_Frozen):
             raise ValueError(
                 f"n_head={self.n_head} must divide d_model={self.d_model} into an even head size"
             )
+        params = self.n_layer * (4 + 2 * self.mlp_ratio) * self.d_model**2
+        if params > MAX_PARAMS:
+            raise ValueError(f"d_model={self.d_model}, n_layer={self.n_layer}, mlp_ratio="
+                             f"{self.mlp_ratio} make about {params:.2g} parameters, above the "
+                             f"limit of {MAX_PARAMS:.0e}: lower d_model or n_layer")
         return self
 
 
@@ -62,23 +78,25 @@ class DataConfig(_Frozen):
                                      "gradient is the mean over them, clipped once")
     rc_augment: bool = Field(True, description="reverse-complement half of the windows")
     max_n_fraction: float = Field(0.5, ge=0.0, lt=1.0, description="skip windows with more N")
-    eval_windows: int = Field(64, gt=0, description="held-out windows evaluated (evenly spaced)")
+    eval_windows: int = Field(64, gt=0, le=100_000, description="held-out windows evaluated "
+                              "(evenly spaced)")
 
 
 class TrainConfig(_Frozen):
     """Optimisation settings of the plain (non-private) trainer."""
 
-    steps: int = Field(200, gt=0)
-    batch_size: int = Field(16, gt=0, description="patients per step, one window each")
+    steps: int = Field(200, gt=0, le=MAX_STEPS)
+    batch_size: int = Field(16, gt=0, le=65_536, description="patients per step, one window each")
     lr: float = Field(1e-3, gt=0.0, lt=1.0)
-    weight_decay: float = Field(0.1, ge=0.0)
-    warmup_steps: int = Field(20, ge=0)
+    weight_decay: float = Field(0.1, ge=0.0, le=100.0)
+    warmup_steps: int = Field(20, ge=0, le=MAX_STEPS)
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="cosine floor as a fraction of lr")
-    grad_clip: float = Field(1.0, gt=0.0, description="global gradient-norm clip")
+    grad_clip: float = Field(1.0, gt=0.0, le=1e6, description="global gradient-norm clip")
     optimizer: Literal["adamw", "sgd"] = Field("adamw", description="AdamW, or SGD with momentum")
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum (optimizer = 'sgd')")
-    eval_every: int = Field(0, ge=0, description="held-out evaluation every n steps; 0 = at end")
-    seed: int = 0
+    eval_every: int = Field(0, ge=0, le=MAX_STEPS, description="held-out evaluation every n "
+                            "steps; 0 = at end")
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
@@ -86,11 +104,15 @@ class DPConfig(_Frozen):
     """Patient-level DP-SGD settings of a training run (the budget itself is the site's)."""
 
     noise_multiplier: float | None = Field(
-        None, ge=0.0, description="Gaussian noise / clip norm; when set, target_epsilon is not used")
+        None, ge=0.0, le=1e6, description="Gaussian noise / clip norm; when set, target_epsilon "
+        "is not used")
     target_epsilon: float | None = Field(
-        None, gt=0.0, description="epsilon the planned steps should reach (used to calibrate sigma)")
-    max_grad_norm: float = Field(1.0, gt=0.0, description="per-patient gradient clipping norm C")
-    patients_per_step: int = Field(16, gt=0, description="expected Poisson batch: q = this / patients")
+        None, gt=0.0, le=MAX_EPSILON, description="epsilon the planned steps should reach (used "
+        "to calibrate sigma)")
+    max_grad_norm: float = Field(1.0, gt=0.0, le=1e6, description="per-patient gradient clipping "
+                                 "norm C")
+    patients_per_step: int = Field(16, gt=0, le=10_000_000, description="expected Poisson batch: "
+                                   "q = this / patients")
     grad_sample_mode: Literal["hooks", "ghost"] = Field(
         "hooks", description="per-sample gradients: Opacus hooks (lean backward), or ghost norms "
         "(two backward passes; one window per patient)")
@@ -120,25 +142,29 @@ SECAGG_STRATEGIES = ("fedavg", "fedprox")
 class FederationConfig(BaseModel):
     """A federated run, from Flower's run config (``[tool.flwr.app.config]``, kebab-case keys)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True,
+    model_config = ConfigDict(**_STRICT, populate_by_name=True,
                               alias_generator=lambda name: name.replace("_", "-"))
 
-    preset: str = Field("tiny", description="model/data/train preset name or TOML path")
-    num_server_rounds: int = Field(3, gt=0, description="rounds of this run (or in total, resumed)")
-    local_steps: int = Field(5, gt=0, description="private steps per site per round")
+    preset: str = Field("tiny", description="name of a shipped preset (configs/presets); never a "
+                        "path: a site opens only files its own node config and site.toml name")
+    num_server_rounds: int = Field(3, gt=0, le=10_000, description="rounds of this run (or in "
+                                   "total, resumed)")
+    local_steps: int = Field(5, gt=0, le=100_000, description="private steps per site per round")
     strategy: Literal["fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum"] = "fedavg"
-    min_nodes: int = Field(2, gt=0, description="quorum: sites that must be online to start a round")
+    min_nodes: int = Field(2, gt=0, le=100_000, description="quorum: sites that must be online to "
+                           "start a round")
     fraction_train: float = Field(1.0, gt=0.0, le=1.0, description="share of online sites sampled")
-    sample_timeout: float = Field(120.0, gt=0.0, description="seconds to wait for the quorum")
-    round_timeout: float = Field(900.0, gt=0.0, description="seconds to wait for sites' replies")
-    noise_multiplier: float = Field(0.0, ge=0.0, description="sigma; 0 = calibrate per site")
-    target_epsilon: float = Field(8.0, gt=0.0, description="epsilon all planned rounds reach")
-    max_grad_norm: float = Field(1.0, gt=0.0)
-    patients_per_step: int = Field(16, gt=0)
+    sample_timeout: float = Field(120.0, gt=0.0, le=1e6, description="seconds to wait for the quorum")
+    round_timeout: float = Field(900.0, gt=0.0, le=1e6, description="seconds to wait for sites' replies")
+    noise_multiplier: float = Field(0.0, ge=0.0, le=1e6, description="sigma; 0 = calibrate per site")
+    target_epsilon: float = Field(8.0, gt=0.0, le=MAX_EPSILON, description="epsilon all planned "
+                                  "rounds reach")
+    max_grad_norm: float = Field(1.0, gt=0.0, le=1e6)
+    patients_per_step: int = Field(16, gt=0, le=10_000_000)
     windows_per_patient: int = Field(4, ge=1, le=1024, description="windows k each sampled patient "
                                      "gives per private step; their mean gradient is clipped once")
     lr: float = Field(1e-3, gt=0.0, lt=10.0, description="sites' peak local learning rate")
-    warmup_steps: int = Field(0, ge=0, description="linear warm-up, in global steps (rounds x "
+    warmup_steps: int = Field(0, ge=0, le=MAX_STEPS, description="linear warm-up, in global steps (rounds x "
                               "local-steps) of the run's one schedule")
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="cosine floor of the run's "
                                 "schedule, reached at num-server-rounds x local-steps")
@@ -149,33 +175,42 @@ class FederationConfig(BaseModel):
         "across rounds in its state/; 'reset': a fresh optimizer every round")
     initial_checkpoint: str = Field("", description="absolute checkpoint directory the global "
                                     "model starts from ('' = random initialisation)")
-    proximal_mu: float = Field(0.01, ge=0.0, description="FedProx proximal term")
-    server_lr: float = Field(0.01, gt=0.0, description="FedAdam server learning rate (eta)")
+    proximal_mu: float = Field(0.01, ge=0.0, le=1e6, description="FedProx proximal term")
+    server_lr: float = Field(0.01, gt=0.0, le=10.0, description="FedAdam server learning rate (eta)")
     trimmed_beta: float = Field(0.2, gt=0.0, lt=0.5, description="FedTrimmedAvg cut fraction")
-    krum_malicious: int = Field(0, ge=0, description="Krum: sites assumed malicious")
+    krum_malicious: int = Field(0, ge=0, le=100_000, description="Krum: sites assumed malicious")
     run_dir: str = Field("", description="absolute directory for checkpoints and reports")
     reference: str = Field("", description="reference FASTA for the server's held-out evaluation")
     holdout: str = Field("20:58025520-63025520", description="held-out CONTIG:START-END")
-    eval_windows: int = Field(32, gt=0)
+    eval_windows: int = Field(32, gt=0, le=100_000)
     resume: bool = Field(False, description="continue from run_dir's last checkpoint")
-    stop_after: int = Field(0, ge=0, description="stop cleanly after this round (0 = never); "
+    stop_after: int = Field(0, ge=0, le=10_000, description="stop cleanly after this round (0 = never); "
                             "a later run with resume = true continues")
-    seed: int = 0
-    max_update_norm: float = Field(0.0, ge=0.0, description="bound on a site update's L2 norm; "
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    max_update_norm: float = Field(0.0, ge=0.0, le=1e12, description="bound on a site update's L2 norm; "
                                    "0 = automatic (2 x lr x local-steps x sqrt(parameters))")
     aggregation: Literal["plain", "secagg+"] = Field(
         "plain", description="'secagg+': Flower's SecAgg+, the server sees only the sum")
-    secagg_shares: int = Field(3, ge=3, description="SecAgg+: shares of each site's secrets "
+    secagg_shares: int = Field(3, ge=3, le=10_000, description="SecAgg+: shares of each site's secrets "
                                "(Flower needs at least 3)")
-    secagg_threshold: int = Field(2, ge=2, description="SecAgg+: shares needed to reconstruct")
-    secagg_clip_range: float = Field(1.0, gt=0.0, description="SecAgg+: weighted deltas are "
+    secagg_threshold: int = Field(2, ge=2, le=10_000, description="SecAgg+: shares needed to reconstruct")
+    secagg_clip_range: float = Field(1.0, gt=0.0, le=1e6, description="SecAgg+: weighted deltas are "
                                      "clipped to +-this before quantisation")
-    max_examples: int = Field(1000, ge=50, description="largest example (patient) count a site "
-                              "may claim; FedAvg weights by it, SecAgg+ scales by it")
+    max_examples: int = Field(1000, ge=50, le=100_000_000, description="largest example (patient) "
+                              "count a site may claim; FedAvg weights by it, SecAgg+ scales by it")
+
+    @field_validator("preset")
+    @classmethod
+    def _preset_is_a_name(cls, name: str) -> str:
+        check_preset_name(name)
+        return name
 
     @model_validator(mode="after")
     def _schedule_fits(self) -> FederationConfig:
         total = self.num_server_rounds * self.local_steps
+        if total > MAX_STEPS:
+            raise ValueError(f"num-server-rounds x local-steps = {total} steps, above the limit of "
+                             f"{MAX_STEPS}: lower num-server-rounds or local-steps")
         if self.warmup_steps > total:
             raise ValueError(f"warmup-steps={self.warmup_steps} is longer than the run's "
                              f"num-server-rounds x local-steps = {total} steps: lower warmup-steps")
@@ -231,7 +266,8 @@ class SitePrivacy(_Frozen):
     """A site's own privacy settings: set by the hospital, never by the server."""
 
     unit: Literal["patient"] = "patient"
-    epsilon_budget: float = Field(8.0, gt=0.0, description="total epsilon this site will spend")
+    epsilon_budget: float = Field(8.0, gt=0.0, le=MAX_EPSILON, description="total epsilon this "
+                                  "site will spend")
     delta: float = Field(1e-5, gt=0.0, lt=1.0, description="must be below 1 / patients")
 
 
@@ -241,11 +277,14 @@ class SiteManifest(_Frozen):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     role: Literal["hospital", "unseen"] = "hospital"
     kind: Literal["vcf", "fasta"] = "vcf"
-    reference: Path | None = Field(None, description="reference FASTA (kind = vcf)")
-    vcf: Path | None = Field(None, description="bgzipped, tabix-indexed multi-sample VCF")
-    fasta: Path | None = Field(None, description="FASTA whose records are the units (kind = fasta)")
-    contigs: tuple[str, ...] = Field(("20",), min_length=1, description="contigs to train on")
-    holdout: tuple[Region, ...] = Field((), description="regions never used in training windows")
+    reference: Path | None = Field(None, strict=False, description="reference FASTA (kind = vcf)")
+    vcf: Path | None = Field(None, strict=False, description="bgzipped, tabix-indexed multi-sample VCF")
+    fasta: Path | None = Field(None, strict=False, description="FASTA whose records are the units "
+                               "(kind = fasta)")
+    contigs: tuple[str, ...] = Field(("20",), min_length=1, strict=False, description="contigs to "
+                                     "train on ('chr20' and '20' name the same contig)")
+    holdout: tuple[Region, ...] = Field((), strict=False, description="regions never used in "
+                                        "training windows")
     phasing_seed: int = Field(0, description="seed of the per-patient draw phasing heterozygotes")
     privacy: SitePrivacy = SitePrivacy()
 
@@ -255,17 +294,30 @@ class SiteManifest(_Frozen):
             raise ValueError("a site of kind 'vcf' needs both 'reference' and 'vcf'")
         if self.kind == "fasta" and self.fasta is None:
             raise ValueError("a site of kind 'fasta' needs 'fasta'")
+        seen: dict[str, str] = {}
+        for contig in self.contigs:
+            if (twin := seen.get(contig_key(contig))) is not None:
+                raise ValueError(f"contigs lists {twin!r} and {contig!r}, the same contig twice: "
+                                 "list each contig once")
+            seen[contig_key(contig)] = contig
         return self
 
 
 def _describe(err: Any) -> str:
     """Turn one pydantic error into 'key: problem (got value)'."""
     key = ".".join(str(p) for p in err["loc"]) or "<top level>"
+    value = err.get("input")
     if err["type"] == "extra_forbidden":
         return f"unknown key '{key}': remove it or check its spelling"
     if err["type"] == "missing":
         return f"missing key '{key}': add it"
-    return f"key '{key}' = {err.get('input')!r}: {err['msg']}"
+    if isinstance(value, bool) and err["type"] in ("int_type", "float_type"):
+        return f"key '{key}' = {value!r}: a boolean is not a number; write a number"
+    if isinstance(value, str) and err["type"] in ("int_type", "float_type"):
+        return f"key '{key}' = {value!r}: a string is not a number; write it without quotes"
+    if err["type"] == "finite_number":
+        return f"key '{key}' = {value!r}: must be a finite number"
+    return f"key '{key}' = {value!r}: {err['msg'].removeprefix('Value error, ')}"
 
 
 def validate(model: type[_M], data: dict[str, Any], *, source: str) -> _M:
@@ -296,13 +348,33 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESETS_DIR.glob("*.toml"))
 
 
+def check_preset_name(name: str) -> None:
+    """Raise :class:`ConfigError` unless ``name`` is a shipped preset's name (never a path)."""
+    names = preset_names()
+    if name in names:
+        return
+    if any(c in name for c in "/\\.:") or not name:
+        raise ConfigError(f"preset {name!r} is not a preset name: a run names a shipped preset, "
+                          f"never a file; valid presets: {', '.join(names)}")
+    raise ConfigError(f"unknown preset {name!r}; valid presets: {', '.join(names)}")
+
+
+def preset_path(name: str) -> Path:
+    """The file of the shipped preset ``name``, checked to be a registered name first."""
+    check_preset_name(name)
+    return PRESETS_DIR / f"{name}.toml"
+
+
 def load_preset(name: str, overrides: dict[str, Any] | None = None) -> Preset:
-    """Load a shipped preset by name, or a TOML file by path, then apply nested ``overrides``."""
-    path = Path(name)
-    if not path.suffix:
-        path = PRESETS_DIR / f"{name}.toml"
-        if not path.exists():
-            raise ConfigError(f"unknown preset '{name}'; valid presets: {', '.join(preset_names())}")
+    """Load a shipped preset by name (never a path), then apply nested ``overrides``.
+
+    This is the only loader for presets that come from a run config or the server.
+    """
+    return load_preset_file(preset_path(name), overrides)
+
+
+def load_preset_file(path: Path, overrides: dict[str, Any] | None = None) -> Preset:
+    """Load a preset from a TOML file the local user named, then apply nested ``overrides``."""
     data = _merge(read_toml(path), overrides or {})
     return validate(Preset, data, source=str(path))
 
@@ -314,11 +386,14 @@ def load_site_manifest(site_dir: Path) -> SiteManifest:
         raise ConfigError(f"{site_dir}: no site.toml here; pass a site directory made by "
                           "'fedgenome data make-sites'")
     manifest = validate(SiteManifest, read_toml(path), source=str(path))
-    resolved = {
+    resolved: dict[str, Any] = {
         key: (site_dir / value).resolve()
         for key in ("reference", "vcf", "fasta")
         if (value := getattr(manifest, key)) is not None
     }
+    named = {contig_key(c): c for c in manifest.contigs}  # held-out regions as 'contigs' names them
+    resolved["holdout"] = tuple(r.model_copy(update={"contig": named.get(contig_key(r.contig), r.contig)})
+                                for r in manifest.holdout)
     return manifest.model_copy(update=resolved)
 
 

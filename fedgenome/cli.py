@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 from typing import Annotated
@@ -17,6 +18,7 @@ from shared import cli_data
 from shared.errors import FedGenomeError
 
 log = logging.getLogger("fedgenome")
+_DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM}
 
 app = typer.Typer(
     name="fedgenome",
@@ -74,6 +76,13 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
+    except OSError as exc:
+        if exc.errno not in _DISK_ERRORS:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        typer.echo(f"fedgenome: error: {where}{exc.strerror or exc}; free some space or fix the "
+                   "permissions, then run again", err=True)
+        sys.exit(1)
     except (KeyboardInterrupt, click.Abort):
         typer.echo("fedgenome: interrupted", err=True)
         sys.exit(130)

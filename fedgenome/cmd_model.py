@@ -17,7 +17,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from configs.schema import Preset, Region, load_preset, load_site_manifest, read_toml
+from configs.schema import (
+    Preset,
+    Region,
+    load_preset,
+    load_preset_file,
+    load_site_manifest,
+    preset_names,
+    read_toml,
+)
 from fedgenome.training import TrainingRun, run_baseline, run_private
 from shared.atomic import atomic_path
 from shared.checkpoint import load_checkpoint
@@ -35,7 +43,7 @@ log = logging.getLogger(__name__)
 console = Console(stderr=True)
 
 Preset_ = Annotated[str, typer.Option("--preset", help="Preset name (tiny, small, base, large) "
-                                      "or a TOML file.")]
+                                      "or a TOML file of your own.")]
 Config_ = Annotated[Path | None, typer.Option("--config", help="TOML file overriding the preset "
                                               "([model], [data], [train] tables).")]
 Steps_ = Annotated[int | None, typer.Option("--steps", help="Training steps (overrides the preset).")]
@@ -76,6 +84,8 @@ def build_preset(preset: str, config: Path | None, **overrides: Any) -> Preset:
         if value is not None:
             section, name = key.split("__")
             merged.setdefault(section, {})[name] = value
+    if preset not in preset_names() and (preset.endswith(".toml") or "/" in preset):
+        return load_preset_file(Path(preset), merged)  # a file on the user's own command line
     return load_preset(preset, merged)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -13,15 +14,17 @@ from typing import Any
 import torch
 from torch.utils.data import ConcatDataset
 
-from configs.schema import Preset, Region, SitePrivacy
-from privacy.site_state import open_ledger
-from privacy.trainer import RoundOutcome, noise_for, run_private_round
-from shared.checkpoint import InitialCheckpoint, load_initial, save_checkpoint
-from shared.datasets import SiteData, open_site, tile_windows
+from configs.schema import Preset, Region, SitePrivacy, load_site_manifest
+from privacy.site_state import open_ledger, site_key_path
+from privacy.trainer import RoundOutcome, TrainedUpdate, noise_for, run_private_round
+from shared.atomic import atomic_dir
+from shared.checkpoint import InitialCheckpoint, load_initial, save_checkpoint, write_checkpoint
+from shared.datasets import RecordWindows, SiteData, open_site, tile_windows
 from shared.errors import ConfigError, PrivacyBudgetExhausted
 from shared.markov_fields import PRIVACY_NOTE, BaselineScore
 from shared.markov_prior import build_model
 from shared.model import GenomeLM
+from shared.preflight import check_writable
 from shared.reference_markov import reference_baseline
 from shared.train import EvalResult, endless, evaluate, pick_device, train
 
@@ -56,6 +59,7 @@ def prepare(sites: list[Path], preset: Preset, *, preset_name: str, device_name:
     torch.manual_seed(preset.train.seed)
     opened = [open_site(s, preset.data, seed=preset.train.seed + i, cache_dir=s / "state")
               for i, s in enumerate(sites)]
+    warn_shared_units(opened)
     first = opened[0]
     if first.reference is None:
         raise ConfigError(f"{sites[0]}: held-out evaluation needs a reference; list a VCF site first")
@@ -69,6 +73,33 @@ def prepare(sites: list[Path], preset: Preset, *, preset_name: str, device_name:
     log.info("%d patients in %d sites; device %s", sum(len(o.dataset) for o in opened),
              len(opened), device)
     return Workspace(opened, windows, device, meta)
+
+
+def warn_shared_units(opened: list[SiteData]) -> None:
+    """Warn when one unit id (a patient) is at several sites pooled together: it counts twice."""
+    if len(opened) < 2:
+        return
+    seen: Counter[str] = Counter()
+    for site in opened:
+        ds = site.dataset
+        seen.update(set(ds.names if isinstance(ds, RecordWindows) else ds.cohort.samples))
+    shared = sorted(u for u, n in seen.items() if n > 1)
+    if shared:
+        log.warning("%d sample ids are at more than one of the pooled sites (%s%s): each such "
+                    "person counts once per site, so under --dp their privacy loss is more than "
+                    "the epsilon reported; keep each person at one site", len(shared),
+                    ", ".join(shared[:5]), ", ..." if len(shared) > 5 else "")
+
+
+def check_outputs(sites: list[Path], *, out: Path, ledger_dir: Path | None = None) -> None:
+    """Before any training: every directory the run writes (caches, ledger, checkpoint) is writable."""
+    for site in sites:
+        check_writable(site / "state", what="the site's cache", fix="make the site directory "
+                       "writable (chmod u+w) for the user who trains")
+    if ledger_dir is not None:
+        check_writable(ledger_dir, what="the privacy ledger", fix="make it writable, or pass "
+                       "--privacy-state DIR")
+    check_writable(out.parent, what=f"the checkpoint {out.name}", fix="choose another --out")
 
 
 def new_model(ws: Workspace, preset: Preset) -> GenomeLM:
@@ -111,6 +142,7 @@ def run_baseline(sites: list[Path], preset: Preset, *, out: Path, preset_name: s
 
     ``init`` is a checkpoint directory to start from (default: a random model).
     """
+    check_outputs(sites, out=out)
     ws = prepare(sites, preset, preset_name=preset_name, device_name=device_name)
     model, initial = initial_model(ws, preset, init)
     before = evaluate(model, ws.eval_windows, device=ws.device)
@@ -135,16 +167,24 @@ def run_private(sites: list[Path], preset: Preset, *, out: Path, preset_name: st
 
     One site: its own key, ledger and budget. Several sites pooled centrally: a ledger and key in
     ``state_dir``, with the strictest budget and delta of the sites. ``init`` is a checkpoint
-    directory to start from; the SHA-256 of its weights is signed into the ledger entry.
+    directory to start from; the SHA-256 of its weights is signed into the ledger entry. The
+    checkpoint is written whole into a staging directory before the ledger records the epsilon,
+    and moved to ``out`` after: a failed save records nothing.
     """
+    if len(sites) > 1 and state_dir is None:
+        raise ConfigError(f"pooling {len(sites)} sites centrally under DP needs a ledger of its "
+                          "own: pass --privacy-state DIR")
+    check_outputs(sites, out=out, ledger_dir=state_dir or sites[0] / "state")
+    key = site_key_path(sites[0], load_site_manifest(sites[0]).name)
+    if len(sites) == 1 and not key.exists():  # made on first use, before training
+        check_writable(key.parent, what="the site's signing key", fix="make the site directory "
+                       "writable (chmod u+w)")
     ws = prepare(sites, preset, preset_name=preset_name, device_name=device_name)
     if len(sites) == 1:
         manifest = ws.sites[0].manifest
         ledger, budget = open_ledger(sites[0], manifest.name, state_dir=state_dir), manifest.privacy
-    elif state_dir is None:
-        raise ConfigError(f"pooling {len(sites)} sites centrally under DP needs a ledger of its "
-                          "own: pass --privacy-state DIR")
     else:
+        assert state_dir is not None
         ledger = open_ledger(state_dir, "pooled", state_dir=state_dir)
         budget = SitePrivacy(epsilon_budget=min(o.manifest.privacy.epsilon_budget for o in ws.sites),
                              delta=min(o.manifest.privacy.delta for o in ws.sites))
@@ -154,23 +194,30 @@ def run_private(sites: list[Path], preset: Preset, *, out: Path, preset_name: st
     model, initial = initial_model(ws, preset, init)
     before = evaluate(model, ws.eval_windows, device=ws.device)
     markov = markov_score(ws)
-    with progress(preset.train.steps) as on_step:
+    scored: list[EvalResult] = []
+    with atomic_dir(out) as staging, progress(preset.train.steps) as on_step:
+
+        def stage(update: TrainedUpdate) -> None:  # the whole checkpoint, before the ledger records it
+            eps = update.epsilon
+            scored.append(evaluate(model, ws.eval_windows, device=ws.device))
+            meta = {**ws.meta, "initial_checkpoint": initial.record() if initial else None,
+                    "steps": preset.train.steps, "heldout_bits_per_base": scored[0].bits_per_base,
+                    **markov.to_json(), "privacy": {
+                        **preset.privacy.model_dump(), "noise_multiplier": sigma, "sample_rate": q,
+                        "delta": budget.delta, "epsilon": eps, "epsilon_budget": budget.epsilon_budget,
+                        "ledger": str(ledger.path)},
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            write_checkpoint(staging, model, meta=meta)
+
         outcome = run_private_round(
             model=model, dataset=dataset, ledger=ledger, site=budget, dp=preset.privacy,
             train=preset.train, noise_multiplier=sigma, round=(ledger.last_round or 0) + 1,
-            local_steps=preset.train.steps, device=ws.device,
-            on_step=on_step, initial_checkpoint_sha256=initial.sha256 if initial else None)
-    if outcome.status == "refused":
-        raise PrivacyBudgetExhausted(
-            f"budget exhausted: this run would bring epsilon to {outcome.planned_epsilon:.3f}, past "
-            f"the budget {outcome.budget:g} ({ledger.path} has spent {outcome.epsilon:.3f}); "
-            "nothing was trained (fewer steps, more noise, or a new budget)")
-    after = evaluate(model, ws.eval_windows, device=ws.device)
-    meta = {**ws.meta, "initial_checkpoint": initial.record() if initial else None,
-            "steps": outcome.steps, "heldout_bits_per_base": after.bits_per_base,
-            **markov.to_json(), "privacy": {**preset.privacy.model_dump(), "noise_multiplier": sigma,
-                        "sample_rate": q, "delta": budget.delta, "epsilon": outcome.epsilon,
-                        "epsilon_budget": budget.epsilon_budget, "ledger": str(ledger.path)},
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    save_checkpoint(out, model, meta=meta)
-    return TrainingRun(before, after, out, markov, privacy=outcome)
+            local_steps=preset.train.steps, device=ws.device, on_step=on_step, before_record=stage,
+            initial_checkpoint_sha256=initial.sha256 if initial else None)
+        if outcome.status == "refused":  # leaving the block by an error discards the staging
+            raise PrivacyBudgetExhausted(
+                f"budget exhausted: this run would bring epsilon to {outcome.planned_epsilon:.3f}, "
+                f"past the budget {outcome.budget:g} ({ledger.path} has spent "
+                f"{outcome.epsilon:.3f}); nothing was trained (fewer steps, more noise, or a new "
+                "budget)")
+    return TrainingRun(before, scored[0], out, markov, privacy=outcome)

@@ -26,6 +26,12 @@
    below what was already spent fails too: the site has then spent more than its budget). When no
    entry records a budget, one from elsewhere (``site.toml``, unsigned and labelled so) is checked
    against the final ε; without either the budget is reported as unknown and not checked.
+4. **Rounds served once.** Two trained entries for the same (run key, round) are a round trained
+   twice (a resumed server asked again and the site spent again): a problem naming the round and
+   both entries. Entries without a run key (older ledgers) are compared by round alone.
+
+A ledger whose entry 0 is a ``reset`` (``fedgenome privacy reset``) verifies, but the audit always
+notes it, with its reason and what is known of the old ledger: the ε spent before is not in it.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ from typing import Any
 from privacy.accounting import AccountingError, epsilon
 from privacy.audit_types import AuditProblem, Budget, EntryAudit, KeyLookup, SiteAudit
 from privacy.keys import fingerprint
-from privacy.ledger_entry import LedgerEntry, head_path
+from privacy.ledger_entry import LedgerEntry, duplicate_rounds, head_path
 from privacy.ledger_verify import LedgerEntryError, verify_key_chain
 from privacy.mechanism import Mechanism
 from shared.errors import ConfigError, FedGenomeError, LedgerError
@@ -142,9 +148,32 @@ def audit_ledger(
         return _with(base, [AuditProblem(site, "ledger", f"{path} has no entries")])
     rows, problems = recompute(site, chain.entries)
     budget, budget_problems, notes = _check_budget(site, chain.entries, fallback_budget)
+    problems += budget_problems + duplicate_problems(site, chain.entries)
     return SiteAudit(site=site, ledger=path, key_fingerprint=fp, key_source=key.source,
-                     entries=tuple(rows), budget=budget, problems=tuple(problems + budget_problems),
-                     notes=tuple(notes))
+                     entries=tuple(rows), budget=budget, problems=tuple(problems),
+                     notes=tuple(reset_notes(chain.entries) + notes))
+
+
+def duplicate_problems(site: str, entries: Sequence[LedgerEntry]) -> list[AuditProblem]:
+    """One problem per (run key, round) trained more than once, naming the round and both entries."""
+    problems = []
+    for first, again in duplicate_rounds(entries):
+        run = f"run {first.run_key}" if first.run_key else "no run key recorded"
+        what = (f"round {again.round} ({run}) was trained twice: entries {first.seq} and {again.seq} "
+                f"(epsilon {first.epsilon:.6g} then {again.epsilon:.6g}); the second spent again")
+        problems.append(AuditProblem(site, f"entry {again.seq}", what, seq=again.seq))
+    return problems
+
+
+def reset_notes(entries: Sequence[LedgerEntry]) -> list[str]:
+    """What an auditor must know of a ledger that was started over (its entry 0 is a reset)."""
+    if not entries or entries[0].status != "reset":
+        return []
+    first = entries[0]
+    old = ("lost" if first.previous_count is None
+           else f"{first.previous_count} entries, last {first.previous_last_sha256}")
+    return [f"entry 0 is a reset (a new ledger started on record at {first.time}; old ledger: {old}); "
+            f"reason: {first.reason}; the epsilon spent before it is not in this ledger"]
 
 
 def _with(audit: SiteAudit, problems: list[AuditProblem]) -> SiteAudit:
@@ -180,7 +209,7 @@ def recompute(site: str, entries: Sequence[LedgerEntry]) -> tuple[list[EntryAudi
     for entry in entries:
         if entry.mechanism is not None:
             history.append(entry.mechanism)
-        if entry.status == "rotated":  # spends nothing: order_problem checked ε equals the previous one
+        if entry.status in ("rotated", "reset"):  # spend nothing: order/value checks saw to their ε
             before = rows[-1] if rows else None
             rows.append(_row(entry, _Recomputed(before.opacus if before else 0.0,
                                                 before.dp_accounting if before else 0.0)))

@@ -8,6 +8,9 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
+_NO_SPEND = ("rotated", "reset")
+"""Entries that record no round: a key rotation and a reset."""
+
 
 @dataclass(frozen=True)
 class AuditProblem:
@@ -99,7 +102,7 @@ class SiteAudit:
     @property
     def delta(self) -> float | None:
         """The δ of the last entry that is not a rotation (the δ of the final (ε, δ))."""
-        return next((e.delta for e in reversed(self.entries) if e.status != "rotated"), None)
+        return next((e.delta for e in reversed(self.entries) if e.status not in _NO_SPEND), None)
 
     def last(self, field: str) -> float | None:
         """The last entry's ``recorded``, ``opacus`` or ``dp_accounting`` ε; None without entries."""
@@ -112,7 +115,7 @@ class SiteAudit:
 
     def epsilon_by_round(self) -> dict[int, float]:
         """The recorded cumulative ε after the last entry of each round."""
-        return {e.round: e.recorded for e in self.entries if e.status != "rotated"}
+        return {e.round: e.recorded for e in self.entries if e.status not in _NO_SPEND}
 
     def to_json(self) -> dict[str, Any]:
         """The audit as JSON: the summary, the problems as lines, every entry."""
@@ -120,7 +123,8 @@ class SiteAudit:
             "site": self.site, "ledger": str(self.ledger), "ok": self.ok, "verified": self.verified,
             "key_fingerprint": self.key_fingerprint, "key_source": self.key_source,
             "entries": len(self.entries), "rounds_trained": self.count("trained"),
-            "refusals": self.count("refused"), "rotations": self.count("rotated"), "delta": self.delta,
+            "refusals": self.count("refused"), "rotations": self.count("rotated"),
+            "resets": self.count("reset"), "delta": self.delta,
             "epsilon_recorded": self.last("recorded"), "epsilon_opacus": self.last("opacus"),
             "epsilon_dp_accounting": self.last("dp_accounting"),
             "budget": self.budget.value, "budget_source": self.budget.source,

@@ -1,8 +1,9 @@
-"""``fedgenome privacy``: the ε a training run spends, and the noise that meets a budget."""
+"""``fedgenome privacy``: the ε a training run spends, the noise that meets a budget, and ledger resets."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -12,7 +13,8 @@ from privacy.mechanism import Mechanism
 
 app = typer.Typer(
     name="privacy",
-    help="Privacy accounting: the (ε, δ) of subsampled-Gaussian training, and noise planning.",
+    help="Privacy accounting: the (ε, δ) of subsampled-Gaussian training, noise planning, and "
+         "starting a lost ledger over on record.",
     no_args_is_help=True,
 )
 
@@ -64,3 +66,30 @@ def plan_command(
     eps = epsilon(history=[Mechanism(shown, sample_rate, steps)], delta=delta, accountant=accountant)
     typer.echo(f"noise_multiplier = {shown:.4f} reaches epsilon = {eps:.4f} (target {target_epsilon:g}, "
                f"{accountant}, q={sample_rate:g}, steps={steps}, delta={delta:g})")
+
+
+@app.command("reset")
+def reset_command(
+    site: Annotated[Path, typer.Argument(help="The site directory (its site.toml names the site).")],
+    reason: Annotated[str, typer.Option("--reason", help="Why the ledger is started over; signed into "
+                                        "the new ledger's first entry and shown by every audit.")],
+    privacy_state: Annotated[Path | None, typer.Option(
+        help="The ledger's directory, when it is not the site's state/ (as for 'train --privacy-state').",
+    )] = None,
+) -> None:
+    """Start a lost ledger over: a new ledger whose first entry is a signed reset naming REASON.
+
+    Only for a site whose ledger is gone or does not verify (a site that trained before refuses to
+    train without it). Whatever is left of the old ledger is kept under a .lost-<time> name.
+    """
+    from configs.schema import load_site_manifest
+    from privacy.ledger_reset import reset_site_ledger
+
+    name = load_site_manifest(site).name
+    done = reset_site_ledger(site, name, reason=reason, state_dir=privacy_state)
+    old = ("lost" if done.previous is None
+           else f"{done.previous[0]} entries, last {done.previous[1][:16]}... ({done.previous_source})")
+    typer.echo(f"{done.ledger}: new ledger started on record (reset, entry 0); old ledger: {old}; "
+               f"reason: {done.entry.reason}")
+    for path in done.moved_aside:
+        typer.echo(f"kept what was left of the old ledger as {path}")

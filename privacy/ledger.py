@@ -25,6 +25,21 @@ new key; later entries and the head are signed with the new key. It costs no eps
 verifier follows the keys is in :mod:`privacy.ledger_verify`; the entry format is in
 :mod:`privacy.ledger_entry`.
 
+Rounds served: an entry of a federated round records the server's ``run_key`` with its (global)
+``round``; :meth:`Ledger.append` refuses a second *trained* entry for the same (run_key, round), and
+:meth:`Ledger.trained_entry` finds the first, so that a site asked again (a SuperLink resumed
+mid-round) re-sends what it sent instead of spending again (:mod:`client.site`).
+
+Reset (:meth:`Ledger.start_over`): when a ledger was lost, the operator starts a new one on record;
+its entry 0 is a signed ``reset`` with the reason and the old head (or 'lost'). See
+:mod:`privacy.ledger_reset`.
+
+The head leaves the site: :meth:`Ledger.head_digest` is the signed (count, last_sha256) that a
+round's reply carries, and a server compares consecutive ones with
+:func:`privacy.ledger_head.check_head_continuity`. The attribute ``on_head`` (set by
+:mod:`privacy.site_state`) is called with it before the first entry and after every head rewrite,
+to keep the site's marker (:mod:`privacy.ledger_marker`).
+
 Crashes: a head one entry behind (a crash after the line was fsynced, before the head was rewritten)
 is accepted with a warning and rewritten by :class:`Ledger`; an incomplete last line (a crash while
 appending, never acknowledged to the caller) is dropped by :class:`Ledger` when the head matches.
@@ -37,6 +52,7 @@ import dataclasses
 import fcntl
 import logging
 import os
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -54,6 +70,7 @@ from privacy.ledger_entry import (
     order_problem,
     value_problem,
 )
+from privacy.ledger_head import HeadDigest
 from privacy.ledger_verify import (
     KeyChain,
     check_anchor,
@@ -68,7 +85,8 @@ from shared.atomic import fsync_dir, write_text
 from shared.errors import ConfigError, LedgerError
 
 __all__ = [
-    "KeyChain", "Ledger", "LedgerEntry", "RetiredKeyError", "Status", "genesis_sha256", "head_path",
+    "HeadDigest", "KeyChain", "Ledger", "LedgerEntry", "RetiredKeyError", "Status", "genesis_sha256",
+    "head_path",
     "verify_key_chain", "verify_ledger",
 ]
 
@@ -99,6 +117,8 @@ class Ledger:
         self.site = site
         self._key = private_key
         self._public = private_key.public_key()
+        self.on_head: Callable[[HeadDigest], None] | None = None
+        """Called with the new head before the first entry and after every head rewrite."""
         data = read_ledger(path)
         if data and not data.endswith(b"\n"):
             data = self._drop_torn_tail(data)
@@ -133,24 +153,47 @@ class Ledger:
         """The key that signs this ledger now (the last rotation's new key)."""
         return self._public
 
+    def trained_entry(self, *, run_key: str, round: int) -> LedgerEntry | None:
+        """The trained entry that served round ``round`` of run ``run_key``; None if there is none."""
+        return next((e for e in self._entries if e.status == "trained" and e.run_key == run_key
+                     and e.round == round), None)
+
+    def head_digest(self) -> HeadDigest:
+        """The current head (count, last_sha256), signed with the current key: for the round's reply.
+
+        An empty ledger's head has count 0 and the genesis digest.
+        """
+        last = self._entries[-1].sha256 if self._entries else genesis_sha256(self.site, self._public)
+        unsigned = HeadDigest(site=self.site, count=len(self._entries), last_sha256=last, signature="")
+        signature = base64.b64encode(sign(self._key, unsigned.signed_bytes())).decode("ascii")
+        return dataclasses.replace(unsigned, signature=signature)
+
     def append(
         self, *, round: int, status: Status, local_steps: int, sample_rate: float, noise_multiplier: float,
         max_grad_norm: float, delta: float, accountant: str, epsilon: float, update_sha256: str | None,
         epsilon_budget: float | None = None, initial_checkpoint_sha256: str | None = None,
+        run_key: str | None = None,
     ) -> LedgerEntry:
         """Sign and append one entry; it is on disk (fsynced) when this returns.
 
         Callers rely on that: append first, send the update it covers only after this returns.
         ``epsilon_budget`` (the site's budget now) and ``initial_checkpoint_sha256`` (the weights the
-        run started from) are signed with the entry when given; without them the entry has the
-        format of ledgers written before the fields existed.
+        run started from) and ``run_key`` (the server's run key of this round) are signed with the
+        entry when given; without them the entry has the format of ledgers written before the
+        fields existed.
 
         Raises:
-            LedgerError: A value is invalid, the round or epsilon would decrease, another process
-                changed the file since it was read, or the write failed (nothing was recorded then).
+            LedgerError: A value is invalid, the round or epsilon would decrease, the (run_key,
+                round) was already trained, another process changed the file since it was read, or
+                the write failed (nothing was recorded then).
         """
-        if status == "rotated":
-            raise LedgerError(f"{self.path}: record a key rotation with Ledger.rotate, not append")
+        if status in ("rotated", "reset"):
+            how = "Ledger.rotate" if status == "rotated" else "Ledger.start_over"
+            raise LedgerError(f"{self.path}: record a {status} entry with {how}, not append")
+        done = self.trained_entry(run_key=run_key, round=round) if run_key and status == "trained" else None
+        if done is not None:
+            raise LedgerError(f"{self.path}: round {round} of run {run_key} was already trained (entry seq "
+                              f"{done.seq}); refusing to spend on it again")
         floats = {"sample_rate": sample_rate, "noise_multiplier": noise_multiplier,
                   "max_grad_norm": max_grad_norm, "delta": delta, "epsilon": epsilon}
         entry = self._commit({
@@ -160,8 +203,33 @@ class Ledger:
             **({} if epsilon_budget is None else {"epsilon_budget": float(epsilon_budget)}),
             **({} if initial_checkpoint_sha256 is None
                else {"initial_checkpoint_sha256": initial_checkpoint_sha256}),
+            **({} if run_key is None else {"run_key": run_key}),
         })
         self._write_head()
+        return entry
+
+    def start_over(self, *, reason: str, previous: tuple[int, str] | None) -> LedgerEntry:
+        """Start this (empty) ledger with a signed reset: the old ledger was lost, on record.
+
+        Args:
+            reason: Why, as the operator says it (kept in the entry, shown by every audit).
+            previous: The lost ledger's last known head (count, last_sha256); None: lost too.
+
+        Raises:
+            LedgerError: The ledger already has entries, or the write failed.
+        """
+        if self._entries:
+            raise LedgerError(f"{self.path} has {len(self._entries)} entries: a reset only starts a new "
+                              "ledger; nothing was recorded")
+        entry = self._commit({
+            "round": 0, "status": "reset", "local_steps": 0, "sample_rate": 0.0, "noise_multiplier": 0.0,
+            "max_grad_norm": 0.0, "delta": 0.0, "accountant": ROTATION_ACCOUNTANT, "epsilon": 0.0,
+            "update_sha256": None, "reason": reason.strip(),
+            **({} if previous is None
+               else {"previous_count": previous[0], "previous_last_sha256": previous[1]}),
+        })
+        self._write_head()
+        logger.warning("%s: started a new ledger on record (reset): %s", self.path, entry.reason)
         return entry
 
     def rotate(self, *, new_key: ec.EllipticCurvePrivateKey) -> LedgerEntry:
@@ -201,6 +269,8 @@ class Ledger:
         problem = value_problem(unsigned) or order_problem(self._entries[-1] if seq else None, unsigned)
         if problem:
             raise LedgerError(f"{where}: {problem}")
+        if seq == 0 and self.on_head is not None:  # the site's marker exists before entry 0 does
+            self.on_head(self.head_digest())
         signature = base64.b64encode(sign(self._key, unsigned.signed_bytes())).decode("ascii")
         entry = dataclasses.replace(unsigned, signature=signature)
         self._write_line(entry)
@@ -243,16 +313,15 @@ class Ledger:
         self._size += len(line)
 
     def _write_head(self) -> None:
-        """Rewrite the signed head file atomically for the current entries."""
-        fields: dict[str, object] = {
-            "count": len(self._entries), "last_sha256": self._entries[-1].sha256, "site": self.site,
-        }
-        fields["signature"] = base64.b64encode(sign(self._key, canonical(fields))).decode("ascii")
+        """Rewrite the signed head file atomically for the current entries (then tell ``on_head``)."""
+        digest = self.head_digest()
         try:
-            write_text(head_path(self.path), canonical(fields).decode("ascii") + "\n")
+            write_text(head_path(self.path), canonical(digest.to_json()).decode("ascii") + "\n")
         except OSError as exc:
             raise LedgerError(f"{head_path(self.path)}: could not write the head file ({exc.strerror}); "
                               f"entry seq {len(self._entries) - 1} is recorded; do not send it") from exc
+        if self.on_head is not None:
+            self.on_head(digest)
 
     def _drop_torn_tail(self, data: bytes) -> bytes:
         """Drop an incomplete last line that the head shows was never acknowledged."""

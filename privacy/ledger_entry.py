@@ -15,6 +15,16 @@ A trained or refused entry of a run that started from a checkpoint may carry
 ``initial_checkpoint_sha256``: the SHA-256 (``shared.checkpoint.state_sha256``) of the weights the
 run's global model started from, as the server announced it (and, in round 1, as the site checked
 against the weights it received). Optional and signed like ``epsilon_budget``; never on a rotation.
+
+A trained or refused entry of a federated round may carry ``run_key``: the server's per-run key (32
+hex digits, the same across a SuperLink resume). With ``round`` (the server's global round) it names
+the (run, round) the entry served, so that a round trained twice for the same run is visible
+(:func:`duplicate_rounds`). Optional like the others: entries written before it keep their bytes.
+
+A fourth kind, ``reset``, can only be entry 0: an operator started a new ledger on record after the
+old one was lost (``fedgenome privacy reset``). It spends nothing (epsilon 0, no mechanism), names
+its ``reason`` and, when known, the old ledger's last head (``previous_count``,
+``previous_last_sha256``); without them the old head is lost. Auditors see it.
 """
 
 from __future__ import annotations
@@ -36,10 +46,10 @@ from privacy.keys import fingerprint, public_key_from_text
 from privacy.mechanism import Mechanism
 from shared.errors import LedgerError
 
-Status = Literal["trained", "refused", "rotated"]
-STATUSES: tuple[Status, ...] = ("trained", "refused", "rotated")
+Status = Literal["trained", "refused", "rotated", "reset"]
+STATUSES: tuple[Status, ...] = ("trained", "refused", "rotated", "reset")
 ROTATION_ACCOUNTANT = "none"
-"""The ``accountant`` of a rotation entry: it spends nothing."""
+"""The ``accountant`` of a rotation or reset entry: it spends nothing."""
 
 _TYPES: dict[str, tuple[type, ...]] = {
     **dict.fromkeys(("seq", "round", "local_steps"), (int,)),
@@ -48,10 +58,19 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "update_sha256": (str, type(None)),
 }
 _KEY_FIELDS = ("old_public_key", "new_public_key")
-_OPTIONAL_FIELDS = (*_KEY_FIELDS, "epsilon_budget", "initial_checkpoint_sha256")
+_RESET_FIELDS = ("reason", "previous_count", "previous_last_sha256")
+_OPTIONAL_FIELDS = (*_KEY_FIELDS, "epsilon_budget", "initial_checkpoint_sha256", "run_key", *_RESET_FIELDS)
+_OPTIONAL_TYPES: dict[str, type] = {
+    **dict.fromkeys((*_KEY_FIELDS, "initial_checkpoint_sha256", "run_key", "reason",
+                     "previous_last_sha256"), str),
+    "epsilon_budget": float, "previous_count": int,
+}
 """Fields stored only when set, so that entries written before they existed keep their bytes."""
 _FLOATS = ("sample_rate", "noise_multiplier", "max_grad_norm", "delta", "epsilon")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_KIND = {"rotated": "rotation", "reset": "reset"}
+RUN_KEY = re.compile(r"[0-9a-f]{32}")
+"""A run key as the server sends it: 32 lowercase hex digits."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +102,14 @@ class LedgerEntry:
     """The site's epsilon budget when this entry was written; None in older entries and rotations."""
     initial_checkpoint_sha256: str | None = None
     """SHA-256 of the weights the run started from; None without an initial checkpoint."""
+    run_key: str | None = None
+    """The server's run key of the round this entry served; None outside a federated run (or older)."""
+    reason: str | None = None
+    """A reset's reason, as the operator gave it."""
+    previous_count: int | None = None
+    """A reset: the entry count of the lost ledger's last known head; None when it is lost."""
+    previous_last_sha256: str | None = None
+    """A reset: the lost ledger's last known head digest; None when it is lost."""
 
     @property
     def mechanism(self) -> Mechanism | None:
@@ -150,14 +177,9 @@ def entry_from_dict(fields: dict[str, object], where: str) -> LedgerEntry:
         if type(value) not in types:  # exact types: no bools for ints, no ints for floats
             expected = " or ".join("null" if t is type(None) else t.__name__ for t in types)
             raise LedgerError(f"{where}: field {name!r} is {value!r}, expected {expected}")
-    for name in _KEY_FIELDS:
-        if name in fields and type(fields[name]) is not str:
-            raise LedgerError(f"{where}: field {name!r} is {fields[name]!r}, expected str")
-    if "epsilon_budget" in fields and type(fields["epsilon_budget"]) is not float:
-        raise LedgerError(f"{where}: field 'epsilon_budget' is {fields['epsilon_budget']!r}, expected float")
-    initial = fields.get("initial_checkpoint_sha256")
-    if "initial_checkpoint_sha256" in fields and type(initial) is not str:
-        raise LedgerError(f"{where}: field 'initial_checkpoint_sha256' is {initial!r}, expected str")
+    for name, kind in _OPTIONAL_TYPES.items():
+        if name in fields and type(fields[name]) is not kind:
+            raise LedgerError(f"{where}: field {name!r} is {fields[name]!r}, expected {kind.__name__}")
     return LedgerEntry(**fields)  # type: ignore[arg-type]
 
 
@@ -182,7 +204,38 @@ def value_problem(entry: LedgerEntry) -> str | None:
         (_is_utc_time(entry.time), f"time {entry.time!r} is not an ISO 8601 UTC time"),
     ]
     return (next((message for ok, message in checks if not ok), None) or _budget_problem(entry)
-            or _initial_problem(entry) or _rotation_problem(entry))
+            or _initial_problem(entry) or _run_key_problem(entry) or _rotation_problem(entry)
+            or _reset_problem(entry))
+
+
+def _run_key_problem(entry: LedgerEntry) -> str | None:
+    """What is wrong with ``run_key``: when set, 32 lowercase hex digits, on a trained or refused entry."""
+    if entry.run_key is None:
+        return None
+    if entry.status not in ("trained", "refused"):
+        return f"a {entry.status} entry carries no run_key"
+    if RUN_KEY.fullmatch(entry.run_key) is None:
+        return "run_key must be 32 lowercase hex digits"
+    return None
+
+
+def _reset_problem(entry: LedgerEntry) -> str | None:
+    """What is wrong with the reset fields: only a reset has them; it spends nothing and says why."""
+    if entry.status != "reset":
+        if any(getattr(entry, name) is not None for name in _RESET_FIELDS):
+            return f"a {entry.status} entry carries no reset fields"
+        return None
+    if not (entry.reason or "").strip():
+        return "a reset needs a non-empty reason"
+    if (entry.local_steps, entry.epsilon, entry.round) != (0, 0.0, 0) or entry.update_sha256 is not None:
+        return "a reset starts a new ledger: round 0, no steps, epsilon 0 and no update"
+    if (entry.previous_count is None) != (entry.previous_last_sha256 is None):
+        return "a reset names both previous_count and previous_last_sha256, or neither (lost)"
+    if entry.previous_count is not None and entry.previous_count < 0:
+        return "previous_count must be >= 0"
+    if entry.previous_last_sha256 is not None and _SHA256.fullmatch(entry.previous_last_sha256) is None:
+        return "previous_last_sha256 must be 64 lowercase hex digits"
+    return None
 
 
 def _initial_problem(entry: LedgerEntry) -> str | None:
@@ -190,8 +243,8 @@ def _initial_problem(entry: LedgerEntry) -> str | None:
     digest = entry.initial_checkpoint_sha256
     if digest is None:
         return None
-    if entry.status == "rotated":
-        return "a rotation carries no initial_checkpoint_sha256"
+    if entry.status in ("rotated", "reset"):
+        return f"a {_KIND[entry.status]} carries no initial_checkpoint_sha256"
     if _SHA256.fullmatch(digest) is None:
         return "initial_checkpoint_sha256 must be 64 lowercase hex digits"
     return None
@@ -202,8 +255,8 @@ def _budget_problem(entry: LedgerEntry) -> str | None:
     budget = entry.epsilon_budget
     if budget is None:
         return None
-    if entry.status == "rotated":
-        return "a rotation carries no epsilon_budget"
+    if entry.status in ("rotated", "reset"):
+        return f"a {_KIND[entry.status]} carries no epsilon_budget"
     if not (math.isfinite(budget) and budget > 0.0):
         return f"epsilon_budget {budget} must be finite and > 0"
     return None
@@ -231,8 +284,11 @@ def _rotation_problem(entry: LedgerEntry) -> str | None:
 def order_problem(previous: LedgerEntry | None, entry: LedgerEntry) -> str | None:
     """What is wrong with ``entry`` following ``previous`` (rounds and epsilon never decrease), or None.
 
-    A rotation costs nothing: its epsilon is the previous cumulative epsilon (0 for a first entry).
+    A rotation costs nothing: its epsilon is the previous cumulative epsilon (0 for a first entry). A
+    reset can only be the first entry.
     """
+    if entry.status == "reset" and previous is not None:
+        return "a reset can only be the first entry of a new ledger"
     if entry.status == "rotated":
         before = previous.epsilon if previous is not None else 0.0
         if entry.epsilon != before:
@@ -244,6 +300,25 @@ def order_problem(previous: LedgerEntry | None, entry: LedgerEntry) -> str | Non
     if entry.epsilon < previous.epsilon:
         return f"epsilon {entry.epsilon} is below the previous cumulative epsilon {previous.epsilon}"
     return None
+
+
+def duplicate_rounds(entries: Sequence[LedgerEntry]) -> list[tuple[LedgerEntry, LedgerEntry]]:
+    """Pairs (first, again) of trained entries that served the same (run_key, round).
+
+    Entries without a run key are compared among themselves by round: two trained entries of one
+    round with no run key are a round trained twice as well (written before run keys were recorded).
+    """
+    seen: dict[tuple[str | None, int], LedgerEntry] = {}
+    pairs = []
+    for entry in entries:
+        if entry.status != "trained":
+            continue
+        slot = (entry.run_key, entry.round)
+        if slot in seen:
+            pairs.append((seen[slot], entry))
+        else:
+            seen[slot] = entry
+    return pairs
 
 
 def _is_utc_time(text: str) -> bool:

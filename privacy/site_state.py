@@ -4,8 +4,13 @@
 
     keys/<name>, <name>.pub          the current key (OpenSSH ECDSA P-384; private 0600)
     keys/<name>.new                  a rotation in progress (the incoming private key, 0600)
+    keys/<name>.ledger-head          the ledger's last head and location (evidence that it exists)
     keys/retired/<name>-<fp16>.pub   keys rotated out (public halves only; <fp16>: fingerprint prefix)
     state/ledger.jsonl (+ .head)     the privacy ledger, signed with the current key
+    state/outgoing/                  the last update sent (re-sent if the server asks for it again)
+
+A site that has trained before (see :mod:`privacy.ledger_marker`) never starts a ledger from zero
+by accident: :func:`open_ledger` refuses, and ``fedgenome privacy reset`` starts one on record.
 """
 
 from __future__ import annotations
@@ -29,11 +34,24 @@ from privacy.keys import (
 )
 from privacy.ledger import Ledger, LedgerEntry, RetiredKeyError, verify_key_chain
 from privacy.ledger_entry import rotations
+from privacy.ledger_head import HeadDigest, check_head_continuity
+from privacy.ledger_marker import (
+    LedgerMarker,
+    ledger_location,
+    marker_path,
+    read_marker,
+    training_evidence,
+    write_marker,
+)
 from shared.atomic import fsync_dir
 from shared.errors import ConfigError, FedGenomeError, LedgerError
 
 log = logging.getLogger(__name__)
 LEDGER_NAME = "ledger.jsonl"
+
+
+class LedgerMissingError(LedgerError):
+    """The site has trained before but its ledger is gone: nothing is trained until it is restored."""
 
 
 @dataclass(frozen=True)
@@ -71,14 +89,66 @@ def open_ledger(site_dir: Path, name: str, *, state_dir: Path | None = None) -> 
 
     A site whose key was not issued by the consortium's PKI (``fedgenome pki add-site``) gets one
     here the first time it trains privately; an existing key is always reused (and adopted by
-    ``pki add-site`` later).
+    ``pki add-site`` later). From then on the ledger's marker beside the key follows its head.
+
+    Raises:
+        LedgerMissingError: The ledger is empty or missing but the site has trained before.
+        LedgerError: The ledger does not verify, or does not continue the head its marker recorded
+            (an older copy was restored, or it was rewritten), or the key keeps another ledger.
     """
     key = site_key_path(site_dir, name)
     if not key.exists():
         create_site_key(key.parent, name)
         log.info("created site key %s (and %s.pub)", key, key.name)
-    return Ledger(ledger_path(state_dir or site_dir / "state"), site=name,
-                  private_key=load_private_key(key))
+    state = state_dir or site_dir / "state"
+    marker, location = marker_path(key), ledger_location(site_dir, ledger_path(state))
+    known = read_marker(marker)  # before Ledger() can repair (rewrite) the head
+    ledger = Ledger(ledger_path(state), site=name, private_key=load_private_key(key))
+    if not ledger.entries:
+        _refuse_lost(ledger, site_dir, evidence=training_evidence(key, state))
+    elif known is None or known.ledger == location:
+        _check_marker(ledger, known, marker, site_dir)
+        write_marker(marker, location=location, head=ledger.head_digest())
+    else:
+        raise LedgerError(f"{ledger.path}: site {name}'s key already keeps its ledger at {known.ledger} "
+                          f"({marker}); one key signs one ledger: train with that ledger")
+    ledger.on_head = lambda head: write_marker(marker, location=location, head=head)
+    return ledger
+
+
+def ledger_head_digest(site_dir: Path, name: str, *, state_dir: Path | None = None) -> HeadDigest:
+    """The site's current ledger head, signed with its key: what each round's reply carries.
+
+    Raises:
+        LedgerError: As :func:`open_ledger`.
+    """
+    return open_ledger(site_dir, name, state_dir=state_dir).head_digest()
+
+
+def _refuse_lost(ledger: Ledger, site_dir: Path, *, evidence: list[str]) -> None:
+    """LedgerMissingError when a site with ``evidence`` of past training has an empty ledger."""
+    if evidence:
+        raise LedgerMissingError(
+            f"{ledger.path} is missing or empty, but site {ledger.site} has trained before "
+            f"({'; '.join(evidence)}); nothing was trained: restore the ledger and its head from a "
+            f"backup, or start a new one on record with 'fedgenome privacy reset {site_dir} "
+            "--reason \"...\"'")
+
+
+def _check_marker(ledger: Ledger, known: LedgerMarker | None, marker: Path, site_dir: Path) -> None:
+    """LedgerError unless the ledger continues the head its marker recorded."""
+    if known is None:
+        log.info("%s: recording the ledger's head in %s", ledger.path, marker)
+        return
+    found = check_head_continuity(known.head, ledger.head_digest(), ledger.entries)
+    if not found.ok:
+        raise LedgerError(
+            f"{ledger.path}: {found.problem} (the marker {marker} recorded {known.head.count} entries); "
+            f"nothing was trained: restore the ledger and its head with {known.head.count} or more "
+            f"entries, or start a new one on record with 'fedgenome privacy reset {site_dir} "
+            "--reason \"...\"'")
+    if found.note:
+        log.warning("%s: %s", ledger.path, found.note)
 
 
 def site_public_key(site_dir: Path, name: str, *, state_dir: Path | None = None) -> ec.EllipticCurvePublicKey:

@@ -4,8 +4,9 @@ The order is what makes the guarantee hold across rounds and restarts:
 1. the site's accountant is rebuilt from its signed ledger (epsilon never resets);
 2. the epsilon this round would bring is computed *before* training; past the site's budget the
    round is refused, the refusal is recorded, and nothing is trained or returned;
-3. after training, the ledger entry (mechanism, cumulative epsilon, hash of the update) is written
-   and fsynced before the update is handed back to the caller that sends it;
+3. after training, the caller may keep the update (``before_record``: what a retry re-sends), then
+   the ledger entry (mechanism, cumulative epsilon, hash of the update, the run key and round it
+   served) is written and fsynced before the update is handed back to the caller that sends it;
 4. only then is the site's optimizer state saved (when it persists across rounds), so it never
    holds steps that the ledger does not.
 """
@@ -37,6 +38,28 @@ from shared.train import make_optimizer
 log = logging.getLogger(__name__)
 
 
+def _mean_finite(values: tuple[float, ...]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else math.nan
+
+
+@dataclass(frozen=True)
+class TrainedUpdate:
+    """A trained round just before its ledger entry is written: what ``before_record`` receives."""
+
+    round: int
+    steps: int
+    epsilon: float  # the cumulative epsilon the entry will record
+    budget: float
+    losses: tuple[float, ...]
+    update_sha256: str
+
+    @property
+    def mean_loss(self) -> float:
+        """Mean loss over the round's non-empty steps (NaN when none)."""
+        return _mean_finite(self.losses)
+
+
 @dataclass(frozen=True)
 class RoundOutcome:
     """What a private round did; ``status`` is 'refused' when the budget would be exceeded."""
@@ -54,8 +77,7 @@ class RoundOutcome:
     @property
     def mean_loss(self) -> float:
         """Mean loss over the round's non-empty steps (NaN when none)."""
-        finite = [v for v in self.losses if math.isfinite(v)]
-        return sum(finite) / len(finite) if finite else math.nan
+        return _mean_finite(self.losses)
 
 
 def check_site_settings(site: SitePrivacy, dp: DPConfig, patients: int) -> None:
@@ -88,7 +110,8 @@ def run_private_round(*, model: nn.Module, dataset: Dataset[torch.Tensor], ledge
                       on_step: Callable[[int, float], None] | None = None,
                       schedule: LRSchedule | None = None,
                       optimizer_store: OptimizerStore | None = None, proximal_mu: float = 0.0,
-                      initial_checkpoint_sha256: str | None = None) -> RoundOutcome:
+                      initial_checkpoint_sha256: str | None = None, run_key: str | None = None,
+                      before_record: Callable[[TrainedUpdate], None] | None = None) -> RoundOutcome:
     """Train ``model`` for ``local_steps`` private steps, unless that would exceed the budget.
 
     Args:
@@ -109,6 +132,10 @@ def run_private_round(*, model: nn.Module, dataset: Dataset[torch.Tensor], ledge
             step, saved after the ledger entry); None: a fresh optimizer.
         proximal_mu: FedProx's mu, added after the noise step (:mod:`privacy.proximal`).
         initial_checkpoint_sha256: The run's initial checkpoint, signed into the ledger entry.
+        run_key: The server's run key, signed into the entry with ``round``: the (run, round) served.
+        before_record: Called after training and before the ledger entry is written, to keep the
+            update that a retry of the same round re-sends (:mod:`client.outgoing`); if it raises,
+            nothing is recorded.
     """
     patients = len(dataset)  # type: ignore[arg-type]
     check_site_settings(site, dp, patients)
@@ -123,7 +150,7 @@ def run_private_round(*, model: nn.Module, dataset: Dataset[torch.Tensor], ledge
                              noise_multiplier=noise_multiplier, max_grad_norm=dp.max_grad_norm,
                              delta=site.delta, accountant=dp.accountant, epsilon=eps,
                              update_sha256=digest, epsilon_budget=site.epsilon_budget,
-                             initial_checkpoint_sha256=initial_checkpoint_sha256)
+                             initial_checkpoint_sha256=initial_checkpoint_sha256, run_key=run_key)
 
     if planned > site.epsilon_budget:
         entry = record("refused", 0, ledger.epsilon, None)
@@ -141,6 +168,8 @@ def run_private_round(*, model: nn.Module, dataset: Dataset[torch.Tensor], ledge
                             lrs=[schedule.at(first_step + s) for s in range(local_steps)],
                             proximal_mu=proximal_mu, on_step=on_step)
     digest = state_sha256(model.state_dict())
+    if before_record is not None:
+        before_record(TrainedUpdate(round, local_steps, planned, site.epsilon_budget, tuple(losses), digest))
     entry = record("trained", local_steps, planned, digest)
     if optimizer_store is not None:  # only now: the steps it holds are in the ledger
         optimizer_store.save(optimizer, model, round=round)

@@ -47,16 +47,32 @@ def save_checkpoint(path: Path, model: GenomeLM, *, meta: dict[str, Any],
     Weights are stored as ``dtype`` (float32, or float16 to halve a checkpoint that ships) and
     loaded back as float32. ``extra`` may write more files into the directory being built.
     """
+    with atomic_dir(path) as tmp:
+        write_checkpoint(tmp, model, meta=meta, markov=markov, dtype=dtype, extra=extra)
+
+
+def write_checkpoint(directory: Path, model: GenomeLM, *, meta: dict[str, Any],
+                     markov: MarkovBaseline | None = None, dtype: torch.dtype = torch.float32,
+                     extra: Callable[[Path], None] | None = None) -> None:
+    """Write a checkpoint's files into the existing ``directory`` (a staging one, made by the caller).
+
+    Raises:
+        InputFileError: A file could not be written (a full disk, say); the message says which.
+    """
     state = {k: v.detach().to(dtype).cpu().contiguous() for k, v in model.state_dict().items()}
     config = {"format": FORMAT, "model": model.config.model_dump(), "meta": meta,
               PRIOR_KEY: None if model.prior is None else model.prior.fingerprint}
-    with atomic_dir(path) as tmp:
-        save_file(state, str(tmp / "model.safetensors"))
+    try:
+        save_file(state, str(directory / "model.safetensors"))
         if markov is not None:
-            save_file(markov.state(), str(tmp / "markov.safetensors"))
-        (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
+            save_file(markov.state(), str(directory / "markov.safetensors"))
+        (directory / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
         if extra is not None:
-            extra(tmp)
+            extra(directory)
+    except (OSError, SafetensorError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise InputFileError(f"{directory.parent}: cannot write the checkpoint ({why}); free space "
+                             "or choose another --out") from None
 
 
 def load_checkpoint(path: Path, *, device: torch.device | str = "cpu", reference: Path | None = None,

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from configs.schema import Region
+from shared.contigs import contig_key
 from shared.datasets import Interval, WindowSampler, allowed_intervals, n_fraction, read_fasta_records
 from shared.errors import ConfigError
 from shared.tokenizer import PAD, Ids, reverse_complement_ids
@@ -80,7 +81,7 @@ def read_corpus(paths: Sequence[Path], *, exclude: Sequence[Region],
         sources.append(SourceFile(str(path), file_sha256(path), len(records),
                                   sum(len(r) for r in records.values())))
     for region in exclude:
-        if region.contig not in seqs:
+        if not any(contig_key(region.contig) == contig_key(name) for name in seqs):
             log.warning("excluded region %s:%d-%d names no record of the FASTA files", region.contig,
                         region.start, region.end)
     lengths = {name: len(s) for name, s in seqs.items()}

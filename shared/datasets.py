@@ -25,7 +25,8 @@ from torch.utils.data import Dataset
 
 from configs.schema import DataConfig, Region, SiteManifest, load_site_manifest
 from shared.atomic import atomic_path
-from shared.errors import InputFileError
+from shared.contigs import contig_key
+from shared.errors import ConfigError, InputFileError
 from shared.genomes import Cohort, Reference, check_sequence, load_cohort
 from shared.tokenizer import NUCLEOTIDES, PAD, Ids, encode, reverse_complement_ids
 
@@ -47,7 +48,8 @@ def allowed_intervals(lengths: dict[str, int], holdout: Sequence[Region]) -> lis
     """Each sequence in ``lengths`` minus the held-out regions on it."""
     out = []
     for contig, length in lengths.items():
-        cuts = sorted((r.start, min(r.end, length)) for r in holdout if r.contig == contig)
+        cuts = sorted((r.start, min(r.end, length)) for r in holdout
+                      if contig_key(r.contig) == contig_key(contig))
         pos = 0
         for lo, hi in cuts:
             if lo > pos:
@@ -226,9 +228,9 @@ class RecordWindows(_UnitWindows):
         lengths = {name: len(seq) for name, seq in records.items()}
         self.samplers = [WindowSampler(allowed_intervals({n: lengths[n]}, holdout), self.span)
                          for n in self.names]
-        if any(not s.intervals for s in self.samplers):
-            raise InputFileError("a FASTA record lies wholly inside a held-out region; "
-                                 "shrink the site's holdout regions")
+        for name, sampler in zip(self.names, self.samplers, strict=True):
+            if not sampler.intervals:
+                check_training_left({name: lengths[name]}, holdout, where="the site's FASTA")
 
     def units(self) -> int:
         """Number of FASTA records."""
@@ -287,8 +289,7 @@ class SiteSource:
         if self.records is not None:
             return RecordWindows(self.records, holdout=self.manifest.holdout, data=data, seed=seed)
         assert self.reference is not None and self.cohort is not None
-        contigs = self.reference.contigs
-        lengths = {c: contigs[c] for c in self.manifest.contigs}
+        lengths = {c: self.reference.length(c) for c in self.manifest.contigs}
         return PatientWindows(self.cohort, self.reference, data=data, seed=seed,
                               intervals=allowed_intervals(lengths, self.manifest.holdout))
 
@@ -319,14 +320,23 @@ def read_site_source(site_dir: Path, *, cache_dir: Path | None = None,
         return SiteSource(manifest, records=read_fasta_records(manifest.fasta))
     assert manifest.reference is not None
     reference = open_reference(manifest.reference)
+    lengths = {c: reference.length(c) for c in manifest.contigs}  # before any cache is written
+    check_training_left(lengths, manifest.holdout, where=str(site_dir / "site.toml"))
     cohort = load_cohort(manifest, reference, cache_dir=cache_dir)
-    missing = set(manifest.contigs) - set(reference.contigs)
-    if missing:
-        raise InputFileError(f"{manifest.reference}: contigs {sorted(missing)} named in "
-                             f"{site_dir / 'site.toml'} are not in the reference; fix 'contigs'")
     log.info("site %s: %d patients, %s", manifest.name, len(cohort.samples),
              ", ".join(f"{c}: {len(v.pos)} SNVs" for c, v in cohort.contigs.items()))
     return SiteSource(manifest, reference=reference, cohort=cohort)
+
+
+def check_training_left(lengths: dict[str, int], holdout: Sequence[Region], *, where: str) -> None:
+    """Refuse a sequence that the held-out regions cover whole: nothing of it is left to train on."""
+    for contig, length in lengths.items():
+        if not allowed_intervals({contig: length}, holdout):
+            covering = [f"{r.contig}:{r.start}-{r.end}" for r in holdout
+                        if contig_key(r.contig) == contig_key(contig)]
+            raise ConfigError(f"{where}: held-out region {', '.join(covering)} covers all of "
+                              f"{contig} ({length:,} bases), so nothing of it is left to train on: "
+                              f"shrink the holdout or drop {contig} from the training sequences")
 
 
 def tile_windows(seqs: dict[str, Ids], regions: Sequence[Region] | None, *, window: int,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from configs.schema import load_preset, load_site_manifest, preset_names
+from configs.schema import load_preset, load_preset_file, load_site_manifest, preset_names
 from shared.errors import ConfigError
 from shared.model import GenomeLM
 
@@ -21,7 +21,7 @@ def test_unknown_key_is_named(tmp_path: Path) -> None:
     path = tmp_path / "bad.toml"
     path.write_text("[model]\nd_modle = 64\n")
     with pytest.raises(ConfigError, match=r"unknown key 'model.d_modle'"):
-        load_preset(str(path))
+        load_preset_file(path)
 
 
 def test_out_of_range_value_is_named() -> None:
@@ -43,7 +43,7 @@ def test_bad_toml_syntax(tmp_path: Path) -> None:
     path = tmp_path / "broken.toml"
     path.write_text("[model\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
-        load_preset(str(path))
+        load_preset_file(path)
 
 
 def test_site_manifest_needs_paths_for_its_kind(tmp_path: Path) -> None:

@@ -84,13 +84,17 @@ def test_the_cache_reads_state_every_time_and_a_changed_file_again(
     assert changed.dataset.cohort is not first.dataset.cohort
 
 
-def test_a_preset_is_parsed_once_per_version_of_its_file(tmp_path: Path) -> None:
+def test_a_preset_is_parsed_once_per_version_of_its_file(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import configs.schema
+
+    monkeypatch.setattr(configs.schema, "PRESETS_DIR", tmp_path)  # presets are names, not paths
     preset = tmp_path / "mine.toml"
     preset.write_text((ROOT / "configs" / "presets" / "tiny.toml").read_text())
-    assert cache.load_preset(str(preset)) is cache.load_preset(str(preset))
-    first = cache.load_preset(str(preset))
+    assert cache.load_preset("mine") is cache.load_preset("mine")
+    first = cache.load_preset("mine")
     preset.write_text(preset.read_text() + "\n")
-    assert cache.load_preset(str(preset)) is not first
+    assert cache.load_preset("mine") is not first
 
 
 @pytest.mark.usefixtures("fresh_cache")

@@ -81,7 +81,7 @@ def train(msg: Message, context: Context) -> Message:
                              run_key=orders.run_key, initial_sha256=orders.initial_sha256,
                              markov_prior=orders.markov_prior)
     content = RecordDict({wire.METRICS: MetricRecord(dict(reply.metrics)),  # type: ignore[arg-type]
-                          SITE: ConfigRecord({"name": reply.site})})
+                          SITE: ConfigRecord({wire.SITE_NAME: reply.site, **head_fields(reply)})})
     if reply.delta is not None:
         content[wire.ARRAYS] = reply_arrays(reply.delta, msg)
     return Message(content=content, reply_to=msg)
@@ -125,8 +125,17 @@ def _fitres(reply: SiteReply, global_: wire.Arrays, fed: FederationConfig, *, pa
                         "clips it", peak, fed.secagg_clip_range)
     if packed:  # one flat vector, in the order the server sent
         arrays = [np.concatenate([a.ravel() for a in arrays])]
-    metrics: dict[str, Scalar] = {**reply.metrics, "site": reply.site}
+    metrics: dict[str, Scalar] = {**reply.metrics, "site": reply.site, **head_fields(reply)}
     return FitRes(Status(Code.OK, "OK"), ndarrays_to_parameters(arrays), weight, metrics)
+
+
+def head_fields(reply: SiteReply) -> dict[str, int | str]:
+    """The signed head of the site's ledger, for the server to check it never goes back."""
+    head = reply.ledger_head
+    if head is None:
+        return {}
+    return {wire.LEDGER_COUNT: head.count, wire.LEDGER_HEAD: head.last_sha256,
+            wire.LEDGER_SIGNATURE: head.signature}
 
 
 @app.evaluate()

@@ -34,12 +34,12 @@ SITE_RECORD = "site"
 SECAGG_RECORD = "secaggplus_configs"
 SECAGG_OUT_KEYS = frozenset({"pk1", "pk2", "dsts", "ctxts", "masked_params", "nids", "shares"})
 """What a site sends in the four SecAgg+ stages: public keys, encrypted shares, masked vector."""
-LEGACY_METRICS = frozenset(wire.ALLOWED_METRICS | {"site"})
+LEGACY_METRICS = frozenset(wire.ALLOWED_METRICS | {"site"} | (wire.SITE_KEYS - {wire.SITE_NAME}))
 
 # record name -> (record type, allowed keys or None for "the model's array names")
 ALLOWED: dict[str, tuple[type, frozenset[str] | None]] = {
     wire.METRICS: (MetricRecord, wire.ALLOWED_METRICS),
-    SITE_RECORD: (ConfigRecord, frozenset({"name"})),
+    SITE_RECORD: (ConfigRecord, wire.SITE_KEYS),
     wire.ARRAYS: (ArrayRecord, None),
     SECAGG_RECORD: (ConfigRecord, SECAGG_OUT_KEYS),
     "fitres.metrics": (ConfigRecord, LEGACY_METRICS),

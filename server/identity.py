@@ -32,6 +32,7 @@ class NodeIdentity:
     node_id: int
     name: str | None  # None: registered without a name, or no authentication
     fingerprint: str | None  # SHA-256 of the key's OpenSSH public bytes; None: no authentication
+    public_key: bytes | None = None  # the PEM key Flower authenticated it with
 
     def describe(self) -> str:
         """'node N (key ab12..., registered as X)' for logs and the run report."""
@@ -69,9 +70,12 @@ def node_identities(grid: Grid) -> dict[int, NodeIdentity]:
         nodes = list(grid.get_nodes())
     except (AttributeError, NotImplementedError):  # a grid without node details
         return {}
-    return {int(n.node_id): NodeIdentity(int(n.node_id), str(getattr(n, "name", "")) or None,
-                                         _fingerprint(bytes(getattr(n, "public_key", b""))))
-            for n in nodes}
+    out = {}
+    for n in nodes:
+        key = bytes(getattr(n, "public_key", b"")) or None
+        out[int(n.node_id)] = NodeIdentity(int(n.node_id), str(getattr(n, "name", "")) or None,
+                                           _fingerprint(key or b""), key)
+    return out
 
 
 def check_claim(node: int, claimed: str, *, identities: Mapping[int, NodeIdentity],

@@ -18,8 +18,10 @@ import numpy as np
 import numpy.typing as npt
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
+from privacy.ledger_head import HeadDigest
 from server.epsilon_check import EpsilonCheck, PrivacyClaim
 from server.identity import Claim, NodeIdentity, check_claim
+from server.ledger_heads import HeadCheck
 from server.validation import UpdateRejected, check_update
 from shared import wire
 
@@ -39,6 +41,12 @@ class Collected:
     losses: list[float] = field(default_factory=list)
     norms: dict[str, float] = field(default_factory=dict)  # site -> L2 norm of its update
     claims: list[Claim] = field(default_factory=list)  # replies that named a site not their own
+    heads: dict[str, dict[str, int | str]] = field(default_factory=dict)  # site -> its ledger head
+
+    def record_head(self, site: str, head: HeadDigest | None) -> None:
+        """Keep the (checked) ledger head of a site's reply for the run report."""
+        if head is not None:
+            self.heads[site] = {"count": head.count, "sha256": head.last_sha256}
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,7 @@ class _Reply:
     loss: float | None
     budget: float = math.nan
     delta: float = math.nan
+    head: HeadDigest | None = None  # the signed head of the site's ledger
 
     def privacy(self) -> PrivacyClaim:
         """The figures :class:`server.epsilon_check.EpsilonCheck` checks."""
@@ -62,7 +71,8 @@ class _Reply:
 def read_reply(content: RecordDict) -> _Reply:
     """Read a train reply's site name and metrics; UpdateRejected if any is missing or malformed."""
     try:
-        name = content.config_records[SITE]["name"]
+        site = content.config_records[SITE]
+        name = site[wire.SITE_NAME]
         metrics = content.metric_records[wire.METRICS]
         status, epsilon = int(cast(int, metrics[wire.STATUS])), float(cast(float, metrics[wire.EPSILON]))
         budget, delta = float(cast(float, metrics[wire.BUDGET])), float(cast(float, metrics[wire.DELTA]))
@@ -73,12 +83,26 @@ def read_reply(content: RecordDict) -> _Reply:
     if unknown := sorted(set(metrics) - wire.ALLOWED_METRICS):
         raise UpdateRejected(f"malformed reply: metric keys {unknown} are not allowed "
                              f"(allowed: {sorted(wire.ALLOWED_METRICS)})")
+    if unknown := sorted(set(site) - wire.SITE_KEYS):
+        raise UpdateRejected(f"malformed reply: site record keys {unknown} are not allowed")
     if not isinstance(name, str) or not name:
         raise UpdateRejected("malformed reply: no site name")
     if status not in (wire.TRAINED, wire.REFUSED) or not math.isfinite(epsilon):
         raise UpdateRejected(f"malformed reply: status {status}, epsilon {epsilon}")
     return _Reply(name, status, epsilon, examples if isinstance(examples, int) else -1, loss,
-                  budget, delta)
+                  budget, delta, _head(name, site))
+
+
+def _head(name: str, site: Mapping[str, object]) -> HeadDigest | None:
+    """The ledger head in a reply's site record; None if it has none."""
+    if wire.LEDGER_COUNT not in site:
+        return None
+    try:
+        return HeadDigest.from_json({"site": name, "count": site[wire.LEDGER_COUNT],
+                                     "last_sha256": site.get(wire.LEDGER_HEAD),
+                                     "signature": site.get(wire.LEDGER_SIGNATURE)})
+    except ValueError as exc:
+        raise UpdateRejected(f"malformed reply: {exc}") from None
 
 
 def check_examples(reply: _Reply, *, max_examples: float) -> None:
@@ -102,7 +126,7 @@ def reply_delta(arrays: ArrayRecord, global_: wire.Arrays) -> dict[str, npt.NDAr
 def collect(replies: list[Message], sampled: list[int], names: dict[int, str],
             global_: wire.Arrays, *, max_norm: float, max_examples: float = math.inf,
             identities: Mapping[int, NodeIdentity] | None = None,
-            epsilons: EpsilonCheck | None = None) -> Collected:
+            epsilons: EpsilonCheck | None = None, heads: HeadCheck | None = None) -> Collected:
     """Sort replies into trained / refused / rejected / failed; decode valid deltas to full weights.
 
     Every reply is validated before anything of it is used: its site name (the name the node's
@@ -136,6 +160,10 @@ def collect(replies: list[Message], sampled: list[int], names: dict[int, str],
                 check_examples(reply, max_examples=max_examples)
             if epsilons is not None:
                 epsilons.check(label, reply.privacy())
+            if heads is not None:
+                ident = identities.get(node)
+                heads.check(label, reply.head, public_key=ident.public_key if ident else None)
+            out.record_head(label, reply.head)
             out.epsilon[label] = reply.epsilon
             if reply.status == wire.REFUSED:
                 out.refused.append(label)

@@ -38,6 +38,7 @@ class RoundRecord:
     rejected: dict[str, str] = field(default_factory=dict)  # site -> why the server rejected it
     update_norms: dict[str, float] = field(default_factory=dict)  # L2 norm of each accepted update
     claims: list[dict[str, Any]] = field(default_factory=list)  # replies naming a site not their own
+    ledger_heads: dict[str, dict[str, Any]] = field(default_factory=dict)  # site -> {count, sha256}
     seconds: float = 0.0
 
 

@@ -27,6 +27,7 @@ from flwr.serverapp.strategy import Strategy
 from configs.schema import FederationConfig, Region, load_preset
 from server.epsilon_check import EpsilonCheck
 from server.identity import NodeIdentity, check_claim, node_identities
+from server.ledger_heads import HeadCheck
 from server.replies import SITE, Collected, check_examples, collect, node_label, read_reply
 from server.report import RoundRecord, RunReport, read_state, write_state
 from server.secagg import SecureRound, secure_round
@@ -213,7 +214,7 @@ class Federation:
             replies = list(grid.send_and_receive(messages, timeout=self.fed.round_timeout))
             got = collect(replies, sampled, self.names, global_, max_norm=bound,
                           max_examples=self.fed.max_examples, identities=identities,
-                          epsilons=self.epsilon_check())
+                          epsilons=self.epsilon_check(), heads=HeadCheck.of_report(self.report.rounds))
             if got.trained:
                 arrays, _ = self.strategy.aggregate_train(rnd, got.trained)
                 if arrays is not None:
@@ -228,6 +229,7 @@ class Federation:
             dropped=sorted(seen_before - present), epsilon=dict(sorted(got.epsilon.items())),
             rejected=dict(sorted(got.rejected.items())),
             update_norms={k: round(v, 6) for k, v in sorted(got.norms.items())},
+            ledger_heads=dict(sorted(got.heads.items())),
             claims=[{"node": c.node_id, "key_fingerprint": c.fingerprint, "claimed": c.claimed,
                      "problem": c.problem} for c in got.claims],
             seconds=time.monotonic() - start)
@@ -266,8 +268,10 @@ class Federation:
                         identities: Mapping[int, NodeIdentity]) -> list[str]:
         """Check each SecAgg+ participant's name, metrics and weight into ``got``; the problems."""
         problems: list[str] = []
-        epsilons = self.epsilon_check()
-        for name, metrics in result.metrics.items():
+        epsilons, heads = self.epsilon_check(), HeadCheck.of_report(self.report.rounds)
+        for name, sent in result.metrics.items():
+            metrics = {k: v for k, v in sent.items() if k not in wire.SITE_KEYS}
+            site = {wire.SITE_NAME: name, **{k: v for k, v in sent.items() if k in wire.SITE_KEYS}}
             claim = check_claim(result.nodes[name], name, identities=identities, bound=self.names,
                                 taken=set(got.epsilon))
             if claim.site is None:
@@ -276,12 +280,15 @@ class Federation:
                 continue
             self.names[claim.node_id] = name
             try:
-                reply = read_reply(RecordDict({SITE: ConfigRecord({"name": name}),
-                                                wire.METRICS: MetricRecord(metrics)}))  # type: ignore[arg-type]
+                reply = read_reply(RecordDict({SITE: ConfigRecord(site),  # type: ignore[arg-type]
+                                               wire.METRICS: MetricRecord(metrics)}))  # type: ignore[arg-type]
                 weighted = replace(reply, examples=result.weights.get(name, -1))
                 if reply.status == wire.TRAINED:
                     check_examples(weighted, max_examples=self.fed.max_examples)
                 epsilons.check(name, weighted.privacy())
+                ident = identities.get(claim.node_id)
+                heads.check(name, reply.head, public_key=ident.public_key if ident else None)
+                got.record_head(name, reply.head)
                 got.epsilon[name] = reply.epsilon
                 if reply.status == wire.REFUSED:
                     got.refused.append(name)

@@ -295,7 +295,8 @@ def test_a_secure_mean_is_rejected_when_a_site_declares_an_impossible_weight(
     global_ = federation.arrays()
     mean = {k: np.full_like(v, 1e-4) for k, v in global_.items()}
     metrics = {wire.STATUS: wire.TRAINED, wire.EPSILON: 7.0, wire.TRAIN_LOSS: 1.4, wire.BUDGET: 8.0,
-               wire.DELTA: 1e-5}
+               wire.DELTA: 1e-5, wire.LEDGER_COUNT: 1, wire.LEDGER_HEAD: "0" * 64,
+               wire.LEDGER_SIGNATURE: "unchecked without a registered key"}
     outcome = SecureRound(mean_delta=mean, metrics={"a": dict(metrics), "b": dict(metrics)},
                           weights={"a": 100, "b": weight}, nodes={"a": 1, "b": 2})
     monkeypatch.setattr(rounds, "secure_round", lambda *args, **kwargs: outcome)

@@ -198,6 +198,8 @@ class FederationConfig(BaseModel):
                                      "clipped to +-this before quantisation")
     max_examples: int = Field(1000, ge=50, le=100_000_000, description="largest example (patient) "
                               "count a site may claim; FedAvg weights by it, SecAgg+ scales by it")
+    pki: str = Field("", description="absolute consortium PKI directory: each site may claim at most "
+                     "the patients it declared there ('' = max-examples only)")
 
     @field_validator("preset")
     @classmethod
@@ -214,6 +216,8 @@ class FederationConfig(BaseModel):
         if self.warmup_steps > total:
             raise ValueError(f"warmup-steps={self.warmup_steps} is longer than the run's "
                              f"num-server-rounds x local-steps = {total} steps: lower warmup-steps")
+        if self.pki and not Path(self.pki).is_absolute():
+            raise ValueError(f"pki={self.pki!r}: give the absolute consortium PKI directory")
         if self.initial_checkpoint and not Path(self.initial_checkpoint).is_absolute():
             raise ValueError(f"initial-checkpoint={self.initial_checkpoint!r}: give an absolute "
                              "checkpoint directory")

@@ -207,6 +207,9 @@ def run_command(
     config: Annotated[list[str] | None, typer.Option("--config", "-c", help="Run config KEY=VALUE "
                                                      "(TOML value), repeatable.")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the run.")] = 7200.0,
+    pki_dir: Annotated[Path | None, typer.Option("--pki", help="The consortium PKI directory on the "
+                                                 "SuperLink's machine: each site may claim at most "
+                                                 "the patients it declared there.")] = None,
     flwr_home: FlwrHome_ = Path(".flwr-run"),
 ) -> None:
     """Submit a federated run to a SuperLink, wait for it, and check that it completed."""
@@ -216,6 +219,10 @@ def run_command(
         check_ca(root_cert)
     overrides = _parse_overrides(config or [])
     run_config = {**overrides, "run-dir": str(run_dir.resolve()), "reference": str(reference.resolve())}
+    if pki_dir is not None:
+        from server.pki import open_pki
+
+        run_config["pki"] = str(open_pki(pki_dir).root.resolve())
     validate(FederationConfig, run_config, source="--config")
     home = flwr_home.resolve()
     write_connection(home, "fedgenome", address=server, ca_cert=root_cert and root_cert.resolve())

@@ -12,6 +12,8 @@ from rich.table import Table
 from configs.schema import load_site_manifest
 from server import pki
 from server.pki_checks import CertInfo
+from server.site_policy import declare_patients
+from shared.wire import bucket
 
 app = typer.Typer(name="pki", no_args_is_help=True,
                   help="The consortium PKI: a CA, the SuperLink's certificate, site keys.")
@@ -21,6 +23,8 @@ Hosts_ = Annotated[list[str] | None, typer.Option(
     "--host", help="DNS name or IP address clients reach the SuperLink at; repeatable "
     "(default: localhost, 127.0.0.1).")]
 Days_ = Annotated[int, typer.Option(help="Validity of the server certificate, in days.")]
+Patients_ = Annotated[int | None, typer.Option(help="The patients the site declares: runs given "
+                                               "--pki refuse any larger example count from it.")]
 _DEFAULT_HOSTS = ("localhost", "127.0.0.1")
 
 
@@ -59,10 +63,14 @@ def add_site_command(
     site: Annotated[Path | None, typer.Option(help="The site directory, when it is on this machine: "
                                               "the key goes to its keys/ (an existing key is "
                                               "adopted). Without it, a handover kit is written.")] = None,
+    patients: Patients_ = None,
 ) -> None:
     """Issue a site's key pair (SuperNode authentication and ledger signing) and register it."""
     result = pki.add_site(pki_dir, name, site_dir=site)
     console = _console()
+    if patients is not None:
+        console.print(f"declared {patients} patients: {declare_patients(pki_dir, name, patients)}",
+                      markup=False)
     console.print(f"site {name} registered: {result.site.public_path} (fingerprint "
                   f"{result.site.fingerprint[:16]})", markup=False)
     if result.kit is not None:
@@ -74,6 +82,18 @@ def add_site_command(
         console.print(f"site key {result.private_path}: {how}", markup=False)
     console.print(f"next: fedgenome server register-site {name} --pki {pki_dir} --superlink HOST:PORT",
                   markup=False)
+
+
+@app.command("set-patients")
+def set_patients_command(
+    name: Annotated[str, typer.Argument(help="The registered site's name.")],
+    pki_dir: Pki_,
+    patients: Annotated[int, typer.Option(help="The patients the site declared to the consortium.")],
+) -> None:
+    """Record a site's declared patient count: a run with --pki refuses any larger claim."""
+    path = declare_patients(pki_dir, name, patients)
+    _console().print(f"site {name}: {patients} patients declared ({path}); replies may claim at most "
+                     f"{bucket(patients)} examples in runs given --pki {pki_dir}", markup=False)
 
 
 @app.command("rotate-site")

@@ -186,6 +186,8 @@ class LocalFederation:
 
     def submit(self, run_config: dict[str, Any]) -> int:
         """Submit a run of the fedgenome app; its run id."""
+        if self.pki is not None:  # the declared patient counts of the sites registered here
+            run_config = {"pki": str(self.pki.root.resolve()), **run_config}
         run_id = submit_run(APP_DIR, CONNECTION, run_config, flwr_home=self.flwr_home)
         if run_config.get("run-dir"):
             self._run_dirs[run_id] = Path(str(run_config["run-dir"]))

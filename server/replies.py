@@ -105,11 +105,19 @@ def _head(name: str, site: Mapping[str, object]) -> HeadDigest | None:
         raise UpdateRejected(f"malformed reply: {exc}") from None
 
 
-def check_examples(reply: _Reply, *, max_examples: float) -> None:
-    """The example count FedAvg weights by: a multiple of the bucket, within [bucket, max]."""
+def check_examples(reply: _Reply, *, max_examples: float, declared: Mapping[str, int] | None = None,
+                   site: str = "") -> None:
+    """The example count FedAvg weights by: a multiple of the bucket, within [bucket, bound].
+
+    The bound is the run's ``max_examples``, and for a site in ``declared`` (the PKI registry's
+    patient counts, :mod:`server.site_policy`) the bucketed count it declared, if lower.
+    """
     if not (wire.BUCKET <= reply.examples <= max_examples and reply.examples % wire.BUCKET == 0):
         raise UpdateRejected(f"example count {reply.examples} is not a multiple of {wire.BUCKET} "
                              f"in [{wire.BUCKET}, {max_examples:g}] (max-examples)")
+    if declared and site in declared and reply.examples > declared[site]:
+        raise UpdateRejected(f"example count {reply.examples} is above the {declared[site]} patients "
+                             f"site {site} declared in the consortium's PKI registry")
 
 
 def reply_delta(arrays: ArrayRecord, global_: wire.Arrays) -> dict[str, npt.NDArray[np.generic]]:
@@ -125,6 +133,7 @@ def reply_delta(arrays: ArrayRecord, global_: wire.Arrays) -> dict[str, npt.NDAr
 
 def collect(replies: list[Message], sampled: list[int], names: dict[int, str],
             global_: wire.Arrays, *, max_norm: float, max_examples: float = math.inf,
+            declared: Mapping[str, int] | None = None,
             identities: Mapping[int, NodeIdentity] | None = None,
             epsilons: EpsilonCheck | None = None, heads: HeadCheck | None = None) -> Collected:
     """Sort replies into trained / refused / rejected / failed; decode valid deltas to full weights.
@@ -157,7 +166,7 @@ def collect(replies: list[Message], sampled: list[int], names: dict[int, str],
                 raise UpdateRejected(str(claim.problem))
             names[node] = label = claim.site
             if reply.status == wire.TRAINED:
-                check_examples(reply, max_examples=max_examples)
+                check_examples(reply, max_examples=max_examples, declared=declared, site=label)
             if epsilons is not None:
                 epsilons.check(label, reply.privacy())
             if heads is not None:

@@ -31,6 +31,7 @@ from server.ledger_heads import HeadCheck
 from server.replies import SITE, Collected, check_examples, collect, node_label, read_reply
 from server.report import RoundRecord, RunReport, read_state, write_state
 from server.secagg import SecureRound, secure_round
+from server.site_policy import declared_examples
 from server.strategies import create_strategy, load_strategy_state, save_strategy_state
 from server.validation import UpdateRejected, check_update, update_bound
 from shared import wire
@@ -115,6 +116,7 @@ class Federation:
         self.markov = self._markov()
         self.report = RunReport(self.run_dir, fed.model_dump(by_alias=True), markov=self.markov)
         self.names: dict[int, str] = {}
+        self.declared = declared_examples(Path(fed.pki)) if fed.pki else {}
         self.done = 0
         resumed = read_state(self.run_dir) if fed.resume else None
         if resumed is not None:
@@ -213,7 +215,8 @@ class Federation:
         else:
             replies = list(grid.send_and_receive(messages, timeout=self.fed.round_timeout))
             got = collect(replies, sampled, self.names, global_, max_norm=bound,
-                          max_examples=self.fed.max_examples, identities=identities,
+                          max_examples=self.fed.max_examples, declared=self.declared,
+                          identities=identities,
                           epsilons=self.epsilon_check(), heads=HeadCheck.of_report(self.report.rounds))
             if got.trained:
                 arrays, _ = self.strategy.aggregate_train(rnd, got.trained)
@@ -284,7 +287,8 @@ class Federation:
                                                wire.METRICS: MetricRecord(metrics)}))  # type: ignore[arg-type]
                 weighted = replace(reply, examples=result.weights.get(name, -1))
                 if reply.status == wire.TRAINED:
-                    check_examples(weighted, max_examples=self.fed.max_examples)
+                    check_examples(weighted, max_examples=self.fed.max_examples,
+                                   declared=self.declared, site=name)
                 epsilons.check(name, weighted.privacy())
                 ident = identities.get(claim.node_id)
                 heads.check(name, reply.head, public_key=ident.public_key if ident else None)

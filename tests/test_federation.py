@@ -156,6 +156,39 @@ def test_server_stops_after_round_one_and_resumes(site_copy: Callable[[str], Pat
         assert entries[0].epsilon < entries[1].epsilon < entries[2].epsilon  # no reset
 
 
+def trained_rounds(site: Path) -> list[int]:
+    """The rounds the site's ledger records as trained, read line by line (it may be mid-write)."""
+    path = site / "state" / "ledger.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    entries = [json.loads(line) for line in lines if line.endswith("}")]
+    return [e["round"] for e in entries if e["status"] == "trained"]
+
+
+def test_a_superlink_killed_mid_round_and_resumed_spends_each_round_once(
+        site_copy: Callable[[str], Path], data_paths: DataPaths, tmp_path: Path) -> None:
+    sites = [site_copy("hospital-ceu"), site_copy("hospital-tsi")]
+    run_dir = tmp_path / "run"
+    with LocalFederation(tmp_path / "fed1", sites) as first:
+        first.submit(run_config(data_paths, run_dir, **{"num-server-rounds": 3}))
+        deadline = time.monotonic() + 600
+        while not any(2 in trained_rounds(site) for site in sites):  # a site spent round 2
+            assert time.monotonic() < deadline, "no site trained round 2"
+            time.sleep(0.05)
+        first.group.kill("superlink")  # SIGKILL: the SuperLink, its SuperExec and the ServerApp
+    assert json.loads((run_dir / "state.json").read_text())["last_round"] == 1  # 2 never ended
+    with LocalFederation(tmp_path / "fed2", sites) as second:
+        run_id = second.submit(run_config(data_paths, run_dir, **{"num-server-rounds": 3,
+                                                                   "resume": True}))
+        assert second.wait(run_id, timeout=900) == "finished:completed"
+    rounds = json.loads((run_dir / "report.json").read_text())["rounds"]
+    assert [(r["round"], r["trained"]) for r in rounds] == [
+        (n, ["hospital-ceu", "hospital-tsi"]) for n in (1, 2, 3)]
+    for site in sites:
+        entries = ledger_entries(site)
+        assert [e.round for e in entries if e.status == "trained"] == [1, 2, 3]  # each round once
+        assert rounds[-1]["epsilon"][site.name] == pytest.approx(entries[-1].epsilon)
+
+
 def test_a_run_from_an_initial_checkpoint_starts_from_exactly_its_weights(
         site_copy: Callable[[str], Path], data_paths: DataPaths, tiny_checkpoint: Path,
         tmp_path: Path) -> None:

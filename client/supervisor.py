@@ -48,6 +48,7 @@ class NodeSpec:
     keep_updates: bool = False
     threads: int | None = None  # OMP/MKL threads for the worker (None: torch's default)
     retry_for: float = 900.0  # seconds to keep restarting a SuperNode that cannot connect (0: never)
+    env: tuple[tuple[str, str], ...] = ()  # extra environment of both processes
 
 
 class NodeProcesses:
@@ -72,7 +73,7 @@ class NodeProcesses:
         env = flower_env(spec.home.resolve())
         if spec.threads is not None:
             env |= {"OMP_NUM_THREADS": str(spec.threads), "MKL_NUM_THREADS": str(spec.threads)}
-        self.env = env
+        self.env = env | dict(spec.env)
 
     def start(self) -> None:
         """Start the SuperNode, then its worker."""

@@ -157,15 +157,24 @@ class LocalFederation:
         return register_supernode(self.pki.site_public(name), CONNECTION, flwr_home=self.flwr_home,
                                   name=name)  # the name the node's replies must carry
 
-    def start_node(self, site: Path) -> None:
-        """Start (or restart) the SuperNode of ``site`` and its ClientApp worker."""
+    def start_node(self, site: Path, *, key: Path | None = None,
+                   env: dict[str, str] | None = None) -> None:
+        """Start (or restart) the SuperNode of ``site`` and its ClientApp worker.
+
+        Args:
+            site: The site directory.
+            key: The key its SuperNode authenticates with (default: the site's own).
+            env: Extra environment for both processes.
+        """
         # Several hospitals share this machine's cores: a share of the math threads each.
         threads = max(1, (os.cpu_count() or 1) // len(self.sites))
+        auth_key = (key or self.site_key(site)) if self.auth else None
         spec = NodeSpec(site=site, superlink=f"{HOST}:{self.fleet_port}", port=free_port(),
                         home=self.workdir / "nodes" / site.name,
                         root_cert=None if self.tls is None else self.tls.ca_cert,
-                        insecure=self.insecure, auth_key=self.site_key(site) if self.auth else None,
-                        keep_updates=self.keep_updates, threads=threads)
+                        insecure=self.insecure, auth_key=auth_key,
+                        keep_updates=self.keep_updates, threads=threads,
+                        env=tuple(sorted((env or {}).items())))
         node = NodeProcesses(spec, self.group, cwd=self.workdir)
         node.start()
         self.nodes[site.name] = node

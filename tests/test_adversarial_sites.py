@@ -28,22 +28,45 @@ from tests.test_federation import ledger_entries, run_config
 pytestmark = pytest.mark.integration
 
 ATTACK = '''
+import importlib.abc
 import os
-if os.environ.get("FEDGENOME_TEST_ATTACK"):
-    from client import site as _site
+import sys
 
-    _train = _site.SiteNode.train_round
 
-    def _attacked(self, *args, **kwargs):
-        reply = _train(self, *args, **kwargs)
-        attack = os.environ["FEDGENOME_TEST_ATTACK"]
+def _patch(module):
+    train = module.SiteNode.train_round
+    attack = os.environ["FEDGENOME_TEST_ATTACK"]
+
+    def attacked(self, *args, **kwargs):
+        reply = train(self, *args, **kwargs)
         if attack == "epsilon" and kwargs.get("global_round", 1) >= 2:
             reply.metrics["epsilon"] = 0.0
         if attack == "examples":
             reply.metrics["num-examples"] = 1000
         return reply
 
-    _site.SiteNode.train_round = _attacked
+    module.SiteNode.train_round = attacked
+
+
+class _PatchSite(importlib.abc.MetaPathFinder):
+    # The worker imports the app afresh from each run's bundle: patch every client.site it loads.
+    def find_spec(self, name, path, target=None):
+        if name != "client.site":
+            return None
+        for finder in sys.meta_path:
+            spec = None if finder is self else finder.find_spec(name, path, target)
+            if spec is not None:
+                run = spec.loader.exec_module
+                def exec_module(module, run=run):
+                    run(module)
+                    _patch(module)
+                spec.loader.exec_module = exec_module
+                return spec
+        return None
+
+
+if os.environ.get("FEDGENOME_TEST_ATTACK"):
+    sys.meta_path.insert(0, _PatchSite())
 '''
 
 

@@ -120,6 +120,26 @@ def check_examples(reply: _Reply, *, max_examples: float, declared: Mapping[str,
                              f"site {site} declared in the consortium's PKI registry")
 
 
+@dataclass(frozen=True)
+class ReplyChecks:
+    """What a site's reply is checked against besides its name and its delta."""
+
+    max_examples: float = math.inf
+    declared: Mapping[str, int] | None = None  # site -> the patients it declared (bucketed)
+    epsilons: EpsilonCheck | None = None
+    heads: HeadCheck | None = None
+
+    def check(self, site: str, reply: _Reply, identity: NodeIdentity | None) -> None:
+        """The example count (when it trained), the epsilon and the ledger head; UpdateRejected."""
+        if reply.status == wire.TRAINED:
+            check_examples(reply, max_examples=self.max_examples, declared=self.declared, site=site)
+        if self.epsilons is not None:
+            self.epsilons.check(site, reply.privacy())
+        if self.heads is not None:
+            self.heads.check(site, reply.head,
+                             public_key=identity.public_key if identity is not None else None)
+
+
 def reply_delta(arrays: ArrayRecord, global_: wire.Arrays) -> dict[str, npt.NDArray[np.generic]]:
     """A reply's delta by array name; a packed one is unpacked in the global model's layout."""
     delta = {k: v.numpy() for k, v in arrays.items()}
@@ -146,6 +166,7 @@ def collect(replies: list[Message], sampled: list[int], names: dict[int, str],
     """
     out = Collected()
     identities = identities or {}
+    checks = ReplyChecks(max_examples, declared, epsilons, heads)
     answered: set[int] = set()
     for msg in replies:
         node = msg.metadata.src_node_id
@@ -165,13 +186,7 @@ def collect(replies: list[Message], sampled: list[int], names: dict[int, str],
                 out.claims.append(claim)
                 raise UpdateRejected(str(claim.problem))
             names[node] = label = claim.site
-            if reply.status == wire.TRAINED:
-                check_examples(reply, max_examples=max_examples, declared=declared, site=label)
-            if epsilons is not None:
-                epsilons.check(label, reply.privacy())
-            if heads is not None:
-                ident = identities.get(node)
-                heads.check(label, reply.head, public_key=ident.public_key if ident else None)
+            checks.check(label, reply, identities.get(node))
             out.record_head(label, reply.head)
             out.epsilon[label] = reply.epsilon
             if reply.status == wire.REFUSED:

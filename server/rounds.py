@@ -28,7 +28,7 @@ from configs.schema import FederationConfig, Region, load_preset
 from server.epsilon_check import EpsilonCheck
 from server.identity import NodeIdentity, check_claim, node_identities
 from server.ledger_heads import HeadCheck
-from server.replies import SITE, Collected, check_examples, collect, node_label, read_reply
+from server.replies import SITE, Collected, ReplyChecks, collect, node_label, read_reply
 from server.report import RoundRecord, RunReport, read_state, write_state
 from server.secagg import SecureRound, secure_round
 from server.site_policy import declared_examples
@@ -271,7 +271,8 @@ class Federation:
                         identities: Mapping[int, NodeIdentity]) -> list[str]:
         """Check each SecAgg+ participant's name, metrics and weight into ``got``; the problems."""
         problems: list[str] = []
-        epsilons, heads = self.epsilon_check(), HeadCheck.of_report(self.report.rounds)
+        checks = ReplyChecks(self.fed.max_examples, self.declared, self.epsilon_check(),
+                             HeadCheck.of_report(self.report.rounds))
         for name, sent in result.metrics.items():
             metrics = {k: v for k, v in sent.items() if k not in wire.SITE_KEYS}
             site = {wire.SITE_NAME: name, **{k: v for k, v in sent.items() if k in wire.SITE_KEYS}}
@@ -285,13 +286,8 @@ class Federation:
             try:
                 reply = read_reply(RecordDict({SITE: ConfigRecord(site),  # type: ignore[arg-type]
                                                wire.METRICS: MetricRecord(metrics)}))  # type: ignore[arg-type]
-                weighted = replace(reply, examples=result.weights.get(name, -1))
-                if reply.status == wire.TRAINED:
-                    check_examples(weighted, max_examples=self.fed.max_examples,
-                                   declared=self.declared, site=name)
-                epsilons.check(name, weighted.privacy())
-                ident = identities.get(claim.node_id)
-                heads.check(name, reply.head, public_key=ident.public_key if ident else None)
+                checks.check(name, replace(reply, examples=result.weights.get(name, -1)),
+                             identities.get(claim.node_id))
                 got.record_head(name, reply.head)
                 got.epsilon[name] = reply.epsilon
                 if reply.status == wire.REFUSED:

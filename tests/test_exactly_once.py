@@ -9,12 +9,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from client.outgoing import outgoing_path
 from client.site import SiteNode, SiteReply
-from configs.schema import FederationConfig, Preset
+from configs.schema import Preset
 from fedgenome.cli import main
 from privacy.accounting import epsilon
 from privacy.audit import audit_ledger
@@ -25,20 +24,10 @@ from privacy.mechanism import Mechanism
 from privacy.optim_state import OptimizerStore
 from shared import wire
 from shared.errors import LedgerError
-from shared.model import GenomeLM
 from tests.fedrun import copy_site, ledger_entries
+from tests.test_optim_state import fed, global_weights
 
 RUN_A, RUN_B = "a" * 32, "0123456789abcdef" * 2
-
-
-def fed(**extra: Any) -> FederationConfig:
-    return FederationConfig(preset="tiny", num_server_rounds=4, local_steps=2, noise_multiplier=1.0,
-                            patients_per_step=8, **extra)
-
-
-def global_weights(tiny: Preset) -> wire.Arrays:
-    torch.manual_seed(0)
-    return wire.state_to_arrays(GenomeLM(tiny.model).state_dict())
 
 
 def same_update(a: SiteReply, b: SiteReply) -> bool:

@@ -86,25 +86,6 @@ def test_two_sites_two_rounds_over_tls(site_copy: Callable[[str], Path], data_pa
         assert report["rounds"][-1]["epsilon"][site.name] == pytest.approx(entries[1].epsilon)
 
 
-def test_a_killed_supernode_drops_out_and_the_run_completes(
-        site_copy: Callable[[str], Path], data_paths: DataPaths, tmp_path: Path) -> None:
-    ceu, tsi = site_copy("hospital-ceu"), site_copy("hospital-tsi")
-    run_dir = tmp_path / "run"
-    config = run_config(data_paths, run_dir, **{"num-server-rounds": 3, "min-nodes": 1})
-    with LocalFederation(tmp_path / "fed", [ceu, tsi]) as federation:
-        run_id = federation.submit(config)
-        wait_for_round(run_dir, 1)
-        federation.kill_node(tsi)
-        assert federation.wait(run_id, timeout=900) == "finished:completed"
-    assert federation.group.survivors() == []
-    rounds = json.loads((run_dir / "report.json").read_text())["rounds"]
-    assert [r["round"] for r in rounds] == [1, 2, 3]
-    assert rounds[0]["trained"] == ["hospital-ceu", "hospital-tsi"]
-    assert rounds[-1]["trained"] == ["hospital-ceu"]
-    assert "hospital-tsi" in rounds[-1]["dropped"]
-    assert all(r["trained"] for r in rounds)
-
-
 def test_a_supernode_restarted_3_s_after_a_crash_rejoins_by_itself(
         site_copy: Callable[[str], Path], data_paths: DataPaths, tmp_path: Path,
         caplog: pytest.LogCaptureFixture) -> None:
@@ -121,14 +102,15 @@ def test_a_supernode_restarted_3_s_after_a_crash_rejoins_by_itself(
         federation.start_node(tsi)  # Flower still counts the node online: activation is refused
         assert federation.wait(run_id, timeout=900) == "finished:completed"
         restarted = federation.nodes[tsi.name].group.procs[f"supernode-{tsi.name}"].pid
+    assert federation.group.survivors() == []  # every process stopped with the federation
     assert restarted != crashed
     assert "the SuperNode of hospital-tsi stopped with an error (Exit Code: 305 [code: 2004] Failed to " \
            "activate SuperNode.); retrying in" in caplog.text
     rounds = json.loads((run_dir / "report.json").read_text())["rounds"]
     assert [r["round"] for r in rounds] == [1, 2, 3]
     assert rounds[-1]["trained"] == ["hospital-ceu", "hospital-tsi"]  # back by itself
-    failed = [f for r in rounds for f in r["failed"]]
-    assert set(failed) <= {"hospital-tsi"} and len(failed) == len(set(failed)), failed  # no phantom
+    assert rounds[1]["trained"] == ["hospital-ceu"]  # the run went on without it
+    assert rounds[1]["failed"] == ["hospital-tsi"]  # once, under its name: no phantom 'node 1'
     trained = [e.round for e in ledger_entries(tsi) if e.status == "trained"]
     assert len(trained) == len(set(trained))  # no global round spent twice
 

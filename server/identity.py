@@ -79,7 +79,8 @@ def node_identities(grid: Grid) -> dict[int, NodeIdentity]:
 
 
 def check_claim(node: int, claimed: str, *, identities: Mapping[int, NodeIdentity],
-                bound: Mapping[int, str], taken: set[str]) -> Claim:
+                bound: Mapping[int, str], taken: set[str],
+                registry: Mapping[str, str] | None = None) -> Claim:
     """Whether ``node`` may speak for site ``claimed`` this round.
 
     Args:
@@ -88,6 +89,8 @@ def check_claim(node: int, claimed: str, *, identities: Mapping[int, NodeIdentit
         identities: The nodes' registered identities (:func:`node_identities`).
         bound: Node id -> the site name it was bound to earlier in the run.
         taken: Site names already counted this round.
+        registry: Site name -> fingerprint of its key in the consortium's PKI registry, when the
+            run names it: the SuperLink's registration must agree with it.
     """
     ident = identities.get(node)
     fingerprint = ident.fingerprint if ident else None
@@ -99,6 +102,10 @@ def check_claim(node: int, claimed: str, *, identities: Mapping[int, NodeIdentit
         if claimed != ident.name:
             return Claim(node, claimed, None, f"{ident.describe()} claims to be site {claimed!r}",
                          fingerprint)
+        if registry is not None and registry.get(claimed) != ident.fingerprint:
+            where = "is not in" if claimed not in registry else "has another key in"
+            return Claim(node, claimed, None, f"{ident.describe()}: site {claimed!r} {where} the "
+                         "consortium's PKI registry", fingerprint)
     elif node in bound and bound[node] != claimed:
         return Claim(node, claimed, None, f"node {node}, site {bound[node]!r} until now, claims to "
                      f"be site {claimed!r}")

@@ -128,6 +128,7 @@ class ReplyChecks:
     declared: Mapping[str, int] | None = None  # site -> the patients it declared (bucketed)
     epsilons: EpsilonCheck | None = None
     heads: HeadCheck | None = None
+    registry: Mapping[str, str] | None = None  # site -> its key's fingerprint in the PKI registry
 
     def check(self, site: str, reply: _Reply, identity: NodeIdentity | None) -> None:
         """The example count (when it trained), the epsilon and the ledger head; UpdateRejected."""
@@ -155,7 +156,8 @@ def collect(replies: list[Message], sampled: list[int], names: dict[int, str],
             global_: wire.Arrays, *, max_norm: float, max_examples: float = math.inf,
             declared: Mapping[str, int] | None = None,
             identities: Mapping[int, NodeIdentity] | None = None,
-            epsilons: EpsilonCheck | None = None, heads: HeadCheck | None = None) -> Collected:
+            epsilons: EpsilonCheck | None = None, heads: HeadCheck | None = None,
+            registry: Mapping[str, str] | None = None) -> Collected:
     """Sort replies into trained / refused / rejected / failed; decode valid deltas to full weights.
 
     Every reply is validated before anything of it is used: its site name (the name the node's
@@ -166,7 +168,7 @@ def collect(replies: list[Message], sampled: list[int], names: dict[int, str],
     """
     out = Collected()
     identities = identities or {}
-    checks = ReplyChecks(max_examples, declared, epsilons, heads)
+    checks = ReplyChecks(max_examples, declared, epsilons, heads, registry)
     answered: set[int] = set()
     for msg in replies:
         node = msg.metadata.src_node_id
@@ -181,7 +183,7 @@ def collect(replies: list[Message], sampled: list[int], names: dict[int, str],
         try:
             reply = read_reply(msg.content)
             claim = check_claim(node, reply.name, identities=identities, bound=names,
-                                taken=set(out.epsilon) | set(out.rejected))
+                                taken=set(out.epsilon) | set(out.rejected), registry=registry)
             if claim.site is None:
                 out.claims.append(claim)
                 raise UpdateRejected(str(claim.problem))

@@ -31,7 +31,7 @@ from server.ledger_heads import HeadCheck
 from server.replies import SITE, Collected, ReplyChecks, collect, node_label, read_reply
 from server.report import RoundRecord, RunReport, read_state, write_state
 from server.secagg import SecureRound, secure_round
-from server.site_policy import declared_examples
+from server.site_policy import declared_examples, registered_keys
 from server.strategies import create_strategy, load_strategy_state, save_strategy_state
 from server.validation import UpdateRejected, check_update, update_bound
 from shared import wire
@@ -117,6 +117,7 @@ class Federation:
         self.report = RunReport(self.run_dir, fed.model_dump(by_alias=True), markov=self.markov)
         self.names: dict[int, str] = {}
         self.declared = declared_examples(Path(fed.pki)) if fed.pki else {}
+        self.registry = registered_keys(Path(fed.pki)) if fed.pki else None
         self.done = 0
         resumed = read_state(self.run_dir) if fed.resume else None
         if resumed is not None:
@@ -216,7 +217,7 @@ class Federation:
             replies = list(grid.send_and_receive(messages, timeout=self.fed.round_timeout))
             got = collect(replies, sampled, self.names, global_, max_norm=bound,
                           max_examples=self.fed.max_examples, declared=self.declared,
-                          identities=identities,
+                          identities=identities, registry=self.registry,
                           epsilons=self.epsilon_check(), heads=HeadCheck.of_report(self.report.rounds))
             if got.trained:
                 arrays, _ = self.strategy.aggregate_train(rnd, got.trained)
@@ -272,12 +273,12 @@ class Federation:
         """Check each SecAgg+ participant's name, metrics and weight into ``got``; the problems."""
         problems: list[str] = []
         checks = ReplyChecks(self.fed.max_examples, self.declared, self.epsilon_check(),
-                             HeadCheck.of_report(self.report.rounds))
+                             HeadCheck.of_report(self.report.rounds), self.registry)
         for name, sent in result.metrics.items():
             metrics = {k: v for k, v in sent.items() if k not in wire.SITE_KEYS}
             site = {wire.SITE_NAME: name, **{k: v for k, v in sent.items() if k in wire.SITE_KEYS}}
             claim = check_claim(result.nodes[name], name, identities=identities, bound=self.names,
-                                taken=set(got.epsilon))
+                                taken=set(got.epsilon), registry=checks.registry)
             if claim.site is None:
                 got.claims.append(claim)
                 problems.append(str(claim.problem))

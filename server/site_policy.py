@@ -4,7 +4,8 @@ FedAvg weights a site's update by its example count, and SecAgg+ scales by it; a
 any count up to the run's ``max-examples`` and outweigh honest sites. The consortium records each
 site's declared cohort size beside its key in the PKI registry (``sites/<name>.toml``, written by
 ``fedgenome pki add-site NAME --patients N``); a run that names the registry (run config ``pki``,
-``fedgenome run --pki``) refuses any reply claiming more than the bucketed declaration.
+``fedgenome run --pki``) refuses any reply claiming more than the bucketed declaration, and any
+node whose key is not the one the registry holds for the site it speaks for.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from configs.schema import read_toml
+from privacy.keys import fingerprint, load_public_key
 from shared import wire
 from shared.atomic import write_text
 from shared.errors import ConfigError
@@ -32,6 +34,11 @@ def declare_patients(pki: Path, name: str, patients: int) -> Path:
     path = policy_path(pki, name)
     write_text(path, f"patients = {int(patients)}\n")
     return path
+
+
+def registered_keys(pki: Path) -> dict[str, str]:
+    """Site name -> the fingerprint of its key in the registry (``sites/<name>.pub``)."""
+    return {path.stem: fingerprint(load_public_key(path)) for path in sorted((pki / "sites").glob("*.pub"))}
 
 
 def declared_examples(pki: Path) -> dict[str, int]:

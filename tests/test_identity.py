@@ -84,3 +84,13 @@ def test_an_error_the_superlink_made_for_a_silent_node_names_that_node_once() ->
     got = collect([reply(11, "hospital-ceu", honest()), lost], [11, 12], {}, GLOBAL, max_norm=10.0,
                   identities=IDENTITIES)
     assert got.failed == ["impostor"]  # the sampled node 12, under its name; no 'node 1'
+
+
+def test_the_superlinks_registration_must_agree_with_the_pki_registry() -> None:
+    registry = {"hospital-ceu": CEU.fingerprint or "", "impostor": "d4" * 32}
+    assert check_claim(11, "hospital-ceu", identities=IDENTITIES, bound={}, taken=set(),
+                       registry=registry).site == "hospital-ceu"
+    swapped = check_claim(12, "impostor", identities=IDENTITIES, bound={}, taken=set(), registry=registry)
+    assert swapped.site is None and "has another key in the consortium's PKI registry" in str(swapped.problem)
+    missing = check_claim(11, "hospital-ceu", identities=IDENTITIES, bound={}, taken=set(), registry={})
+    assert missing.site is None and "is not in the consortium's PKI registry" in str(missing.problem)

@@ -8,7 +8,7 @@ import pytest
 
 from server.pki import add_site, init_pki
 from server.replies import collect
-from server.site_policy import declare_patients, declared_examples, policy_path
+from server.site_policy import declare_patients, declared_examples, policy_path, registered_keys
 from shared.errors import ConfigError
 from tests.test_validation import GLOBAL, honest, reply
 
@@ -47,3 +47,11 @@ def test_declaring_for_an_unregistered_site_or_a_bad_count_is_refused(pki: Path)
     policy_path(pki, "small").write_text("patients = true\n")
     with pytest.raises(ConfigError, match="is not a patient count"):
         declared_examples(pki)
+
+
+def test_the_registry_lists_each_sites_key_fingerprint(pki: Path) -> None:
+    from privacy.keys import fingerprint, load_public_key
+
+    keys = registered_keys(pki)
+    assert set(keys) == {"small", "large"}
+    assert keys["small"] == fingerprint(load_public_key(pki / "sites" / "small.pub"))

@@ -92,7 +92,7 @@ def test_nothing_but_allow_listed_updates_leaves_a_site(
         for line in lines:
             assert set(line["records"]) <= {wire.METRICS, "site", wire.ARRAYS}
             assert set(line["records"][wire.METRICS]) <= wire.ALLOWED_METRICS
-            assert line["records"]["site"] == ["name"]
+            assert set(line["records"]["site"]) == wire.SITE_KEYS  # its name and signed ledger head
             assert set(line["records"]) <= set(ALLOWED)
 
 

@@ -1,9 +1,11 @@
 """A round's replies, read and validated before anything of them is used.
 
 Each reply is checked in order: the site it names (:mod:`server.identity`), its metrics (present,
-typed, only allow-listed keys, a bucketed example count within the run's bound), its epsilon
-(:mod:`server.epsilon_check`) and its delta (:func:`server.validation.check_update`). A rejected
-reply is logged and left out; the round goes on with the others.
+typed, only allow-listed keys, a bucketed example count within the run's bound and the site's
+declared patients, :mod:`server.site_policy`), its epsilon (:mod:`server.epsilon_check`), its
+signed ledger head (:mod:`server.ledger_heads`) and its delta
+(:func:`server.validation.check_update`). A rejected reply is logged and left out; the round goes
+on with the others.
 """
 
 from __future__ import annotations

@@ -112,6 +112,21 @@ def test_fast_depthwise_sampler_matches_a_loop() -> None:
         assert torch.allclose(conv.bias.grad_sample[i], ref.bias.grad, atol=1e-5)
 
 
+def test_depthwise_sampler_in_bfloat16_gives_float32_gradients_near_the_exact_ones() -> None:
+    """Under bf16 autocast the products are bf16 but the sums, norms and clip are float32."""
+    torch.manual_seed(0)
+    conv = CausalDepthwiseConv(6, 4)
+    u = torch.randn(3, 2, 6, 50)  # a patient's two windows are summed over
+    g = torch.randn(3, 2, 6, 50)
+    from privacy.grad_samplers import causal_depthwise_grad_sample
+
+    exact = causal_depthwise_grad_sample(conv, [u], g)
+    low = causal_depthwise_grad_sample(conv, [u.bfloat16()], g.bfloat16())
+    for param in (conv.weight, conv.bias):
+        assert low[param].dtype == torch.float32 and low[param].shape == exact[param].shape
+        assert torch.allclose(low[param], exact[param], rtol=0.02, atol=0.05)
+
+
 def test_too_many_patients_per_step_is_refused(tiny: Preset) -> None:
     from shared.errors import ConfigError
     model = GenomeLM(tiny.model)

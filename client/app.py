@@ -35,7 +35,6 @@ from configs.schema import FederationConfig, validate
 from shared import wire
 
 log = logging.getLogger(__name__)
-SITE = SITE_RECORD  # reply ConfigRecord key holding the site's name (for the run report)
 
 
 def secure_aggregation(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -81,7 +80,7 @@ def train(msg: Message, context: Context) -> Message:
                              run_key=orders.run_key, initial_sha256=orders.initial_sha256,
                              markov_prior=orders.markov_prior)
     content = RecordDict({wire.METRICS: MetricRecord(dict(reply.metrics)),  # type: ignore[arg-type]
-                          SITE: ConfigRecord({wire.SITE_NAME: reply.site, **head_fields(reply)})})
+                          SITE_RECORD: ConfigRecord({wire.SITE_NAME: reply.site, **head_fields(reply)})})
     if reply.delta is not None:
         content[wire.ARRAYS] = reply_arrays(reply.delta, msg)
     return Message(content=content, reply_to=msg)
@@ -125,7 +124,7 @@ def _fitres(reply: SiteReply, global_: wire.Arrays, fed: FederationConfig, *, pa
                         "clips it", peak, fed.secagg_clip_range)
     if packed:  # one flat vector, in the order the server sent
         arrays = [np.concatenate([a.ravel() for a in arrays])]
-    metrics: dict[str, Scalar] = {**reply.metrics, "site": reply.site, **head_fields(reply)}
+    metrics: dict[str, Scalar] = {**reply.metrics, SITE_RECORD: reply.site, **head_fields(reply)}
     return FitRes(Status(Code.OK, "OK"), ndarrays_to_parameters(arrays), weight, metrics)
 
 
@@ -145,5 +144,5 @@ def evaluate(msg: Message, context: Context) -> Message:
     bits, count = site.evaluate(global_arrays(msg), federation_config(context))
     metrics = MetricRecord({wire.EVAL_BITS: bits, wire.NUM_EXAMPLES: wire.bucket(count)})
     return Message(content=RecordDict({wire.METRICS: metrics,
-                                       SITE: ConfigRecord({"name": site.manifest.name})}),
+                                       SITE_RECORD: ConfigRecord({wire.SITE_NAME: site.manifest.name})}),
                    reply_to=msg)

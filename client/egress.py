@@ -30,11 +30,11 @@ from shared.errors import FedGenomeError
 
 log = logging.getLogger(__name__)
 EGRESS_LOG = "egress.jsonl"
-SITE_RECORD = "site"
+SITE_RECORD = wire.SITE_RECORD
 SECAGG_RECORD = "secaggplus_configs"
 SECAGG_OUT_KEYS = frozenset({"pk1", "pk2", "dsts", "ctxts", "masked_params", "nids", "shares"})
 """What a site sends in the four SecAgg+ stages: public keys, encrypted shares, masked vector."""
-LEGACY_METRICS = frozenset(wire.ALLOWED_METRICS | {"site"} | (wire.SITE_KEYS - {wire.SITE_NAME}))
+LEGACY_METRICS = frozenset(wire.ALLOWED_METRICS | {wire.SITE_RECORD} | (wire.SITE_KEYS - {wire.SITE_NAME}))
 
 # record name -> (record type, allowed keys or None for "the model's array names")
 ALLOWED: dict[str, tuple[type, frozenset[str] | None]] = {

@@ -20,7 +20,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from flwr.serverapp import Grid
+
+from privacy.keys import fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -53,15 +56,16 @@ class Claim:
 
 
 def _fingerprint(public_key: bytes) -> str | None:
-    """Our fingerprint (privacy.keys.fingerprint) of the PEM key Flower stores, if it parses."""
+    """:func:`privacy.keys.fingerprint` of the PEM key Flower stores, if it is an EC key."""
     if not public_key:
         return None
     try:
         key = serialization.load_pem_public_key(public_key)
     except ValueError:
-        return hashlib.sha256(public_key).hexdigest()  # not PEM: still a stable fingerprint
-    raw = key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-    return hashlib.sha256(raw).hexdigest()
+        key = None
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        return hashlib.sha256(public_key).hexdigest()  # not one of ours: still a stable fingerprint
+    return fingerprint(key)
 
 
 def node_identities(grid: Grid) -> dict[int, NodeIdentity]:

@@ -28,7 +28,6 @@ from server.validation import UpdateRejected, check_update
 from shared import wire
 
 log = logging.getLogger(__name__)
-SITE = "site"
 
 
 @dataclass
@@ -73,7 +72,7 @@ class _Reply:
 def read_reply(content: RecordDict) -> _Reply:
     """Read a train reply's site name and metrics; UpdateRejected if any is missing or malformed."""
     try:
-        site = content.config_records[SITE]
+        site = content.config_records[wire.SITE_RECORD]
         name = site[wire.SITE_NAME]
         metrics = content.metric_records[wire.METRICS]
         status, epsilon = int(cast(int, metrics[wire.STATUS])), float(cast(float, metrics[wire.EPSILON]))

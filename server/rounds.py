@@ -28,7 +28,7 @@ from configs.schema import FederationConfig, Region, load_preset
 from server.epsilon_check import EpsilonCheck
 from server.identity import NodeIdentity, check_claim, node_identities
 from server.ledger_heads import HeadCheck
-from server.replies import SITE, Collected, ReplyChecks, collect, node_label, read_reply
+from server.replies import Collected, ReplyChecks, collect, node_label, read_reply
 from server.report import RoundRecord, RunReport, read_state, write_state
 from server.secagg import SecureRound, secure_round
 from server.site_policy import declared_examples, registered_keys
@@ -285,7 +285,7 @@ class Federation:
                 continue
             self.names[claim.node_id] = name
             try:
-                reply = read_reply(RecordDict({SITE: ConfigRecord(site),  # type: ignore[arg-type]
+                reply = read_reply(RecordDict({wire.SITE_RECORD: ConfigRecord(site),  # type: ignore[arg-type]
                                                wire.METRICS: MetricRecord(metrics)}))  # type: ignore[arg-type]
                 checks.check(name, replace(reply, examples=result.weights.get(name, -1)),
                              identities.get(claim.node_id))

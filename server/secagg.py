@@ -46,7 +46,6 @@ from configs.schema import FederationConfig
 from shared import wire
 
 log = logging.getLogger(__name__)
-SITE_KEY = "site"  # the fit metrics key holding the site's name
 
 
 @dataclass
@@ -134,7 +133,7 @@ def secure_round(grid: Grid, context: Context, fed: FederationConfig, *, rnd: in
     out = SecureRound(mean_delta=None)
     for proxy, res in strategy.results:
         metrics = dict(res.metrics)
-        name = str(metrics.pop(SITE_KEY, "?"))
+        name = str(metrics.pop(wire.SITE_RECORD, "?"))
         out.metrics[name], out.weights[name] = metrics, res.num_examples
         out.nodes[name] = int(proxy.node_id)
     out.failed = [n for n in nodes if n not in out.nodes.values()]

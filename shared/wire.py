@@ -44,6 +44,7 @@ INITIAL_SHA256 = "initial-sha256"  # round config: SHA-256 of the run's initial 
 MARKOV_PRIOR = "markov-prior"  # round config: fingerprint of the model's Markov prior (public)
 ALLOWED_METRICS = frozenset({NUM_EXAMPLES, STATUS, EPSILON, BUDGET, DELTA, TRAIN_LOSS, STEPS,
                              EVAL_BITS})
+SITE_RECORD = "site"  # a reply's ConfigRecord of the keys below; SecAgg+ metrics: the site's name
 SITE_NAME = "name"  # site record: the site the reply speaks for
 LEDGER_COUNT = "ledger-count"  # site record: entries in the site's ledger after this round
 LEDGER_HEAD = "ledger-head"  # site record: SHA-256 (hex) of its last entry

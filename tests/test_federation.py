@@ -91,7 +91,7 @@ def test_a_supernode_restarted_3_s_after_a_crash_rejoins_by_itself(
         caplog: pytest.LogCaptureFixture) -> None:
     ceu, tsi = site_copy("hospital-ceu"), site_copy("hospital-tsi")
     run_dir = tmp_path / "run"
-    config = run_config(data_paths, run_dir, **{"num-server-rounds": 3, "sample-timeout": 240.0,
+    config = run_config(data_paths, run_dir, **{"num-server-rounds": 4, "sample-timeout": 240.0,
                                                "round-timeout": 240.0})
     with LocalFederation(tmp_path / "fed", [ceu, tsi]) as federation:
         run_id = federation.submit(config)
@@ -107,8 +107,10 @@ def test_a_supernode_restarted_3_s_after_a_crash_rejoins_by_itself(
     assert "the SuperNode of hospital-tsi stopped with an error (Exit Code: 305 [code: 2004] Failed to " \
            "activate SuperNode.); retrying in" in caplog.text
     rounds = json.loads((run_dir / "report.json").read_text())["rounds"]
-    assert [r["round"] for r in rounds] == [1, 2, 3]
-    assert rounds[-1]["trained"] == ["hospital-ceu", "hospital-tsi"]  # back by itself
+    assert [r["round"] for r in rounds] == [1, 2, 3, 4]
+    # Back by itself: while Flower still counts the crashed node online, the round after the crash
+    # may be sent to it and fail; a later one is trained.
+    assert any(r["trained"] == ["hospital-ceu", "hospital-tsi"] for r in rounds[2:]), rounds
     assert rounds[1]["trained"] == ["hospital-ceu"]  # the run went on without it
     assert rounds[1]["failed"] == ["hospital-tsi"]  # once, under its name: no phantom 'node 1'
     trained = [e.round for e in ledger_entries(tsi) if e.status == "trained"]

@@ -5,7 +5,7 @@ prints, per mode, the median step time over interleaved rounds, its ratio to a p
 same batch, and the peak resident memory of the step. Modes: ``hooks`` (the default: Opacus hooks
 with the lean backward and matrix-vector clipping of ``privacy/``), ``ghost`` (Opacus' ghost
 clipping, one window per patient only), and ``opacus-hooks`` (Opacus' stock hooks path, for
-reference). Every step runs under the precision training uses (``shared.train.autocast``). Usage:
+reference). Every step runs under the precision training uses (``fedgenome.shared.train.autocast``). Usage:
 
     .venv/bin/python bench/dp_overhead.py [--preset small] [--rounds 5] [--batch 8] [--windows-per-patient K]
 """
@@ -23,13 +23,13 @@ from pathlib import Path
 import torch
 from opacus import PrivacyEngine
 
-from configs.schema import DPConfig, Preset, Region, load_preset
-from privacy.engine import make_private, per_sample_loss, private_step
-from shared.datasets import open_site
-from shared.fetch import default_cache, fetch_data
-from shared.markov_prior import build_model
-from shared.sites import ensure_sites
-from shared.train import autocast, make_optimizer, pick_device, split_batch, train_step
+from fedgenome.configs.schema import DPConfig, Preset, Region, load_preset
+from fedgenome.privacy.engine import make_private, per_sample_loss, private_step
+from fedgenome.shared.datasets import open_site
+from fedgenome.shared.fetch import default_cache, fetch_data
+from fedgenome.shared.markov_prior import build_model
+from fedgenome.shared.sites import ensure_sites
+from fedgenome.shared.train import autocast, make_optimizer, pick_device, split_batch, train_step
 
 Step = Callable[[torch.Tensor], None]
 REFERENCE = fetch_data(default_cache()).reference  # the Markov prior's public reference

@@ -33,12 +33,12 @@ from typing import Any
 
 import torch
 
-import client.site
-from configs.schema import FederationConfig, validate
+import fedgenome.client.site
+from fedgenome.configs.schema import FederationConfig, validate
 from fedgenome.inprocess import run_in_process
-from shared.fetch import default_cache, fetch_data
-from shared.schedule import LRSchedule
-from shared.sites import make_sites
+from fedgenome.shared.fetch import default_cache, fetch_data
+from fedgenome.shared.schedule import LRSchedule
+from fedgenome.shared.sites import make_sites
 
 SITES = ("hospital-gbr-fin", "hospital-tsi", "hospital-ceu")
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -71,14 +71,14 @@ class _PerRound(LRSchedule):
 def per_round_schedule() -> Iterator[None]:
     """Make the sites run main's per-round schedule (every round starts at step 0)."""
     patch = {"LRSchedule": _PerRound, "first_step": lambda global_round, local_steps: 0}
-    saved = {name: getattr(client.site, name) for name in patch}
+    saved = {name: getattr(fedgenome.client.site, name) for name in patch}
     for name, value in patch.items():
-        setattr(client.site, name, value)
+        setattr(fedgenome.client.site, name, value)
     try:
         yield
     finally:
         for name, value in saved.items():
-            setattr(client.site, name, value)
+            setattr(fedgenome.client.site, name, value)
 
 
 def copy_sites(src: Path, dst: Path) -> list[Path]:

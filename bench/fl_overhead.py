@@ -29,16 +29,16 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord
 
-from client.node import JOURNAL
-from client.site import SiteNode
-from configs.schema import FederationConfig
+from fedgenome.client.node import JOURNAL
+from fedgenome.client.site import SiteNode
+from fedgenome.configs.schema import FederationConfig
 from fedgenome.localfed import LocalFederation
-from server.report import RoundRecord
-from server.rounds import Federation
-from shared import wire
-from shared.fetch import default_cache, fetch_data
-from shared.sites import make_sites
-from shared.train import evaluate
+from fedgenome.server.report import RoundRecord
+from fedgenome.server.rounds import Federation
+from fedgenome.shared import wire
+from fedgenome.shared.fetch import default_cache, fetch_data
+from fedgenome.shared.sites import make_sites
+from fedgenome.shared.train import evaluate
 
 SITES = ("hospital-gbr-fin", "hospital-tsi", "hospital-ceu")
 

@@ -15,14 +15,14 @@ import argparse
 import time
 from pathlib import Path
 
-from configs.schema import Region
-from shared.datasets import allowed_intervals, tile_windows
-from shared.fetch import default_cache, fetch_data
-from shared.genomes import Reference
-from shared.kmers import MAX_ORDER, count_kmers
-from shared.markov import MarkovBaseline
-from shared.reference_markov import reference_baseline
-from shared.smoothing import CANDIDATES
+from fedgenome.configs.schema import Region
+from fedgenome.shared.datasets import allowed_intervals, tile_windows
+from fedgenome.shared.fetch import default_cache, fetch_data
+from fedgenome.shared.genomes import Reference
+from fedgenome.shared.kmers import MAX_ORDER, count_kmers
+from fedgenome.shared.markov import MarkovBaseline
+from fedgenome.shared.reference_markov import reference_baseline
+from fedgenome.shared.smoothing import CANDIDATES
 
 HOLDOUT = Region(contig="20", start=58_025_520, end=63_025_520)
 

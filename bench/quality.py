@@ -37,19 +37,19 @@ from typing import Any
 import torch
 from torch.utils.data import ConcatDataset
 
-from configs.schema import FederationConfig, Preset, Region, load_preset
+from fedgenome.configs.schema import FederationConfig, Preset, Region, load_preset
 from fedgenome.inprocess import run_in_process
-from shared.checkpoint import load_checkpoint, load_weights, save_checkpoint
-from shared.datasets import SiteData, open_site, read_fasta_records, tile_windows
-from shared.fetch import default_cache, fetch_data
-from shared.genomes import Reference, load_cohort
-from shared.markov_prior import build_model
-from shared.model import GenomeLM
-from shared.reference_markov import reference_baseline
-from shared.schedule import FINETUNE_LR
-from shared.scoring import variant_site_bits
-from shared.sites import copy_site, ensure_sites
-from shared.train import endless, evaluate, lr_at, make_optimizer, train_step
+from fedgenome.shared.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from fedgenome.shared.datasets import SiteData, open_site, read_fasta_records, tile_windows
+from fedgenome.shared.fetch import default_cache, fetch_data
+from fedgenome.shared.genomes import Reference, load_cohort
+from fedgenome.shared.markov_prior import build_model
+from fedgenome.shared.model import GenomeLM
+from fedgenome.shared.reference_markov import reference_baseline
+from fedgenome.shared.schedule import FINETUNE_LR
+from fedgenome.shared.scoring import variant_site_bits
+from fedgenome.shared.sites import copy_site, ensure_sites
+from fedgenome.shared.train import endless, evaluate, lr_at, make_optimizer, train_step
 
 log = logging.getLogger("bench.quality")
 HOSPITALS = ("hospital-gbr-fin", "hospital-tsi", "hospital-ceu")

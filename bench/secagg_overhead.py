@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from fedgenome.localfed import LocalFederation
-from shared.fetch import default_cache, fetch_data
-from shared.sites import make_sites
+from fedgenome.shared.fetch import default_cache, fetch_data
+from fedgenome.shared.sites import make_sites
 
 SITES = ("hospital-ceu", "hospital-tsi", "hospital-gbr-fin")  # SecAgg+ wants at least 3
 

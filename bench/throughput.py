@@ -1,6 +1,6 @@
 """Plain training throughput on CPU: precision, threads, batch shape and ``torch.compile``.
 
-Times a plain training step (``shared.train.train_step``: forward, loss, backward, clip, AdamW) of
+Times a plain training step (``fedgenome.shared.train.train_step``: forward, loss, backward, clip, AdamW) of
 the preset's model with its Markov prior on real patient windows (the CEU site), for each variant
 below, interleaved over rounds, and prints the median step time, tokens per second and the ratio
 to the default (bf16 autocast where the CPU has AMX, all threads, the preset's batch shape):
@@ -29,12 +29,12 @@ from typing import cast
 
 import torch
 
-from configs.schema import Preset, Region, load_preset
-from shared.datasets import open_site
-from shared.fetch import default_cache, fetch_data
-from shared.markov_prior import build_model
-from shared.sites import ensure_sites
-from shared.train import CPU_BF16_ENV, cpu_bf16, make_optimizer, train_step
+from fedgenome.configs.schema import Preset, Region, load_preset
+from fedgenome.shared.datasets import open_site
+from fedgenome.shared.fetch import default_cache, fetch_data
+from fedgenome.shared.markov_prior import build_model
+from fedgenome.shared.sites import ensure_sites
+from fedgenome.shared.train import CPU_BF16_ENV, cpu_bf16, make_optimizer, train_step
 
 HOLDOUT = Region.parse("20:58025520-63025520")
 CPU = torch.device("cpu")

@@ -29,10 +29,10 @@ from flwr.common import (
 )
 from flwr.compat.common import recorddict_compat as compat
 
-from client.egress import SECAGG_RECORD, SITE_RECORD, egress_guard
-from client.site import SiteNode, SiteReply
-from configs.schema import FederationConfig, validate
-from shared import wire
+from fedgenome.client.egress import SECAGG_RECORD, SITE_RECORD, egress_guard
+from fedgenome.client.site import SiteNode, SiteReply
+from fedgenome.configs.schema import FederationConfig, validate
+from fedgenome.shared import wire
 
 log = logging.getLogger(__name__)
 

@@ -1,12 +1,13 @@
 """The ClientApp of the current run's app bundle, for a worker that outlives runs (client/worker.py).
 
-The worker imports only Flower and third-party packages of its own. The app bundle (FAB) of a run
-is installed once into ``$FLWR_HOME/apps/`` (its file hashes checked, as ``flwr-clientapp`` does)
-and its modules are imported from there. When a task comes from another run or another bundle,
-every module of the previous bundle, and every module that shares a top-level name with the new
-bundle's packages (a project package the worker itself imported, say), is dropped from
-``sys.modules`` and imported afresh from the new bundle: no module state (caches, counters) of one
-run reaches the next, and no copy of the project's code is served in place of the bundle's.
+The app bundle (FAB) of a run is installed once into ``$FLWR_HOME/apps/`` (its file hashes checked,
+as ``flwr-clientapp`` does) and its ClientApp loaded as Flower loads it: the bundle's directory
+first on ``sys.path``, then the component named in its ``pyproject.toml``. fedgenome's own bundle
+holds that file only, so the ClientApp is the installed ``fedgenome.client.app``. When a task
+comes from another run or another bundle, every module of the app's packages (the bundle's
+top-level names and the component's package, ``fedgenome``) is dropped from ``sys.modules`` and
+imported afresh, except the modules the worker itself had loaded when it started: no module state
+(caches, counters) of one run reaches the next.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import logging
 import sys
 from pathlib import Path
 
+from flwr.cli.config_utils import load_and_validate
 from flwr.cli.install import install_from_fab
 from flwr.clientapp.client_app import ClientApp, LoadClientAppError
 from flwr.clientapp.utils import get_load_client_app_fn
@@ -32,6 +34,14 @@ def top_level_names(app_dir: Path) -> set[str]:
     return packages | {p.stem for p in app_dir.glob("*.py")}
 
 
+def app_package(app_dir: Path) -> str:
+    """The top-level package of the bundle's ClientApp component (``fedgenome`` for ours)."""
+    config = load_and_validate(app_dir / "pyproject.toml", check_module=False)[0] or {}
+    components = config.get("tool", {}).get("flwr", {}).get("app", {}).get("components", {})
+    ref = str(components.get("clientapp", ""))
+    return ref.partition(":")[0].partition(".")[0]
+
+
 def _under(path: str, root: Path) -> bool:
     try:
         return Path(path).resolve().is_relative_to(root.resolve())
@@ -39,15 +49,16 @@ def _under(path: str, root: Path) -> bool:
         return False
 
 
-def purge_modules(names: set[str], *, roots: tuple[Path, ...] = ()) -> list[str]:
+def purge_modules(names: set[str], *, roots: tuple[Path, ...] = (),
+                  keep: frozenset[str] = frozenset()) -> list[str]:
     """Drop modules named in ``names`` (and their submodules) or loaded from under ``roots``.
 
-    Returns the names dropped. ``__main__`` is never dropped.
+    Returns the names dropped. ``__main__`` and the modules in ``keep`` are never dropped.
     """
     dropped = []
     for name, module in list(sys.modules.items()):
         file = getattr(module, "__file__", None)
-        if name != "__main__" and (name.partition(".")[0] in names
+        if name != "__main__" and name not in keep and (name.partition(".")[0] in names
                                    or (file is not None and any(_under(file, r) for r in roots))):
             del sys.modules[name]
             dropped.append(name)
@@ -65,7 +76,9 @@ def forget_directory(app_dir: Path) -> None:
 class AppLoader:
     """Loads the ClientApp of a task's run, keeping it for the following tasks of the same run."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, keep: frozenset[str] = frozenset()) -> None:
+        """``keep``: modules never dropped (the worker's own, loaded before any task)."""
+        self._keep = keep
         self._key: tuple[int, str] | None = None
         self._app: ClientApp | None = None
         self._dir: Path | None = None
@@ -88,7 +101,7 @@ class AppLoader:
         except Exception as exc:
             raise LoadClientAppError(f"could not install the app bundle of run {run.run_id}: "
                                      f"{exc}") from exc
-        dropped = purge_modules(top_level_names(app_dir))
+        dropped = purge_modules(top_level_names(app_dir) | {app_package(app_dir)}, keep=self._keep)
         log.info("run %d: loading the ClientApp from %s (%d modules dropped)", run.run_id,
                  app_dir, len(dropped))
         app = get_load_client_app_fn(default_app_ref="", app_path=None, multi_app=True)(

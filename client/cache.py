@@ -28,13 +28,20 @@ from typing import Generic, TypeVar
 
 import numpy as np
 
-from configs.schema import DataConfig, DPConfig, Preset, SitePrivacy, load_site_manifest, preset_path
-from configs.schema import load_preset as _load_preset
-from privacy import trainer
-from shared.contigs import contig_key
-from shared.datasets import SiteData, SiteSource, read_site_source
-from shared.datasets import open_site as _open_site
-from shared.genomes import Reference
+from fedgenome.configs.contigs import contig_key
+from fedgenome.configs.schema import (
+    DataConfig,
+    DPConfig,
+    Preset,
+    SitePrivacy,
+    load_site_manifest,
+    preset_path,
+)
+from fedgenome.configs.schema import load_preset as _load_preset
+from fedgenome.privacy import trainer
+from fedgenome.shared.datasets import SiteData, SiteSource, read_site_source
+from fedgenome.shared.datasets import open_site as _open_site
+from fedgenome.shared.genomes import Reference
 
 log = logging.getLogger(__name__)
 MAX_SITES = 4  # the bench's one-process loop holds three sites; a worker serves one
@@ -132,13 +139,13 @@ def _freeze(source: SiteSource) -> None:
 
 
 def open_site(site_dir: Path, data: DataConfig, *, seed: int, cache_dir: Path | None = None) -> SiteData:
-    """:func:`shared.datasets.open_site` over the cached inputs: a fresh dataset every call."""
+    """:func:`fedgenome.shared.datasets.open_site` over the cached inputs: a fresh dataset every call."""
     return _open_site(site_dir, data, seed=seed, cache_dir=cache_dir,
                       source=site_source(site_dir, cache_dir=cache_dir))
 
 
 def load_preset(name: str) -> Preset:
-    """:func:`configs.schema.load_preset`, parsed once per version of the preset's file.
+    """:func:`fedgenome.configs.schema.load_preset`, parsed once per version of the preset's file.
 
     ``name`` comes from the server, so it must be a shipped preset's name: a path is refused
     before anything is opened or even looked at.
@@ -148,7 +155,7 @@ def load_preset(name: str) -> Preset:
 
 
 def noise_for(*, dp: DPConfig, site: SitePrivacy, sample_rate: float, total_steps: int) -> float:
-    """:func:`privacy.trainer.noise_for`, computed once per combination of its (frozen) arguments."""
+    """:func:`fedgenome.privacy.trainer.noise_for`, computed once per combination of its arguments."""
     return _noise.get((dp, site, sample_rate, total_steps), lambda: trainer.noise_for(
         dp=dp, site=site, sample_rate=sample_rate, total_steps=total_steps))
 

@@ -3,8 +3,8 @@
 Every reply the ClientApp produces passes :func:`egress_guard` last, after SecAgg+ has masked the
 update, so what it checks is what the SuperNode sends. Allowed are: model arrays with the global
 model's names and shapes in float16 (plain aggregation) or none at all (SecAgg+ clears them and
-sends only masked integers); the metric keys of :data:`shared.wire.ALLOWED_METRICS`, with the
-example count a multiple of :data:`shared.wire.BUCKET`; the site's name; and the SecAgg+ protocol's
+sends only masked integers); the metric keys of :data:`fedgenome.shared.wire.ALLOWED_METRICS`, with the
+example count a multiple of :data:`fedgenome.shared.wire.BUCKET`; the site's name; and the SecAgg+ protocol's
 own fields (public keys, encrypted shares, the masked vector). Anything else raises
 :class:`EgressRefused` before the message is sent. Each message that leaves is recorded in the
 site's ``state/egress.jsonl`` (time, run, round, record and key names, size, SHA-256) for the
@@ -25,8 +25,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.serde import recorddict_to_proto
 
-from shared import wire
-from shared.errors import FedGenomeError
+from fedgenome.configs.errors import FedGenomeError
+from fedgenome.shared import wire
 
 log = logging.getLogger(__name__)
 EGRESS_LOG = "egress.jsonl"

@@ -1,12 +1,12 @@
 """A hospital's node: Flower's SuperNode pointed at the site directory, and its ClientApp worker.
 
 The SuperNode runs with ``--isolation process``: it starts no ClientApp process of its own, and
-the site's long-lived worker (``python -m client.worker``) serves its tasks. The two talk over the
+the site's long-lived worker (``python -m fedgenome.client.worker``) serves its tasks. The two talk over the
 SuperNode's local Runtime API, which is locked down on two counts: HTTPS with a certificate for
 127.0.0.1 from a throwaway CA made for this node at every start (:func:`runtime_security`; the
 CA's key is never written), and an HMAC secret (``--superexec-auth-secret-file``, 32 random bytes,
 mode 0600) without which no task is handed out. The SuperNode is started through
-``python -m client.supernode``, which shortens Flower's fixed waits before running it.
+``python -m fedgenome.client.supernode``, which shortens Flower's fixed waits before running it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from server.tls import (
+from fedgenome.configs.errors import ConfigError
+from fedgenome.shared.atomic import atomic_path
+from fedgenome.shared.tls import (
     TlsFiles,
     issue_ca,
     issue_server_certificate,
@@ -24,8 +26,6 @@ from server.tls import (
     write_certificate,
     write_private_key_pem,
 )
-from shared.atomic import atomic_path
-from shared.errors import ConfigError
 
 HOST = "127.0.0.1"  # the Runtime API listens on loopback only
 JOURNAL = "worker.jsonl"  # in the site's state/: one line per task its worker served
@@ -64,7 +64,7 @@ def supernode_command(*, site: Path, superlink: str, clientappio_port: int,
     ``runtime`` locks the local Runtime API its worker uses.
     """
     node_config = f"site='{site.resolve()}'" + (" keep-updates=true" if keep_updates else "")
-    command = [sys.executable, "-m", "client.supernode", "--superlink", superlink,
+    command = [sys.executable, "-m", "fedgenome.client.supernode", "--superlink", superlink,
                "--host", HOST, "--port", str(clientappio_port),
                "--node-config", node_config, "--max-retries", "10",
                "--max-wait-time", "120", "--isolation", "process",
@@ -87,7 +87,7 @@ def supernode_command(*, site: Path, superlink: str, clientappio_port: int,
 def worker_command(*, site: Path, clientappio_port: int, runtime: RuntimeSecurity,
                    supernode_pid: int) -> list[str]:
     """The site's long-lived ClientApp worker, serving the SuperNode at ``clientappio_port``."""
-    return [sys.executable, "-m", "client.worker", "--runtime-api-address",
+    return [sys.executable, "-m", "fedgenome.client.worker", "--runtime-api-address",
             f"{HOST}:{clientappio_port}", "--root-certificates", str(runtime.tls.ca_cert),
             "--superexec-auth-secret-file", str(runtime.secret),
             "--parent-pid", str(supernode_pid),

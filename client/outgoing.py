@@ -8,9 +8,9 @@
 A SuperLink killed mid-round and resumed asks the sites for the same (run key, global round)
 again. A site whose ledger already has a trained entry for it re-sends this update: it was already
 released, so sending it again is post-processing and costs no privacy. Training again would spend
-a second time for the same round (:mod:`client.site`).
+a second time for the same round (:mod:`fedgenome.client.site`).
 
-Crash windows (the order in :meth:`client.site.SiteNode.train_round`):
+Crash windows (the order in :meth:`fedgenome.client.site.SiteNode.train_round`):
 
 1. training: nothing kept, nothing recorded, nothing sent; a retry trains afresh;
 2. the update is written here (atomically: temp file, fsync, rename) *before* the ledger entry; a
@@ -37,8 +37,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from privacy.ledger_marker import OUTGOING
-from shared.atomic import atomic_path
+from fedgenome.privacy.ledger_marker import OUTGOING
+from fedgenome.shared.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 FORMAT = "fedgenome-outgoing/1"

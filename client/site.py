@@ -18,9 +18,10 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from client.cache import load_preset, noise_for, open_site  # kept between messages
-from client.outgoing import Outgoing, keep_outgoing, load_outgoing
-from configs.schema import (
+from fedgenome.client.cache import load_preset, noise_for, open_site  # kept between messages
+from fedgenome.client.outgoing import Outgoing, keep_outgoing, load_outgoing
+from fedgenome.configs.errors import ConfigError
+from fedgenome.configs.schema import (
     DataConfig,
     FederationConfig,
     Preset,
@@ -28,23 +29,22 @@ from configs.schema import (
     SiteManifest,
     load_site_manifest,
 )
-from privacy.ledger import Ledger, LedgerEntry
-from privacy.ledger_entry import RUN_KEY
-from privacy.ledger_head import HeadDigest
-from privacy.optim_state import OptimizerStore
-from privacy.round_plan import dp_settings
-from privacy.site_state import open_ledger, site_key_path
-from privacy.trainer import TrainedUpdate, run_private_round
-from shared import wire
-from shared.atomic import atomic_path
-from shared.checkpoint import load_weights, state_sha256
-from shared.datasets import n_fraction
-from shared.errors import ConfigError
-from shared.markov_prior import build_model
-from shared.model import GenomeLM
-from shared.preflight import check_writable
-from shared.schedule import LRSchedule, first_step
-from shared.train import evaluate, pick_device
+from fedgenome.privacy.ledger import Ledger, LedgerEntry
+from fedgenome.privacy.ledger_entry import RUN_KEY
+from fedgenome.privacy.ledger_head import HeadDigest
+from fedgenome.privacy.optim_state import OptimizerStore
+from fedgenome.privacy.round_plan import dp_settings
+from fedgenome.privacy.site_state import open_ledger, site_key_path
+from fedgenome.privacy.trainer import TrainedUpdate, run_private_round
+from fedgenome.shared import wire
+from fedgenome.shared.atomic import atomic_path
+from fedgenome.shared.checkpoint import load_weights, state_sha256
+from fedgenome.shared.datasets import n_fraction
+from fedgenome.shared.markov_prior import build_model
+from fedgenome.shared.model import GenomeLM
+from fedgenome.shared.preflight import check_writable
+from fedgenome.shared.schedule import LRSchedule, first_step
+from fedgenome.shared.train import evaluate, pick_device
 
 log = logging.getLogger(__name__)
 OUTBOX = "outbox"
@@ -98,7 +98,7 @@ class SiteNode:
         Exactly once per (run, round): when the ledger already has a trained entry for
         (``run_key``, ``global_round``) (a resumed server asking again), nothing is trained or
         spent: the update kept in ``state/outgoing/`` is sent again, or, when it is gone, the round
-        is refused (:mod:`client.outgoing` has the crash windows).
+        is refused (:mod:`fedgenome.client.outgoing` has the crash windows).
 
         Args:
             global_: The global model's weights.

@@ -1,9 +1,9 @@
-"""``python -m client.supernode ARGS``: Flower's ``flower-supernode ARGS`` with its waits shortened.
+"""``python -m fedgenome.client.supernode ARGS``: Flower's ``flower-supernode ARGS`` with its waits shortened.
 
 The arguments are ``flower-supernode``'s own. Before handing over to Flower's entry point this
 shortens the SuperNode's idle pull from the SuperLink (:data:`IDLE_FIRST` to :data:`IDLE_CAP`) and
 its looks for the ClientApp's reply (:data:`REPLY_WAIT`), and makes object pulls back off from
-:data:`PULL_FIRST` to :data:`PULL_CAP` seconds (see :mod:`shared.flower_patches`); a Flower
+:data:`PULL_FIRST` to :data:`PULL_CAP` seconds (see :mod:`fedgenome.shared.flower_patches`); a Flower
 without those internals stops here with a one-line error.
 """
 
@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import sys
 
-from shared.errors import FedGenomeError
-from shared.flower_patches import check_worker_internals, shorten_object_pulls, shorten_supernode_waits
+from fedgenome.configs.errors import FedGenomeError
+from fedgenome.shared.flower_patches import (
+    check_worker_internals,
+    shorten_object_pulls,
+    shorten_supernode_waits,
+)
 
 IDLE_FIRST, IDLE_CAP = 0.05, 0.25
 """Seconds an idle SuperNode waits between pulls from the SuperLink (Flower: 3 s): from IDLE_FIRST

@@ -18,9 +18,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from client.node import RuntimeSecurity, runtime_security, supernode_command, worker_command
-from shared.errors import DeploymentError
-from shared.processes import ProcessGroup, flower_env
+from fedgenome.client.node import RuntimeSecurity, runtime_security, supernode_command, worker_command
+from fedgenome.configs.errors import DeploymentError
+from fedgenome.shared.processes import ProcessGroup, flower_env
 
 log = logging.getLogger(__name__)
 QUICK_DEATH = 10.0  # a worker that dies sooner than this after its start is restarted with back-off

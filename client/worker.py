@@ -1,4 +1,4 @@
-"""``python -m client.worker``: one long-lived ClientApp process serving every task of a SuperNode.
+"""``python -m fedgenome.client.worker``: one long-lived ClientApp process serving every task of a SuperNode.
 
 Stock Flower starts a fresh ``flwr-clientapp`` process for every message: Python, ``import torch``
 and ``flwr``, the app, the site's data and the model, 6-11 s on 2 cores before the handler starts.
@@ -9,7 +9,7 @@ task input (context, run, app bundle), pull the message, load the ClientApp from
 ``state``, which SecAgg+ keeps between its stages), and keep the task's heartbeat going.
 
 What outlives a message: the imports (third-party packages are preloaded at start; the project's
-own come from the app bundle) and the bundle's module state, in which ``client.cache`` keeps the
+own come from the app bundle) and the bundle's module state, in which ``fedgenome.client.cache`` keeps the
 site's immutable data. The ledger, ``state/``, the model and the Opacus engine are read or built
 per message by the app.
 
@@ -86,7 +86,7 @@ from flwr.supercore.runtime import RuntimeHttpClient
 from flwr.supercore.task_identity import TaskIdentity
 from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
 
-from client.app_loader import AppLoader
+from fedgenome.client.app_loader import AppLoader
 
 log = logging.getLogger("fedgenome.worker")
 PRELOAD = ("numpy", "torch", "opacus", "pysam", "pydantic", "scipy", "safetensors", "cryptography",
@@ -194,7 +194,7 @@ class Worker:
 
     def __init__(self, options: Options) -> None:
         self.options = options
-        self.apps = AppLoader()
+        self.apps = AppLoader(keep=frozenset(sys.modules))
         auth: list[ProtobufClientInterceptor] = []
         if options.secret_file is not None:
             auth.append(SuperExecAuthHttpInterceptor(master_secret=options.secret_file.read_bytes(),
@@ -295,7 +295,8 @@ def preload() -> None:
 
 
 def _parse(argv: list[str] | None) -> tuple[Options, int | None]:
-    parser = argparse.ArgumentParser(prog="python -m client.worker", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m fedgenome.client.worker",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--runtime-api-address", required=True, help="the SuperNode's HOST:PORT")
     tls = parser.add_mutually_exclusive_group(required=True)
     tls.add_argument("--root-certificates", type=Path, help="CA certificate of the Runtime API")

@@ -1,6 +1,6 @@
 """Validated configuration schemas and the shipped presets."""
 
-from configs.schema import (
+from fedgenome.configs.schema import (
     DataConfig,
     DPConfig,
     FederationConfig,

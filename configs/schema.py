@@ -13,8 +13,8 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from shared.contigs import contig_key
-from shared.errors import ConfigError
+from fedgenome.configs.contigs import contig_key
+from fedgenome.configs.errors import ConfigError
 
 if sys.version_info >= (3, 11):
     import tomllib

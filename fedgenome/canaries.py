@@ -7,7 +7,7 @@ the site get only its salted SHA-256 commitment, before training, so the auditor
 that the draw was fixed in advance. The included canaries are planted at one hospital as extra
 patients (``state/canaries.npz``, ``repeats`` units each); that site never learns which canaries
 were left out. After the federated run the global model scores every canary and |R| never-planted
-reference sequences by loss; :mod:`privacy.empirical` turns the membership guesses into a lower
+reference sequences by loss; :mod:`fedgenome.privacy.empirical` turns the membership guesses into a lower
 bound on epsilon at the site's delta (Steinke, Nasr & Jagielski) and the ranks into exposures
 (Carlini et al.). ``canary-audit.json`` puts the bound beside the site's theoretical epsilon from
 its signed ledger.
@@ -36,14 +36,14 @@ from rich.progress import Progress
 from rich.table import Table
 from torch import nn
 
-from configs.schema import FederationConfig, load_preset, load_site_manifest, validate
-from privacy.empirical import BETA, exposures, one_run_audit
-from privacy.ledger_verify import verify_ledger
-from privacy.site_state import ledger_path, site_public_key
-from shared.datasets import write_planted
-from shared.errors import ConfigError, InputFileError
-from shared.tokenizer import A, T, decode, encode
-from shared.train import IGNORE, autocast, split_batch
+from fedgenome.configs.errors import ConfigError, InputFileError
+from fedgenome.configs.schema import FederationConfig, load_preset, load_site_manifest, validate
+from fedgenome.privacy.empirical import BETA, exposures, one_run_audit
+from fedgenome.privacy.ledger_verify import verify_ledger
+from fedgenome.privacy.site_state import ledger_path, site_public_key
+from fedgenome.shared.datasets import write_planted
+from fedgenome.shared.tokenizer import A, T, decode, encode
+from fedgenome.shared.train import IGNORE, autocast, split_batch
 
 log = logging.getLogger(__name__)
 FORMAT = "fedgenome-canaries/1"
@@ -237,10 +237,10 @@ def run_canary_audit(out: Path, *, auditor_dir: Path, cache: Path, site: str, m:
     """Sites, sealed draw, planting, the real federation, scoring and the report (see module doc)."""
     from fedgenome.demo import HOSPITALS
     from fedgenome.localfed import LocalFederation
-    from server.deploy import DeploymentError
-    from shared.checkpoint import load_checkpoint
-    from shared.fetch import fetch_data
-    from shared.sites import make_sites
+    from fedgenome.server.deploy import DeploymentError
+    from fedgenome.shared.checkpoint import load_checkpoint
+    from fedgenome.shared.fetch import fetch_data
+    from fedgenome.shared.sites import make_sites
 
     if site not in HOSPITALS:
         raise ConfigError(f"--site {site}: plant canaries at one of {', '.join(HOSPITALS)}")
@@ -328,7 +328,7 @@ def canaries_command(
 ) -> None:
     """Plant canaries at one hospital, run the federation, and bound epsilon from below."""
     from fedgenome.cmd_fed import _terminate_on_sigterm
-    from shared.fetch import default_cache
+    from fedgenome.shared.fetch import default_cache
 
     _terminate_on_sigterm()
     if not 0.0 < beta < 1.0 or references < 1 or canaries < 2 or repeats < 1:

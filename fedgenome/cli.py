@@ -13,9 +13,9 @@ import typer
 from fedgenome import cmd_fed, cmd_model, cmd_pki
 from fedgenome.canaries import canaries_command
 from fedgenome.cmd_audit import audit_app
-from privacy import cli as privacy_cli
-from shared import cli_data
-from shared.errors import FedGenomeError
+from fedgenome.configs.errors import FedGenomeError
+from fedgenome.privacy import cli as privacy_cli
+from fedgenome.shared import cli_data
 
 log = logging.getLogger("fedgenome")
 _DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM}

@@ -13,21 +13,21 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from client.supervisor import NodeSpec, run_node
-from configs.schema import FederationConfig, validate
-from server.deploy import (
+from fedgenome.client.supervisor import NodeSpec, run_node
+from fedgenome.configs.errors import ConfigError
+from fedgenome.configs.schema import FederationConfig, validate
+from fedgenome.server.deploy import (
     DeploymentError,
     register_supernode,
     submit_run,
     superlink_command,
     write_connection,
 )
-from server.pki_checks import check_ca, check_server_tls, host_matches
-from server.progress import describe_round, follow_run
-from server.tls import TlsFiles, make_certificates, tls_files
-from shared.errors import ConfigError
-from shared.processes import flower_env
-from shared.schedule import FINETUNE_LR
+from fedgenome.server.pki_checks import check_ca, check_server_tls, host_matches
+from fedgenome.server.progress import describe_round, follow_run
+from fedgenome.shared.processes import flower_env
+from fedgenome.shared.schedule import FINETUNE_LR
+from fedgenome.shared.tls import TlsFiles, make_certificates, tls_files
 
 log = logging.getLogger(__name__)
 server_app = typer.Typer(name="server", help="The consortium's aggregator (a Flower SuperLink).",
@@ -140,7 +140,7 @@ def register_site(
     flwr_home: FlwrHome_ = Path("superlink-state/flwr-home"),
 ) -> None:
     """Register a site's public key with a running SuperLink, so its SuperNode may connect."""
-    from server.pki import check_site_name, open_pki
+    from fedgenome.server.pki import check_site_name, open_pki
 
     check_site_name(name)
     layout = open_pki(pki_dir)
@@ -174,9 +174,9 @@ def client_start(
 
     The worker serves every message in one long-lived process and is restarted if it dies.
     """
-    from configs.schema import load_site_manifest
-    from privacy.keys import load_private_key
-    from privacy.site_state import site_key_path
+    from fedgenome.configs.schema import load_site_manifest
+    from fedgenome.privacy.keys import load_private_key
+    from fedgenome.privacy.site_state import site_key_path
 
     if not (site / "site.toml").is_file():
         raise ConfigError(f"{site}: not a site directory (no site.toml)")
@@ -220,13 +220,13 @@ def run_command(
     overrides = _parse_overrides(config or [])
     run_config = {**overrides, "run-dir": str(run_dir.resolve()), "reference": str(reference.resolve())}
     if pki_dir is not None:
-        from server.pki import open_pki
+        from fedgenome.server.pki import open_pki
 
         run_config["pki"] = str(open_pki(pki_dir).root.resolve())
     validate(FederationConfig, run_config, source="--config")
     home = flwr_home.resolve()
     write_connection(home, "fedgenome", address=server, ca_cert=root_cert and root_cert.resolve())
-    from fedgenome.localfed import APP_DIR
+    from fedgenome.server.deploy import APP_DIR
 
     console = Console(highlight=False)
     run_id = submit_run(APP_DIR, "fedgenome", run_config, flwr_home=home)
@@ -280,8 +280,9 @@ def demo_command(
 
     TLS with the run's own consortium PKI and authenticated SuperNodes, unless --insecure.
     """
-    from fedgenome.demo import print_summary, run_demo, shipped_checkpoint
-    from shared.fetch import default_cache
+    from fedgenome.demo import print_summary, run_demo
+    from fedgenome.models import shipped_checkpoint
+    from fedgenome.shared.fetch import default_cache
 
     _terminate_on_sigterm()
     start = init or shipped_checkpoint(preset)

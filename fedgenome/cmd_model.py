@@ -17,7 +17,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from configs.schema import (
+from fedgenome.configs.errors import ConfigError
+from fedgenome.configs.schema import (
     Preset,
     Region,
     load_preset,
@@ -26,18 +27,17 @@ from configs.schema import (
     preset_names,
     read_toml,
 )
+from fedgenome.shared.atomic import atomic_path
+from fedgenome.shared.checkpoint import load_checkpoint
+from fedgenome.shared.corpus import read_corpus
+from fedgenome.shared.datasets import read_fasta_records, tile_windows
+from fedgenome.shared.genomes import Reference
+from fedgenome.shared.markov_fields import PRIVACY_NOTE, BaselineScore
+from fedgenome.shared.pretrain import PretrainSettings, pretrain
+from fedgenome.shared.reference_markov import reference_baseline
+from fedgenome.shared.scoring import COLUMNS, score_variants
+from fedgenome.shared.train import evaluate, pick_device
 from fedgenome.training import TrainingRun, run_baseline, run_private
-from shared.atomic import atomic_path
-from shared.checkpoint import load_checkpoint
-from shared.corpus import read_corpus
-from shared.datasets import read_fasta_records, tile_windows
-from shared.errors import ConfigError
-from shared.genomes import Reference
-from shared.markov_fields import PRIVACY_NOTE, BaselineScore
-from shared.pretrain import PretrainSettings, pretrain
-from shared.reference_markov import reference_baseline
-from shared.scoring import COLUMNS, score_variants
-from shared.train import evaluate, pick_device
 
 log = logging.getLogger(__name__)
 console = Console(stderr=True)

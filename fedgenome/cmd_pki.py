@@ -9,11 +9,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from configs.schema import load_site_manifest
-from server import pki
-from server.pki_checks import CertInfo
-from server.site_policy import declare_patients
-from shared.wire import bucket
+from fedgenome.configs.schema import load_site_manifest
+from fedgenome.server import pki
+from fedgenome.server.pki_checks import CertInfo
+from fedgenome.server.site_policy import declare_patients
+from fedgenome.shared.wire import bucket
 
 app = typer.Typer(name="pki", no_args_is_help=True,
                   help="The consortium PKI: a CA, the SuperLink's certificate, site keys.")

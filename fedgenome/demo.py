@@ -21,16 +21,16 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from configs.schema import load_site_manifest
-from fedgenome.localfed import APP_DIR, LocalFederation
-from privacy.site_state import ledger_path
-from server.deploy import DeploymentError
-from server.pki import PkiLayout
-from server.progress import OnRound
-from shared.errors import ConfigError
-from shared.fetch import fetch_data
-from shared.markov_fields import PRIVACY_NOTE, BaselineScore
-from shared.sites import make_sites
+from fedgenome.configs.errors import ConfigError
+from fedgenome.configs.schema import load_site_manifest
+from fedgenome.localfed import LocalFederation
+from fedgenome.privacy.site_state import ledger_path
+from fedgenome.server.deploy import DeploymentError
+from fedgenome.server.pki import PkiLayout
+from fedgenome.server.progress import OnRound
+from fedgenome.shared.fetch import fetch_data
+from fedgenome.shared.markov_fields import PRIVACY_NOTE, BaselineScore
+from fedgenome.shared.sites import make_sites
 
 log = logging.getLogger(__name__)
 MARKER = ".fedgenome-demo"
@@ -47,16 +47,6 @@ def prepare_run_dir(run_dir: Path) -> None:
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
     (run_dir / MARKER).write_text("made by fedgenome demo\n")
-
-
-def shipped_checkpoint(preset: str) -> Path | None:
-    """The project's pretrained checkpoint of ``preset`` (``models/<preset>``), if it ships one."""
-    path = APP_DIR / "models" / preset
-    if (path / "model.safetensors").is_file():
-        return path
-    log.warning("no pretrained checkpoint for preset %s in %s: the demo starts from random weights",
-                preset, APP_DIR / "models")
-    return None
 
 
 def run_demo(run_dir: Path, *, cache: Path, run_config: dict[str, Any], timeout: float,

@@ -1,8 +1,8 @@
 """A whole federation in one process: the server's round loop and the sites' ClientApp handler.
 
 No SuperLink, SuperNodes or app processes: :class:`InProcessGrid` stands in for Flower's ``Grid``
-and hands each train message straight to ``client.app.train`` with that site's ``Context``, as a
-SuperNode would. Everything else is the real code: ``server.rounds.run_federation`` (quorum,
+and hands each train message straight to ``fedgenome.client.app.train`` with that site's ``Context``, as a
+SuperNode would. Everything else is the real code: ``fedgenome.server.rounds.run_federation`` (quorum,
 strategy, validation, aggregation, checkpoints, report, resume) and the sites' private rounds,
 ledgers and ``state/``. For benchmarks and tests of training behaviour; what only the deployment
 does (processes, TLS, authentication, time-outs) is tested with :mod:`fedgenome.localfed`.
@@ -19,10 +19,10 @@ from flwr.app import Context, Message, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.supercore.task_identity import TaskIdentity
 
-from client import app as client_app
-from configs.schema import FederationConfig
-from server.report import RunReport
-from server.rounds import run_federation
+from fedgenome.client import app as client_app
+from fedgenome.configs.schema import FederationConfig
+from fedgenome.server.report import RunReport
+from fedgenome.server.rounds import run_federation
 
 FIRST_NODE_ID = 101
 

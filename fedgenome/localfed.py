@@ -23,11 +23,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from client.supervisor import NodeProcesses, NodeSpec
-from configs.schema import load_site_manifest
-from privacy.keys import create_site_key
-from privacy.site_state import site_key_path
-from server.deploy import (
+from fedgenome.client.supervisor import NodeProcesses, NodeSpec
+from fedgenome.configs.schema import load_site_manifest
+from fedgenome.privacy.keys import create_site_key
+from fedgenome.privacy.site_state import site_key_path
+from fedgenome.server.deploy import (
+    APP_DIR,
     IN_MEMORY,
     register_supernode,
     submit_run,
@@ -36,15 +37,14 @@ from server.deploy import (
     wait_online,
     write_connection,
 )
-from server.pki import PkiLayout, add_site, init_pki, open_pki
-from server.progress import OnRound, follow_run
-from server.tls import TlsFiles
-from shared.processes import ProcessGroup, flower_env
+from fedgenome.server.pki import PkiLayout, add_site, init_pki, open_pki
+from fedgenome.server.progress import OnRound, follow_run
+from fedgenome.shared.processes import ProcessGroup, flower_env
+from fedgenome.shared.tls import TlsFiles
 
 log = logging.getLogger(__name__)
 HOST = "127.0.0.1"
 CONNECTION = "local"
-APP_DIR = Path(__file__).resolve().parent.parent  # the project root holds the Flower app
 
 
 def free_port() -> int:

@@ -14,19 +14,19 @@ from typing import Any
 import torch
 from torch.utils.data import ConcatDataset
 
-from configs.schema import Preset, Region, SitePrivacy, load_site_manifest
-from privacy.site_state import open_ledger, site_key_path
-from privacy.trainer import RoundOutcome, TrainedUpdate, noise_for, run_private_round
-from shared.atomic import atomic_dir
-from shared.checkpoint import InitialCheckpoint, load_initial, save_checkpoint, write_checkpoint
-from shared.datasets import RecordWindows, SiteData, open_site, tile_windows
-from shared.errors import ConfigError, PrivacyBudgetExhausted
-from shared.markov_fields import PRIVACY_NOTE, BaselineScore
-from shared.markov_prior import build_model
-from shared.model import GenomeLM
-from shared.preflight import check_writable
-from shared.reference_markov import reference_baseline
-from shared.train import EvalResult, endless, evaluate, pick_device, train
+from fedgenome.configs.errors import ConfigError, PrivacyBudgetExhausted
+from fedgenome.configs.schema import Preset, Region, SitePrivacy, load_site_manifest
+from fedgenome.privacy.site_state import open_ledger, site_key_path
+from fedgenome.privacy.trainer import RoundOutcome, TrainedUpdate, noise_for, run_private_round
+from fedgenome.shared.atomic import atomic_dir
+from fedgenome.shared.checkpoint import InitialCheckpoint, load_initial, save_checkpoint, write_checkpoint
+from fedgenome.shared.datasets import RecordWindows, SiteData, open_site, tile_windows
+from fedgenome.shared.markov_fields import PRIVACY_NOTE, BaselineScore
+from fedgenome.shared.markov_prior import build_model
+from fedgenome.shared.model import GenomeLM
+from fedgenome.shared.preflight import check_writable
+from fedgenome.shared.reference_markov import reference_baseline
+from fedgenome.shared.train import EvalResult, endless, evaluate, pick_device, train
 
 log = logging.getLogger(__name__)
 ProgressFactory = Callable[[int], Any]  # total steps -> context manager yielding on_step(step, loss)

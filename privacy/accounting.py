@@ -29,8 +29,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from privacy.mechanism import Mechanism
-from shared.errors import ConfigError, FedGenomeError
+from fedgenome.configs.errors import ConfigError, FedGenomeError
+from fedgenome.privacy.mechanism import Mechanism
 
 log = logging.getLogger(__name__)
 

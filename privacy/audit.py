@@ -5,19 +5,19 @@
 
 1. **Integrity.** Every signature (with the public key the caller found for the site, normally the
    consortium PKI's registered key), the hash chain, key rotations and the signed head
-   (:func:`privacy.ledger_verify.verify_key_chain`). A ledger that fails here is not recomputed:
+   (:func:`fedgenome.privacy.ledger_verify.verify_key_chain`). A ledger that fails here is not recomputed:
    its numbers cannot be attributed to the site.
 2. **The recorded ε, recomputed by two independent accountants.** After *every* entry the
    cumulative ε is recomputed from the mechanisms (noise multiplier, sample rate, steps) of all
    trained entries up to and including it, at that entry's δ, exactly as the site computed it
-   before training (:func:`privacy.trainer.run_private_round`):
+   before training (:func:`fedgenome.privacy.trainer.run_private_round`):
 
    a. with **Opacus'** accountant of the kind the entry names (``rdp`` or ``prv``, the only ones a
       site can be configured with). The recorded ε must equal it:
       ``|recorded - opacus| <= OPACUS_RTOL * opacus + OPACUS_ATOL``, in either direction, since any
       difference is an edit or a bug.
    b. with Google's **dp-accounting** PLD accountant (pessimistic estimate,
-      :class:`privacy.accounting.PLDAccountant`), a separate implementation of a tighter analysis.
+      :class:`fedgenome.privacy.accounting.PLDAccountant`), a separate implementation of a tighter analysis.
       It may be lower than the recorded ε (RDP is looser than PLD), but it must not exceed it:
       ``pld <= recorded * (1 + DP_ACCOUNTING_RTOL) + DP_ACCOUNTING_ATOL``. A recorded ε below the
       PLD value under-reports what was spent, whatever the site's accountant said.
@@ -45,13 +45,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from privacy.accounting import AccountingError, epsilon
-from privacy.audit_types import AuditProblem, Budget, EntryAudit, KeyLookup, SiteAudit
-from privacy.keys import fingerprint
-from privacy.ledger_entry import LedgerEntry, duplicate_rounds, head_path
-from privacy.ledger_verify import LedgerEntryError, verify_key_chain
-from privacy.mechanism import Mechanism
-from shared.errors import ConfigError, FedGenomeError, LedgerError
+from fedgenome.configs.errors import ConfigError, FedGenomeError, LedgerError
+from fedgenome.privacy.accounting import AccountingError, epsilon
+from fedgenome.privacy.audit_types import AuditProblem, Budget, EntryAudit, KeyLookup, SiteAudit
+from fedgenome.privacy.keys import fingerprint
+from fedgenome.privacy.ledger_entry import LedgerEntry, duplicate_rounds, head_path
+from fedgenome.privacy.ledger_verify import LedgerEntryError, verify_key_chain
+from fedgenome.privacy.mechanism import Mechanism
 
 log = logging.getLogger(__name__)
 

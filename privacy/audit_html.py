@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
 
-from shared.markov_fields import PRIVACY_NOTE, BaselineScore
+from fedgenome.shared.markov_fields import PRIVACY_NOTE, BaselineScore
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }

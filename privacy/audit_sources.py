@@ -3,10 +3,10 @@
 The public key of a site comes, in order of preference, from:
 
 * ``--key PUB`` (one ledger only);
-* the consortium PKI's registry, ``<pki>/sites/<site>.pub`` (the layout of :mod:`server.pki`,
+* the consortium PKI's registry, ``<pki>/sites/<site>.pub`` (the layout of :mod:`fedgenome.server.pki`,
   read here as files so that an auditor needs nothing but the public part of the PKI, as published
   in ``runs/<name>/pki``). The registry holds each site's *current* key, which also verifies a
-  ledger that rotated keys (:mod:`privacy.ledger_verify`);
+  ledger that rotated keys (:mod:`fedgenome.privacy.ledger_verify`);
 * a ``.pub`` beside the ledger: ``<site>.pub`` next to a copied ledger (``runs/<name>/ledgers``) or
   ``keys/<site>.pub`` of a site directory. The site itself wrote that file, so the output says so.
 """
@@ -18,11 +18,11 @@ import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from configs.schema import load_site_manifest
-from privacy.audit import AuditResult, audit_ledger
-from privacy.audit_types import Budget, KeyLookup, SiteAudit
-from privacy.keys import load_public_key
-from shared.errors import ConfigError, FedGenomeError
+from fedgenome.configs.errors import ConfigError, FedGenomeError
+from fedgenome.configs.schema import load_site_manifest
+from fedgenome.privacy.audit import AuditResult, audit_ledger
+from fedgenome.privacy.audit_types import Budget, KeyLookup, SiteAudit
+from fedgenome.privacy.keys import load_public_key
 
 log = logging.getLogger(__name__)
 

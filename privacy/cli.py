@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from privacy.accounting import ACCOUNTANTS, check_arguments, epsilon, plan_noise_multiplier
-from privacy.mechanism import Mechanism
+from fedgenome.privacy.accounting import ACCOUNTANTS, check_arguments, epsilon, plan_noise_multiplier
+from fedgenome.privacy.mechanism import Mechanism
 
 app = typer.Typer(
     name="privacy",
@@ -18,7 +18,8 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-# Ranges are checked by privacy.accounting.check_arguments (one-line ConfigError), not by typer's min/max.
+# Ranges are checked by fedgenome.privacy.accounting.check_arguments (one-line ConfigError),
+# not by typer's min/max.
 SampleRate = Annotated[
     float, typer.Option("--sample-rate", help="Poisson sampling rate q per step, in (0, 1].")
 ]
@@ -82,8 +83,8 @@ def reset_command(
     Only for a site whose ledger is gone or does not verify (a site that trained before refuses to
     train without it). Whatever is left of the old ledger is kept under a .lost-<time> name.
     """
-    from configs.schema import load_site_manifest
-    from privacy.ledger_reset import reset_site_ledger
+    from fedgenome.configs.schema import load_site_manifest
+    from fedgenome.privacy.ledger_reset import reset_site_ledger
 
     name = load_site_manifest(site).name
     done = reset_site_ledger(site, name, reason=reason, state_dir=privacy_state)

@@ -28,12 +28,12 @@ from opacus.validators import ModuleValidator
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-import privacy.grad_samplers  # noqa: F401  (registers the fast depthwise-conv sampler)
-from configs.schema import DPConfig
-from privacy.dp_optimizer import LeanDPOptimizer
-from privacy.lean_backward import lean_linear_backward
-from shared.errors import ConfigError
-from shared.train import IGNORE, autocast, split_batch
+import fedgenome.privacy.grad_samplers  # noqa: F401  (registers the fast depthwise-conv sampler)
+from fedgenome.configs.errors import ConfigError
+from fedgenome.configs.schema import DPConfig
+from fedgenome.privacy.dp_optimizer import LeanDPOptimizer
+from fedgenome.privacy.lean_backward import lean_linear_backward
+from fedgenome.shared.train import IGNORE, autocast, split_batch
 
 log = logging.getLogger(__name__)
 

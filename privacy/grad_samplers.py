@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from opacus.grad_sample import register_grad_sampler
 from torch import nn
 
-from shared.model import CausalDepthwiseConv
+from fedgenome.shared.model import CausalDepthwiseConv
 
 
 @register_grad_sampler(nn.Linear)  # type: ignore[misc, untyped-decorator]

@@ -19,8 +19,8 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from shared.atomic import atomic_path
-from shared.errors import ConfigError, InputFileError
+from fedgenome.configs.errors import ConfigError, InputFileError
+from fedgenome.shared.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +28,8 @@ CURVE = ec.SECP384R1
 """The curve of the keys this module creates (``ecdsa-sha2-nistp384`` in OpenSSH terms)."""
 
 _SIGNATURE_ALGORITHM = ec.ECDSA(hashes.SHA384())
-_CREATE_HINT = 'create one with privacy.keys.create_site_key or `ssh-keygen -t ecdsa -b 384 -N "" -f KEY`'
+_CREATE_HINT = ('create one with fedgenome.privacy.keys.create_site_key or '
+                '`ssh-keygen -t ecdsa -b 384 -N "" -f KEY`')
 
 
 def create_site_key(directory: Path, name: str, *, comment: str | None = None) -> Path:

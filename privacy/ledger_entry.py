@@ -2,7 +2,7 @@
 
 Three kinds of entry share one record: ``trained`` (a round that ran DP-SGD, with its mechanism and
 the hash of the update it produced), ``refused`` (a round the budget did not allow) and ``rotated``
-(the site's signing key changed; see :mod:`privacy.ledger_verify`). A rotation carries two extra
+(the site's signing key changed; see :mod:`fedgenome.privacy.ledger_verify`). A rotation carries two extra
 fields, ``old_public_key`` and ``new_public_key`` (OpenSSH lines without a comment); other entries
 never carry them, so ledgers written before rotations existed keep their exact bytes.
 
@@ -12,7 +12,7 @@ from signed data. It is optional in the same way: entries written before it exis
 which never carry it) keep their exact bytes and signatures.
 
 A trained or refused entry of a run that started from a checkpoint may carry
-``initial_checkpoint_sha256``: the SHA-256 (``shared.checkpoint.state_sha256``) of the weights the
+``initial_checkpoint_sha256``: the SHA-256 (``fedgenome.shared.checkpoint.state_sha256``) of the weights the
 run's global model started from, as the server announced it (and, in round 1, as the site checked
 against the weights it received). Optional and signed like ``epsilon_budget``; never on a rotation.
 
@@ -42,9 +42,9 @@ from typing import Literal
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from privacy.keys import fingerprint, public_key_from_text
-from privacy.mechanism import Mechanism
-from shared.errors import LedgerError
+from fedgenome.configs.errors import LedgerError
+from fedgenome.privacy.keys import fingerprint, public_key_from_text
+from fedgenome.privacy.mechanism import Mechanism
 
 Status = Literal["trained", "refused", "rotated", "reset"]
 STATUSES: tuple[Status, ...] = ("trained", "refused", "rotated", "reset")

@@ -8,18 +8,18 @@ JSON line, a copy of the ledger's signed head plus where the ledger lives::
 
 It is written before the ledger's first entry (count 0, the genesis digest) and after every head
 rewrite, so it is never ahead of the ledger; a crash in between leaves it one entry behind, which
-is a plain extension. A site opening its ledger (:func:`privacy.site_state.open_ledger`) then
+is a plain extension. A site opening its ledger (:func:`fedgenome.privacy.site_state.open_ledger`) then
 
 * refuses an empty (or missing) ledger when there is any evidence of past training: the marker,
   a retired key (a rotation was recorded in a ledger), optimizer state, kept updates
   (:func:`training_evidence`); the operator restores the ledger or starts over on record
   (``fedgenome privacy reset``);
 * refuses a ledger that does not continue the marker (an older copy restored, or a rewrite):
-  :func:`privacy.ledger_head.check_head_continuity`;
+  :func:`fedgenome.privacy.ledger_head.check_head_continuity`;
 * writes the marker for a ledger that has entries but none (sites from before markers).
 
 The marker guards against accidents and against others; the site itself can delete it too, which
-is why the signed head also leaves the site with every round (:mod:`privacy.ledger_head`).
+is why the signed head also leaves the site with every round (:mod:`fedgenome.privacy.ledger_head`).
 """
 
 from __future__ import annotations
@@ -29,15 +29,15 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from privacy.ledger_entry import canonical
-from privacy.ledger_head import HeadDigest
-from shared.atomic import write_text
-from shared.errors import LedgerError
+from fedgenome.configs.errors import LedgerError
+from fedgenome.privacy.ledger_entry import canonical
+from fedgenome.privacy.ledger_head import HeadDigest
+from fedgenome.shared.atomic import write_text
 
 log = logging.getLogger(__name__)
 FORMAT = "fedgenome-ledger-marker/1"
 OUTGOING = "outgoing"
-"""The sub-directory of ``state/`` that keeps the last update sent (:mod:`client.outgoing`)."""
+"""The sub-directory of ``state/`` that keeps the last update sent (:mod:`fedgenome.client.outgoing`)."""
 TRACES = {"optimizer": "*.pt", "outbox": "*.npz"}
 """Sub-directories of ``state/`` whose files only a recorded round leaves behind (both are written
 after the ledger entry). Not ``outgoing/``: its update is written *before* the entry, so a crash

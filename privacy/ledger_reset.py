@@ -1,19 +1,20 @@
 """Starting a site's ledger over, on record, after the old one was lost (``fedgenome privacy reset``).
 
-A site that has trained refuses to train without its ledger (:func:`privacy.site_state.open_ledger`).
+A site that has trained refuses to train without its ledger
+(:func:`fedgenome.privacy.site_state.open_ledger`).
 When the ledger cannot be restored, the operator resets it with a reason. The reset:
 
 1. refuses when there is nothing to reset: the ledger verifies with entries (nothing was lost: the
    budget is never reset by hand), or the site never trained (just train);
 2. finds the old ledger's last known head: the largest of its head file (if still there), the
    heads of copies an earlier reset moved aside, and the marker beside the key
-   (:mod:`privacy.ledger_marker`); none: 'lost';
+   (:mod:`fedgenome.privacy.ledger_marker`); none: 'lost';
 3. moves whatever is left of the old ledger aside (``ledger.jsonl.lost-<UTC time>`` and its
    ``.head``), never deleting it, so that it can still be audited;
 4. writes a new ledger whose entry 0 is a signed ``reset`` naming the reason and the old head.
 
-Every audit shows the reset and its reason (:mod:`privacy.audit`); a server that kept the site's
-earlier head digests sees a ``reset`` continuity (:mod:`privacy.ledger_head`). The new ledger's
+Every audit shows the reset and its reason (:mod:`fedgenome.privacy.audit`); a server that kept the site's
+earlier head digests sees a ``reset`` continuity (:mod:`fedgenome.privacy.ledger_head`). The new ledger's
 epsilon starts at 0: what the old ledger spent is not recoverable from a head, so the report says
 that the true total is higher.
 
@@ -33,12 +34,18 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from privacy.keys import load_private_key
-from privacy.ledger import Ledger, LedgerEntry, RetiredKeyError, head_path
-from privacy.ledger_marker import ledger_location, marker_path, read_marker, training_evidence, write_marker
-from privacy.site_state import LedgerMissingError, ledger_path, open_ledger, site_key_path
-from shared.atomic import fsync_dir
-from shared.errors import ConfigError, LedgerError
+from fedgenome.configs.errors import ConfigError, LedgerError
+from fedgenome.privacy.keys import load_private_key
+from fedgenome.privacy.ledger import Ledger, LedgerEntry, RetiredKeyError, head_path
+from fedgenome.privacy.ledger_marker import (
+    ledger_location,
+    marker_path,
+    read_marker,
+    training_evidence,
+    write_marker,
+)
+from fedgenome.privacy.site_state import LedgerMissingError, ledger_path, open_ledger, site_key_path
+from fedgenome.shared.atomic import fsync_dir
 
 log = logging.getLogger(__name__)
 _SHA256 = re.compile(r"[0-9a-f]{64}")

@@ -26,8 +26,9 @@ from typing import Literal
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from privacy.keys import fingerprint, public_key_from_text, public_key_text, verify_signature
-from privacy.ledger_entry import (
+from fedgenome.configs.errors import LedgerError
+from fedgenome.privacy.keys import fingerprint, public_key_from_text, public_key_text, verify_signature
+from fedgenome.privacy.ledger_entry import (
     LedgerEntry,
     canonical,
     entry_from_dict,
@@ -37,7 +38,6 @@ from privacy.ledger_entry import (
     rotations,
     value_problem,
 )
-from shared.errors import LedgerError
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def verify_ledger(
     Checks that every line parses and is canonical, every signature (each with the key in force at
     that point, following rotations), the hash chain, that seq runs 0, 1, 2, ... and the site never
     changes (and equals ``site`` when given), that rounds and the cumulative epsilon never decrease,
-    that rotations cost no epsilon, and the head (see :mod:`privacy.ledger` for what that can and
+    that rotations cost no epsilon, and the head (see :mod:`fedgenome.privacy.ledger` for what that can and
     cannot catch). A missing ledger with no head is an empty ledger.
 
     Args:

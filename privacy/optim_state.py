@@ -39,8 +39,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from shared.atomic import atomic_path
-from shared.errors import ConfigError, IncompatibleModelError, InputFileError
+from fedgenome.configs.errors import ConfigError, IncompatibleModelError, InputFileError
+from fedgenome.shared.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 FORMAT = "fedgenome-optimizer-state/1"

@@ -18,10 +18,10 @@ import functools
 
 import numpy as np
 
-from configs.schema import DPConfig, FederationConfig, Preset
-from privacy.accounting import EPSILON_TOLERANCE, epsilon
-from privacy.mechanism import Mechanism
-from shared.wire import BUCKET
+from fedgenome.configs.schema import DPConfig, FederationConfig, Preset
+from fedgenome.privacy.accounting import EPSILON_TOLERANCE, epsilon
+from fedgenome.privacy.mechanism import Mechanism
+from fedgenome.shared.wire import BUCKET
 
 #: Relative slack of the floor, for sample rates between the bucket's ends (epsilon was measured to
 #: move monotonically with the patient count, not proven to).
@@ -54,7 +54,7 @@ def sigma_at_least(dp: DPConfig, delta: float, sample_rate: float, total_steps: 
     """A sigma no smaller than the one the site calibrates (or the run's fixed noise multiplier).
 
     The site's calibrated sigma spends at least ``target - EPSILON_TOLERANCE`` over the run's steps
-    (:func:`privacy.accounting.plan_noise_multiplier`); any sigma that spends no more than that is
+    (:func:`fedgenome.privacy.accounting.plan_noise_multiplier`); any sigma that spends no more than that is
     at least as large. A coarse search finds one in a few accountant calls: less noise than the
     site's would make the floor too high, more only makes it a little lower.
     """

@@ -9,7 +9,7 @@
     state/ledger.jsonl (+ .head)     the privacy ledger, signed with the current key
     state/outgoing/                  the last update sent (re-sent if the server asks for it again)
 
-A site that has trained before (see :mod:`privacy.ledger_marker`) never starts a ledger from zero
+A site that has trained before (see :mod:`fedgenome.privacy.ledger_marker`) never starts a ledger from zero
 by accident: :func:`open_ledger` refuses, and ``fedgenome privacy reset`` starts one on record.
 """
 
@@ -22,7 +22,8 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from privacy.keys import (
+from fedgenome.configs.errors import ConfigError, FedGenomeError, LedgerError
+from fedgenome.privacy.keys import (
     create_site_key,
     fingerprint,
     generate_key,
@@ -32,10 +33,10 @@ from privacy.keys import (
     write_private_key,
     write_public_key,
 )
-from privacy.ledger import Ledger, LedgerEntry, RetiredKeyError, verify_key_chain
-from privacy.ledger_entry import rotations
-from privacy.ledger_head import HeadDigest, check_head_continuity
-from privacy.ledger_marker import (
+from fedgenome.privacy.ledger import Ledger, LedgerEntry, RetiredKeyError, verify_key_chain
+from fedgenome.privacy.ledger_entry import rotations
+from fedgenome.privacy.ledger_head import HeadDigest, check_head_continuity
+from fedgenome.privacy.ledger_marker import (
     LedgerMarker,
     ledger_location,
     marker_path,
@@ -43,8 +44,7 @@ from privacy.ledger_marker import (
     training_evidence,
     write_marker,
 )
-from shared.atomic import fsync_dir
-from shared.errors import ConfigError, FedGenomeError, LedgerError
+from fedgenome.shared.atomic import fsync_dir
 
 log = logging.getLogger(__name__)
 LEDGER_NAME = "ledger.jsonl"

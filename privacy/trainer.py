@@ -23,17 +23,17 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from configs.schema import DPConfig, SitePrivacy, TrainConfig
-from privacy.accounting import epsilon, plan_noise_multiplier
-from privacy.engine import make_private, private_step
-from privacy.ledger import Ledger, LedgerEntry
-from privacy.mechanism import Mechanism
-from privacy.optim_state import OptimizerStore
-from privacy.proximal import add_proximal_term
-from shared.checkpoint import state_sha256
-from shared.errors import ConfigError
-from shared.schedule import LRSchedule
-from shared.train import make_optimizer
+from fedgenome.configs.errors import ConfigError
+from fedgenome.configs.schema import DPConfig, SitePrivacy, TrainConfig
+from fedgenome.privacy.accounting import epsilon, plan_noise_multiplier
+from fedgenome.privacy.engine import make_private, private_step
+from fedgenome.privacy.ledger import Ledger, LedgerEntry
+from fedgenome.privacy.mechanism import Mechanism
+from fedgenome.privacy.optim_state import OptimizerStore
+from fedgenome.privacy.proximal import add_proximal_term
+from fedgenome.shared.checkpoint import state_sha256
+from fedgenome.shared.schedule import LRSchedule
+from fedgenome.shared.train import make_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -130,11 +130,11 @@ def run_private_round(*, model: nn.Module, dataset: Dataset[torch.Tensor], ledge
         schedule: The run's learning-rate schedule (default ``LRSchedule.of_training(train)``).
         optimizer_store: Keeps the optimizer's state between rounds (loaded before the first
             step, saved after the ledger entry); None: a fresh optimizer.
-        proximal_mu: FedProx's mu, added after the noise step (:mod:`privacy.proximal`).
+        proximal_mu: FedProx's mu, added after the noise step (:mod:`fedgenome.privacy.proximal`).
         initial_checkpoint_sha256: The run's initial checkpoint, signed into the ledger entry.
         run_key: The server's run key, signed into the entry with ``round``: the (run, round) served.
         before_record: Called after training and before the ledger entry is written, to keep the
-            update that a retry of the same round re-sends (:mod:`client.outgoing`); if it raises,
+            update that a retry of the same round re-sends (:mod:`fedgenome.client.outgoing`); if it raises,
             nothing is recorded.
     """
     patients = len(dataset)  # type: ignore[arg-type]

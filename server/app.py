@@ -7,10 +7,10 @@ import logging
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from configs.schema import FederationConfig, validate
-from server.grid import PromptGrid
-from server.rounds import run_federation
-from shared.flower_patches import shorten_object_pulls
+from fedgenome.configs.schema import FederationConfig, validate
+from fedgenome.server.grid import PromptGrid
+from fedgenome.server.rounds import run_federation
+from fedgenome.shared.flower_patches import shorten_object_pulls
 
 log = logging.getLogger(__name__)
 app = ServerApp()

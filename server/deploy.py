@@ -17,16 +17,20 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from server.tls import TlsFiles
-from shared.atomic import write_text
-from shared.errors import ConfigError
-from shared.errors import DeploymentError as DeploymentError  # re-exported; it lives in shared.errors
-from shared.processes import flower_env, flower_tool
+from fedgenome.configs.errors import ConfigError
+from fedgenome.configs.errors import (
+    DeploymentError as DeploymentError,  # re-exported; it lives in fedgenome.configs.errors
+)
+from fedgenome.shared.atomic import write_text
+from fedgenome.shared.processes import flower_env, flower_tool
+from fedgenome.shared.tls import TlsFiles
 
 log = logging.getLogger(__name__)
 
 
 IN_MEMORY = ":flwr-in-memory:"  # a SuperLink database that lives and dies with the process
+APP_DIR = Path(__file__).resolve().parent / "flower_app"
+"""The Flower app every run submits: its bundle holds its ``pyproject.toml`` only (components, config)."""
 
 
 def superlink_command(*, host: str, port: int, database: Path | str, tls: TlsFiles | None,

@@ -6,7 +6,7 @@ its bucketed patient count. The server refuses a claim that cannot be true:
 * epsilon negative or not finite, a budget not finite or not positive, a delta outside (0, 1);
 * epsilon below what the site claimed in an earlier round of this run (it never decreases);
 * epsilon above the budget in a round the site says it trained (it would have had to refuse);
-* epsilon below :func:`privacy.round_plan.epsilon_floor`: less than the rounds of this run it
+* epsilon below :func:`fedgenome.privacy.round_plan.epsilon_floor`: less than the rounds of this run it
   trained can have cost at the sample rates its bucket allows.
 
 What it cannot catch: a claim between the floor and the truth (the floor is computed for the
@@ -20,11 +20,11 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from configs.schema import FederationConfig, Preset
-from privacy.round_plan import dp_settings, epsilon_floor
-from server.report import RoundRecord
-from server.validation import UpdateRejected
-from shared import wire
+from fedgenome.configs.schema import FederationConfig, Preset
+from fedgenome.privacy.round_plan import dp_settings, epsilon_floor
+from fedgenome.server.report import RoundRecord
+from fedgenome.server.validation import UpdateRejected
+from fedgenome.shared import wire
 
 TOLERANCE = 1e-6  # relative: what float rounding on the way may change
 

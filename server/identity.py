@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from flwr.serverapp import Grid
 
-from privacy.keys import fingerprint
+from fedgenome.privacy.keys import fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class Claim:
 
 
 def _fingerprint(public_key: bytes) -> str | None:
-    """:func:`privacy.keys.fingerprint` of the PEM key Flower stores, if it is an EC key."""
+    """:func:`fedgenome.privacy.keys.fingerprint` of the PEM key Flower stores, if it is an EC key."""
     if not public_key:
         return None
     try:

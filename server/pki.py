@@ -12,7 +12,7 @@
 
 A site key is the site's identity twice over: its SuperNode authenticates to the SuperLink with it
 (``flwr supernode register sites/<NAME>.pub``) and its privacy ledger is signed with it. Rotating
-it is therefore recorded in the ledger (:func:`privacy.site_state.rotate_site_key`). No flwr here.
+it is therefore recorded in the ledger (:func:`fedgenome.privacy.site_state.rotate_site_key`). No flwr here.
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from configs.schema import load_site_manifest
-from privacy.keys import (
+from fedgenome.configs.errors import ConfigError, LedgerError
+from fedgenome.configs.schema import load_site_manifest
+from fedgenome.privacy.keys import (
     create_site_key,
     fingerprint,
     generate_key,
@@ -39,9 +40,9 @@ from privacy.keys import (
     write_private_key,
     write_public_key,
 )
-from privacy.ledger import verify_key_chain
-from privacy.ledger_entry import rotations
-from privacy.site_state import (
+from fedgenome.privacy.ledger import verify_key_chain
+from fedgenome.privacy.ledger_entry import rotations
+from fedgenome.privacy.site_state import (
     KeyRotation,
     ledger_path,
     retired_key_path,
@@ -49,8 +50,15 @@ from privacy.site_state import (
     site_key_path,
     site_public_key,
 )
-from server.pki_checks import ServerTls, check_server_tls, load_certificate, load_pem_key, public_keys_match
-from server.tls import (
+from fedgenome.server.pki_checks import (
+    ServerTls,
+    check_server_tls,
+    load_certificate,
+    load_pem_key,
+    public_keys_match,
+)
+from fedgenome.shared.atomic import atomic_dir
+from fedgenome.shared.tls import (
     TlsFiles,
     issue_ca,
     issue_server_certificate,
@@ -58,8 +66,6 @@ from server.tls import (
     write_certificate,
     write_private_key_pem,
 )
-from shared.atomic import atomic_dir
-from shared.errors import ConfigError, LedgerError
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +248,7 @@ def rotate_site(pki: Path, name: str, *, site_dir: Path) -> SiteRotation:
     """Give a registered site a new key pair: its ledger records the rotation, the registry follows.
 
     The old public key moves to ``sites/retired/``. Re-running after an interruption finishes the
-    rotation (see :func:`privacy.site_state.rotate_site_key`).
+    rotation (see :func:`fedgenome.privacy.site_state.rotate_site_key`).
 
     Raises:
         ConfigError: Not a PKI, the site is not registered, or its key is not the registered one.

@@ -20,8 +20,8 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from server.tls import TlsFiles
-from shared.errors import ConfigError
+from fedgenome.configs.errors import ConfigError
+from fedgenome.shared.tls import TlsFiles
 
 log = logging.getLogger(__name__)
 

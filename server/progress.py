@@ -15,9 +15,9 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from server.deploy import SuperLinkUnreachable, run_log_tail, run_status
-from server.report import RoundRecord, read_report
-from shared.errors import DeploymentError
+from fedgenome.configs.errors import DeploymentError
+from fedgenome.server.deploy import SuperLinkUnreachable, run_log_tail, run_status
+from fedgenome.server.report import RoundRecord, read_report
 
 log = logging.getLogger(__name__)
 MAX_DOWN_WAIT = 30.0  # seconds between looks at most while the SuperLink does not answer

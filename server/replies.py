@@ -1,10 +1,11 @@
 """A round's replies, read and validated before anything of them is used.
 
-Each reply is checked in order: the site it names (:mod:`server.identity`), its metrics (present,
+Each reply is checked in order: the site it names (:mod:`fedgenome.server.identity`), its metrics (present,
 typed, only allow-listed keys, a bucketed example count within the run's bound and the site's
-declared patients, :mod:`server.site_policy`), its epsilon (:mod:`server.epsilon_check`), its
-signed ledger head (:mod:`server.ledger_heads`) and its delta
-(:func:`server.validation.check_update`). A rejected reply is logged and left out; the round goes
+declared patients, :mod:`fedgenome.server.site_policy`), its epsilon
+(:mod:`fedgenome.server.epsilon_check`), its
+signed ledger head (:mod:`fedgenome.server.ledger_heads`) and its delta
+(:func:`fedgenome.server.validation.check_update`). A rejected reply is logged and left out; the round goes
 on with the others.
 """
 
@@ -20,12 +21,12 @@ import numpy as np
 import numpy.typing as npt
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
-from privacy.ledger_head import HeadDigest
-from server.epsilon_check import EpsilonCheck, PrivacyClaim
-from server.identity import Claim, NodeIdentity, check_claim
-from server.ledger_heads import HeadCheck
-from server.validation import UpdateRejected, check_update
-from shared import wire
+from fedgenome.privacy.ledger_head import HeadDigest
+from fedgenome.server.epsilon_check import EpsilonCheck, PrivacyClaim
+from fedgenome.server.identity import Claim, NodeIdentity, check_claim
+from fedgenome.server.ledger_heads import HeadCheck
+from fedgenome.server.validation import UpdateRejected, check_update
+from fedgenome.shared import wire
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class _Reply:
     head: HeadDigest | None = None  # the signed head of the site's ledger
 
     def privacy(self) -> PrivacyClaim:
-        """The figures :class:`server.epsilon_check.EpsilonCheck` checks."""
+        """The figures :class:`fedgenome.server.epsilon_check.EpsilonCheck` checks."""
         return PrivacyClaim(trained=self.status == wire.TRAINED, epsilon=self.epsilon,
                             budget=self.budget, delta=self.delta, examples=self.examples)
 
@@ -111,7 +112,7 @@ def check_examples(reply: _Reply, *, max_examples: float, declared: Mapping[str,
     """The example count FedAvg weights by: a multiple of the bucket, within [bucket, bound].
 
     The bound is the run's ``max_examples``, and for a site in ``declared`` (the PKI registry's
-    patient counts, :mod:`server.site_policy`) the bucketed count it declared, if lower.
+    patient counts, :mod:`fedgenome.server.site_policy`) the bucketed count it declared, if lower.
     """
     if not (wire.BUCKET <= reply.examples <= max_examples and reply.examples % wire.BUCKET == 0):
         raise UpdateRejected(f"example count {reply.examples} is not a multiple of {wire.BUCKET} "
@@ -162,7 +163,7 @@ def collect(replies: list[Message], sampled: list[int], names: dict[int, str],
     """Sort replies into trained / refused / rejected / failed; decode valid deltas to full weights.
 
     Every reply is validated before anything of it is used: its site name (the name the node's
-    key was registered under, :func:`server.identity.check_claim`; a rejected claim is never
+    key was registered under, :func:`fedgenome.server.identity.check_claim`; a rejected claim is never
     recorded), its metrics (present, typed, the example count bucketed and at most
     ``max_examples``) and its delta (:func:`check_update`). A rejected reply is logged and left
     out, and the round goes on with the others.

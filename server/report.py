@@ -4,7 +4,7 @@
 trained, refused, failed or dropped out, and each site's cumulative epsilon; for the run, its key
 and the checkpoint it started from (path and SHA-256 of its weights), kept across a resume;
 ``report.json`` also has, at top level, the best-k Markov baseline on the same held-out windows (its
-fields are :class:`shared.markov_fields.BaselineScore`'s: counted on the public reference, no
+fields are :class:`fedgenome.shared.markov_fields.BaselineScore`'s: counted on the public reference, no
 privacy cost).
 ``state.json``: the last completed round and its checkpoint, so a new run with ``resume = true``
 continues from there.
@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shared.atomic import write_text
-from shared.markov_fields import BaselineScore
+from fedgenome.shared.atomic import write_text
+from fedgenome.shared.markov_fields import BaselineScore
 
 
 @dataclass

@@ -24,25 +24,25 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from configs.schema import FederationConfig, Region, load_preset
-from server.epsilon_check import EpsilonCheck
-from server.identity import NodeIdentity, check_claim, node_identities
-from server.ledger_heads import HeadCheck
-from server.replies import Collected, ReplyChecks, collect, node_label, read_reply
-from server.report import RoundRecord, RunReport, read_state, write_state
-from server.secagg import SecureRound, secure_round
-from server.site_policy import declared_examples, registered_keys
-from server.strategies import create_strategy, load_strategy_state, save_strategy_state
-from server.validation import UpdateRejected, check_update, update_bound
-from shared import wire
-from shared.checkpoint import load_checkpoint, load_initial, save_checkpoint
-from shared.datasets import tile_windows
-from shared.errors import ConfigError, FedGenomeError
-from shared.genomes import Reference
-from shared.markov_fields import PRIVACY_NOTE, BaselineScore
-from shared.markov_prior import build_model
-from shared.reference_markov import reference_baseline
-from shared.train import evaluate
+from fedgenome.configs.errors import ConfigError, FedGenomeError
+from fedgenome.configs.schema import FederationConfig, Region, load_preset
+from fedgenome.server.epsilon_check import EpsilonCheck
+from fedgenome.server.identity import NodeIdentity, check_claim, node_identities
+from fedgenome.server.ledger_heads import HeadCheck
+from fedgenome.server.replies import Collected, ReplyChecks, collect, node_label, read_reply
+from fedgenome.server.report import RoundRecord, RunReport, read_state, write_state
+from fedgenome.server.secagg import SecureRound, secure_round
+from fedgenome.server.site_policy import declared_examples, registered_keys
+from fedgenome.server.strategies import create_strategy, load_strategy_state, save_strategy_state
+from fedgenome.server.validation import UpdateRejected, check_update, update_bound
+from fedgenome.shared import wire
+from fedgenome.shared.checkpoint import load_checkpoint, load_initial, save_checkpoint
+from fedgenome.shared.datasets import tile_windows
+from fedgenome.shared.genomes import Reference
+from fedgenome.shared.markov_fields import PRIVACY_NOTE, BaselineScore
+from fedgenome.shared.markov_prior import build_model
+from fedgenome.shared.reference_markov import reference_baseline
+from fedgenome.shared.train import evaluate
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def packed(messages: list[Message], global_: wire.Arrays, *, rnd: int) -> list[M
 
 def with_defaults(fed: FederationConfig) -> FederationConfig:
     """Fill an empty 'run-dir' (~/fedgenome-runs/<time>) and 'reference' (the data cache's)."""
-    from shared.fetch import data_paths
+    from fedgenome.shared.fetch import data_paths
 
     update: dict[str, Any] = {}
     if not fed.run_dir:

@@ -42,8 +42,8 @@ from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
 from flwr.serverapp import Grid
 
-from configs.schema import FederationConfig
-from shared import wire
+from fedgenome.configs.schema import FederationConfig
+from fedgenome.shared import wire
 
 log = logging.getLogger(__name__)
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from configs.schema import read_toml
-from privacy.keys import fingerprint, load_public_key
-from shared import wire
-from shared.atomic import write_text
-from shared.errors import ConfigError
+from fedgenome.configs.errors import ConfigError
+from fedgenome.configs.schema import read_toml
+from fedgenome.privacy.keys import fingerprint, load_public_key
+from fedgenome.shared import wire
+from fedgenome.shared.atomic import write_text
 
 
 def policy_path(pki: Path, name: str) -> Path:

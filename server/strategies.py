@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian, FedProx, FedTrimmedAvg, Krum, Strategy
 
-from configs.schema import FederationConfig
-from shared.atomic import atomic_path
-from shared.errors import ConfigError
+from fedgenome.configs.errors import ConfigError
+from fedgenome.configs.schema import FederationConfig
+from fedgenome.shared.atomic import atomic_path
 
 
 def _common(fed: FederationConfig) -> dict[str, Any]:

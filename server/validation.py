@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from configs.schema import FederationConfig
-from shared import wire
-from shared.errors import FedGenomeError
+from fedgenome.configs.errors import FedGenomeError
+from fedgenome.configs.schema import FederationConfig
+from fedgenome.shared import wire
 
 AUTO_MARGIN = 2.0
 """How far above the honest AdamW bound ``lr * steps * sqrt(parameters)`` the automatic bound sits."""

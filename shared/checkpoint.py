@@ -19,12 +19,12 @@ from pydantic import ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from configs.schema import ModelConfig, Region, validate
-from shared.atomic import atomic_dir
-from shared.errors import IncompatibleModelError, InputFileError
-from shared.markov import MarkovBaseline
-from shared.markov_prior import build_model
-from shared.model import GenomeLM
+from fedgenome.configs.errors import IncompatibleModelError, InputFileError
+from fedgenome.configs.schema import ModelConfig, Region, validate
+from fedgenome.shared.atomic import atomic_dir
+from fedgenome.shared.markov import MarkovBaseline
+from fedgenome.shared.markov_prior import build_model
+from fedgenome.shared.model import GenomeLM
 
 FORMAT = "fedgenome-checkpoint/1"
 PRIOR_KEY = "markov_prior"  # config.json: the fingerprint of the Markov prior the weights fit

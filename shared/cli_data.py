@@ -10,8 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from shared.fetch import PACKAGES, default_cache, fetch_data
-from shared.sites import describe_site, make_sites
+from fedgenome.shared.fetch import PACKAGES, default_cache, fetch_data
+from fedgenome.shared.sites import describe_site, make_sites
 
 log = logging.getLogger(__name__)
 

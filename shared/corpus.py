@@ -17,11 +17,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from configs.schema import Region
-from shared.contigs import contig_key
-from shared.datasets import Interval, WindowSampler, allowed_intervals, n_fraction, read_fasta_records
-from shared.errors import ConfigError
-from shared.tokenizer import PAD, Ids, reverse_complement_ids
+from fedgenome.configs.contigs import contig_key
+from fedgenome.configs.errors import ConfigError
+from fedgenome.configs.schema import Region
+from fedgenome.shared.datasets import (
+    Interval,
+    WindowSampler,
+    allowed_intervals,
+    n_fraction,
+    read_fasta_records,
+)
+from fedgenome.shared.tokenizer import PAD, Ids, reverse_complement_ids
 
 log = logging.getLogger(__name__)
 VALIDATION_BASES = 2_000_000  # the validation slice: the end of the longest training stretch

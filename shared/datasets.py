@@ -23,12 +23,12 @@ import pysam
 import torch
 from torch.utils.data import Dataset
 
-from configs.schema import DataConfig, Region, SiteManifest, load_site_manifest
-from shared.atomic import atomic_path
-from shared.contigs import contig_key
-from shared.errors import ConfigError, InputFileError
-from shared.genomes import Cohort, Reference, check_sequence, load_cohort
-from shared.tokenizer import NUCLEOTIDES, PAD, Ids, encode, reverse_complement_ids
+from fedgenome.configs.contigs import contig_key
+from fedgenome.configs.errors import ConfigError, InputFileError
+from fedgenome.configs.schema import DataConfig, Region, SiteManifest, load_site_manifest
+from fedgenome.shared.atomic import atomic_path
+from fedgenome.shared.genomes import Cohort, Reference, check_sequence, load_cohort
+from fedgenome.shared.tokenizer import NUCLEOTIDES, PAD, Ids, encode, reverse_complement_ids
 
 log = logging.getLogger(__name__)
 MAX_DRAWS = 100  # windows drawn before giving up on a unit that is mostly N

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Literal
 
-from shared.atomic import atomic_path
-from shared.errors import DataFetchError
+from fedgenome.configs.errors import DataFetchError
+from fedgenome.shared.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 

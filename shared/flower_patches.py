@@ -11,7 +11,7 @@ A message's round trip in Flower 1.42.0 passes several fixed waits that no CLI f
   ``pull_and_inflate_object_from_tree``): :func:`shorten_object_pulls` lowers them, with as
   many more tries so the total patience stays what Flower gives.
 
-(The ServerApp's 3 s between pulls is removed without a patch, by ``server.grid.PromptGrid``.)
+(The ServerApp's 3 s between pulls is removed without a patch, by ``fedgenome.server.grid.PromptGrid``.)
 Each patch checks that the names it changes exist and raises :class:`FlowerVersionError`, one line
 naming the Flower version expected, when they do not; ``pyproject.toml`` pins that version.
 :func:`check_worker_internals` does the same for the internals the long-lived ClientApp worker
@@ -26,11 +26,11 @@ import time
 import types
 from typing import Any
 
-from shared.errors import FedGenomeError
+from fedgenome.configs.errors import FedGenomeError
 
 log = logging.getLogger(__name__)
 FLOWER_VERSION = "1.42.0"
-"""The Flower release whose internals these patches (and ``client.worker``) use."""
+"""The Flower release whose internals these patches (and ``fedgenome.client.worker``) use."""
 WORKER_INTERNALS = {  # what client/worker.py and client/app_loader.py use beyond Flower's app API
     "flwr.supernode.runtime.run_clientapp": ("push_message", "push_task_output"),
     "flwr.supercore.runtime": ("RuntimeHttpClient",),

@@ -9,7 +9,7 @@ with how to sort and index it), its sample names unique, and its calls diploid. 
 (``GT = 1``) is a single copy of the contig: on X, Y and the mitochondrion (``chrX`` males) it is
 read as that allele on both haplotypes, and counted in a log line; on any other contig haploid
 calls are refused, since there they mean a broken VCF. Contig names may differ by the ``chr``
-prefix between ``site.toml``, the VCF and the reference (:mod:`shared.contigs`).
+prefix between ``site.toml``, the VCF and the reference (:mod:`fedgenome.configs.contigs`).
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ import numpy as np
 import numpy.typing as npt
 import pysam
 
-from configs.schema import SiteManifest
-from shared.atomic import atomic_path
-from shared.contigs import contig_key, match_contig
-from shared.errors import InputFileError
-from shared.tokenizer import IUPAC, Ids, N, encode
+from fedgenome.configs.contigs import contig_key, match_contig
+from fedgenome.configs.errors import InputFileError
+from fedgenome.configs.schema import SiteManifest
+from fedgenome.shared.atomic import atomic_path
+from fedgenome.shared.tokenizer import IUPAC, Ids, N, encode
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from shared.errors import ConfigError
-from shared.tokenizer import A, T
+from fedgenome.configs.errors import ConfigError
+from fedgenome.shared.tokenizer import A, T
 
 MAX_ORDER = 12
 """The highest order counted: table 12 holds 4**13 counts (256 MiB as uint32)."""
@@ -191,14 +191,14 @@ def count_kmers(seqs: Iterable[npt.NDArray[np.uint8]], order: int, *,
     is counted too, so a sequence and its reverse complement give the same counts.
 
     Args:
-        seqs: Token-id arrays (:mod:`shared.tokenizer` ids).
+        seqs: Token-id arrays (:mod:`fedgenome.shared.tokenizer` ids).
         order: Highest order K (at most :data:`MAX_ORDER`).
         both_strands: Count the reverse complement as well.
 
     Returns:
         Tables 0..K, ``table[j][ctx, target]`` (see the module docstring for the packing).
 
-    >>> from shared.tokenizer import encode
+    >>> from fedgenome.shared.tokenizer import encode
     >>> [int(t.sum()) for t in count_kmers([encode("ACGNAC")], 2, both_strands=False)]
     [5, 3, 1]
     """

@@ -1,7 +1,7 @@
 """Markov (k-mer) baseline: the next base from the k before it, its order k picked on validation.
 
-:class:`MarkovBaseline` holds counts of every order 0..k (:mod:`shared.kmers`) and a smoothing
-(:mod:`shared.smoothing`). It scores exactly the positions the model scores: the A/C/G/T targets of
+:class:`MarkovBaseline` holds counts of every order 0..k (:mod:`fedgenome.shared.kmers`) and a smoothing
+(:mod:`fedgenome.shared.smoothing`). It scores exactly the positions the model scores: the A/C/G/T targets of
 windows (B, L) from column 1 on, each with the longest clean context it has (shorter at a window's
 start or after an ``N``). :func:`fit_best_k` counts orders 0..K on a training sequence, picks the
 order (1..K), and with ``smoothing="auto"`` the smoothing too, with the lowest bits per base on a
@@ -18,8 +18,8 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from shared.errors import ConfigError, InputFileError
-from shared.kmers import (
+from fedgenome.configs.errors import ConfigError, InputFileError
+from fedgenome.shared.kmers import (
     MAX_ORDER,
     Table,
     Targets,
@@ -32,8 +32,15 @@ from shared.kmers import (
     fill_lower,
     targets,
 )
-from shared.smoothing import AUTO, CANDIDATES, Smoother, check_smoothing, create_smoother, log2_probs
-from shared.tokenizer import Ids
+from fedgenome.shared.smoothing import (
+    AUTO,
+    CANDIDATES,
+    Smoother,
+    check_smoothing,
+    create_smoother,
+    log2_probs,
+)
+from fedgenome.shared.tokenizer import Ids
 
 SCORE_CHUNK = 1 << 18
 """Targets scored at a time (bounds the (orders, targets) probability matrix)."""
@@ -55,11 +62,13 @@ class MarkovBaseline:
     """Counts of every order 0..``order`` with a smoothing; scores windows in bits per base.
 
     Args:
-        order: The highest order k (0..:data:`shared.kmers.MAX_ORDER`).
-        smoothing: A smoothing name (:mod:`shared.smoothing`); ``add-one`` as before the best-k pick.
-        counts: Tables 0..k (:func:`shared.kmers.count_kmers`); empty ones to :meth:`update` if None.
+        order: The highest order k (0..:data:`fedgenome.shared.kmers.MAX_ORDER`).
+        smoothing: A smoothing name (:mod:`fedgenome.shared.smoothing`); ``add-one`` as before the
+            best-k pick.
+        counts: Tables 0..k (:func:`fedgenome.shared.kmers.count_kmers`); empty ones to
+            :meth:`update` if None.
 
-    >>> from shared.tokenizer import encode
+    >>> from fedgenome.shared.tokenizer import encode
     >>> periodic = torch.from_numpy(encode("ACGGT" * 40).astype("int64"))[None]
     >>> markov = MarkovBaseline(3, smoothing="witten-bell")
     >>> markov.update(periodic)
@@ -200,9 +209,9 @@ def fit_best_k(train: Sequence[Ids], validation: Sequence[Ids], *, max_order: in
         train: Token sequences to count (contigs or intervals; contexts never cross two of them).
         validation: Token sequences held apart from ``train``, scored on the forward strand from
             each one's second base, to pick the order (1..``max_order``) and smoothing.
-        max_order: Highest order tried (at most :data:`shared.kmers.MAX_ORDER`).
-        smoothing: A smoothing name (:mod:`shared.smoothing`), or ``"auto"`` to pick it too, among
-            :data:`shared.smoothing.CANDIDATES`.
+        max_order: Highest order tried (at most :data:`fedgenome.shared.kmers.MAX_ORDER`).
+        smoothing: A smoothing name (:mod:`fedgenome.shared.smoothing`), or ``"auto"`` to pick it too, among
+            :data:`fedgenome.shared.smoothing.CANDIDATES`.
         both_strands: Count reverse complements as well (DNA has no preferred strand).
 
     Returns:
@@ -212,7 +221,7 @@ def fit_best_k(train: Sequence[Ids], validation: Sequence[Ids], *, max_order: in
         InputFileError: The validation sequences hold no base to score.
         ConfigError: ``max_order`` or ``smoothing`` is not one there is.
 
-    >>> from shared.tokenizer import encode
+    >>> from fedgenome.shared.tokenizer import encode
     >>> fit = fit_best_k([encode("ACGT" * 500)], [encode("ACGT" * 50)], max_order=3)
     >>> 1 <= fit.order <= 3 and fit.validation_bits[fit.smoothing][fit.order] < 0.01
     True

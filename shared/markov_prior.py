@@ -1,7 +1,7 @@
 """The model's Markov prior: the best-k baseline of the public reference as a frozen table of logits.
 
-:class:`shared.model.GenomeLM` adds, at every position, the log-probabilities that the best-k
-Markov baseline (:mod:`shared.reference_markov`) gives the next base, and its network learns what
+:class:`fedgenome.shared.model.GenomeLM` adds, at every position, the log-probabilities that the best-k
+Markov baseline (:mod:`fedgenome.shared.reference_markov`) gives the next base, and its network learns what
 k-mers cannot see. The table is public (counted on the reference minus its held-out regions, never
 on patients' genomes), frozen (it is neither trained, noised nor sent: every party builds the same
 table from the same public reference) and exactly the baseline: the untrained-network model (head at
@@ -9,7 +9,7 @@ zero) scores what the baseline scores.
 
 The table holds, for every context of every length 0..K, the baseline's four log-probabilities
 (natural log) when that length is the longest clean context there: row ``offset(j) + ctx`` with
-``offset(j) = (4**j - 1) / 3`` and ``ctx`` packed as in :mod:`shared.kmers` (the nearest base most
+``offset(j) = (4**j - 1) / 3`` and ``ctx`` packed as in :mod:`fedgenome.shared.kmers` (the nearest base most
 significant). Built once from the cached counts with the baseline's own smoothing, order by order,
 and cached beside them as one memory-mapped ``.npy`` (float32; 358 MiB at K = 12), so every process
 on a machine shares one copy. :func:`prior_fingerprint` names a table: the reference's SHA-256, the
@@ -29,15 +29,15 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from configs.schema import ModelConfig, Region
-from shared.atomic import atomic_path
-from shared.errors import ConfigError, IncompatibleModelError
-from shared.kmers import MAX_ORDER, Targets
-from shared.model import GenomeLM
-from shared.reference_markov import ReferenceBaseline, reference_baseline
-from shared.smoothing import Lookup
-from shared.tokenizer import A
-from shared.tokenizer import T as T_ID
+from fedgenome.configs.errors import ConfigError, IncompatibleModelError
+from fedgenome.configs.schema import ModelConfig, Region
+from fedgenome.shared.atomic import atomic_path
+from fedgenome.shared.kmers import MAX_ORDER, Targets
+from fedgenome.shared.model import GenomeLM
+from fedgenome.shared.reference_markov import ReferenceBaseline, reference_baseline
+from fedgenome.shared.smoothing import Lookup
+from fedgenome.shared.tokenizer import A
+from fedgenome.shared.tokenizer import T as T_ID
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20  # contexts per smoothing pass while building

@@ -29,16 +29,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from configs.schema import ModelConfig
-from shared.errors import IncompatibleModelError
-from shared.tokenizer import NUCLEOTIDES, A
-from shared.tokenizer import T as T_ID
+from fedgenome.configs.errors import IncompatibleModelError
+from fedgenome.configs.schema import ModelConfig
+from fedgenome.shared.tokenizer import NUCLEOTIDES, A
+from fedgenome.shared.tokenizer import T as T_ID
 
 Rope = tuple[torch.Tensor, torch.Tensor]
 
 
 class Prior(Protocol):
-    """A frozen next-base prior (``shared.markov_prior.MarkovPrior``)."""
+    """A frozen next-base prior (``fedgenome.shared.markov_prior.MarkovPrior``)."""
 
     @property
     def fingerprint(self) -> str:
@@ -201,7 +201,7 @@ class GenomeLM(nn.Module):
             if self.prior is None:
                 raise IncompatibleModelError("this model adds a Markov prior (model.markov_prior) but "
                                              "none is attached: build it with "
-                                             "shared.markov_prior.build_model and the reference")
+                                             "fedgenome.shared.markov_prior.build_model and the reference")
             prior = self.prior.log_probs(idx)  # (..., T, 4) for A, C, G, T
             x = x + self.prior_in(prior)
         for block in self.blocks:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from shared.errors import InputFileError
+from fedgenome.configs.errors import InputFileError
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from shared.errors import InputFileError
+from fedgenome.configs.errors import InputFileError
 
 MIN_FREE_BYTES = 64 * 2**20
 """Free space a run needs where it writes (a ledger entry, a cohort cache, a small checkpoint)."""

@@ -3,7 +3,8 @@
 Pretraining spends no privacy: it reads only public FASTA (the reference genome minus every
 held-out region, or any other public sequence), never a patient's genome. A model with a Markov
 prior starts as exactly the best-k baseline of the first FASTA (an indexed reference) minus the
-excluded regions, its network silent (:meth:`shared.model.GenomeLM.silence`); AdamW with the preset's
+excluded regions, its network silent (:meth:`fedgenome.shared.model.GenomeLM.silence`); AdamW with
+the preset's
 warm-up and cosine schedule then trains the network. Every ``checkpoint_every`` steps the
 checkpoint directory is rewritten whole: the weights, ``config.json``, and ``resume/`` (optimizer
 moments, step, the window stream's and torch's random state), so an interrupted run continues where
@@ -24,14 +25,14 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from configs.schema import Preset, Region
-from shared.checkpoint import load_weights, save_checkpoint
-from shared.corpus import Corpus, WindowStream
-from shared.datasets import tile_windows
-from shared.errors import ConfigError
-from shared.markov_prior import build_model
-from shared.model import GenomeLM
-from shared.train import evaluate, lr_at, make_optimizer, pick_device, train_step
+from fedgenome.configs.errors import ConfigError
+from fedgenome.configs.schema import Preset, Region
+from fedgenome.shared.checkpoint import load_weights, save_checkpoint
+from fedgenome.shared.corpus import Corpus, WindowStream
+from fedgenome.shared.datasets import tile_windows
+from fedgenome.shared.markov_prior import build_model
+from fedgenome.shared.model import GenomeLM
+from fedgenome.shared.train import evaluate, lr_at, make_optimizer, pick_device, train_step
 
 log = logging.getLogger(__name__)
 RESUME = "resume"

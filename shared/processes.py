@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
-from shared.errors import FedGenomeError
+from fedgenome.configs.errors import FedGenomeError
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ so it can stand beside a DP model (in ``fedgenome train --dp``, the federated ru
 the audit report) without spending any site's budget.
 
 The sequence counted is every contig of the reference minus the excluded regions (the held-out
-region; any list of :class:`~configs.schema.Region`), both strands, contexts broken by ``N`` and by
+region; any list of :class:`~fedgenome.configs.schema.Region`), both strands, contexts broken by ``N`` and by
 the cuts. Its last :data:`VALIDATION_BASES` (at most a fifth of it) are held apart: orders 0..K are
 counted on the rest, the order (and with ``"auto"`` the smoothing) is picked on that slice, and the
 picked model is then recounted on everything allowed (the slice is public training sequence, not
@@ -28,16 +28,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from configs.schema import Region
-from shared.atomic import atomic_dir
-from shared.datasets import Interval, allowed_intervals
-from shared.errors import InputFileError
-from shared.fetch import default_cache, sha256_file
-from shared.genomes import Reference
-from shared.kmers import MAX_ORDER, Table
-from shared.markov import BestK, MarkovBaseline, fit_best_k
-from shared.markov_fields import PRIVACY_NOTE, BaselineScore
-from shared.smoothing import AUTO, CANDIDATES
+from fedgenome.configs.errors import InputFileError
+from fedgenome.configs.schema import Region
+from fedgenome.shared.atomic import atomic_dir
+from fedgenome.shared.datasets import Interval, allowed_intervals
+from fedgenome.shared.fetch import default_cache, sha256_file
+from fedgenome.shared.genomes import Reference
+from fedgenome.shared.kmers import MAX_ORDER, Table
+from fedgenome.shared.markov import BestK, MarkovBaseline, fit_best_k
+from fedgenome.shared.markov_fields import PRIVACY_NOTE, BaselineScore
+from fedgenome.shared.smoothing import AUTO, CANDIDATES
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def reference_baseline(fasta: Path, *, exclude: Sequence[Region], cache: Path | 
     Args:
         fasta: An indexed reference FASTA (plain or BGZF with ``.fai``), public sequence only.
         exclude: Regions never counted, e.g. the held-out region.
-        cache: The data cache directory (default :func:`shared.fetch.default_cache`); the baseline
+        cache: The data cache directory (default :func:`fedgenome.shared.fetch.default_cache`); the baseline
             goes in its ``markov/`` folder.
         max_order: Highest order tried, K.
         smoothing: A smoothing name, or ``"auto"`` to pick it on the validation slice too.

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from configs.schema import FederationConfig, TrainConfig
+from fedgenome.configs.schema import FederationConfig, TrainConfig
 
 FINETUNE_LR = 1e-4
 """Peak learning rate of runs that start from a pretrained checkpoint (a twentieth of the

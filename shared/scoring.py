@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shared.errors import InputFileError
-from shared.genomes import Cohort, Reference
-from shared.tokenizer import encode
-from shared.train import IGNORE, autocast, eval_autocast, split_batch
+from fedgenome.configs.errors import InputFileError
+from fedgenome.shared.genomes import Cohort, Reference
+from fedgenome.shared.tokenizer import encode
+from fedgenome.shared.train import IGNORE, autocast, eval_autocast, split_batch
 
 log = logging.getLogger(__name__)
 COLUMNS = ("chrom", "pos", "id", "ref", "alt", "ll_ref", "ll_alt", "delta")

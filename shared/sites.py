@@ -2,7 +2,7 @@
 
 Each site directory holds ``patients.vcf.gz`` (+ ``.tbi``), a bgzipped, tabix-indexed,
 multi-sample VCF of only that site's patients, and ``site.toml``
-(:class:`configs.schema.SiteManifest`). The VCF is written through pysam's record API
+(:class:`fedgenome.configs.schema.SiteManifest`). The VCF is written through pysam's record API
 (``pysam.VariantFile(..., "wz")``): about 2 s for 9,327 SNPs x 181 patients, far below the point
 where writing VCF text by hand would pay off. Genotypes are unphased; REF is whichever PLINK
 allele equals the reference base at the SNP's position, ALT the other.
@@ -22,11 +22,11 @@ import numpy.typing as npt
 import pysam
 import tomli_w
 
-from configs.schema import SiteManifest, load_site_manifest, validate
-from shared.atomic import atomic_dir, write_text
-from shared.errors import ConfigError, FedGenomeError, InputFileError
-from shared.fetch import DataPaths
-from shared.plink import HET, HOM_A1, HOM_A2, MISSING, PlinkData, read_plink
+from fedgenome.configs.errors import ConfigError, FedGenomeError, InputFileError
+from fedgenome.configs.schema import SiteManifest, load_site_manifest, validate
+from fedgenome.shared.atomic import atomic_dir, write_text
+from fedgenome.shared.fetch import DataPaths
+from fedgenome.shared.plink import HET, HOM_A1, HOM_A2, MISSING, PlinkData, read_plink
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ def make_sites(paths: DataPaths, out: Path, *, holdout_bases: int = 5_000_000,
     directory and renamed into place, so a failure leaves no half-built site.
 
     Args:
-        paths: The fetched data (:func:`shared.fetch.fetch_data`).
+        paths: The fetched data (:func:`fedgenome.shared.fetch.fetch_data`).
         out: Directory to hold the site directories; created if needed.
         holdout_bases: The last this-many bases of chr20 are held out of training (0 = none).
         phasing_seed: Seed recorded in each manifest for phasing heterozygotes.

@@ -30,8 +30,8 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from shared.errors import ConfigError
-from shared.kmers import Table, Targets
+from fedgenome.configs.errors import ConfigError
+from fedgenome.shared.kmers import Table, Targets
 
 Probs = npt.NDArray[np.float64]
 FALLBACK_DISCOUNTS = (0.5, 1.0, 1.5)
@@ -173,7 +173,7 @@ SMOOTHINGS: dict[str, Callable[[list[Table], float | None], Smoother]] = {
 """Smoothing families; ``dirichlet`` takes its concentration from the name (``dirichlet-256``)."""
 CANDIDATES = ("add-one", "witten-bell", "kneser-ney", "dirichlet-16", "dirichlet-64", "dirichlet-256",
               "dirichlet-1024")
-"""The smoothings ``"auto"`` tries (:func:`shared.markov.fit_best_k`)."""
+"""The smoothings ``"auto"`` tries (:func:`fedgenome.shared.markov.fit_best_k`)."""
 AUTO = "auto"
 
 

@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-from configs.schema import TrainConfig
-from shared.errors import ConfigError
-from shared.schedule import LRSchedule
-from shared.tokenizer import A, T
+from fedgenome.configs.errors import ConfigError
+from fedgenome.configs.schema import TrainConfig
+from fedgenome.shared.schedule import LRSchedule
+from fedgenome.shared.tokenizer import A, T
 
 log = logging.getLogger(__name__)
 IGNORE = -100  # target id that the loss skips (N, padding, specials)

@@ -10,10 +10,10 @@ import torch
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.supercore.task_identity import TaskIdentity
 
-from configs.schema import Preset, Region, load_preset
-from shared.fetch import DataPaths, default_cache, fetch_data
-from shared.markov_prior import MarkovPrior, markov_prior
-from shared.train import CPU_BF16_ENV
+from fedgenome.configs.schema import Preset, Region, load_preset
+from fedgenome.shared.fetch import DataPaths, default_cache, fetch_data
+from fedgenome.shared.markov_prior import MarkovPrior, markov_prior
+from fedgenome.shared.train import CPU_BF16_ENV
 
 CE_HOLDOUT = Region(contig="CHROMOSOME_I", start=0, end=50_000)
 
@@ -31,7 +31,7 @@ def data_paths() -> DataPaths:
 @pytest.fixture(scope="session")
 def sites_dir(data_paths: DataPaths, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A directory holding the four site folders built from the 379 real people."""
-    from shared.sites import make_sites
+    from fedgenome.shared.sites import make_sites
 
     out = tmp_path_factory.mktemp("sites")
     make_sites(data_paths, out)
@@ -67,7 +67,7 @@ def site_copy(sites_dir: Path, tmp_path: Path):  # type: ignore[no-untyped-def]
     """Factory: a private copy of a real site (own key, ledger, state) sharing the real VCF."""
 
     def make(name: str) -> Path:
-        from shared.sites import copy_site
+        from fedgenome.shared.sites import copy_site
 
         return copy_site(sites_dir / name, tmp_path / "sites" / name)
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from configs.schema import FederationConfig, validate
-from privacy.keys import load_public_key
-from privacy.ledger import LedgerEntry, verify_ledger
-from shared import sites
-from shared.fetch import DataPaths
+from fedgenome.configs.schema import FederationConfig, validate
+from fedgenome.privacy.keys import load_public_key
+from fedgenome.privacy.ledger import LedgerEntry, verify_ledger
+from fedgenome.shared import sites
+from fedgenome.shared.fetch import DataPaths
 
 
 def copy_site(sites_dir: Path, root: Path, name: str) -> Path:

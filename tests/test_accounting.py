@@ -9,7 +9,8 @@ import re
 import pytest
 
 from fedgenome.cli import main
-from privacy.accounting import (
+from fedgenome.configs.errors import ConfigError
+from fedgenome.privacy.accounting import (
     ACCOUNTANTS,
     EPSILON_TOLERANCE,
     check_arguments,
@@ -17,8 +18,7 @@ from privacy.accounting import (
     epsilon,
     plan_noise_multiplier,
 )
-from privacy.mechanism import Mechanism
-from shared.errors import ConfigError
+from fedgenome.privacy.mechanism import Mechanism
 
 # Opacus' own RDP test value (tests/accountants_test.py): σ=1.5, q=0.04, 2,250 steps, δ=1e-5 -> ε=7.3291.
 GOLDEN = Mechanism(noise_multiplier=1.5, sample_rate=0.04, steps=2250)

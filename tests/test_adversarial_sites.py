@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 
 from fedgenome.localfed import CONNECTION, LocalFederation
-from privacy.keys import fingerprint, load_public_key
-from server.deploy import register_supernode, wait_online
-from server.pki import add_site
-from server.site_policy import declare_patients
-from shared.fetch import DataPaths
+from fedgenome.privacy.keys import fingerprint, load_public_key
+from fedgenome.server.deploy import register_supernode, wait_online
+from fedgenome.server.pki import add_site
+from fedgenome.server.site_policy import declare_patients
+from fedgenome.shared.fetch import DataPaths
 from tests.test_federation import ledger_entries, run_config
 
 pytestmark = pytest.mark.integration
@@ -49,9 +49,9 @@ def _patch(module):
 
 
 class _PatchSite(importlib.abc.MetaPathFinder):
-    # The worker imports the app afresh from each run's bundle: patch every client.site it loads.
+    # The worker imports the app afresh from each run's bundle: patch every fedgenome.client.site it loads.
     def find_spec(self, name, path, target=None):
-        if name != "client.site":
+        if name != "fedgenome.client.site":
             return None
         for finder in sys.meta_path:
             spec = None if finder is self else finder.find_spec(name, path, target)

@@ -18,21 +18,21 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from matplotlib.image import imread
 from torch.utils.data import Dataset
 
-from configs.schema import DPConfig, Preset, SitePrivacy
 from fedgenome.cli import main
-from privacy.accounting import epsilon
-from privacy.audit import audit_ledger
-from privacy.audit_plots import heldout_plot
-from privacy.audit_report import build_report, write_report
-from privacy.audit_sources import audit_ledgers, find_key
-from privacy.audit_types import Budget, KeyLookup, SiteAudit
-from privacy.keys import generate_key, sign, write_public_key
-from privacy.ledger import Ledger, LedgerEntry, head_path
-from privacy.mechanism import Mechanism
-from privacy.trainer import run_private_round
-from shared.markov_fields import PRIVACY_NOTE, BaselineScore
-from shared.model import GenomeLM
-from shared.tokenizer import A, T
+from fedgenome.configs.schema import DPConfig, Preset, SitePrivacy
+from fedgenome.privacy.accounting import epsilon
+from fedgenome.privacy.audit import audit_ledger
+from fedgenome.privacy.audit_plots import heldout_plot
+from fedgenome.privacy.audit_report import build_report, write_report
+from fedgenome.privacy.audit_sources import audit_ledgers, find_key
+from fedgenome.privacy.audit_types import Budget, KeyLookup, SiteAudit
+from fedgenome.privacy.keys import generate_key, sign, write_public_key
+from fedgenome.privacy.ledger import Ledger, LedgerEntry, head_path
+from fedgenome.privacy.mechanism import Mechanism
+from fedgenome.privacy.trainer import run_private_round
+from fedgenome.shared.markov_fields import PRIVACY_NOTE, BaselineScore
+from fedgenome.shared.model import GenomeLM
+from fedgenome.shared.tokenizer import A, T
 
 SIGMA, Q, DELTA = 1.5, 0.04, 1e-5
 MARKOV = BaselineScore(1.87, 9, "dirichlet-256")  # a run report's Markov baseline
@@ -464,7 +464,7 @@ def test_the_report_refuses_to_overwrite_the_run_report(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     make_run(run_dir, {"siteA": generate_key()})
     (run_dir / "state.json").write_text("{}")
-    from shared.errors import ConfigError
+    from fedgenome.configs.errors import ConfigError
 
     with pytest.raises(ConfigError, match="would replace the run report"):
         write_report(build_report(run_dir), run_dir / "report.html")

@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from configs.schema import Preset, load_site_manifest
+from fedgenome.configs.errors import ConfigError, InputFileError
+from fedgenome.configs.schema import Preset, load_site_manifest
+from fedgenome.shared.datasets import open_site
+from fedgenome.shared.genomes import Reference
+from fedgenome.shared.tokenizer import encode
 from fedgenome.training import prepare
-from shared.datasets import open_site
-from shared.errors import ConfigError, InputFileError
-from shared.genomes import Reference
-from shared.tokenizer import encode
 from tests.minisite import SAMPLES, Spec, make_site, reference_sequence, written
 
 

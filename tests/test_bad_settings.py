@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 
-from configs.schema import (
+from fedgenome.cli import main
+from fedgenome.configs.errors import ConfigError
+from fedgenome.configs.schema import (
     MAX_STEPS,
     FederationConfig,
     SitePrivacy,
@@ -19,9 +21,7 @@ from configs.schema import (
     load_site_manifest,
     validate,
 )
-from fedgenome.cli import main
-from privacy.accounting import plan_noise_multiplier
-from shared.errors import ConfigError
+from fedgenome.privacy.accounting import plan_noise_multiplier
 from tests.minisite import Spec, make_site, written
 
 

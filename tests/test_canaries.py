@@ -19,8 +19,6 @@ import numpy as np
 import pytest
 import torch
 
-from client.site import SiteNode
-from configs.schema import FederationConfig, Preset, load_site_manifest
 from fedgenome.canaries import (
     audit_model,
     draw_canaries,
@@ -29,7 +27,10 @@ from fedgenome.canaries import (
     seal,
     site_epsilon,
 )
-from privacy.empirical import (
+from fedgenome.client.site import SiteNode
+from fedgenome.configs.errors import ConfigError, InputFileError
+from fedgenome.configs.schema import FederationConfig, Preset, load_site_manifest
+from fedgenome.privacy.empirical import (
     binomial_tail,
     count_correct,
     epsilon_lower_bound,
@@ -39,11 +40,10 @@ from privacy.empirical import (
     one_run_audit,
     p_value,
 )
-from shared import wire
-from shared.datasets import open_site, read_planted
-from shared.errors import ConfigError, InputFileError
-from shared.model import GenomeLM
-from shared.train import endless, train
+from fedgenome.shared import wire
+from fedgenome.shared.datasets import open_site, read_planted
+from fedgenome.shared.model import GenomeLM
+from fedgenome.shared.train import endless, train
 
 log = logging.getLogger(__name__)
 CPU = torch.device("cpu")

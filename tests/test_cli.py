@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from fedgenome.cli import main
-from shared.fetch import DataPaths
+from fedgenome.shared.fetch import DataPaths
 
 
 def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -110,7 +110,7 @@ def test_empty_fasta_record_is_one_line(tiny_checkpoint: Path, tmp_path: Path,
 def test_vcf_ref_mismatch_is_one_line_and_writes_nothing(
         tiny_checkpoint: Path, data_paths: DataPaths, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
-    from shared.genomes import Reference
+    from fedgenome.shared.genomes import Reference
     seq = Reference(data_paths.reference).tokens("20")
     good = "ACGT"[int(seq[30_000_000]) - 5]
     wrong = next(b for b in "ACGT" if b != "ACGT"[int(seq[30_000_100]) - 5])

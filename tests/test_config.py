@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from configs.schema import load_preset, load_preset_file, load_site_manifest, preset_names
-from shared.errors import ConfigError
-from shared.model import GenomeLM
+from fedgenome.configs.errors import ConfigError
+from fedgenome.configs.schema import load_preset, load_preset_file, load_site_manifest, preset_names
+from fedgenome.server.deploy import APP_DIR
+from fedgenome.shared.model import GenomeLM
 
 
 def test_presets_parse_and_sizes_fit_their_purpose() -> None:
@@ -58,7 +59,7 @@ def test_missing_site_manifest(tmp_path: Path) -> None:
 
 
 def test_the_flower_app_config_has_every_run_config_key_with_its_default() -> None:
-    from configs.schema import FederationConfig, read_toml
-    app_config = read_toml(Path(__file__).parent.parent / "pyproject.toml")["tool"]["flwr"]["app"]["config"]
+    from fedgenome.configs.schema import FederationConfig, read_toml
+    app_config = read_toml(APP_DIR / "pyproject.toml")["tool"]["flwr"]["app"]["config"]
     defaults = FederationConfig().model_dump(by_alias=True)
     assert app_config == defaults  # Flower rejects override keys missing here

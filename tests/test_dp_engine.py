@@ -7,10 +7,10 @@ import torch
 from opacus import GradSampleModule
 from torch.utils.data import Dataset
 
-from configs.schema import DPConfig, Preset
-from privacy.engine import make_private, per_sample_loss, private_step
-from shared.model import CausalDepthwiseConv, GenomeLM
-from shared.train import split_batch
+from fedgenome.configs.schema import DPConfig, Preset
+from fedgenome.privacy.engine import make_private, per_sample_loss, private_step
+from fedgenome.shared.model import CausalDepthwiseConv, GenomeLM
+from fedgenome.shared.train import split_batch
 
 CPU = torch.device("cpu")
 
@@ -118,7 +118,7 @@ def test_depthwise_sampler_in_bfloat16_gives_float32_gradients_near_the_exact_on
     conv = CausalDepthwiseConv(6, 4)
     u = torch.randn(3, 2, 6, 50)  # a patient's two windows are summed over
     g = torch.randn(3, 2, 6, 50)
-    from privacy.grad_samplers import causal_depthwise_grad_sample
+    from fedgenome.privacy.grad_samplers import causal_depthwise_grad_sample
 
     exact = causal_depthwise_grad_sample(conv, [u], g)
     low = causal_depthwise_grad_sample(conv, [u.bfloat16()], g.bfloat16())
@@ -128,7 +128,7 @@ def test_depthwise_sampler_in_bfloat16_gives_float32_gradients_near_the_exact_on
 
 
 def test_too_many_patients_per_step_is_refused(tiny: Preset) -> None:
-    from shared.errors import ConfigError
+    from fedgenome.configs.errors import ConfigError
     model = GenomeLM(tiny.model)
     with pytest.raises(ConfigError, match="patients_per_step = 8 exceeds the 3 patients"):
         make_private(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),

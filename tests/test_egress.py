@@ -10,8 +10,8 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from client.egress import EGRESS_LOG, EgressRefused, check_content, egress_guard
-from shared import wire
+from fedgenome.client.egress import EGRESS_LOG, EgressRefused, check_content, egress_guard
+from fedgenome.shared import wire
 
 MODEL = {"embed.weight": (10, 4), "head.bias": (10,)}
 

@@ -5,16 +5,16 @@ from __future__ import annotations
 import pytest
 from flwr.app import MetricRecord
 
-from configs.schema import FederationConfig, SitePrivacy, load_preset
-from privacy.accounting import epsilon
-from privacy.mechanism import Mechanism
-from privacy.round_plan import dp_settings
-from privacy.trainer import noise_for
-from server.epsilon_check import EpsilonCheck, PrivacyClaim
-from server.replies import collect
-from server.report import RoundRecord
-from server.validation import UpdateRejected
-from shared import wire
+from fedgenome.configs.schema import FederationConfig, SitePrivacy, load_preset
+from fedgenome.privacy.accounting import epsilon
+from fedgenome.privacy.mechanism import Mechanism
+from fedgenome.privacy.round_plan import dp_settings
+from fedgenome.privacy.trainer import noise_for
+from fedgenome.server.epsilon_check import EpsilonCheck, PrivacyClaim
+from fedgenome.server.replies import collect
+from fedgenome.server.report import RoundRecord
+from fedgenome.server.validation import UpdateRejected
+from fedgenome.shared import wire
 from tests.test_validation import GLOBAL, honest, reply
 
 FED = FederationConfig(preset="tiny", num_server_rounds=4, local_steps=5, patients_per_step=8)

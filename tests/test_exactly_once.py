@@ -11,19 +11,19 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from client.outgoing import outgoing_path
-from client.site import SiteNode, SiteReply
-from configs.schema import Preset
 from fedgenome.cli import main
-from privacy.accounting import epsilon
-from privacy.audit import audit_ledger
-from privacy.audit_types import KeyLookup
-from privacy.keys import generate_key, write_public_key
-from privacy.ledger import Ledger
-from privacy.mechanism import Mechanism
-from privacy.optim_state import OptimizerStore
-from shared import wire
-from shared.errors import LedgerError
+from fedgenome.client.outgoing import outgoing_path
+from fedgenome.client.site import SiteNode, SiteReply
+from fedgenome.configs.errors import LedgerError
+from fedgenome.configs.schema import Preset
+from fedgenome.privacy.accounting import epsilon
+from fedgenome.privacy.audit import audit_ledger
+from fedgenome.privacy.audit_types import KeyLookup
+from fedgenome.privacy.keys import generate_key, write_public_key
+from fedgenome.privacy.ledger import Ledger
+from fedgenome.privacy.mechanism import Mechanism
+from fedgenome.privacy.optim_state import OptimizerStore
+from fedgenome.shared import wire
 from tests.fedrun import copy_site, ledger_entries
 from tests.test_optim_state import fed, global_weights
 

@@ -17,14 +17,14 @@ import numpy as np
 import pytest
 import torch
 
-from client.node import JOURNAL
-from configs.schema import load_preset
+from fedgenome.client.node import JOURNAL
+from fedgenome.configs.schema import load_preset
 from fedgenome.localfed import LocalFederation
-from privacy.keys import load_public_key
-from privacy.ledger import verify_ledger
-from shared.checkpoint import load_checkpoint, state_sha256
-from shared.fetch import DataPaths
-from shared.model import GenomeLM
+from fedgenome.privacy.keys import load_public_key
+from fedgenome.privacy.ledger import verify_ledger
+from fedgenome.shared.checkpoint import load_checkpoint, state_sha256
+from fedgenome.shared.fetch import DataPaths
+from fedgenome.shared.model import GenomeLM
 
 pytestmark = pytest.mark.integration
 

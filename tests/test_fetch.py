@@ -12,17 +12,17 @@ import pysam
 import pytest
 from typer.testing import CliRunner
 
-import shared.fetch as fetch
-from shared.cli_data import app
-from shared.errors import DataFetchError
-from shared.fetch import (
+import fedgenome.shared.fetch as fetch
+from fedgenome.configs.errors import DataFetchError
+from fedgenome.shared.cli_data import app
+from fedgenome.shared.fetch import (
     SOURCES,
     DataPaths,
     fetch_data,
     find_problems,
     verify_data,
 )
-from shared.fetch import data_paths as layout
+from fedgenome.shared.fetch import data_paths as layout
 
 pytestmark = pytest.mark.data
 
@@ -67,7 +67,7 @@ def test_second_fetch_does_not_call_apt(data_paths: DataPaths, tmp_path: Path,
     monkeypatch.setattr(fetch, "_run", _no_subprocess)
     monkeypatch.setattr(subprocess, "run", _no_subprocess)
     monkeypatch.setenv("PATH", _empty_path(tmp_path))
-    with caplog.at_level(logging.INFO, logger="shared.fetch"):
+    with caplog.at_level(logging.INFO, logger="fedgenome.shared.fetch"):
         assert fetch_data(data_paths.cache) == data_paths
         assert fetch_data(data_paths.cache, verify=True) == data_paths
     assert "already fetched" in caplog.text
@@ -139,7 +139,7 @@ def test_cli_fetch_twice_is_a_no_op(data_paths: DataPaths, monkeypatch: pytest.M
                                     caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(fetch, "_run", _no_subprocess)
     runner = CliRunner()
-    with caplog.at_level(logging.INFO, logger="shared.fetch"):
+    with caplog.at_level(logging.INFO, logger="fedgenome.shared.fetch"):
         result = runner.invoke(app, ["fetch", "--cache", str(data_paths.cache)])
     assert result.exit_code == 0, result.output
     assert "already fetched" in caplog.text
@@ -151,7 +151,7 @@ def test_cli_cache_comes_from_the_environment(data_paths: DataPaths,
                                               caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(fetch, "_run", _no_subprocess)
     monkeypatch.setenv("FEDGENOME_CACHE", str(data_paths.cache))
-    with caplog.at_level(logging.INFO, logger="shared.fetch"):
+    with caplog.at_level(logging.INFO, logger="fedgenome.shared.fetch"):
         result = CliRunner().invoke(app, ["fetch", "--verify"])
     assert result.exit_code == 0, result.output
     assert f"already fetched in {data_paths.cache}" in caplog.text

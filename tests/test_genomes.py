@@ -8,12 +8,12 @@ import numpy as np
 import pysam
 import pytest
 
-from configs.schema import DataConfig, load_site_manifest
-from shared.datasets import SiteData, n_fraction, open_site, read_fasta_records
-from shared.errors import InputFileError
-from shared.fetch import DataPaths
-from shared.genomes import Reference, load_cohort
-from shared.tokenizer import encode, reverse_complement_ids
+from fedgenome.configs.errors import InputFileError
+from fedgenome.configs.schema import DataConfig, load_site_manifest
+from fedgenome.shared.datasets import SiteData, n_fraction, open_site, read_fasta_records
+from fedgenome.shared.fetch import DataPaths
+from fedgenome.shared.genomes import Reference, load_cohort
+from fedgenome.shared.tokenizer import encode, reverse_complement_ids
 
 DATA = DataConfig(window=256)
 

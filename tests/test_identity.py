@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from server.identity import NodeIdentity, _fingerprint, check_claim
-from server.replies import collect
+from fedgenome.server.identity import NodeIdentity, _fingerprint, check_claim
+from fedgenome.server.replies import collect
 from tests.test_validation import GLOBAL, honest, reply
 
 CEU, IMPOSTOR = NodeIdentity(11, "hospital-ceu", "a1" * 32), NodeIdentity(12, "impostor", "b2" * 32)
@@ -64,7 +64,7 @@ def test_the_fingerprint_of_flowers_stored_key_is_the_sites_own(tmp_path: pytest
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    from privacy.keys import fingerprint
+    from fedgenome.privacy.keys import fingerprint
 
     key = ec.generate_private_key(ec.SECP384R1()).public_key()
     pem = key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)

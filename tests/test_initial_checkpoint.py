@@ -12,23 +12,23 @@ import pytest
 import torch
 from cryptography.hazmat.primitives.asymmetric import ec
 
-import privacy.trainer
-import shared.train
-from client.site import SiteNode
-from configs.schema import Preset
+import fedgenome.privacy.trainer
+import fedgenome.shared.train
 from fedgenome.cli import main
+from fedgenome.client.site import SiteNode
+from fedgenome.configs.errors import ConfigError, IncompatibleModelError, LedgerError
+from fedgenome.configs.schema import Preset
 from fedgenome.inprocess import run_in_process
-from privacy.accounting import epsilon
-from privacy.audit_report import build_report
-from privacy.keys import generate_key, write_public_key
-from privacy.ledger import Ledger, verify_ledger
-from privacy.mechanism import Mechanism
-from server.rounds import Federation
-from shared import wire
-from shared.checkpoint import load_checkpoint, load_initial, save_checkpoint, state_sha256
-from shared.errors import ConfigError, IncompatibleModelError, LedgerError
-from shared.fetch import DataPaths
-from shared.model import GenomeLM
+from fedgenome.privacy.accounting import epsilon
+from fedgenome.privacy.audit_report import build_report
+from fedgenome.privacy.keys import generate_key, write_public_key
+from fedgenome.privacy.ledger import Ledger, verify_ledger
+from fedgenome.privacy.mechanism import Mechanism
+from fedgenome.server.rounds import Federation
+from fedgenome.shared import wire
+from fedgenome.shared.checkpoint import load_checkpoint, load_initial, save_checkpoint, state_sha256
+from fedgenome.shared.fetch import DataPaths
+from fedgenome.shared.model import GenomeLM
 from tests.fedrun import copy_site, fed_config, ledger_entries
 
 
@@ -126,8 +126,8 @@ def test_train_and_train_dp_start_from_exactly_the_checkpoint(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     site = site_copy("hospital-ceu")
     digest = weights_sha256(tiny_checkpoint)
-    plain_starts = record_start(monkeypatch, shared.train)
-    private_starts = record_start(monkeypatch, privacy.trainer)
+    plain_starts = record_start(monkeypatch, fedgenome.shared.train)
+    private_starts = record_start(monkeypatch, fedgenome.privacy.trainer)
     args = ["train", str(site), "--preset", "tiny", "--steps", "2", "--init", str(tiny_checkpoint)]
     for extra, out in (([], "plain"), (["--dp", "--noise-multiplier", "1.0"], "private")):
         with pytest.raises(SystemExit) as done:

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from privacy.keys import (
+from fedgenome.configs.errors import ConfigError, InputFileError, LedgerError
+from fedgenome.privacy.keys import (
     create_site_key,
     fingerprint,
     load_private_key,
@@ -23,9 +24,8 @@ from privacy.keys import (
     sign,
     verify_signature,
 )
-from privacy.ledger import Ledger, LedgerEntry, head_path, verify_ledger
-from privacy.mechanism import Mechanism
-from shared.errors import ConfigError, InputFileError, LedgerError
+from fedgenome.privacy.ledger import Ledger, LedgerEntry, head_path, verify_ledger
+from fedgenome.privacy.mechanism import Mechanism
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from privacy.keys import load_public_key
-from privacy.site_state import ledger_head_digest, open_ledger, site_key_path
-from server.ledger_heads import HeadCheck
-from server.report import RoundRecord
-from server.validation import UpdateRejected
+from fedgenome.privacy.keys import load_public_key
+from fedgenome.privacy.site_state import ledger_head_digest, open_ledger, site_key_path
+from fedgenome.server.ledger_heads import HeadCheck
+from fedgenome.server.report import RoundRecord
+from fedgenome.server.validation import UpdateRejected
 from tests.test_ledger_reset import NAME, spend, trained_site
 
 

@@ -10,17 +10,23 @@ from pathlib import Path
 import pytest
 
 from fedgenome.cli import main
-from privacy.accounting import epsilon
-from privacy.audit import audit_ledger
-from privacy.audit_sources import find_key
-from privacy.keys import create_site_key, load_public_key
-from privacy.ledger import Ledger, head_path, verify_ledger
-from privacy.ledger_head import HeadDigest, check_head_continuity
-from privacy.ledger_marker import marker_path, read_marker
-from privacy.ledger_reset import reset_site_ledger
-from privacy.mechanism import Mechanism
-from privacy.site_state import LedgerMissingError, ledger_head_digest, ledger_path, open_ledger, site_key_path
-from shared.errors import ConfigError, LedgerError
+from fedgenome.configs.errors import ConfigError, LedgerError
+from fedgenome.privacy.accounting import epsilon
+from fedgenome.privacy.audit import audit_ledger
+from fedgenome.privacy.audit_sources import find_key
+from fedgenome.privacy.keys import create_site_key, load_public_key
+from fedgenome.privacy.ledger import Ledger, head_path, verify_ledger
+from fedgenome.privacy.ledger_head import HeadDigest, check_head_continuity
+from fedgenome.privacy.ledger_marker import marker_path, read_marker
+from fedgenome.privacy.ledger_reset import reset_site_ledger
+from fedgenome.privacy.mechanism import Mechanism
+from fedgenome.privacy.site_state import (
+    LedgerMissingError,
+    ledger_head_digest,
+    ledger_path,
+    open_ledger,
+    site_key_path,
+)
 from tests.fedrun import copy_site
 
 NAME = "hospital-a"

@@ -13,15 +13,15 @@ import numpy as np
 import pytest
 import torch
 
-from configs.schema import Region
-from shared.datasets import allowed_intervals, tile_windows
-from shared.fetch import DataPaths
-from shared.genomes import Reference
-from shared.kmers import count_kmers
-from shared.markov import MarkovBaseline, fit_best_k
-from shared.markov_fields import PRIVACY_KEY, PRIVACY_NOTE, BaselineScore
-from shared.reference_markov import ReferenceBaseline, reference_baseline, split_validation
-from shared.tokenizer import decode, encode, reverse_complement
+from fedgenome.configs.schema import Region
+from fedgenome.shared.datasets import allowed_intervals, tile_windows
+from fedgenome.shared.fetch import DataPaths
+from fedgenome.shared.genomes import Reference
+from fedgenome.shared.kmers import count_kmers
+from fedgenome.shared.markov import MarkovBaseline, fit_best_k
+from fedgenome.shared.markov_fields import PRIVACY_KEY, PRIVACY_NOTE, BaselineScore
+from fedgenome.shared.reference_markov import ReferenceBaseline, reference_baseline, split_validation
+from fedgenome.shared.tokenizer import decode, encode, reverse_complement
 
 BASES = "ACGT"
 
@@ -268,9 +268,9 @@ def test_the_cache_returns_the_same_baseline_and_a_changed_region_misses(data_pa
 
 def test_the_run_report_has_the_baseline_on_the_servers_heldout_windows(data_paths: DataPaths,
                                                                         tmp_path: Path) -> None:
-    from configs.schema import FederationConfig, validate
-    from server.report import RoundRecord, RunReport
-    from server.rounds import Federation
+    from fedgenome.configs.schema import FederationConfig, validate
+    from fedgenome.server.report import RoundRecord, RunReport
+    from fedgenome.server.rounds import Federation
 
     config = {"run-dir": str(tmp_path / "run"), "reference": str(data_paths.reference), "eval-windows": 4}
     fed = validate(FederationConfig, config, source="test")

@@ -10,12 +10,12 @@ import torch
 from opacus import GradSampleModule
 from opacus.validators import ModuleValidator
 
-from configs.schema import Preset
-from shared.fetch import DataPaths
-from shared.genomes import Reference
-from shared.model import GenomeLM
-from shared.tokenizer import PAD
-from shared.train import lm_loss, split_batch
+from fedgenome.configs.schema import Preset
+from fedgenome.shared.fetch import DataPaths
+from fedgenome.shared.genomes import Reference
+from fedgenome.shared.model import GenomeLM
+from fedgenome.shared.tokenizer import PAD
+from fedgenome.shared.train import lm_loss, split_batch
 
 
 def real_windows(data_paths: DataPaths, n: int, length: int, start: int = 30_000_000) -> torch.Tensor:

@@ -14,16 +14,16 @@ from typing import Any, NamedTuple
 
 import pytest
 
-import shared.checkpoint
-import shared.genomes
-import shared.preflight
-from client.site import SiteNode
-from configs.schema import FederationConfig, Preset, load_site_manifest
+import fedgenome.shared.checkpoint
+import fedgenome.shared.genomes
+import fedgenome.shared.preflight
 from fedgenome.cli import main
+from fedgenome.client.site import SiteNode
+from fedgenome.configs.errors import InputFileError, PrivacyBudgetExhausted
+from fedgenome.configs.schema import FederationConfig, Preset, load_site_manifest
+from fedgenome.privacy.site_state import open_ledger
+from fedgenome.shared.datasets import open_site
 from fedgenome.training import run_baseline, run_private
-from privacy.site_state import open_ledger
-from shared.datasets import open_site
-from shared.errors import InputFileError, PrivacyBudgetExhausted
 from tests.minisite import Spec, make_site, written
 
 
@@ -48,7 +48,7 @@ def deny(monkeypatch: pytest.MonkeyPatch, code: int = errno.EACCES) -> None:
     """Every directory probe fails as on a read-only site (or a read-only mount)."""
     def probe(directory: Path) -> None:
         raise OSError(code, os.strerror(code), str(directory))
-    monkeypatch.setattr(shared.preflight, "_probe", probe)
+    monkeypatch.setattr(fedgenome.shared.preflight, "_probe", probe)
 
 
 def spent(site: Path) -> float:
@@ -101,7 +101,7 @@ def test_fedgenome_train_on_a_read_only_site_is_one_line(
 
 def test_too_little_free_space_fails_before_training(
         site: Path, quick: Preset, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(shared.preflight.shutil, "disk_usage", lambda p: Disk(10**9, 10**9, 10**6))
+    monkeypatch.setattr(fedgenome.shared.preflight.shutil, "disk_usage", lambda p: Disk(10**9, 10**9, 10**6))
     with pytest.raises(InputFileError, match=r"only 1.0 MiB free for the site's cache"):
         run_private([site], quick, out=tmp_path / "ckpt", preset_name="tiny", device_name="cpu",
                     state_dir=None)
@@ -114,7 +114,7 @@ def test_a_full_disk_writing_the_cohort_cache_leaves_no_partial_file(
         fh.write(b"partial")
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(shared.genomes.np, "savez", full)
+    monkeypatch.setattr(fedgenome.shared.genomes.np, "savez", full)
     with pytest.raises(InputFileError) as err:
         open_site(site, quick.data, seed=0, cache_dir=site / "state")
     assert "cannot write the cohort cache (No space left on device)" in str(err.value)
@@ -127,7 +127,7 @@ def test_a_checkpoint_that_cannot_be_saved_records_no_epsilon(
         Path(path).write_bytes(b"partial")
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
 
-    monkeypatch.setattr(shared.checkpoint, "save_file", full)
+    monkeypatch.setattr(fedgenome.shared.checkpoint, "save_file", full)
     out = tmp_path / "out" / "ckpt"
     with pytest.raises(InputFileError) as err:
         run_private([site], quick, out=out, preset_name="tiny", device_name="cpu", state_dir=None)
@@ -159,14 +159,14 @@ def test_a_refused_run_leaves_no_checkpoint(tmp_path: Path, quick: Preset,
 
 def test_a_plain_run_checks_its_output_before_training(
         site: Path, quick: Preset, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    real = shared.preflight._probe
+    real = fedgenome.shared.preflight._probe
 
     def probe(directory: Path) -> None:
         if directory == tmp_path:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory))
         real(directory)
 
-    monkeypatch.setattr(shared.preflight, "_probe", probe)
+    monkeypatch.setattr(fedgenome.shared.preflight, "_probe", probe)
     with pytest.raises(InputFileError, match=r"cannot write the checkpoint ckpt \(No space left"):
         run_baseline([site], quick, out=tmp_path / "ckpt", preset_name="tiny", device_name="cpu")
     assert written(site) == []

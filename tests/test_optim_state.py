@@ -12,17 +12,17 @@ import torch
 from cryptography.hazmat.primitives.asymmetric import ec
 from torch.utils.data import Dataset
 
-from client.site import SiteNode
-from configs.schema import DPConfig, FederationConfig, Preset, SitePrivacy
-from privacy.keys import generate_key
-from privacy.ledger import Ledger
-from privacy.optim_state import OptimizerStore
-from privacy.trainer import run_private_round
-from shared import wire
-from shared.errors import ConfigError, IncompatibleModelError, InputFileError, LedgerError
-from shared.model import GenomeLM
-from shared.tokenizer import A, T
-from shared.train import make_optimizer
+from fedgenome.client.site import SiteNode
+from fedgenome.configs.errors import ConfigError, IncompatibleModelError, InputFileError, LedgerError
+from fedgenome.configs.schema import DPConfig, FederationConfig, Preset, SitePrivacy
+from fedgenome.privacy.keys import generate_key
+from fedgenome.privacy.ledger import Ledger
+from fedgenome.privacy.optim_state import OptimizerStore
+from fedgenome.privacy.trainer import run_private_round
+from fedgenome.shared import wire
+from fedgenome.shared.model import GenomeLM
+from fedgenome.shared.tokenizer import A, T
+from fedgenome.shared.train import make_optimizer
 from tests.fedrun import copy_site
 
 RUN_A, RUN_B = "a" * 32, "0123456789abcdef" * 2
@@ -31,10 +31,10 @@ CPU = torch.device("cpu")
 LOAD_SCRIPT = """
 import sys, torch
 from pathlib import Path
-from client.site import SiteNode
-from configs.schema import FederationConfig, load_preset
-from shared.model import GenomeLM
-from shared.train import make_optimizer
+from fedgenome.client.site import SiteNode
+from fedgenome.configs.schema import FederationConfig, load_preset
+from fedgenome.shared.model import GenomeLM
+from fedgenome.shared.train import make_optimizer
 site, key, out = SiteNode(Path(sys.argv[1])), sys.argv[2], sys.argv[3]
 fed = FederationConfig(preset="tiny")
 model = GenomeLM(load_preset("tiny").model)

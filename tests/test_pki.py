@@ -12,7 +12,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from privacy.keys import (
+from fedgenome.configs.errors import ConfigError, LedgerError
+from fedgenome.privacy.keys import (
     fingerprint,
     generate_key,
     load_private_key,
@@ -20,12 +21,11 @@ from privacy.keys import (
     public_key_text,
     write_private_key,
 )
-from privacy.ledger import RetiredKeyError, verify_key_chain, verify_ledger
-from privacy.site_state import ledger_path, open_ledger, site_key_path
-from server import pki
-from server.pki_checks import check_ca, check_server_tls
-from server.tls import issue_ca, issue_server_certificate, make_certificates, write_certificate
-from shared.errors import ConfigError, LedgerError
+from fedgenome.privacy.ledger import RetiredKeyError, verify_key_chain, verify_ledger
+from fedgenome.privacy.site_state import ledger_path, open_ledger, site_key_path
+from fedgenome.server import pki
+from fedgenome.server.pki_checks import check_ca, check_server_tls
+from fedgenome.shared.tls import issue_ca, issue_server_certificate, make_certificates, write_certificate
 from tests.test_cli import assert_one_line_error as cli_error
 from tests.test_cli import run_cli
 from tests.test_ledger_rotation import resign, signed_by, train, write_chain
@@ -314,7 +314,7 @@ def assert_one_line_error(code: int, err: str, *needles: str) -> None:
 
 def expire_server_certificate(directory: Path) -> None:
     """Replace server.pem by a certificate for the same key and CA that expired yesterday."""
-    from server.pki_checks import load_pem_key
+    from fedgenome.server.pki_checks import load_pem_key
 
     ca_key = load_pem_key(directory / "ca.key")
     ca = x509.load_pem_x509_certificate((directory / "ca.crt").read_bytes())

@@ -12,14 +12,14 @@ import pysam
 import pytest
 from typer.testing import CliRunner
 
-import shared.fetch as fetch
-import shared.sites as sites_mod
-from configs.schema import Region, load_site_manifest, read_toml
-from shared.cli_data import app
-from shared.errors import InputFileError
-from shared.fetch import DataPaths
-from shared.plink import PlinkData, decode_codes, read_fam, read_plink
-from shared.sites import SITE_RULES, ensure_sites, make_sites
+import fedgenome.shared.fetch as fetch
+import fedgenome.shared.sites as sites_mod
+from fedgenome.configs.errors import InputFileError
+from fedgenome.configs.schema import Region, load_site_manifest, read_toml
+from fedgenome.shared.cli_data import app
+from fedgenome.shared.fetch import DataPaths
+from fedgenome.shared.plink import PlinkData, decode_codes, read_fam, read_plink
+from fedgenome.shared.sites import SITE_RULES, ensure_sites, make_sites
 
 pytestmark = pytest.mark.data
 

@@ -3,7 +3,7 @@
 One real federated round in one process: the server's Federation (tiny preset, seed 0) and its
 FedAvg ``configure_train`` make the train messages; the ClientApp's own train handler runs real
 patient-level DP-SGD at three real hospital sites and packs the replies; then a malicious site
-replaces its own reply, and ``server.rounds.collect`` plus Flower's ``aggregate_train`` make the
+replaces its own reply, and ``fedgenome.server.rounds.collect`` plus Flower's ``aggregate_train`` make the
 new global model, scored on the held-out region. Only the server side is repeated per case, on
 copies of the same honest replies, so every case compares against the same clean round.
 
@@ -30,17 +30,17 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.supercore.task_identity import TaskIdentity
 
-from client import app as client_app
-from client.site import SiteNode
-from configs.schema import FederationConfig, Preset, load_preset, validate
-from server.replies import Collected, collect
-from server.rounds import Federation, _Snapshot
-from server.strategies import create_strategy
-from server.validation import auto_update_norm, check_update, update_bound
-from shared import wire
-from shared.fetch import DataPaths
-from shared.model import GenomeLM
-from shared.train import evaluate
+from fedgenome.client import app as client_app
+from fedgenome.client.site import SiteNode
+from fedgenome.configs.schema import FederationConfig, Preset, load_preset, validate
+from fedgenome.server.replies import Collected, collect
+from fedgenome.server.rounds import Federation, _Snapshot
+from fedgenome.server.strategies import create_strategy
+from fedgenome.server.validation import auto_update_norm, check_update, update_bound
+from fedgenome.shared import wire
+from fedgenome.shared.fetch import DataPaths
+from fedgenome.shared.model import GenomeLM
+from fedgenome.shared.train import evaluate
 from tests.fedrun import copy_site
 
 pytestmark = pytest.mark.data

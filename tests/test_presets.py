@@ -7,19 +7,19 @@ from typing import Any
 
 import pytest
 
-import configs.schema
-from client import cache
-from client.site import SiteNode
-from configs.schema import (
+import fedgenome.configs.schema
+from fedgenome.cli import main
+from fedgenome.client import cache
+from fedgenome.client.site import SiteNode
+from fedgenome.cmd_model import build_preset
+from fedgenome.configs.errors import ConfigError
+from fedgenome.configs.schema import (
     FederationConfig,
     load_preset,
     load_preset_file,
     preset_names,
     validate,
 )
-from fedgenome.cli import main
-from fedgenome.cmd_model import build_preset
-from shared.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 NOT_NAMES = ["../../../../etc/passwd", "/etc/passwd", "..", "tiny.toml", "presets/tiny",
@@ -30,13 +30,13 @@ NOT_NAMES = ["../../../../etc/passwd", "/etc/passwd", "..", "tiny.toml", "preset
 def opened(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     """Every TOML file the config loader reads, recorded."""
     seen: list[Path] = []
-    real = configs.schema.read_toml
+    real = fedgenome.configs.schema.read_toml
 
     def spy(path: Path) -> dict[str, Any]:
         seen.append(path)
         return real(path)
 
-    monkeypatch.setattr(configs.schema, "read_toml", spy)
+    monkeypatch.setattr(fedgenome.configs.schema, "read_toml", spy)
     return seen
 
 

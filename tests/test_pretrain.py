@@ -11,18 +11,18 @@ import numpy as np
 import pytest
 import torch
 
-from configs.schema import Preset, Region
-from shared.checkpoint import load_checkpoint
-from shared.corpus import WindowStream, read_corpus
-from shared.datasets import read_fasta_records, tile_windows
-from shared.errors import ConfigError, IncompatibleModelError
-from shared.fetch import DataPaths
-from shared.markov_prior import MarkovPrior, build_model, offset
-from shared.model import GenomeLM
-from shared.pretrain import PretrainSettings, pretrain
-from shared.reference_markov import reference_baseline
-from shared.tokenizer import A, N, decode, encode, reverse_complement_ids
-from shared.train import split_batch
+from fedgenome.configs.errors import ConfigError, IncompatibleModelError
+from fedgenome.configs.schema import Preset, Region
+from fedgenome.shared.checkpoint import load_checkpoint
+from fedgenome.shared.corpus import WindowStream, read_corpus
+from fedgenome.shared.datasets import read_fasta_records, tile_windows
+from fedgenome.shared.fetch import DataPaths
+from fedgenome.shared.markov_prior import MarkovPrior, build_model, offset
+from fedgenome.shared.model import GenomeLM
+from fedgenome.shared.pretrain import PretrainSettings, pretrain
+from fedgenome.shared.reference_markov import reference_baseline
+from fedgenome.shared.tokenizer import A, N, decode, encode, reverse_complement_ids
+from fedgenome.shared.train import split_batch
 from tests.conftest import CE_HOLDOUT
 from tests.test_cli import assert_one_line_error, run_cli
 

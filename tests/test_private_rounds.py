@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from configs.schema import DPConfig, Preset, SitePrivacy, load_site_manifest
-from privacy.site_state import open_ledger
-from privacy.trainer import RoundOutcome, run_private_round
-from shared.checkpoint import state_sha256
-from shared.datasets import open_site
-from shared.errors import ConfigError
-from shared.model import GenomeLM
+from fedgenome.configs.errors import ConfigError
+from fedgenome.configs.schema import DPConfig, Preset, SitePrivacy, load_site_manifest
+from fedgenome.privacy.site_state import open_ledger
+from fedgenome.privacy.trainer import RoundOutcome, run_private_round
+from fedgenome.shared.checkpoint import state_sha256
+from fedgenome.shared.datasets import open_site
+from fedgenome.shared.model import GenomeLM
 
 CPU = torch.device("cpu")
 DP = DPConfig(noise_multiplier=1.0, max_grad_norm=1.0, patients_per_step=8)
@@ -26,11 +26,11 @@ DP = DPConfig(noise_multiplier=1.0, max_grad_norm=1.0, patients_per_step=8)
 ROUND_SCRIPT = """
 import json, sys, torch
 from pathlib import Path
-from configs.schema import DPConfig, load_preset, load_site_manifest
-from privacy.site_state import open_ledger
-from privacy.trainer import run_private_round
-from shared.datasets import open_site
-from shared.model import GenomeLM
+from fedgenome.configs.schema import DPConfig, load_preset, load_site_manifest
+from fedgenome.privacy.site_state import open_ledger
+from fedgenome.privacy.trainer import run_private_round
+from fedgenome.shared.datasets import open_site
+from fedgenome.shared.model import GenomeLM
 site, rnd = Path(sys.argv[1]), int(sys.argv[2])
 tiny = load_preset("tiny")
 manifest = load_site_manifest(site)

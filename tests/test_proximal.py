@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from client.site import SiteNode
-from configs.schema import DPConfig, FederationConfig, Preset
-from privacy.engine import make_private, private_step
-from privacy.proximal import add_proximal_term
-from shared import wire
-from shared.model import GenomeLM
-from shared.tokenizer import A, T
+from fedgenome.client.site import SiteNode
+from fedgenome.configs.schema import DPConfig, FederationConfig, Preset
+from fedgenome.privacy.engine import make_private, private_step
+from fedgenome.privacy.proximal import add_proximal_term
+from fedgenome.shared import wire
+from fedgenome.shared.model import GenomeLM
+from fedgenome.shared.tokenizer import A, T
 from tests.fedrun import copy_site, ledger_entries
 from tests.test_dp_engine import Windows
 

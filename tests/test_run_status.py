@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from server import progress
-from server.deploy import SuperLinkUnreachable, run_status, write_connection
-from shared.errors import DeploymentError
+from fedgenome.configs.errors import DeploymentError
+from fedgenome.server import progress
+from fedgenome.server.deploy import SuperLinkUnreachable, run_status, write_connection
 
 
 def test_a_superlink_that_does_not_answer_is_unreachable_not_an_unknown_run(tmp_path: Path) -> None:
@@ -31,7 +31,7 @@ def test_follow_run_waits_while_the_superlink_is_down(monkeypatch: pytest.Monkey
 
     monkeypatch.setattr(progress, "run_status", status)
     monkeypatch.setattr(progress, "MAX_DOWN_WAIT", 0.05)
-    caplog.set_level(logging.INFO, logger="server.progress")
+    caplog.set_level(logging.INFO, logger="fedgenome.server.progress")
     got = progress.follow_run(3, "x", flwr_home=Path("."), timeout=30, tick=0.01, status_every=0.01)
     assert got == "finished:completed" and answers == []
     assert caplog.text.count("still waiting for run 3") == 2

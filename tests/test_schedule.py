@@ -9,14 +9,14 @@ from typing import Any
 import pytest
 import torch
 
-import privacy.trainer
-from configs.schema import FederationConfig, TrainConfig, validate
+import fedgenome.privacy.trainer
+from fedgenome.configs.errors import ConfigError
+from fedgenome.configs.schema import FederationConfig, TrainConfig, validate
 from fedgenome.inprocess import run_in_process
-from shared.checkpoint import load_checkpoint
-from shared.errors import ConfigError
-from shared.fetch import DataPaths
-from shared.schedule import LRSchedule, first_step
-from shared.train import lr_at
+from fedgenome.shared.checkpoint import load_checkpoint
+from fedgenome.shared.fetch import DataPaths
+from fedgenome.shared.schedule import LRSchedule, first_step
+from fedgenome.shared.train import lr_at
 from tests.fedrun import copy_site, fed_config
 
 
@@ -47,13 +47,13 @@ def test_warmup_longer_than_the_run_is_a_config_error() -> None:
 def _record_lrs(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """Record the learning rate of every private step a site takes."""
     seen: list[float] = []
-    real = privacy.trainer.private_step
+    real = fedgenome.privacy.trainer.private_step
 
     def recording(setup: Any, windows: torch.Tensor, *, device: torch.device) -> float:
         seen.append(setup.optimizer.param_groups[0]["lr"])
         return real(setup, windows, device=device)
 
-    monkeypatch.setattr(privacy.trainer, "private_step", recording)
+    monkeypatch.setattr(fedgenome.privacy.trainer, "private_step", recording)
     return seen
 
 

@@ -12,8 +12,8 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from flwr.serverapp import Grid
 from pydantic import ValidationError
 
-from configs.schema import FederationConfig
-from server.secagg import secure_round
+from fedgenome.configs.schema import FederationConfig
+from fedgenome.server.secagg import secure_round
 
 
 class SetupRecorder(Grid):

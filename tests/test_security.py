@@ -18,16 +18,16 @@ import numpy as np
 import pytest
 import torch
 
-from client.egress import ALLOWED, EGRESS_LOG
-from client.node import JOURNAL
-from client.worker import Options, Worker
-from configs.schema import load_preset
+from fedgenome.client.egress import ALLOWED, EGRESS_LOG
+from fedgenome.client.node import JOURNAL
+from fedgenome.client.worker import Options, Worker
+from fedgenome.configs.schema import load_preset
 from fedgenome.localfed import LocalFederation
-from shared import tokenizer, wire
-from shared.checkpoint import load_checkpoint
-from shared.datasets import open_site
-from shared.fetch import DataPaths
-from shared.model import GenomeLM
+from fedgenome.shared import tokenizer, wire
+from fedgenome.shared.checkpoint import load_checkpoint
+from fedgenome.shared.datasets import open_site
+from fedgenome.shared.fetch import DataPaths
+from fedgenome.shared.model import GenomeLM
 from tests.test_federation import run_config
 from tests.wiretap import KMER, WireTap, nucleotide_runs
 

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import torch
 
-from configs.schema import FederationConfig, Region, load_preset
-from fedgenome.demo import shipped_checkpoint
-from shared.checkpoint import load_checkpoint, load_initial
-from shared.datasets import tile_windows
-from shared.fetch import DataPaths, sha256_file
-from shared.genomes import Reference
-from shared.reference_markov import reference_baseline
-from shared.train import evaluate
+from fedgenome.configs.schema import FederationConfig, Region, load_preset
+from fedgenome.models import shipped_checkpoint
+from fedgenome.shared.checkpoint import load_checkpoint, load_initial
+from fedgenome.shared.datasets import tile_windows
+from fedgenome.shared.fetch import DataPaths, sha256_file
+from fedgenome.shared.genomes import Reference
+from fedgenome.shared.reference_markov import reference_baseline
+from fedgenome.shared.train import evaluate
 
 
 def test_the_shipped_checkpoint_loads_as_the_demos_start_and_beats_its_baseline(

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from server.pki import add_site, init_pki
-from server.replies import collect
-from server.site_policy import declare_patients, declared_examples, policy_path, registered_keys
-from shared.errors import ConfigError
+from fedgenome.configs.errors import ConfigError
+from fedgenome.server.pki import add_site, init_pki
+from fedgenome.server.replies import collect
+from fedgenome.server.site_policy import declare_patients, declared_examples, policy_path, registered_keys
 from tests.test_validation import GLOBAL, honest, reply
 
 
@@ -50,7 +50,7 @@ def test_declaring_for_an_unregistered_site_or_a_bad_count_is_refused(pki: Path)
 
 
 def test_the_registry_lists_each_sites_key_fingerprint(pki: Path) -> None:
-    from privacy.keys import fingerprint, load_public_key
+    from fedgenome.privacy.keys import fingerprint, load_public_key
 
     keys = registered_keys(pki)
     assert set(keys) == {"small", "large"}

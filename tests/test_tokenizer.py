@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shared import tokenizer as tk
-from shared.datasets import read_fasta_records
-from shared.fetch import DataPaths
+from fedgenome.shared import tokenizer as tk
+from fedgenome.shared.datasets import read_fasta_records
+from fedgenome.shared.fetch import DataPaths
 
 
 def test_fixed_vocabulary() -> None:

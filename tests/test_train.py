@@ -10,18 +10,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from configs.schema import Preset, Region, TrainConfig
-from shared.checkpoint import load_checkpoint, save_checkpoint
-from shared.datasets import tile_windows
-from shared.errors import IncompatibleModelError, InputFileError
-from shared.genomes import Reference
-from shared.markov import MarkovBaseline
-from shared.markov_fields import BaselineScore
-from shared.model import GenomeLM
-from shared.reference_markov import reference_baseline
-from shared.scoring import score_variants
-from shared.tokenizer import encode
-from shared.train import lr_at
+from fedgenome.configs.errors import IncompatibleModelError, InputFileError
+from fedgenome.configs.schema import Preset, Region, TrainConfig
+from fedgenome.shared.checkpoint import load_checkpoint, save_checkpoint
+from fedgenome.shared.datasets import tile_windows
+from fedgenome.shared.genomes import Reference
+from fedgenome.shared.markov import MarkovBaseline
+from fedgenome.shared.markov_fields import BaselineScore
+from fedgenome.shared.model import GenomeLM
+from fedgenome.shared.reference_markov import reference_baseline
+from fedgenome.shared.scoring import score_variants
+from fedgenome.shared.tokenizer import encode
+from fedgenome.shared.train import lr_at
 
 
 def test_warmup_then_cosine_to_the_floor() -> None:

@@ -16,16 +16,22 @@ from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
-from configs.schema import FederationConfig, Preset, validate
-from server import rounds
-from server.replies import collect
-from server.rounds import Federation
-from server.secagg import SecureRound
-from server.validation import AUTO_MARGIN, UpdateRejected, auto_update_norm, check_update, update_bound
-from shared import wire
-from shared.errors import ConfigError
-from shared.fetch import DataPaths
-from shared.model import GenomeLM
+from fedgenome.configs.errors import ConfigError
+from fedgenome.configs.schema import FederationConfig, Preset, validate
+from fedgenome.server import rounds
+from fedgenome.server.replies import collect
+from fedgenome.server.rounds import Federation
+from fedgenome.server.secagg import SecureRound
+from fedgenome.server.validation import (
+    AUTO_MARGIN,
+    UpdateRejected,
+    auto_update_norm,
+    check_update,
+    update_bound,
+)
+from fedgenome.shared import wire
+from fedgenome.shared.fetch import DataPaths
+from fedgenome.shared.model import GenomeLM
 
 Delta = dict[str, npt.NDArray[np.generic]]
 
@@ -155,7 +161,7 @@ def test_nan_is_rejected_even_without_a_norm_bound() -> None:
 
 
 def test_an_update_rejected_is_a_fedgenome_error() -> None:
-    from shared.errors import FedGenomeError
+    from fedgenome.configs.errors import FedGenomeError
 
     assert issubclass(UpdateRejected, FedGenomeError)
 

@@ -9,10 +9,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from configs.schema import Preset, load_site_manifest
-from shared.genomes import Cohort, Reference, load_cohort
-from shared.model import GenomeLM
-from shared.scoring import variant_site_bits
+from fedgenome.configs.schema import Preset, load_site_manifest
+from fedgenome.shared.genomes import Cohort, Reference, load_cohort
+from fedgenome.shared.model import GenomeLM
+from fedgenome.shared.scoring import variant_site_bits
 
 CPU = torch.device("cpu")
 

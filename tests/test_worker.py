@@ -19,15 +19,15 @@ import pytest
 import torch
 from flwr.supercore.inflatable import inflatable_utils
 
-from client import cache
-from client.app_loader import forget_directory, purge_modules, top_level_names
-from client.worker import reseed_from_os_entropy
-from configs.schema import DPConfig, Preset, SitePrivacy
-from privacy import trainer
-from server.progress import RoundFollower, describe_round
-from server.report import RoundRecord, RunReport
-from shared import datasets, wire
-from shared.flower_patches import FLOWER_VERSION, check_worker_internals, shorten_object_pulls
+from fedgenome.client import cache
+from fedgenome.client.app_loader import forget_directory, purge_modules, top_level_names
+from fedgenome.client.worker import reseed_from_os_entropy
+from fedgenome.configs.schema import DPConfig, Preset, SitePrivacy
+from fedgenome.privacy import trainer
+from fedgenome.server.progress import RoundFollower, describe_round
+from fedgenome.server.report import RoundRecord, RunReport
+from fedgenome.shared import datasets, wire
+from fedgenome.shared.flower_patches import FLOWER_VERSION, check_worker_internals, shorten_object_pulls
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -86,9 +86,9 @@ def test_the_cache_reads_state_every_time_and_a_changed_file_again(
 
 def test_a_preset_is_parsed_once_per_version_of_its_file(tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    import configs.schema
+    import fedgenome.configs.schema
 
-    monkeypatch.setattr(configs.schema, "PRESETS_DIR", tmp_path)  # presets are names, not paths
+    monkeypatch.setattr(fedgenome.configs.schema, "PRESETS_DIR", tmp_path)  # presets are names, not paths
     preset = tmp_path / "mine.toml"
     preset.write_text((ROOT / "configs" / "presets" / "tiny.toml").read_text())
     assert cache.load_preset("mine") is cache.load_preset("mine")

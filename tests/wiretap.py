@@ -17,8 +17,8 @@ import ssl
 import threading
 from types import TracebackType
 
-from server.tls import TlsFiles
-from shared import tokenizer
+from fedgenome.shared import tokenizer
+from fedgenome.shared.tls import TlsFiles
 
 KMER = 24
 _ASCII = re.compile(rb"[ACGTNacgtn]{%d,}" % KMER)

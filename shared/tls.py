@@ -1,8 +1,8 @@
 """TLS material for a SuperLink: a consortium CA and a server certificate (EC P-384).
 
 :func:`make_certificates` makes a throwaway set (the demo and the tests make one per run);
-:mod:`server.pki` keeps a long-lived consortium PKI built from the same pieces, and
-:mod:`server.pki_checks` checks them before a server or a client starts.
+:mod:`fedgenome.server.pki` keeps a long-lived consortium PKI built from the same pieces, and
+:mod:`fedgenome.server.pki_checks` checks them before a server or a client starts.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from shared.atomic import atomic_path, write_bytes
-from shared.errors import ConfigError
+from fedgenome.configs.errors import ConfigError
+from fedgenome.shared.atomic import atomic_path, write_bytes
 
 ORGANIZATION = "fedgenome consortium"
 _BACKDATE = dt.timedelta(minutes=5)  # tolerate clocks a little behind
@@ -131,7 +131,7 @@ def make_certificates(directory: Path, *, hosts: tuple[str, ...] = ("localhost",
     """A fresh CA and server certificate valid for ``hosts`` (DNS names or IP addresses).
 
     Writes ``ca.crt``, ``ca.key``, ``server.pem`` and ``server.key`` (keys 0600) into ``directory``,
-    replacing what is there: for throwaway deployments. ``server.pki.init_pki`` makes a consortium
+    replacing what is there: for throwaway deployments. ``fedgenome.server.pki.init_pki`` makes a consortium
     PKI that is never overwritten.
     """
     ca_key, ca = issue_ca(days=days)

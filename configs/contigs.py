@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from shared.errors import InputFileError
+from fedgenome.configs.errors import InputFileError
 
 
 def contig_key(name: str) -> str:

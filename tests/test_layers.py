@@ -1,0 +1,91 @@
+"""Imports point down the layers of ``fedgenome.LAYERS``: configs ← shared ← privacy ← client/server ← top.
+
+Read from the source (every ``import`` statement, also inside functions), so a lazy import cannot
+hide a cycle.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+from pathlib import Path
+
+import pytest
+
+import fedgenome
+
+TOP = len(fedgenome.LAYERS)
+
+
+def layer_of(module: str) -> int:
+    """The layer of a fedgenome module name; TOP for the CLI and anything else above the layers."""
+    parts = module.split(".")
+    for index, layer in enumerate(fedgenome.LAYERS):
+        if len(parts) > 1 and parts[1] in layer:
+            return index
+    return TOP
+
+
+def source_files() -> dict[str, Path]:
+    """Every module of fedgenome, by name, from the folders its sub-packages map to."""
+    roots = {"fedgenome": Path(fedgenome.__file__).parent}
+    for sub in fedgenome.SUBPACKAGES:
+        roots[f"fedgenome.{sub}"] = Path(importlib.import_module(f"fedgenome.{sub}").__file__).parent
+    files = {}
+    for package, root in roots.items():
+        for path in root.rglob("*.py"):
+            rel = path.relative_to(root).with_suffix("").parts
+            if package == "fedgenome" and len(rel) > 1 and rel[0] in fedgenome.SUBPACKAGES:
+                continue
+            name = ".".join((package, *rel)).removesuffix(".__init__")
+            files[name] = path
+    return files
+
+
+def imports(path: Path) -> list[tuple[int, str]]:
+    """(line, module) of every absolute import in a file."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.append((node.lineno, node.module))
+    return found
+
+
+FILES = source_files()
+
+
+def test_every_sub_package_is_found() -> None:
+    names = set(FILES)
+    for sub in fedgenome.SUBPACKAGES:
+        assert f"fedgenome.{sub}" in names
+    assert "fedgenome.cli" in names and len(names) > 60
+
+
+@pytest.mark.parametrize("name", sorted(FILES))
+def test_imports_point_down(name: str) -> None:
+    mine = layer_of(name)
+    problems = []
+    for line, target in imports(FILES[name]):
+        top = target.split(".")[0]
+        if top in fedgenome.SUBPACKAGES or top == "tests":
+            problems.append(f"line {line}: {target} (import it as fedgenome.{target})")
+        if top != "fedgenome":
+            if top == "flwr" and mine <= layer_of("fedgenome.privacy") and name.split(".")[1] == "privacy":
+                problems.append(f"line {line}: {target} (privacy imports no flwr)")
+            continue
+        theirs = layer_of(target)
+        if theirs > mine:
+            problems.append(f"line {line}: {target} is in a higher layer")
+        elif theirs == mine < TOP and target.split(".")[1:2] != name.split(".")[1:2]:
+            problems.append(f"line {line}: {target} (client and server never import each other)")
+    assert not problems, f"{FILES[name]}: " + "; ".join(problems)
+
+
+def test_the_checker_catches_an_upward_import(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text("def f():\n    from fedgenome.server.deploy import APP_DIR\n    return APP_DIR\n")
+    assert imports(bad) == [(2, "fedgenome.server.deploy")]
+    assert layer_of("fedgenome.server.deploy") > layer_of("fedgenome.privacy.ledger")
+    assert layer_of("fedgenome.cli") == TOP

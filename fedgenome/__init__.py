@@ -14,3 +14,7 @@ One package, in layers; each imports only its own layer and the ones below (``te
 LAYERS: tuple[tuple[str, ...], ...] = (("configs", "models"), ("shared",), ("privacy",), ("client", "server"))
 """The sub-packages in layers, lowest first; every other module of fedgenome is on top of them."""
 SUBPACKAGES: tuple[str, ...] = tuple(name for layer in LAYERS for name in layer)
+TOP_PACKAGES: tuple[str, ...] = ()
+"""Sub-packages on top of the layers (beside the CLI modules), each a folder of the repository."""
+MAPPED: tuple[str, ...] = SUBPACKAGES + TOP_PACKAGES
+"""Every sub-package that lives in a folder of its own (``[tool.setuptools.package-dir]``)."""

@@ -13,7 +13,7 @@ import fedgenome
 
 def _modules() -> list[str]:
     names = [info.name for info in pkgutil.iter_modules(fedgenome.__path__, "fedgenome.")]
-    for sub in fedgenome.SUBPACKAGES:  # mapped folders: an editable install does not list them
+    for sub in fedgenome.MAPPED:  # mapped folders: an editable install does not list them
         package = importlib.import_module(f"fedgenome.{sub}")
         names += [package.__name__] + [info.name for info in
                                        pkgutil.walk_packages(package.__path__, f"{package.__name__}.")]

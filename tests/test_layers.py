@@ -29,13 +29,13 @@ def layer_of(module: str) -> int:
 def source_files() -> dict[str, Path]:
     """Every module of fedgenome, by name, from the folders its sub-packages map to."""
     roots = {"fedgenome": Path(fedgenome.__file__).parent}
-    for sub in fedgenome.SUBPACKAGES:
+    for sub in fedgenome.MAPPED:
         roots[f"fedgenome.{sub}"] = Path(importlib.import_module(f"fedgenome.{sub}").__file__).parent
     files = {}
     for package, root in roots.items():
         for path in root.rglob("*.py"):
             rel = path.relative_to(root).with_suffix("").parts
-            if package == "fedgenome" and len(rel) > 1 and rel[0] in fedgenome.SUBPACKAGES:
+            if package == "fedgenome" and len(rel) > 1 and rel[0] in fedgenome.MAPPED:
                 continue
             name = ".".join((package, *rel)).removesuffix(".__init__")
             files[name] = path
@@ -58,7 +58,7 @@ FILES = source_files()
 
 def test_every_sub_package_is_found() -> None:
     names = set(FILES)
-    for sub in fedgenome.SUBPACKAGES:
+    for sub in fedgenome.MAPPED:
         assert f"fedgenome.{sub}" in names
     assert "fedgenome.cli" in names and len(names) > 60
 
@@ -69,7 +69,7 @@ def test_imports_point_down(name: str) -> None:
     problems = []
     for line, target in imports(FILES[name]):
         top = target.split(".")[0]
-        if top in fedgenome.SUBPACKAGES or top == "tests":
+        if top in fedgenome.MAPPED or top == "tests":
             problems.append(f"line {line}: {target} (import it as fedgenome.{target})")
         if top != "fedgenome":
             if top == "flwr" and mine <= layer_of("fedgenome.privacy") and name.split(".")[1] == "privacy":

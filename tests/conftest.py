@@ -79,3 +79,13 @@ def serverapp_task(monkeypatch: pytest.MonkeyPatch) -> None:
     """The task identity a ServerApp process has, which new (non-reply) Messages need."""
     for attr, value in (("_run_id", 1), ("_task_id", 1), ("_node_id", SUPERLINK_NODE_ID)):
         monkeypatch.setattr(TaskIdentity, attr, value)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Refuse to run a test that needs the real genomes (the ``data_paths`` fixture, directly or
+    through another fixture) without the ``data`` marker, so ``-m "not data"`` runs offline."""
+    unmarked = [item.nodeid for item in items if "data_paths" in getattr(item, "fixturenames", ())
+                and item.get_closest_marker("data") is None]
+    if unmarked:
+        raise pytest.UsageError(f"{len(unmarked)} tests need the real genomes but lack @pytest.mark.data: "
+                                + ", ".join(unmarked))

@@ -50,6 +50,7 @@ def assert_baseline_beside_model(out: str) -> None:
     assert diff and float(diff.group(1)) == pytest.approx(model - markov, abs=2e-4), out
 
 
+@pytest.mark.data
 def test_eval_prints_model_and_markov_bits(tiny_checkpoint: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_cli(["eval", str(tiny_checkpoint), "--device", "cpu"], capsys)
@@ -58,6 +59,7 @@ def test_eval_prints_model_and_markov_bits(tiny_checkpoint: Path,
     assert_baseline_beside_model(out)
 
 
+@pytest.mark.data
 def test_eval_on_a_fasta(tiny_checkpoint: Path, data_paths: DataPaths,
                          capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_cli(["eval", str(tiny_checkpoint), "--fasta", str(data_paths.mt_fasta)], capsys)
@@ -65,6 +67,7 @@ def test_eval_on_a_fasta(tiny_checkpoint: Path, data_paths: DataPaths,
     assert_baseline_beside_model(out)
 
 
+@pytest.mark.data
 def test_eval_without_the_reference_still_scores_the_model(tiny_checkpoint: Path, data_paths: DataPaths,
                                                             tmp_path: Path,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
@@ -79,6 +82,7 @@ def test_eval_without_the_reference_still_scores_the_model(tiny_checkpoint: Path
     assert f"no Markov baseline: the checkpoint's reference {tmp_path / 'gone.fa.gz'} is not here" in flat
 
 
+@pytest.mark.data
 def test_score_writes_a_tsv(tiny_checkpoint: Path, sites_dir: Path, tmp_path: Path,
                            capsys: pytest.CaptureFixture[str]) -> None:
     out_tsv = tmp_path / "scores.tsv"
@@ -91,6 +95,7 @@ def test_score_writes_a_tsv(tiny_checkpoint: Path, sites_dir: Path, tmp_path: Pa
     assert len(lines) > 1000
 
 
+@pytest.mark.data
 def test_bad_fasta_is_one_line(tiny_checkpoint: Path, tmp_path: Path,
                                capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.fa"
@@ -99,6 +104,7 @@ def test_bad_fasta_is_one_line(tiny_checkpoint: Path, tmp_path: Path,
     assert_one_line_error(code, err, str(bad), "record 'x'", "IUPAC")
 
 
+@pytest.mark.data
 def test_empty_fasta_record_is_one_line(tiny_checkpoint: Path, tmp_path: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "empty.fa"
@@ -107,6 +113,7 @@ def test_empty_fasta_record_is_one_line(tiny_checkpoint: Path, tmp_path: Path,
     assert_one_line_error(code, err, "record 'x' is empty")
 
 
+@pytest.mark.data
 def test_vcf_ref_mismatch_is_one_line_and_writes_nothing(
         tiny_checkpoint: Path, data_paths: DataPaths, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
@@ -126,6 +133,7 @@ def test_vcf_ref_mismatch_is_one_line_and_writes_nothing(
     assert not list(tmp_path.glob(".scores.tsv*"))
 
 
+@pytest.mark.data
 def test_missing_files_are_one_line(tiny_checkpoint: Path, tmp_path: Path,
                                     capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run_cli(["eval", str(tmp_path / "nope")], capsys)
@@ -136,6 +144,7 @@ def test_missing_files_are_one_line(tiny_checkpoint: Path, tmp_path: Path,
     assert_one_line_error(code, err, "FASTA file not found")
 
 
+@pytest.mark.data
 def test_unknown_config_key_and_out_of_range_value(sites_dir: Path, tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     config = tmp_path / "c.toml"
@@ -164,6 +173,7 @@ def test_real_process_exit_code_and_no_traceback(tmp_path: Path) -> None:
         "pass a directory written by 'fedgenome train'"]
 
 
+@pytest.mark.data
 def test_plaintext_needs_an_explicit_insecure(sites_dir: Path, tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run_cli(["client", "start", "--site", str(sites_dir / "hospital-ceu"),

@@ -186,7 +186,10 @@ def test_honest_sites_pass_the_automatic_bound_with_room_to_spare(round_one: Rou
                                                                   clean: Outcome) -> None:
     bound = update_bound(round_one.fed, round_one.global_)
     assert round_one.fed.max_update_norm == 0.0  # automatic
-    assert bound == pytest.approx(auto_update_norm(lr=1e-3, local_steps=3, parameters=103_440))  # 1.93
+    model = GenomeLM(round_one.preset.model)
+    weights = sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers())
+    assert bound == pytest.approx(auto_update_norm(lr=round_one.fed.lr, local_steps=round_one.fed.local_steps,
+                                                   parameters=weights))
     for name, reply in round_one.replies.items():  # what the ClientApp sent: float16 deltas, from the site
         assert reply.metadata.src_node_id == NODES[name]
         assert reply.metadata.dst_node_id == SUPERLINK_NODE_ID

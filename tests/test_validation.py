@@ -197,9 +197,11 @@ def test_update_bound_zero_means_automatic_from_the_runs_lr_steps_and_model_size
 
 
 def test_update_bound_for_the_tiny_model_counts_every_weight(tiny: Preset) -> None:
-    global_ = wire.state_to_arrays(GenomeLM(tiny.model).state_dict())
+    model = GenomeLM(tiny.model)
+    weights = sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers())
+    global_ = wire.state_to_arrays(model.state_dict())
     fed = fed_config(**{"lr": 1e-3, "local-steps": 3})
-    assert update_bound(fed, global_) == pytest.approx(2 * 1e-3 * 3 * math.sqrt(103_440))
+    assert update_bound(fed, global_) == pytest.approx(2 * 1e-3 * 3 * math.sqrt(weights))
 
 
 def test_a_negative_max_update_norm_is_a_config_error() -> None:
@@ -292,6 +294,7 @@ def test_a_node_cannot_take_another_sites_name() -> None:
 
 @pytest.mark.parametrize(("weight", "rejected"), [(150, False), (10**9, True), (87, True)],
                          ids=["bucketed", "takes-over-the-mean", "exact-count"])
+@pytest.mark.data
 def test_a_secure_mean_is_rejected_when_a_site_declares_an_impossible_weight(
         data_paths: DataPaths, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, weight: int,
         rejected: bool) -> None:

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from flwr.common.constant import SUPERLINK_NODE_ID
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedgenome.configs.schema import Preset, Region, load_preset
 from fedgenome.shared.fetch import DataPaths, default_cache, fetch_data
 from fedgenome.shared.markov_prior import MarkovPrior, markov_prior
 from fedgenome.shared.train import CPU_BF16_ENV
+from tests.helpers import task_identity
 
 CE_HOLDOUT = Region(contig="CHROMOSOME_I", start=0, end=50_000)
 
@@ -75,10 +75,10 @@ def site_copy(sites_dir: Path, tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture()
-def serverapp_task(monkeypatch: pytest.MonkeyPatch) -> None:
+def serverapp_task() -> Iterator[None]:
     """The task identity a ServerApp process has, which new (non-reply) Messages need."""
-    for attr, value in (("_run_id", 1), ("_task_id", 1), ("_node_id", SUPERLINK_NODE_ID)):
-        monkeypatch.setattr(TaskIdentity, attr, value)
+    with task_identity():
+        yield
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

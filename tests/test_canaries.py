@@ -280,7 +280,7 @@ def test_dp_audit_never_exceeds_the_ledgers_epsilon(ceu_base: Path, tiny: Preset
     (["--beta", "1.5"], "--beta 1.5")])
 def test_audit_canaries_rejects_bad_options(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                             args: list[str], needle: str) -> None:
-    from tests.test_cli import assert_one_line_error, run_cli
+    from tests.helpers import assert_one_line_error, run_cli
 
     code, _, err = run_cli(["audit", "canaries", "--out", str(tmp_path / "run"), *args], capsys)
     assert_one_line_error(code, err, needle)
@@ -289,7 +289,7 @@ def test_audit_canaries_rejects_bad_options(tmp_path: Path, capsys: pytest.Captu
 
 def test_audit_canaries_refuses_a_directory_it_did_not_make(tmp_path: Path,
                                                            capsys: pytest.CaptureFixture[str]) -> None:
-    from tests.test_cli import assert_one_line_error, run_cli
+    from tests.helpers import assert_one_line_error, run_cli
 
     (tmp_path / "precious.txt").write_text("keep me")
     code, _, err = run_cli(["audit", "canaries", "--out", str(tmp_path)], capsys)

@@ -12,25 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from fedgenome.cli import main
 from fedgenome.shared.fetch import DataPaths
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    out, err = capsys.readouterr()
-    return int(exit_info.value.code or 0), out, err
-
-
-def assert_one_line_error(code: int, err: str, *needles: str) -> None:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code != 0
-    assert len(lines) == 1, err
-    assert lines[0].startswith("fedgenome: error: ")
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0]
+from tests.helpers import assert_one_line_error, run_cli
 
 
 def _bits(out: str, label: str) -> float:

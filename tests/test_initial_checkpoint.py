@@ -29,7 +29,7 @@ from fedgenome.shared import wire
 from fedgenome.shared.checkpoint import load_checkpoint, load_initial, save_checkpoint, state_sha256
 from fedgenome.shared.fetch import DataPaths
 from fedgenome.shared.model import GenomeLM
-from tests.fedrun import copy_site, fed_config, ledger_entries
+from tests.helpers import copy_site, fed_config, ledger_entries
 
 
 def weights_sha256(checkpoint: Path) -> str:

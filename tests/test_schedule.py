@@ -17,7 +17,7 @@ from fedgenome.shared.checkpoint import load_checkpoint
 from fedgenome.shared.fetch import DataPaths
 from fedgenome.shared.schedule import LRSchedule, first_step
 from fedgenome.shared.train import lr_at
-from tests.fedrun import copy_site, fed_config
+from tests.helpers import copy_site, fed_config
 
 
 def test_federated_schedule_spans_all_rounds() -> None:

@@ -12,9 +12,7 @@ import numpy.typing as npt
 import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
-from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import Grid
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedgenome.configs.errors import ConfigError
 from fedgenome.configs.schema import FederationConfig, Preset, validate
@@ -32,6 +30,7 @@ from fedgenome.server.validation import (
 from fedgenome.shared import wire
 from fedgenome.shared.fetch import DataPaths
 from fedgenome.shared.model import GenomeLM
+from tests.helpers import task_identity
 
 Delta = dict[str, npt.NDArray[np.generic]]
 
@@ -214,9 +213,7 @@ def test_a_negative_max_update_norm_is_a_config_error() -> None:
 
 def instruction(node: int) -> Message:
     """A train message from the server to ``node``, as a strategy's configure_train makes it."""
-    with pytest.MonkeyPatch.context() as mp:  # what the ServerApp process sets before its main
-        for attr, value in (("_run_id", 1), ("_task_id", 1), ("_node_id", SUPERLINK_NODE_ID)):
-            mp.setattr(TaskIdentity, attr, value)
+    with task_identity():  # what the ServerApp process sets before its main
         return Message(RecordDict({wire.ARRAYS: ArrayRecord({k: Array(v) for k, v in GLOBAL.items()})}),
                        dst_node_id=node, message_type="train")
 

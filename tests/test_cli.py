@@ -79,21 +79,16 @@ def test_score_writes_a_tsv(tiny_checkpoint: Path, sites_dir: Path, tmp_path: Pa
 
 
 @pytest.mark.data
-def test_bad_fasta_is_one_line(tiny_checkpoint: Path, tmp_path: Path,
-                               capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(("fasta", "needles"), [(">x\nACGT?ACGT\n", ("record 'x'", "IUPAC")),
+                                                (">x\n>y\nACGT\n", ("record 'x' is empty",))],
+                         ids=["not-a-base", "empty-record"])
+def test_a_bad_fasta_is_one_line_naming_the_file_and_record(tiny_checkpoint: Path, tmp_path: Path, fasta: str,
+                                                            needles: tuple[str, ...],
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.fa"
-    bad.write_text(">x\nACGT?ACGT\n")
+    bad.write_text(fasta)
     code, _, err = run_cli(["eval", str(tiny_checkpoint), "--fasta", str(bad)], capsys)
-    assert_one_line_error(code, err, str(bad), "record 'x'", "IUPAC")
-
-
-@pytest.mark.data
-def test_empty_fasta_record_is_one_line(tiny_checkpoint: Path, tmp_path: Path,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
-    bad = tmp_path / "empty.fa"
-    bad.write_text(">x\n>y\nACGT\n")
-    code, _, err = run_cli(["eval", str(tiny_checkpoint), "--fasta", str(bad)], capsys)
-    assert_one_line_error(code, err, "record 'x' is empty")
+    assert_one_line_error(code, err, str(bad), *needles)
 
 
 @pytest.mark.data

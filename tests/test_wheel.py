@@ -17,7 +17,6 @@ import torch
 from fedgenome.shared.fetch import DataPaths
 
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = [pytest.mark.integration, pytest.mark.data]
 
 
 def build_wheel(out: Path) -> Path:
@@ -44,6 +43,8 @@ def shadowing_folder(where: Path) -> Path:
     return where
 
 
+@pytest.mark.integration
+@pytest.mark.data
 def test_a_wheel_install_runs_a_one_round_demo_outside_any_checkout(tmp_path: Path,
                                                                    data_paths: DataPaths) -> None:
     wheel = build_wheel(tmp_path / "dist")
@@ -82,3 +83,17 @@ def test_a_wheel_install_runs_a_one_round_demo_outside_any_checkout(tmp_path: Pa
     verify = subprocess.run([fedgenome, "audit", "verify", "--pki", str(run_dir / "pki"), *ledgers],
                             cwd=work, env=env, capture_output=True, text=True, timeout=300)
     assert verify.returncode == 0, verify.stdout[-2000:] + verify.stderr[-2000:]
+
+
+def test_files_named_like_the_design_folders_in_the_working_directory_break_no_command(
+        tmp_path: Path) -> None:
+    work = shadowing_folder(tmp_path / "work")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    commands = [[sys.executable, "-m", "fedgenome", "--help"],
+                [sys.executable, "-m", "fedgenome", "pki", "init", "--out", str(tmp_path / "pki"),
+                 "--host", "localhost"]]
+    for command in commands:
+        done = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, f"{command[3:]}: {done.stdout[-1500:]} {done.stderr[-1500:]}"
+        assert "was imported" not in done.stdout + done.stderr
+    assert (tmp_path / "pki" / "ca.crt").is_file()

@@ -1,4 +1,4 @@
-"""Helpers for in-process federated runs on real sites (``fedgenome.inprocess``)."""
+"""Helpers for in-process federated runs on real sites (``fedgenome.experiments.inprocess``)."""
 
 from __future__ import annotations
 

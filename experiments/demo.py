@@ -1,4 +1,4 @@
-"""``fedgenome demo``: three hospitals train the genome LM together, privately, on one machine.
+"""``fedgenome demo``'s experiment: three hospitals train the genome LM together, privately, on one machine.
 
 Fetches the data if needed, builds the hospital sites, makes the run's consortium PKI (a CA, the
 SuperLink's certificate, each hospital's registered key), starts a SuperLink with TLS and SuperNode
@@ -6,6 +6,8 @@ authentication and one authenticated SuperNode per hospital as real processes on
 the rounds of DP federated training, stops everything, and writes ``runs/<name>/``: checkpoints
 (the final one as ``final/``), the run report, each site's ledger and public key, the PKI's
 public part (``pki/``: CA certificate, server certificate, site key registry), and the summary.
+The sequence is :func:`fedgenome.experiments.runner.run_experiment`'s; the summary and its table
+are the demo's own.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,32 +22,46 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from fedgenome.configs.errors import ConfigError
-from fedgenome.configs.schema import load_site_manifest
-from fedgenome.localfed import LocalFederation
+from fedgenome.configs.schema import FederationConfig, load_site_manifest, validate
+from fedgenome.experiments.runner import HOSPITALS, Experiment, run_experiment
+from fedgenome.models import shipped_checkpoint
 from fedgenome.privacy.site_state import ledger_path
-from fedgenome.server.deploy import DeploymentError
-from fedgenome.server.pki import PkiLayout
 from fedgenome.server.progress import OnRound
-from fedgenome.shared.fetch import fetch_data
 from fedgenome.shared.markov_fields import PRIVACY_NOTE, BaselineScore
-from fedgenome.shared.sites import make_sites
+from fedgenome.shared.schedule import FINETUNE_LR
 
 log = logging.getLogger(__name__)
 MARKER = ".fedgenome-demo"
+MADE_BY = "fedgenome demo"
 MODEL_MINUS_MARKOV = "model_minus_markov_bits_per_base"
-HOSPITALS = ("hospital-gbr-fin", "hospital-tsi", "hospital-ceu")
+__all__ = ["HOSPITALS", "MODEL_MINUS_MARKOV", "demo_run_config", "print_summary", "run_demo",
+           "summarize"]
 
 
-def prepare_run_dir(run_dir: Path) -> None:
-    """An empty run directory; an earlier demo's output there is replaced, anything else refused."""
-    if run_dir.exists():
-        if not (run_dir / MARKER).exists():
-            raise ConfigError(f"{run_dir} exists and is not a demo's output; choose another --name")
-        log.info("replacing the earlier demo in %s", run_dir)
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
-    (run_dir / MARKER).write_text("made by fedgenome demo\n")
+def demo_run_config(*, preset: str, rounds: int, local_steps: int, patients_per_step: int,
+                    target_epsilon: float, aggregation: str, init: Path | None = None,
+                    lr: float | None = None) -> dict[str, Any]:
+    """The demo's run config, validated: from ``init`` (default: the preset's shipped checkpoint).
+
+    Starting from a checkpoint, the peak learning rate defaults to fine-tuning's
+    (:data:`~fedgenome.shared.schedule.FINETUNE_LR`); from random weights to the run config's.
+    """
+    start = init or shipped_checkpoint(preset)
+    config: dict[str, Any] = {
+        "preset": preset, "num-server-rounds": rounds, "local-steps": local_steps,
+        "target-epsilon": target_epsilon, "patients-per-step": patients_per_step, "eval-windows": 64,
+        "aggregation": aggregation, "initial-checkpoint": "" if start is None else str(start.resolve())}
+    if lr is not None or start is not None:
+        config["lr"] = lr if lr is not None else FINETUNE_LR
+    validate(FederationConfig, config, source="demo options")
+    return config
+
+
+def demo_experiment(run_dir: Path, *, cache: Path, run_config: dict[str, Any], timeout: float,
+                    insecure: bool = False) -> Experiment:
+    """The demo as an :class:`Experiment`: the three hospitals, TLS and its PKI unless ``insecure``."""
+    return Experiment(run_dir=run_dir, cache=cache, run_config=run_config, marker=MARKER,
+                      hospitals=HOSPITALS, insecure=insecure, timeout=timeout)
 
 
 def run_demo(run_dir: Path, *, cache: Path, run_config: dict[str, Any], timeout: float,
@@ -57,32 +72,12 @@ def run_demo(run_dir: Path, *, cache: Path, run_config: dict[str, Any], timeout:
     ``on_submit`` is called with the run id once the run is submitted, ``on_round`` with each
     round's record as it ends.
     """
-    start = time.monotonic()
-    prepare_run_dir(run_dir)
-    paths = fetch_data(cache)
-    make_sites(paths, run_dir / "sites")
-    sites = [run_dir / "sites" / name for name in HOSPITALS]
-    config = {**run_config, "run-dir": str(run_dir.resolve()),
-              "reference": str(paths.reference.resolve()), "min-nodes": len(sites)}
-    with LocalFederation(run_dir / "federation", sites, insecure=insecure) as federation:
-        run_id = federation.submit(config)
-        if on_submit is not None:
-            on_submit(run_id)
-        status = federation.wait(run_id, timeout=timeout, on_round=on_round)
-    if federation.pki is not None:
-        publish_pki(federation.pki, run_dir / "pki")
-    if status != "finished:completed":
-        raise DeploymentError(f"the federated run ended as {status}; logs: {run_dir / 'federation' / 'logs'}")
-    summary = summarize(run_dir, sites, seconds=time.monotonic() - start)
+    spec = demo_experiment(run_dir, cache=cache, run_config=run_config, timeout=timeout,
+                           insecure=insecure)
+    result = run_experiment(spec, made_by=MADE_BY, on_submit=on_submit, on_round=on_round)
+    summary = summarize(run_dir, list(result.sites), seconds=result.seconds)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
-
-
-def publish_pki(pki: PkiLayout, out: Path) -> None:
-    """Copy the public part of the PKI (certificates and the site key registry), no private key."""
-    shutil.copytree(pki.sites, out / "sites")
-    for path in (pki.ca_cert, pki.tls.server_cert):
-        shutil.copy2(path, out / path.name)
 
 
 def summarize(run_dir: Path, sites: list[Path], *, seconds: float) -> dict[str, Any]:

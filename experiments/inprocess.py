@@ -5,7 +5,7 @@ and hands each train message straight to ``fedgenome.client.app.train`` with tha
 SuperNode would. Everything else is the real code: ``fedgenome.server.rounds.run_federation`` (quorum,
 strategy, validation, aggregation, checkpoints, report, resume) and the sites' private rounds,
 ledgers and ``state/``. For benchmarks and tests of training behaviour; what only the deployment
-does (processes, TLS, authentication, time-outs) is tested with :mod:`fedgenome.localfed`.
+does (processes, TLS, authentication, time-outs) is tested with :mod:`fedgenome.experiments.localfed`.
 """
 
 from __future__ import annotations

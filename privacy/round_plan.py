@@ -141,6 +141,11 @@ def sigma_at_least(*, dp: DPConfig, delta: float, sample_rate: float, total_step
     (:func:`fedgenome.privacy.accounting.plan_noise_multiplier`); any sigma that spends no more than that is
     at least as large. A coarse search finds one in a few accountant calls: less noise than the
     site's would make the floor too high, more only makes it a little lower.
+
+    The search is this module's own, over the site's own accountant (:func:`epsilon`):
+    ``dp_accounting.calibrate_dp_mechanism`` needs one of dp_accounting's accountants, and its RDP
+    accountant (other orders, other conversion to epsilon) is not the Opacus one the site
+    calibrates with, so a sigma it accepts need not spend less than the site's under Opacus.
     """
     if dp.noise_multiplier is not None:
         return dp.noise_multiplier

@@ -55,7 +55,7 @@ def tiny() -> Preset:
 def tiny_checkpoint(sites_dir: Path, tiny: Preset, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny baseline trained briefly on the three real hospital sites."""
     from fedgenome.cmd_model import find_sites
-    from fedgenome.training import run_baseline
+    from fedgenome.experiments.training import run_baseline
 
     out = tmp_path_factory.mktemp("ckpt") / "baseline"
     run_baseline(find_sites([sites_dir]), tiny, out=out, preset_name="tiny", device_name="cpu")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from fedgenome.localfed import CONNECTION, LocalFederation
+from fedgenome.experiments.localfed import CONNECTION, LocalFederation
 from fedgenome.privacy.keys import fingerprint, load_public_key
 from fedgenome.server.deploy import register_supernode, wait_online
 from fedgenome.server.pki import add_site

@@ -18,7 +18,7 @@ from fedgenome.cli import main
 from fedgenome.client.site import SiteNode
 from fedgenome.configs.errors import ConfigError, IncompatibleModelError, LedgerError
 from fedgenome.configs.schema import Preset
-from fedgenome.inprocess import run_in_process
+from fedgenome.experiments.inprocess import run_in_process
 from fedgenome.privacy.accounting import epsilon
 from fedgenome.privacy.audit_report import build_report
 from fedgenome.privacy.keys import generate_key, write_public_key

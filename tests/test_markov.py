@@ -296,7 +296,7 @@ def test_the_run_report_has_the_baseline_on_the_servers_heldout_windows(data_pat
 
 def test_the_demo_summary_has_the_models_final_bits_the_baselines_and_their_difference(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from fedgenome.demo import MODEL_MINUS_MARKOV, print_summary, summarize
+    from fedgenome.experiments.demo import MODEL_MINUS_MARKOV, print_summary, summarize
 
     run_dir, markov = tmp_path / "run", BaselineScore(1.84, 11, "dirichlet-256")
     (run_dir / "ckpt").mkdir(parents=True)

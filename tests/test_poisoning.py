@@ -111,7 +111,7 @@ def round_one(sites_dir: Path, data_paths: DataPaths, tmp_path_factory: pytest.T
     for name in SITES:  # a fixed order: configure_train samples the nodes in a random one
         sites[name] = site = copy_site(sites_dir, root / "sites", name)
         context = Context(run_id=1, node_id=NODES[name], node_config={"site": str(site)},
-                          state=RecordDict(), run_config=fed.model_dump(by_alias=True))
+                          state=RecordDict(), run_config=fed.to_run_config())
         # The seed fixes the sites' windows and Poisson sampling, but Opacus draws the DP noise from
         # torch's global generator (secure_mode off): seed it as each ClientApp process has its own.
         torch.manual_seed(NODES[name])

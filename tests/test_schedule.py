@@ -12,7 +12,7 @@ import torch
 import fedgenome.privacy.trainer
 from fedgenome.configs.errors import ConfigError
 from fedgenome.configs.schema import FederationConfig, TrainConfig, validate
-from fedgenome.inprocess import run_in_process
+from fedgenome.experiments.inprocess import run_in_process
 from fedgenome.shared.checkpoint import load_checkpoint
 from fedgenome.shared.fetch import DataPaths
 from fedgenome.shared.schedule import LRSchedule, first_step

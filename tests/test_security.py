@@ -22,7 +22,7 @@ from fedgenome.client.egress import ALLOWED, EGRESS_LOG
 from fedgenome.client.node import JOURNAL
 from fedgenome.client.worker import Options, Worker
 from fedgenome.configs.schema import load_preset
-from fedgenome.localfed import LocalFederation
+from fedgenome.experiments.localfed import LocalFederation
 from fedgenome.shared import tokenizer, wire
 from fedgenome.shared.checkpoint import load_checkpoint
 from fedgenome.shared.datasets import open_site

@@ -11,7 +11,7 @@ import click
 import typer
 
 from fedgenome import cmd_fed, cmd_model, cmd_pki
-from fedgenome.canaries import canaries_command
+from fedgenome.audit.canaries import canaries_command
 from fedgenome.cmd_audit import audit_app
 from fedgenome.configs.errors import FedGenomeError
 from fedgenome.privacy import cli as privacy_cli

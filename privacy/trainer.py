@@ -27,7 +27,7 @@ from fedgenome.configs.errors import ConfigError
 from fedgenome.configs.schema import DPConfig, SitePrivacy, TrainConfig
 from fedgenome.privacy.accounting import epsilon, plan_noise_multiplier
 from fedgenome.privacy.engine import make_private, private_step
-from fedgenome.privacy.ledger import Ledger, LedgerEntry
+from fedgenome.privacy.ledger.core import Ledger, LedgerEntry
 from fedgenome.privacy.mechanism import Mechanism
 from fedgenome.privacy.optim_state import OptimizerStore
 from fedgenome.privacy.proximal import add_proximal_term

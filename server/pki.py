@@ -40,8 +40,8 @@ from fedgenome.privacy.keys import (
     write_private_key,
     write_public_key,
 )
-from fedgenome.privacy.ledger import verify_key_chain
-from fedgenome.privacy.ledger_entry import rotations
+from fedgenome.privacy.ledger.core import verify_key_chain
+from fedgenome.privacy.ledger.entry import rotations
 from fedgenome.privacy.site_state import (
     KeyRotation,
     ledger_path,

@@ -7,7 +7,7 @@ from typing import Any
 
 from fedgenome.configs.schema import FederationConfig, validate
 from fedgenome.privacy.keys import load_public_key
-from fedgenome.privacy.ledger import LedgerEntry, verify_ledger
+from fedgenome.privacy.ledger.core import LedgerEntry, verify_ledger
 from fedgenome.shared import sites
 from fedgenome.shared.fetch import DataPaths
 

@@ -6,7 +6,7 @@ The public key of a site comes, in order of preference, from:
 * the consortium PKI's registry, ``<pki>/sites/<site>.pub`` (the layout of :mod:`fedgenome.server.pki`,
   read here as files so that an auditor needs nothing but the public part of the PKI, as published
   in ``runs/<name>/pki``). The registry holds each site's *current* key, which also verifies a
-  ledger that rotated keys (:mod:`fedgenome.privacy.ledger_verify`);
+  ledger that rotated keys (:mod:`fedgenome.privacy.ledger.verify`);
 * a ``.pub`` beside the ledger: ``<site>.pub`` next to a copied ledger (``runs/<name>/ledgers``) or
   ``keys/<site>.pub`` of a site directory. The site itself wrote that file, so the output says so.
 """
@@ -18,10 +18,10 @@ import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from fedgenome.audit.results import Budget, KeyLookup, SiteAudit
+from fedgenome.audit.verify import AuditResult, audit_ledger
 from fedgenome.configs.errors import ConfigError, FedGenomeError
 from fedgenome.configs.schema import load_site_manifest
-from fedgenome.privacy.audit import AuditResult, audit_ledger
-from fedgenome.privacy.audit_types import Budget, KeyLookup, SiteAudit
 from fedgenome.privacy.keys import load_public_key
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 From a run directory (what ``fedgenome demo`` or a federated run writes): the ledgers
 (``ledgers/*.jsonl``, else ``sites/*/state/ledger.jsonl``) are audited as by ``audit verify``
-(:mod:`fedgenome.privacy.audit`), with keys from the run's PKI registry (``pki/sites``) when it is there;
+(:mod:`fedgenome.audit.verify`), with keys from the run's PKI registry (``pki/sites``) when it is there;
 the run report (``report.json``) gives the rounds, the held-out bits per base, the best-k Markov
 baseline on the same windows (counted on the public reference: no privacy cost) and the ε each site
 reported to the server. The report adds one cross-check that no ledger alone can make: for every
@@ -23,12 +23,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from fedgenome.audit.html import render_html
+from fedgenome.audit.plots import epsilon_plot, heldout_plot
+from fedgenome.audit.results import AuditProblem, Budget
+from fedgenome.audit.sources import audit_ledgers, run_ledgers, run_site_budgets
+from fedgenome.audit.verify import AuditResult
 from fedgenome.configs.errors import ConfigError, InputFileError
-from fedgenome.privacy.audit import AuditResult
-from fedgenome.privacy.audit_html import render_html
-from fedgenome.privacy.audit_plots import epsilon_plot, heldout_plot
-from fedgenome.privacy.audit_sources import audit_ledgers, run_ledgers, run_site_budgets
-from fedgenome.privacy.audit_types import AuditProblem, Budget
 from fedgenome.shared.atomic import write_bytes, write_text
 from fedgenome.shared.markov_fields import BaselineScore
 

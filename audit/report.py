@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from fedgenome.audit.html import render_html
-from fedgenome.audit.plots import epsilon_plot, heldout_plot
+from fedgenome.audit.plots import epsilon_plot, heldout_plot, require_matplotlib
 from fedgenome.audit.results import AuditProblem, Budget
 from fedgenome.audit.sources import audit_ledgers, run_ledgers, run_site_budgets
 from fedgenome.audit.verify import AuditResult
@@ -68,7 +68,9 @@ def build_report(run_dir: Path, *, pki: Path | None = None) -> AuditReport:
     Raises:
         InputFileError: ``report.json`` is missing or malformed.
         ConfigError: The run directory has no ledgers.
+        MissingExtraError: matplotlib is not installed (checked first: the plots need it).
     """
+    require_matplotlib()
     run = _read_json(run_dir / "report.json", "the run report")
     rounds = run.get("rounds")
     if not isinstance(rounds, list) or not all(isinstance(r, dict) for r in rounds):

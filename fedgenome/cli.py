@@ -60,7 +60,7 @@ def configure_logging() -> None:
     handler = RichHandler(console=Console(stderr=True), show_time=False, show_path=False,
                           rich_tracebacks=False)
     logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[handler], force=True)
-    for noisy in ("flwr", "opacus", "matplotlib"):
+    for noisy in ("flwr", "opacus", "matplotlib"):  # names only: matplotlib is optional
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

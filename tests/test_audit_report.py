@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import subprocess
+import sys
 from html import escape
 from html.parser import HTMLParser
 from pathlib import Path
@@ -151,3 +153,42 @@ def test_the_report_refuses_to_overwrite_the_run_report(tmp_path: Path) -> None:
     (run_dir / "state.json").write_text("{}")
     with pytest.raises(ConfigError, match="would replace the run report"):
         write_report(build_report(run_dir), run_dir / "report.html")
+
+
+_WITHOUT_MATPLOTLIB = '''
+import sys
+
+class NoMatplotlib:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "matplotlib":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, NoMatplotlib())
+from fedgenome.cli import main
+
+for args in sys.argv[1:]:
+    try:
+        main(args.split("|"))
+    except SystemExit as exc:
+        print(f"exit {exc.code}", flush=True)
+        print(f"exit {exc.code}", file=sys.stderr, flush=True)
+print("matplotlib imported" if any(m.split(".")[0] == "matplotlib" for m in sys.modules) else "no matplotlib")
+'''
+
+
+def test_without_matplotlib_verify_works_and_report_says_how_to_install_it(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    make_run(run_dir, {"siteA": generate_key()})
+    ledger = str(run_dir / "ledgers" / "siteA.jsonl")
+    verify = "|".join(["audit", "verify", ledger, "--pki", str(run_dir / "pki")])
+    report = "|".join(["audit", "report", str(run_dir)])
+    done = subprocess.run([sys.executable, "-c", _WITHOUT_MATPLOTLIB, verify, report],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.stdout.splitlines()[-1] == "no matplotlib", done.stderr
+    assert "all 1 ledger(s) verified" in done.stdout
+    assert [line for line in done.stdout.splitlines() if line.startswith("exit")] == ["exit 0", "exit 2"]
+    _, report_err = done.stderr.split("exit 0\n")  # what 'audit report' printed: one line
+    assert report_err.strip().splitlines() == [
+        "fedgenome: error: audit report needs matplotlib: pip install 'fedgenome[audit]'", "exit 2"]
+    assert not (run_dir / "audit-report.html").exists() and not (run_dir / "audit-report.json").exists()

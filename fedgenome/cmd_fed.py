@@ -26,6 +26,7 @@ from fedgenome.server.deploy import (
 from fedgenome.server.pki_checks import check_ca, check_server_tls, host_matches
 from fedgenome.server.progress import describe_round, follow_run
 from fedgenome.shared.processes import flower_env
+from fedgenome.shared.run_layout import RunLayout
 from fedgenome.shared.schedule import FINETUNE_LR
 from fedgenome.shared.tls import TlsFiles, make_certificates, tls_files
 
@@ -230,13 +231,13 @@ def run_command(
 
     console = Console(highlight=False)
     run_id = submit_run(APP_DIR, "fedgenome", run_config, flwr_home=home)
-    console.print(f"run {run_id} submitted; rounds appear here as {run_dir / 'report.json'} "
+    console.print(f"run {run_id} submitted; rounds appear here as {RunLayout(run_dir).report} "
                   "records them (when this host can see the run directory)")
     status = follow_run(run_id, "fedgenome", flwr_home=home, timeout=timeout,
                         run_dir=run_dir.resolve(), on_round=lambda r: console.print(describe_round(r)))
     if status != "finished:completed":
         raise DeploymentError(f"run {run_id} ended as {status}; see the SuperLink's log")
-    console.print(f"run {run_id} completed; report: {run_dir / 'report.json'}")
+    console.print(f"run {run_id} completed; report: {RunLayout(run_dir).report}")
 
 
 def _parse_overrides(items: list[str]) -> dict[str, Any]:

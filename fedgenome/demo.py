@@ -24,12 +24,15 @@ from rich.table import Table
 from fedgenome.configs.errors import ConfigError
 from fedgenome.configs.schema import load_site_manifest
 from fedgenome.localfed import LocalFederation
+from fedgenome.privacy.ledger.entry import head_path
 from fedgenome.privacy.site_state import ledger_path
 from fedgenome.server.deploy import DeploymentError
 from fedgenome.server.pki import PkiLayout
 from fedgenome.server.progress import OnRound
+from fedgenome.shared import run_layout as layout
 from fedgenome.shared.fetch import fetch_data
 from fedgenome.shared.markov_fields import PRIVACY_NOTE, BaselineScore
+from fedgenome.shared.run_layout import PkiRegistry, RunLayout
 from fedgenome.shared.sites import make_sites
 
 log = logging.getLogger(__name__)
@@ -52,78 +55,80 @@ def prepare_run_dir(run_dir: Path) -> None:
 def run_demo(run_dir: Path, *, cache: Path, run_config: dict[str, Any], timeout: float,
              insecure: bool = False, on_submit: Callable[[int], None] | None = None,
              on_round: OnRound | None = None) -> dict[str, Any]:
-    """Run the whole demo; the summary it prints, as a dict (also written to summary.json).
+    """Run the whole demo; the summary it prints, as a dict (also written to ``summary.json``).
 
     ``on_submit`` is called with the run id once the run is submitted, ``on_round`` with each
     round's record as it ends.
     """
     start = time.monotonic()
     prepare_run_dir(run_dir)
+    files = RunLayout(run_dir)
     paths = fetch_data(cache)
-    make_sites(paths, run_dir / "sites")
-    sites = [run_dir / "sites" / name for name in HOSPITALS]
+    make_sites(paths, files.sites)
+    sites = [files.sites / name for name in HOSPITALS]
     config = {**run_config, "run-dir": str(run_dir.resolve()),
               "reference": str(paths.reference.resolve()), "min-nodes": len(sites)}
-    with LocalFederation(run_dir / "federation", sites, insecure=insecure) as federation:
+    with LocalFederation(files.federation, sites, insecure=insecure) as federation:
         run_id = federation.submit(config)
         if on_submit is not None:
             on_submit(run_id)
         status = federation.wait(run_id, timeout=timeout, on_round=on_round)
     if federation.pki is not None:
-        publish_pki(federation.pki, run_dir / "pki")
+        publish_pki(federation.pki, files.pki)
     if status != "finished:completed":
-        raise DeploymentError(f"the federated run ended as {status}; logs: {run_dir / 'federation' / 'logs'}")
+        raise DeploymentError(f"the federated run ended as {status}; logs: {files.federation / 'logs'}")
     summary = summarize(run_dir, sites, seconds=time.monotonic() - start)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    files.summary.write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
-def publish_pki(pki: PkiLayout, out: Path) -> None:
+def publish_pki(pki: PkiLayout, out: PkiRegistry) -> None:
     """Copy the public part of the PKI (certificates and the site key registry), no private key."""
-    shutil.copytree(pki.sites, out / "sites")
+    shutil.copytree(pki.sites, out.sites)
     for path in (pki.ca_cert, pki.tls.server_cert):
-        shutil.copy2(path, out / path.name)
+        shutil.copy2(path, out.root / path.name)
 
 
 def summarize(run_dir: Path, sites: list[Path], *, seconds: float) -> dict[str, Any]:
     """Collect the final checkpoint and the ledgers; held-out bits (and the baseline's), epsilon."""
-    report = json.loads((run_dir / "report.json").read_text())
-    last = report["rounds"][-1]
+    files = RunLayout(run_dir)
+    report = json.loads(files.report.read_text())
+    rounds = report[layout.ROUNDS]
+    last = rounds[-1]
     markov = BaselineScore.from_json(report)
-    state = json.loads((run_dir / "state.json").read_text())
-    shutil.copytree(state["checkpoint"], run_dir / "final")
-    ledgers = run_dir / "ledgers"
-    ledgers.mkdir()
+    state = json.loads(files.state.read_text())
+    shutil.copytree(state["checkpoint"], files.final)
+    files.ledgers.mkdir()
     budgets = {}
     for site in sites:
         manifest = load_site_manifest(site)
         budgets[manifest.name] = manifest.privacy.epsilon_budget
-        for path in (ledger_path(site / "state"), ledger_path(site / "state").with_suffix(".jsonl.head"),
-                     site / "keys" / f"{manifest.name}.pub"):
+        ledger, copy = ledger_path(site / "state"), files.ledger_copy(manifest.name)
+        for path, to in ((ledger, copy), (head_path(ledger), head_path(copy)),
+                         (site / "keys" / f"{manifest.name}.pub", files.ledger_copy_key(manifest.name))):
             if path.exists():
-                shutil.copy2(path, ledgers / path.name.replace("ledger", manifest.name))
-    return {"rounds": len(report["rounds"]), "seconds": round(seconds, 1),
-            "initial_checkpoint": report.get("initial_checkpoint"),
-            "heldout_bits_per_base_before": report["initial_bits_per_base"],
-            "heldout_bits_per_base_after": last["heldout_bits_per_base"],
+                shutil.copy2(path, to)
+    return {"rounds": len(rounds), "seconds": round(seconds, 1),
+            "initial_checkpoint": report.get(layout.INITIAL_CHECKPOINT),
+            "heldout_bits_per_base_before": report[layout.INITIAL_BITS],
+            "heldout_bits_per_base_after": last[layout.HELDOUT_BITS],
             **(markov.to_json() if markov is not None else {}),
             MODEL_MINUS_MARKOV: (None if markov is None
-                                 else last["heldout_bits_per_base"] - markov.bits_per_base),
-            "sites": {name: {"epsilon": last["epsilon"].get(name), "budget": budget}
-                      for name, budget in budgets.items()},
-            "security": {"tls": (run_dir / "pki").exists(),
-                         "authenticated_sites": sorted(p.stem for p in (run_dir / "pki" / "sites")
-                                                       .glob("*.pub")),
-                         "aggregation": report["config"].get("aggregation", "plain"),
-                         "rejected_updates": sum(len(r.get("rejected", {})) for r in report["rounds"])},
-            "final_checkpoint": str(run_dir / "final")}
+                                 else last[layout.HELDOUT_BITS] - markov.bits_per_base),
+            layout.SUMMARY_SITES: {name: {layout.SUMMARY_EPSILON: last[layout.EPSILON].get(name),
+                                          layout.SUMMARY_BUDGET: budget} for name, budget in budgets.items()},
+            "security": {"tls": files.pki.root.exists(),
+                         "authenticated_sites": sorted(p.stem for p in files.pki.registered()),
+                         "aggregation": report[layout.CONFIG].get("aggregation", "plain"),
+                         "rejected_updates": sum(len(r.get(layout.REJECTED, {})) for r in rounds)},
+            "final_checkpoint": str(files.final)}
 
 
 def print_summary(summary: dict[str, Any]) -> None:
     """The table printed at the end of the demo."""
     console = Console()
     console.print(f"Federated DP training: {summary['rounds']} rounds across "
-                  f"{len(summary['sites'])} hospitals in {summary['seconds'] / 60:.1f} min")
+                  f"{len(summary[layout.SUMMARY_SITES])} hospitals in {summary['seconds'] / 60:.1f} min")
     start = summary.get("initial_checkpoint")
     console.print("started from " + (f"{start['path']} (weights SHA-256 {start['sha256'][:16]})" if start
                                      else "random weights"))
@@ -136,9 +141,9 @@ def print_summary(summary: dict[str, Any]) -> None:
     table = Table(title="Privacy spent (patient-level, cumulative)")
     for column in ("site", "epsilon", "budget"):
         table.add_column(column)
-    for name, row in summary["sites"].items():
-        eps = "-" if row["epsilon"] is None else f"{row['epsilon']:.3f}"
-        table.add_row(name, eps, f"{row['budget']:g}")
+    for name, row in summary[layout.SUMMARY_SITES].items():
+        eps = "-" if row[layout.SUMMARY_EPSILON] is None else f"{row[layout.SUMMARY_EPSILON]:.3f}"
+        table.add_row(name, eps, f"{row[layout.SUMMARY_BUDGET]:g}")
     console.print(table)
     security = summary["security"]
     console.print(f"security: TLS {'on' if security['tls'] else 'OFF'}; authenticated SuperNodes: "

@@ -1,1 +1,1 @@
-"""fedgenome client package."""
+"""fedgenome client: a hospital's ClientApp and round, its egress guard, the worker, the SuperNode."""

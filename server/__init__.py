@@ -1,1 +1,1 @@
-"""fedgenome server package."""
+"""fedgenome server: the ServerApp (rounds, validation, strategies, SecAgg+), run report, PKI, deployment."""

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from fedgenome.privacy.ledger_marker import OUTGOING
+from fedgenome.privacy.ledger.marker import OUTGOING
 from fedgenome.shared.atomic import atomic_path
 
 log = logging.getLogger(__name__)

@@ -29,9 +29,9 @@ from fedgenome.configs.schema import (
     SiteManifest,
     load_site_manifest,
 )
-from fedgenome.privacy.ledger import Ledger, LedgerEntry
-from fedgenome.privacy.ledger_entry import RUN_KEY
-from fedgenome.privacy.ledger_head import HeadDigest
+from fedgenome.privacy.ledger.core import Ledger, LedgerEntry
+from fedgenome.privacy.ledger.entry import RUN_KEY
+from fedgenome.privacy.ledger.head import HeadDigest
 from fedgenome.privacy.optim_state import OptimizerStore
 from fedgenome.privacy.round_plan import dp_settings, plan_round, run_steps
 from fedgenome.privacy.site_state import open_ledger, site_key_path

@@ -35,5 +35,9 @@ class LedgerError(FedGenomeError):
     """A privacy ledger fails verification: a bad signature, a broken hash chain, a missing entry."""
 
 
+class MissingExtraError(FedGenomeError):
+    """An optional dependency is not installed; the message names the command, the package and the fix."""
+
+
 class DeploymentError(FedGenomeError):
     """A Flower process or command failed; the message says which and where its log is."""

@@ -25,9 +25,12 @@ from rich.table import Table
 from fedgenome.configs.schema import FederationConfig, load_site_manifest, validate
 from fedgenome.experiments.runner import HOSPITALS, Experiment, run_experiment
 from fedgenome.models import shipped_checkpoint
+from fedgenome.privacy.ledger.entry import head_path
 from fedgenome.privacy.site_state import ledger_path
 from fedgenome.server.progress import OnRound
+from fedgenome.shared import run_layout as layout
 from fedgenome.shared.markov_fields import PRIVACY_NOTE, BaselineScore
+from fedgenome.shared.run_layout import RunLayout
 from fedgenome.shared.schedule import FINETUNE_LR
 
 log = logging.getLogger(__name__)
@@ -67,7 +70,7 @@ def demo_experiment(run_dir: Path, *, cache: Path, run_config: dict[str, Any], t
 def run_demo(run_dir: Path, *, cache: Path, run_config: dict[str, Any], timeout: float,
              insecure: bool = False, on_submit: Callable[[int], None] | None = None,
              on_round: OnRound | None = None) -> dict[str, Any]:
-    """Run the whole demo; the summary it prints, as a dict (also written to summary.json).
+    """Run the whole demo; the summary it prints, as a dict (also written to ``summary.json``).
 
     ``on_submit`` is called with the run id once the run is submitted, ``on_round`` with each
     round's record as it ends.
@@ -76,49 +79,50 @@ def run_demo(run_dir: Path, *, cache: Path, run_config: dict[str, Any], timeout:
                            insecure=insecure)
     result = run_experiment(spec, made_by=MADE_BY, on_submit=on_submit, on_round=on_round)
     summary = summarize(run_dir, list(result.sites), seconds=result.seconds)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    RunLayout(run_dir).summary.write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
 def summarize(run_dir: Path, sites: list[Path], *, seconds: float) -> dict[str, Any]:
     """Collect the final checkpoint and the ledgers; held-out bits (and the baseline's), epsilon."""
-    report = json.loads((run_dir / "report.json").read_text())
-    last = report["rounds"][-1]
+    files = RunLayout(run_dir)
+    report = json.loads(files.report.read_text())
+    rounds = report[layout.ROUNDS]
+    last = rounds[-1]
     markov = BaselineScore.from_json(report)
-    state = json.loads((run_dir / "state.json").read_text())
-    shutil.copytree(state["checkpoint"], run_dir / "final")
-    ledgers = run_dir / "ledgers"
-    ledgers.mkdir()
+    state = json.loads(files.state.read_text())
+    shutil.copytree(state["checkpoint"], files.final)
+    files.ledgers.mkdir()
     budgets = {}
     for site in sites:
         manifest = load_site_manifest(site)
         budgets[manifest.name] = manifest.privacy.epsilon_budget
-        for path in (ledger_path(site / "state"), ledger_path(site / "state").with_suffix(".jsonl.head"),
-                     site / "keys" / f"{manifest.name}.pub"):
+        ledger, copy = ledger_path(site / "state"), files.ledger_copy(manifest.name)
+        for path, to in ((ledger, copy), (head_path(ledger), head_path(copy)),
+                         (site / "keys" / f"{manifest.name}.pub", files.ledger_copy_key(manifest.name))):
             if path.exists():
-                shutil.copy2(path, ledgers / path.name.replace("ledger", manifest.name))
-    return {"rounds": len(report["rounds"]), "seconds": round(seconds, 1),
-            "initial_checkpoint": report.get("initial_checkpoint"),
-            "heldout_bits_per_base_before": report["initial_bits_per_base"],
-            "heldout_bits_per_base_after": last["heldout_bits_per_base"],
+                shutil.copy2(path, to)
+    return {"rounds": len(rounds), "seconds": round(seconds, 1),
+            "initial_checkpoint": report.get(layout.INITIAL_CHECKPOINT),
+            "heldout_bits_per_base_before": report[layout.INITIAL_BITS],
+            "heldout_bits_per_base_after": last[layout.HELDOUT_BITS],
             **(markov.to_json() if markov is not None else {}),
             MODEL_MINUS_MARKOV: (None if markov is None
-                                 else last["heldout_bits_per_base"] - markov.bits_per_base),
-            "sites": {name: {"epsilon": last["epsilon"].get(name), "budget": budget}
-                      for name, budget in budgets.items()},
-            "security": {"tls": (run_dir / "pki").exists(),
-                         "authenticated_sites": sorted(p.stem for p in (run_dir / "pki" / "sites")
-                                                       .glob("*.pub")),
-                         "aggregation": report["config"].get("aggregation", "plain"),
-                         "rejected_updates": sum(len(r.get("rejected", {})) for r in report["rounds"])},
-            "final_checkpoint": str(run_dir / "final")}
+                                 else last[layout.HELDOUT_BITS] - markov.bits_per_base),
+            layout.SUMMARY_SITES: {name: {layout.SUMMARY_EPSILON: last[layout.EPSILON].get(name),
+                                          layout.SUMMARY_BUDGET: budget} for name, budget in budgets.items()},
+            "security": {"tls": files.pki.root.exists(),
+                         "authenticated_sites": sorted(p.stem for p in files.pki.registered()),
+                         "aggregation": report[layout.CONFIG].get("aggregation", "plain"),
+                         "rejected_updates": sum(len(r.get(layout.REJECTED, {})) for r in rounds)},
+            "final_checkpoint": str(files.final)}
 
 
 def print_summary(summary: dict[str, Any]) -> None:
     """The table printed at the end of the demo."""
     console = Console()
     console.print(f"Federated DP training: {summary['rounds']} rounds across "
-                  f"{len(summary['sites'])} hospitals in {summary['seconds'] / 60:.1f} min")
+                  f"{len(summary[layout.SUMMARY_SITES])} hospitals in {summary['seconds'] / 60:.1f} min")
     start = summary.get("initial_checkpoint")
     console.print("started from " + (f"{start['path']} (weights SHA-256 {start['sha256'][:16]})" if start
                                      else "random weights"))
@@ -131,9 +135,9 @@ def print_summary(summary: dict[str, Any]) -> None:
     table = Table(title="Privacy spent (patient-level, cumulative)")
     for column in ("site", "epsilon", "budget"):
         table.add_column(column)
-    for name, row in summary["sites"].items():
-        eps = "-" if row["epsilon"] is None else f"{row['epsilon']:.3f}"
-        table.add_row(name, eps, f"{row['budget']:g}")
+    for name, row in summary[layout.SUMMARY_SITES].items():
+        eps = "-" if row[layout.SUMMARY_EPSILON] is None else f"{row[layout.SUMMARY_EPSILON]:.3f}"
+        table.add_row(name, eps, f"{row[layout.SUMMARY_BUDGET]:g}")
     console.print(table)
     security = summary["security"]
     console.print(f"security: TLS {'on' if security['tls'] else 'OFF'}; authenticated SuperNodes: "

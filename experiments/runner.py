@@ -24,6 +24,7 @@ from fedgenome.server.deploy import DeploymentError
 from fedgenome.server.pki import PkiLayout
 from fedgenome.server.progress import OnRound
 from fedgenome.shared.fetch import DataPaths, fetch_data
+from fedgenome.shared.run_layout import PkiRegistry, RunLayout
 from fedgenome.shared.sites import make_sites
 
 log = logging.getLogger(__name__)
@@ -72,12 +73,12 @@ class Experiment:
     @property
     def sites_root(self) -> Path:
         """Where the sites are built."""
-        return self.sites_dir or self.run_dir / "sites"
+        return self.sites_dir or RunLayout(self.run_dir).sites
 
     @property
     def federation_root(self) -> Path:
         """The federation's work directory (certificates, Flower's state, logs)."""
-        return self.federation_dir or self.run_dir / "federation"
+        return self.federation_dir or RunLayout(self.run_dir).federation
 
 
 @dataclass(frozen=True)
@@ -126,11 +127,11 @@ def build_sites(spec: Experiment, paths: DataPaths) -> tuple[Path, ...]:
     return tuple((spec.sites_root / name).resolve() for name in spec.hospitals)
 
 
-def publish_pki(pki: PkiLayout, out: Path) -> None:
+def publish_pki(pki: PkiLayout, out: PkiRegistry) -> None:
     """Copy the public part of the PKI (certificates and the site key registry), no private key."""
-    shutil.copytree(pki.sites, out / "sites")
+    shutil.copytree(pki.sites, out.sites)
     for path in (pki.ca_cert, pki.tls.server_cert):
-        shutil.copy2(path, out / path.name)
+        shutil.copy2(path, out.root / path.name)
 
 
 def run_experiment(spec: Experiment, *, made_by: str = "fedgenome",
@@ -166,7 +167,7 @@ def run_experiment(spec: Experiment, *, made_by: str = "fedgenome",
         status = federation.wait(run_id, timeout=spec.timeout, on_round=on_round)
         end = time.monotonic()
     if federation.pki is not None and spec.publish_pki:
-        publish_pki(federation.pki, spec.run_dir / "pki")
+        publish_pki(federation.pki, RunLayout(spec.run_dir).pki)
     if spec.check_completed and status != COMPLETED:
         raise DeploymentError(f"the federated run ended as {status}; logs: "
                               f"{spec.federation_root / 'logs'}")

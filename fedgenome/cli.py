@@ -11,7 +11,7 @@ import click
 import typer
 
 from fedgenome import cmd_fed, cmd_model, cmd_pki
-from fedgenome.canaries import canaries_command
+from fedgenome.audit.canaries import canaries_command
 from fedgenome.cmd_audit import audit_app
 from fedgenome.configs.errors import FedGenomeError
 from fedgenome.privacy import cli as privacy_cli
@@ -60,7 +60,7 @@ def configure_logging() -> None:
     handler = RichHandler(console=Console(stderr=True), show_time=False, show_path=False,
                           rich_tracebacks=False)
     logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[handler], force=True)
-    for noisy in ("flwr", "opacus", "matplotlib"):
+    for noisy in ("flwr", "opacus", "matplotlib"):  # names only: matplotlib is optional
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -1,6 +1,6 @@
 """``fedgenome audit``: check, without trusting the operator or the sites, what privacy each site spent.
 
-Exit status: 0 when everything verifies; 4 (:class:`fedgenome.privacy.audit.AuditFailed`) when the audit ran
+Exit status: 0 when everything verifies; 4 (:class:`fedgenome.audit.verify.AuditFailed`) when the audit ran
 and something failed, after one line per failure (``site X, entry N: what is wrong``); 2 for bad
 input or usage (a missing file, a malformed option), as everywhere in ``fedgenome``.
 """
@@ -15,11 +15,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from fedgenome.audit.report import DEFAULT_NAME, build_report, write_report
+from fedgenome.audit.results import SiteAudit
+from fedgenome.audit.sources import audit_ledgers, site_budgets
+from fedgenome.audit.verify import AuditFailed, AuditResult
 from fedgenome.configs.errors import ConfigError
-from fedgenome.privacy.audit import AuditFailed, AuditResult
-from fedgenome.privacy.audit_report import DEFAULT_NAME, build_report, write_report
-from fedgenome.privacy.audit_sources import audit_ledgers, site_budgets
-from fedgenome.privacy.audit_types import SiteAudit
 from fedgenome.shared.atomic import write_text
 
 audit_app = typer.Typer(

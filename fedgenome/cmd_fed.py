@@ -24,6 +24,7 @@ from fedgenome.server.deploy import (
 from fedgenome.server.pki_checks import check_ca, check_server_tls, host_matches
 from fedgenome.server.progress import describe_round
 from fedgenome.shared.processes import flower_env
+from fedgenome.shared.run_layout import RunLayout
 from fedgenome.shared.schedule import FINETUNE_LR
 from fedgenome.shared.tls import TlsFiles, make_certificates, tls_files
 
@@ -223,10 +224,10 @@ def run_command(
     run_id = submit_and_follow(
         run_config, server=server, root_cert=root_cert, flwr_home=flwr_home, timeout=timeout,
         on_submit=lambda run_id: console.print(
-            f"run {run_id} submitted; rounds appear here as {run_dir / 'report.json'} records them "
+            f"run {run_id} submitted; rounds appear here as {RunLayout(run_dir).report} records them "
             "(when this host can see the run directory)"),
         on_round=lambda r: console.print(describe_round(r)))
-    console.print(f"run {run_id} completed; report: {run_dir / 'report.json'}")
+    console.print(f"run {run_id} completed; report: {RunLayout(run_dir).report}")
 
 
 def _parse_overrides(items: list[str]) -> dict[str, Any]:

@@ -84,7 +84,7 @@ def reset_command(
     train without it). Whatever is left of the old ledger is kept under a .lost-<time> name.
     """
     from fedgenome.configs.schema import load_site_manifest
-    from fedgenome.privacy.ledger_reset import reset_site_ledger
+    from fedgenome.privacy.ledger.reset import reset_site_ledger
 
     name = load_site_manifest(site).name
     done = reset_site_ledger(site, name, reason=reason, state_dir=privacy_state)

@@ -9,7 +9,7 @@
     state/ledger.jsonl (+ .head)     the privacy ledger, signed with the current key
     state/outgoing/                  the last update sent (re-sent if the server asks for it again)
 
-A site that has trained before (see :mod:`fedgenome.privacy.ledger_marker`) never starts a ledger from zero
+A site that has trained before (see :mod:`fedgenome.privacy.ledger.marker`) never starts a ledger from zero
 by accident: :func:`open_ledger` refuses, and ``fedgenome privacy reset`` starts one on record.
 """
 
@@ -33,10 +33,10 @@ from fedgenome.privacy.keys import (
     write_private_key,
     write_public_key,
 )
-from fedgenome.privacy.ledger import Ledger, LedgerEntry, RetiredKeyError, verify_key_chain
-from fedgenome.privacy.ledger_entry import rotations
-from fedgenome.privacy.ledger_head import HeadDigest, check_head_continuity
-from fedgenome.privacy.ledger_marker import (
+from fedgenome.privacy.ledger.core import Ledger, LedgerEntry, RetiredKeyError, verify_key_chain
+from fedgenome.privacy.ledger.entry import rotations
+from fedgenome.privacy.ledger.head import HeadDigest, check_head_continuity
+from fedgenome.privacy.ledger.marker import (
     LedgerMarker,
     ledger_location,
     marker_path,

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from fedgenome.configs.schema import DPConfig, SitePrivacy, TrainConfig
 from fedgenome.privacy.accounting import epsilon
 from fedgenome.privacy.engine import make_private, private_step
-from fedgenome.privacy.ledger import Ledger, LedgerEntry
+from fedgenome.privacy.ledger.core import Ledger, LedgerEntry
 from fedgenome.privacy.mechanism import Mechanism
 from fedgenome.privacy.optim_state import OptimizerStore
 from fedgenome.privacy.proximal import add_proximal_term

@@ -1,10 +1,10 @@
 """The server's memory of each site's ledger head: a reply whose ledger went back is rejected.
 
-Every reply carries the signed head of the site's ledger (:class:`fedgenome.privacy.ledger_head.HeadDigest`:
+Every reply carries the signed head of the site's ledger (:class:`fedgenome.privacy.ledger.head.HeadDigest`:
 entry count, last entry's SHA-256, signed with the site key). The server verifies the signature
 with the key the node was registered with, keeps the head in the run report (so a resumed run
 still has it) and checks the next one continues it
-(:func:`fedgenome.privacy.ledger_head.check_head_continuity`):
+(:func:`fedgenome.privacy.ledger.head.check_head_continuity`):
 a site that deleted entries, restored an older copy of its ledger and head, or rewrote them, is
 rejected and flagged. A ledger reset (``fedgenome privacy reset``) also shows as going back: the
 server flags it; the site's own audit shows the reason.
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from fedgenome.privacy.ledger_head import HeadDigest, check_head_continuity
+from fedgenome.privacy.ledger.head import HeadDigest, check_head_continuity
 from fedgenome.server.report import RoundRecord
 from fedgenome.server.validation import UpdateRejected
 

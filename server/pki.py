@@ -40,8 +40,8 @@ from fedgenome.privacy.keys import (
     write_private_key,
     write_public_key,
 )
-from fedgenome.privacy.ledger import verify_key_chain
-from fedgenome.privacy.ledger_entry import rotations
+from fedgenome.privacy.ledger.core import verify_key_chain
+from fedgenome.privacy.ledger.entry import rotations
 from fedgenome.privacy.site_state import (
     KeyRotation,
     ledger_path,
@@ -58,6 +58,7 @@ from fedgenome.server.pki_checks import (
     public_keys_match,
 )
 from fedgenome.shared.atomic import atomic_dir
+from fedgenome.shared.run_layout import PkiRegistry
 from fedgenome.shared.tls import (
     TlsFiles,
     issue_ca,
@@ -94,13 +95,18 @@ class PkiLayout:
         return tls_files(self.root)
 
     @property
+    def registry(self) -> PkiRegistry:
+        """The registry of site public keys (:class:`fedgenome.shared.run_layout.PkiRegistry`)."""
+        return PkiRegistry(self.root)
+
+    @property
     def sites(self) -> Path:
-        """The registry of site public keys."""
-        return self.root / "sites"
+        """The registry of site public keys: ``sites/``."""
+        return self.registry.sites
 
     def site_public(self, name: str) -> Path:
         """A site's registered public key: ``sites/<name>.pub``."""
-        return self.sites / f"{name}.pub"
+        return self.registry.site_public(name)
 
     def kit(self, name: str) -> Path:
         """A site's handover kit: ``kits/<name>/``."""
@@ -174,7 +180,7 @@ def init_pki(out: Path, *, hosts: tuple[str, ...], days: int = 365, ca_days: int
     write_certificate(layout.ca_cert, ca)
     write_private_key_pem(layout.tls.server_key, key)
     write_certificate(layout.tls.server_cert, cert)
-    (layout.sites / "retired").mkdir(parents=True, exist_ok=True)
+    layout.registry.retired.mkdir(parents=True, exist_ok=True)
     log.info("consortium PKI in %s: CA and SuperLink certificate for %s", out, ", ".join(hosts))
     return layout
 
@@ -300,7 +306,7 @@ def check_site(pki: Path, name: str, *, site_dir: Path) -> RegisteredSite:
 def registered_sites(pki: Path) -> tuple[RegisteredSite, ...]:
     """Every site in the registry, by name; a malformed entry raises InputFileError naming it."""
     layout = open_pki(pki)
-    paths = sorted(layout.sites.glob("*.pub")) if layout.sites.is_dir() else []
+    paths = layout.registry.registered()
     return tuple(RegisteredSite(p.name[:-4], p, fingerprint(load_public_key(p))) for p in paths)
 
 
@@ -314,7 +320,7 @@ def check_pki(pki: Path, *, host: str | None = None, now: dt.datetime | None = N
     tls = check_server_tls(layout.tls, host=host, now=now)
     if layout.ca_key.exists():
         _ca_key(layout)
-    retired = layout.sites / "retired"
+    retired = layout.registry.retired
     count = len(list(retired.glob("*.pub"))) if retired.is_dir() else 0
     return PkiReport(layout, tls, registered_sites(pki), count)
 

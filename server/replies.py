@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
-from fedgenome.privacy.ledger_head import HeadDigest
+from fedgenome.privacy.ledger.head import HeadDigest
 from fedgenome.server.epsilon_check import EpsilonCheck, PrivacyClaim
 from fedgenome.server.identity import Claim, NodeIdentity, check_claim
 from fedgenome.server.ledger_heads import HeadCheck

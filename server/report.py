@@ -19,13 +19,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedgenome.shared import run_layout as layout
 from fedgenome.shared.atomic import write_text
 from fedgenome.shared.markov_fields import BaselineScore
+from fedgenome.shared.run_layout import RunLayout
 
 
 @dataclass
 class RoundRecord:
-    """One round of a federated run."""
+    """One round of a federated run (its fields include :data:`fedgenome.shared.run_layout.ROUND_FIELDS`)."""
 
     round: int
     train_loss: float | None
@@ -61,12 +63,13 @@ class RunReport:
 
     def write(self) -> None:
         """Write ``report.json`` and ``report.csv`` atomically."""
-        data = {"config": self.config, "run_key": self.run_key,
-                "initial_checkpoint": self.initial_checkpoint,
-                "initial_bits_per_base": self.initial_bits_per_base,
+        files = RunLayout(self.run_dir)
+        data = {layout.CONFIG: self.config, layout.RUN_KEY: self.run_key,
+                layout.INITIAL_CHECKPOINT: self.initial_checkpoint,
+                layout.INITIAL_BITS: self.initial_bits_per_base,
                 **(self.markov.to_json() if self.markov is not None else {}),
-                "rounds": [asdict(r) for r in self.rounds]}
-        write_text(self.run_dir / "report.json", json.dumps(data, indent=2) + "\n")
+                layout.ROUNDS: [asdict(r) for r in self.rounds]}
+        write_text(files.report, json.dumps(data, indent=2) + "\n")
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         writer.writerow(["round", "train_loss", "heldout_bits_per_base", "trained", "refused",
@@ -78,39 +81,40 @@ class RunReport:
                              ";".join(sorted(r.rejected)),
                              ";".join(f"{k}={v:.4f}" for k, v in sorted(r.epsilon.items())),
                              f"{r.seconds:.1f}"])
-        write_text(self.run_dir / "report.csv", buffer.getvalue())
+        write_text(files.report_csv, buffer.getvalue())
 
     @classmethod
     def load(cls, run_dir: Path, config: dict[str, Any]) -> RunReport:
         """The report of an earlier run in ``run_dir`` (empty if there is none)."""
-        path = run_dir / "report.json"
+        path = RunLayout(run_dir).report
         if not path.exists():
             return cls(run_dir, config)
         data = json.loads(path.read_text())
-        rounds = [RoundRecord(**r) for r in data.get("rounds", [])]
-        return cls(run_dir, config, data.get("initial_bits_per_base"), rounds, BaselineScore.from_json(data),
-                   run_key=data.get("run_key", ""), initial_checkpoint=data.get("initial_checkpoint"))
+        rounds = [RoundRecord(**r) for r in data.get(layout.ROUNDS, [])]
+        return cls(run_dir, config, data.get(layout.INITIAL_BITS), rounds, BaselineScore.from_json(data),
+                   run_key=data.get(layout.RUN_KEY, ""),
+                   initial_checkpoint=data.get(layout.INITIAL_CHECKPOINT))
 
 
 def read_report(run_dir: Path) -> RunReport | None:
     """The report in ``run_dir`` as its run wrote it (with that run's config); None if none yet."""
-    path = run_dir / "report.json"
+    path = RunLayout(run_dir).report
     if not path.exists():
         return None
     data = json.loads(path.read_text())
-    rounds = [RoundRecord(**r) for r in data.get("rounds", [])]
-    return RunReport(run_dir, data.get("config", {}), data.get("initial_bits_per_base"), rounds)
+    rounds = [RoundRecord(**r) for r in data.get(layout.ROUNDS, [])]
+    return RunReport(run_dir, data.get(layout.CONFIG, {}), data.get(layout.INITIAL_BITS), rounds)
 
 
 def write_state(run_dir: Path, *, last_round: int, checkpoint: Path) -> None:
     """Record the last completed round and its checkpoint."""
-    write_text(run_dir / "state.json",
+    write_text(RunLayout(run_dir).state,
                json.dumps({"last_round": last_round, "checkpoint": str(checkpoint)}) + "\n")
 
 
 def read_state(run_dir: Path) -> tuple[int, Path] | None:
     """(last completed round, its checkpoint), or None for a fresh run directory."""
-    path = run_dir / "state.json"
+    path = RunLayout(run_dir).state
     if not path.exists():
         return None
     data = json.loads(path.read_text())

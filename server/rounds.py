@@ -42,6 +42,7 @@ from fedgenome.shared.genomes import Reference
 from fedgenome.shared.markov_fields import PRIVACY_NOTE, BaselineScore
 from fedgenome.shared.markov_prior import build_model
 from fedgenome.shared.reference_markov import reference_baseline
+from fedgenome.shared.run_layout import RunLayout
 from fedgenome.shared.train import evaluate
 
 log = logging.getLogger(__name__)
@@ -151,7 +152,7 @@ class Federation:
         self.model = load_checkpoint(checkpoint).model
         self.report = RunReport.load(self.run_dir, self.report.config)
         self.report.markov = self.markov
-        load_strategy_state(self.strategy, self.run_dir / "strategy-state.npz")
+        load_strategy_state(self.strategy, RunLayout(self.run_dir).strategy_state)
         recorded = self.report.initial_checkpoint
         asked = self.fed.initial_checkpoint
         if asked and (recorded is None or Path(asked).resolve() != Path(recorded["path"])):
@@ -305,14 +306,15 @@ class Federation:
 
     def checkpoint(self, rnd: int) -> None:
         """Save the global model, the strategy state and the resumable state after ``rnd``."""
-        path = self.run_dir / "checkpoints" / f"round-{rnd:04d}"
+        files = RunLayout(self.run_dir)
+        path = files.checkpoint(rnd)
         meta: dict[str, Any] = {"round": rnd, "federation": self.fed.model_dump(by_alias=True),
                                 "data": self.preset.data.model_dump(),
                                 "reference": self.fed.reference,
                                 "holdout": [self._holdout_dict()],
                                 "initial_checkpoint": self.report.initial_checkpoint}
         save_checkpoint(path, self.model, meta=meta)
-        save_strategy_state(self.strategy, self.run_dir / "strategy-state.npz")
+        save_strategy_state(self.strategy, files.strategy_state)
         write_state(self.run_dir, last_round=rnd, checkpoint=path)
 
     def _holdout_dict(self) -> dict[str, Any]:

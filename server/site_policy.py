@@ -17,16 +17,17 @@ from fedgenome.configs.schema import read_toml
 from fedgenome.privacy.keys import fingerprint, load_public_key
 from fedgenome.shared import wire
 from fedgenome.shared.atomic import write_text
+from fedgenome.shared.run_layout import PkiRegistry
 
 
 def policy_path(pki: Path, name: str) -> Path:
     """``<pki>/sites/<name>.toml``: beside the site's registered key ``<name>.pub``."""
-    return pki / "sites" / f"{name}.toml"
+    return PkiRegistry(pki).site_policy(name)
 
 
 def declare_patients(pki: Path, name: str, patients: int) -> Path:
     """Record that site ``name`` declared ``patients`` patients; the policy file."""
-    if not (pki / "sites" / f"{name}.pub").is_file():
+    if not PkiRegistry(pki).site_public(name).is_file():
         raise ConfigError(f"site {name} is not registered in {pki}: add it with 'fedgenome pki "
                           f"add-site {name} --pki {pki}'")
     if isinstance(patients, bool) or not 1 <= patients <= 100_000_000:
@@ -38,12 +39,12 @@ def declare_patients(pki: Path, name: str, patients: int) -> Path:
 
 def registered_keys(pki: Path) -> dict[str, str]:
     """Site name -> the fingerprint of its key in the registry (``sites/<name>.pub``)."""
-    return {path.stem: fingerprint(load_public_key(path)) for path in sorted((pki / "sites").glob("*.pub"))}
+    return {path.stem: fingerprint(load_public_key(path)) for path in PkiRegistry(pki).registered()}
 
 
 def declared_examples(pki: Path) -> dict[str, int]:
     """Site name -> the largest example count it may claim: its declared patients, bucketed."""
-    sites = pki / "sites"
+    sites = PkiRegistry(pki).sites
     if not sites.is_dir():
         raise ConfigError(f"run config 'pki' = {str(pki)!r}: no PKI registry there (no sites/); "
                           "give the consortium PKI directory made by 'fedgenome pki init'")

@@ -4,6 +4,6 @@ Genomes and data: ``genomes``, ``plink``, ``fetch``, ``sites``, ``corpus``, ``da
 ``tokenizer``. The model: ``model``, ``markov_prior``, ``checkpoint``. Training and evaluation:
 ``train``, ``schedule``, ``pretrain``, ``scoring``. The k-mer baselines: ``kmers``, ``markov``,
 ``smoothing``, ``reference_markov``, ``markov_fields``. The wire format every message uses:
-``wire``. Plumbing: ``atomic``, ``processes``, ``preflight``, ``tls``, ``flower_patches``,
-``cli_data``.
+``wire``; the run directory's layout: ``run_layout``. Plumbing: ``atomic``, ``processes``,
+``preflight``, ``tls``, ``flower_patches``, ``cli_data``.
 """

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedgenome.canaries import (
+from fedgenome.audit.canaries import (
     audit_model,
     draw_canaries,
     open_sealed,
@@ -27,10 +27,7 @@ from fedgenome.canaries import (
     seal,
     site_epsilon,
 )
-from fedgenome.client.site import SiteNode
-from fedgenome.configs.errors import ConfigError, InputFileError
-from fedgenome.configs.schema import FederationConfig, Preset, load_site_manifest
-from fedgenome.privacy.empirical import (
+from fedgenome.audit.empirical import (
     binomial_tail,
     count_correct,
     epsilon_lower_bound,
@@ -40,6 +37,9 @@ from fedgenome.privacy.empirical import (
     one_run_audit,
     p_value,
 )
+from fedgenome.client.site import SiteNode
+from fedgenome.configs.errors import ConfigError, InputFileError
+from fedgenome.configs.schema import FederationConfig, Preset, load_site_manifest
 from fedgenome.shared import wire
 from fedgenome.shared.datasets import open_site, read_planted
 from fedgenome.shared.model import GenomeLM

@@ -25,7 +25,7 @@ MODULES = _modules()
 
 def test_every_package_of_the_design_is_walked_and_has_examples() -> None:
     packages = {name.split(".")[1] for name in MODULES if name.count(".") >= 1}
-    assert {"server", "client", "shared", "privacy", "configs", "models"} <= packages
+    assert {"server", "client", "shared", "privacy", "configs", "models", "audit"} <= packages
     finder = doctest.DocTestFinder()
     examples = sum(len(test.examples) for name in MODULES
                    for test in finder.find(importlib.import_module(name)))

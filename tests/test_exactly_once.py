@@ -11,16 +11,16 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from fedgenome.audit.results import KeyLookup
+from fedgenome.audit.verify import audit_ledger
 from fedgenome.cli import main
 from fedgenome.client.outgoing import outgoing_path
 from fedgenome.client.site import SiteNode, SiteReply
 from fedgenome.configs.errors import LedgerError
 from fedgenome.configs.schema import Preset
 from fedgenome.privacy.accounting import epsilon
-from fedgenome.privacy.audit import audit_ledger
-from fedgenome.privacy.audit_types import KeyLookup
 from fedgenome.privacy.keys import generate_key, write_public_key
-from fedgenome.privacy.ledger import Ledger
+from fedgenome.privacy.ledger.core import Ledger
 from fedgenome.privacy.mechanism import Mechanism
 from fedgenome.privacy.optim_state import OptimizerStore
 from fedgenome.shared import wire

@@ -21,7 +21,7 @@ from fedgenome.client.node import JOURNAL
 from fedgenome.configs.schema import load_preset
 from fedgenome.experiments.localfed import LocalFederation
 from fedgenome.privacy.keys import load_public_key
-from fedgenome.privacy.ledger import verify_ledger
+from fedgenome.privacy.ledger.core import verify_ledger
 from fedgenome.shared.checkpoint import load_checkpoint, state_sha256
 from fedgenome.shared.fetch import DataPaths
 from fedgenome.shared.model import GenomeLM

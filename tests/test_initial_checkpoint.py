@@ -14,15 +14,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 import fedgenome.privacy.trainer
 import fedgenome.shared.train
+from fedgenome.audit.report import build_report
 from fedgenome.cli import main
 from fedgenome.client.site import SiteNode
 from fedgenome.configs.errors import ConfigError, IncompatibleModelError, LedgerError
 from fedgenome.configs.schema import Preset
 from fedgenome.experiments.inprocess import run_in_process
 from fedgenome.privacy.accounting import epsilon
-from fedgenome.privacy.audit_report import build_report
 from fedgenome.privacy.keys import generate_key, write_public_key
-from fedgenome.privacy.ledger import Ledger, verify_ledger
+from fedgenome.privacy.ledger.core import Ledger, verify_ledger
 from fedgenome.privacy.mechanism import Mechanism
 from fedgenome.server.rounds import Federation
 from fedgenome.shared import wire

@@ -87,7 +87,7 @@ def test_the_checker_catches_an_upward_import(tmp_path: Path) -> None:
     bad = tmp_path / "bad.py"
     bad.write_text("def f():\n    from fedgenome.server.deploy import APP_DIR\n    return APP_DIR\n")
     assert imports(bad) == [(2, "fedgenome.server.deploy")]
-    assert layer_of("fedgenome.server.deploy") > layer_of("fedgenome.privacy.ledger")
+    assert layer_of("fedgenome.server.deploy") > layer_of("fedgenome.privacy.ledger.core")
     assert layer_of("fedgenome.cli") == TOP
 
 

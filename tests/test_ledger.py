@@ -24,7 +24,7 @@ from fedgenome.privacy.keys import (
     sign,
     verify_signature,
 )
-from fedgenome.privacy.ledger import Ledger, LedgerEntry, head_path, verify_ledger
+from fedgenome.privacy.ledger.core import Ledger, LedgerEntry, head_path, verify_ledger
 from fedgenome.privacy.mechanism import Mechanism
 
 

@@ -9,16 +9,16 @@ from pathlib import Path
 
 import pytest
 
+from fedgenome.audit.sources import find_key
+from fedgenome.audit.verify import audit_ledger
 from fedgenome.cli import main
 from fedgenome.configs.errors import ConfigError, LedgerError
 from fedgenome.privacy.accounting import epsilon
-from fedgenome.privacy.audit import audit_ledger
-from fedgenome.privacy.audit_sources import find_key
 from fedgenome.privacy.keys import create_site_key, load_public_key
-from fedgenome.privacy.ledger import Ledger, head_path, verify_ledger
-from fedgenome.privacy.ledger_head import HeadDigest, check_head_continuity
-from fedgenome.privacy.ledger_marker import marker_path, read_marker
-from fedgenome.privacy.ledger_reset import reset_site_ledger
+from fedgenome.privacy.ledger.core import Ledger, head_path, verify_ledger
+from fedgenome.privacy.ledger.head import HeadDigest, check_head_continuity
+from fedgenome.privacy.ledger.marker import marker_path, read_marker
+from fedgenome.privacy.ledger.reset import reset_site_ledger
 from fedgenome.privacy.mechanism import Mechanism
 from fedgenome.privacy.site_state import (
     LedgerMissingError,

@@ -21,8 +21,8 @@ from fedgenome.privacy.keys import (
     sign,
     verify_signature,
 )
-from fedgenome.privacy.ledger import Ledger, LedgerEntry, head_path, verify_ledger
-from fedgenome.privacy.ledger_entry import canonical
+from fedgenome.privacy.ledger.core import Ledger, LedgerEntry, head_path, verify_ledger
+from fedgenome.privacy.ledger.entry import canonical
 
 
 def train(ledger: Ledger, round_: int, epsilon: float) -> LedgerEntry:
@@ -66,7 +66,7 @@ def test_a_fork_with_a_leaked_retired_key_is_caught_by_the_current_key(tmp_path:
     entries[2] = resign(entries[2], retired, prev_sha256=entries[1].sha256, epsilon=0.6,
                         new_public_key=public_key_text(attacker.public_key()))
     write_chain(path, entries, attacker)
-    # Anchored on the genesis key alone, the fork verifies (see fedgenome.privacy.ledger_verify) ...
+    # Anchored on the genesis key alone, the fork verifies (see fedgenome.privacy.ledger.verify) ...
     assert len(verify_ledger(path, public_key=retired.public_key())) == 3
     # ... anchored on the current (registered) key, it does not: that key never signed it.
     with pytest.raises(LedgerError, match=r"is neither the key this ledger started with .* nor its current"):

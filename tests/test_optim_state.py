@@ -16,7 +16,7 @@ from fedgenome.client.site import SiteNode
 from fedgenome.configs.errors import ConfigError, IncompatibleModelError, InputFileError, LedgerError
 from fedgenome.configs.schema import DPConfig, FederationConfig, Preset, SitePrivacy
 from fedgenome.privacy.keys import generate_key
-from fedgenome.privacy.ledger import Ledger
+from fedgenome.privacy.ledger.core import Ledger
 from fedgenome.privacy.optim_state import OptimizerStore
 from fedgenome.privacy.trainer import run_private_round
 from fedgenome.shared import wire

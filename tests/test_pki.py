@@ -21,7 +21,7 @@ from fedgenome.privacy.keys import (
     public_key_text,
     write_private_key,
 )
-from fedgenome.privacy.ledger import RetiredKeyError, verify_key_chain, verify_ledger
+from fedgenome.privacy.ledger.core import RetiredKeyError, verify_key_chain, verify_ledger
 from fedgenome.privacy.site_state import ledger_path, open_ledger, site_key_path
 from fedgenome.server import pki
 from fedgenome.server.pki_checks import check_ca, check_server_tls

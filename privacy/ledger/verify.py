@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from fedgenome.configs.errors import LedgerError
 from fedgenome.privacy.keys import fingerprint, public_key_from_text, public_key_text, verify_signature
-from fedgenome.privacy.ledger_entry import (
+from fedgenome.privacy.ledger.entry import (
     LedgerEntry,
     canonical,
     entry_from_dict,
@@ -82,8 +82,8 @@ def verify_ledger(
     Checks that every line parses and is canonical, every signature (each with the key in force at
     that point, following rotations), the hash chain, that seq runs 0, 1, 2, ... and the site never
     changes (and equals ``site`` when given), that rounds and the cumulative epsilon never decrease,
-    that rotations cost no epsilon, and the head (see :mod:`fedgenome.privacy.ledger` for what that can and
-    cannot catch). A missing ledger with no head is an empty ledger.
+    that rotations cost no epsilon, and the head (see :mod:`fedgenome.privacy.ledger.core` for what
+    that can and cannot catch). A missing ledger with no head is an empty ledger.
 
     Args:
         path: The ledger (``state/ledger.jsonl``).

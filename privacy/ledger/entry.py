@@ -2,7 +2,7 @@
 
 Three kinds of entry share one record: ``trained`` (a round that ran DP-SGD, with its mechanism and
 the hash of the update it produced), ``refused`` (a round the budget did not allow) and ``rotated``
-(the site's signing key changed; see :mod:`fedgenome.privacy.ledger_verify`). A rotation carries two extra
+(the site's signing key changed; see :mod:`fedgenome.privacy.ledger.verify`). A rotation carries two extra
 fields, ``old_public_key`` and ``new_public_key`` (OpenSSH lines without a comment); other entries
 never carry them, so ledgers written before rotations existed keep their exact bytes.
 

@@ -7,7 +7,7 @@ the site get only its salted SHA-256 commitment, before training, so the auditor
 that the draw was fixed in advance. The included canaries are planted at one hospital as extra
 patients (``state/canaries.npz``, ``repeats`` units each); that site never learns which canaries
 were left out. After the federated run the global model scores every canary and |R| never-planted
-reference sequences by loss; :mod:`fedgenome.privacy.empirical` turns the membership guesses into a lower
+reference sequences by loss; :mod:`fedgenome.audit.empirical` turns the membership guesses into a lower
 bound on epsilon at the site's delta (Steinke, Nasr & Jagielski) and the ranks into exposures
 (Carlini et al.). ``canary-audit.json`` puts the bound beside the site's theoretical epsilon from
 its signed ledger.
@@ -36,10 +36,10 @@ from rich.progress import Progress
 from rich.table import Table
 from torch import nn
 
+from fedgenome.audit.empirical import BETA, exposures, one_run_audit
 from fedgenome.configs.errors import ConfigError, InputFileError
 from fedgenome.configs.schema import FederationConfig, load_preset, load_site_manifest, validate
-from fedgenome.privacy.empirical import BETA, exposures, one_run_audit
-from fedgenome.privacy.ledger_verify import verify_ledger
+from fedgenome.privacy.ledger.verify import verify_ledger
 from fedgenome.privacy.site_state import ledger_path, site_public_key
 from fedgenome.shared.datasets import write_planted
 from fedgenome.shared.tokenizer import A, T, decode, encode

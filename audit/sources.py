@@ -3,10 +3,11 @@
 The public key of a site comes, in order of preference, from:
 
 * ``--key PUB`` (one ledger only);
-* the consortium PKI's registry, ``<pki>/sites/<site>.pub`` (the layout of :mod:`fedgenome.server.pki`,
-  read here as files so that an auditor needs nothing but the public part of the PKI, as published
-  in ``runs/<name>/pki``). The registry holds each site's *current* key, which also verifies a
-  ledger that rotated keys (:mod:`fedgenome.privacy.ledger_verify`);
+* the consortium PKI's registry, ``<pki>/sites/<site>.pub``
+  (:class:`fedgenome.shared.run_layout.PkiRegistry`, as :mod:`fedgenome.server.pki` writes it),
+  read as files so that an auditor needs nothing but the public part of the PKI, as published in
+  ``runs/<name>/pki``. The registry holds each site's *current* key, which also verifies a
+  ledger that rotated keys (:mod:`fedgenome.privacy.ledger.verify`);
 * a ``.pub`` beside the ledger: ``<site>.pub`` next to a copied ledger (``runs/<name>/ledgers``) or
   ``keys/<site>.pub`` of a site directory. The site itself wrote that file, so the output says so.
 """
@@ -18,11 +19,13 @@ import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from fedgenome.audit.results import Budget, KeyLookup, SiteAudit
+from fedgenome.audit.verify import AuditResult, audit_ledger
 from fedgenome.configs.errors import ConfigError, FedGenomeError
 from fedgenome.configs.schema import load_site_manifest
-from fedgenome.privacy.audit import AuditResult, audit_ledger
-from fedgenome.privacy.audit_types import Budget, KeyLookup, SiteAudit
 from fedgenome.privacy.keys import load_public_key
+from fedgenome.privacy.site_state import LEDGER_NAME
+from fedgenome.shared.run_layout import PkiRegistry, RunLayout, key_beside_copy
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +55,12 @@ def find_key(site: str, ledger: Path, *, pki: Path | None = None, key_file: Path
     if key_file is not None:
         return _load(key_file, f"--key {key_file}")
     if pki is not None:
-        registered = pki / "sites" / f"{site}.pub"
+        registered = PkiRegistry(pki).site_public(site)
         if not registered.is_file():
             return KeyLookup(None, f"PKI {pki}", f"site {site} is not registered in the PKI "
                              f"({registered} is missing): its ledger cannot be attributed to it")
         return _load(registered, f"PKI registry {registered}")
-    beside = [ledger.with_name(f"{site}.pub"), ledger.parent.parent / "keys" / f"{site}.pub"]
+    beside = [key_beside_copy(ledger, site), ledger.parent.parent / "keys" / f"{site}.pub"]
     found = next((p for p in beside if p.is_file()), None)
     if found is None:
         return KeyLookup(None, "none", f"no public key: pass --pki DIR or --key PUB (looked for "
@@ -104,7 +107,7 @@ def audit_ledgers(ledgers: Sequence[Path], *, pki: Path | None = None, key_file:
         raise ConfigError("no ledger to audit: pass LEDGER files (<site>/state/ledger.jsonl or copies)")
     if key_file is not None and len(ledgers) > 1:
         raise ConfigError(f"--key verifies one ledger, but {len(ledgers)} were given: use --pki DIR")
-    if pki is not None and not (pki / "sites").is_dir():
+    if pki is not None and not PkiRegistry(pki).sites.is_dir():
         raise ConfigError(f"--pki {pki}: no sites/ registry there; pass the consortium PKI directory "
                           "(made by 'fedgenome pki init', or runs/<name>/pki)")
     audits: list[SiteAudit] = []
@@ -122,10 +125,11 @@ def run_ledgers(run_dir: Path) -> list[Path]:
     Raises:
         ConfigError: Neither is there.
     """
-    copies = sorted((run_dir / "ledgers").glob("*.jsonl"))
+    files = RunLayout(run_dir)
+    copies = sorted(files.ledgers.glob("*.jsonl"))
     if copies:
         return copies
-    own = sorted((run_dir / "sites").glob("*/state/ledger.jsonl"))
+    own = sorted(files.sites.glob(f"*/state/{LEDGER_NAME}"))
     if own:
         return own
     raise ConfigError(f"{run_dir}: no ledgers (neither ledgers/*.jsonl nor sites/*/state/ledger.jsonl); "
@@ -134,7 +138,7 @@ def run_ledgers(run_dir: Path) -> list[Path]:
 
 def run_site_budgets(run_dir: Path) -> dict[str, Budget]:
     """Budgets of a run directory's sites from ``sites/*/site.toml`` (unsigned); none if absent."""
-    dirs = sorted(p.parent for p in (run_dir / "sites").glob("*/site.toml"))
+    dirs = sorted(p.parent for p in RunLayout(run_dir).sites.glob("*/site.toml"))
     try:
         return site_budgets(dirs)
     except ConfigError as exc:

@@ -1,26 +1,61 @@
 """The audit report's plots as PNG bytes, drawn with matplotlib's Agg backend (no display, no pyplot).
 
 A :class:`matplotlib.figure.Figure` is drawn on its own Agg canvas, so nothing touches pyplot's
-global state or needs a display.
+global state or needs a display. matplotlib is an optional dependency (the ``audit`` extra): it is
+imported only when a plot is drawn, and :func:`require_matplotlib` says, as one line, how to get it.
 """
 
 from __future__ import annotations
 
+import importlib
 import io
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
-from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from fedgenome.configs.errors import MissingExtraError
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 _SIZE = (7.5, 4.2)
 _DPI = 100
+NEEDS_MATPLOTLIB = "audit report needs matplotlib: pip install 'fedgenome[audit]'"
+
+
+def require_matplotlib() -> None:
+    """Check that matplotlib can be imported.
+
+    Raises:
+        MissingExtraError: It cannot (the ``audit`` extra is not installed).
+    """
+    try:
+        importlib.import_module("matplotlib")
+    except ImportError as exc:
+        raise MissingExtraError(NEEDS_MATPLOTLIB) from exc
+
+
+def _figure() -> Figure:
+    """An empty figure of the report's size on its own Agg canvas."""
+    require_matplotlib()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=_SIZE)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _integer_rounds(axes: Axes) -> None:
+    """Label the x axis ``round`` with integer ticks only."""
+    from matplotlib.ticker import MaxNLocator
+
+    axes.set_xlabel("round")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def _png(figure: Figure) -> bytes:
     """The figure as PNG bytes."""
-    FigureCanvasAgg(figure)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=_DPI, bbox_inches="tight")
     return buffer.getvalue()
@@ -42,7 +77,7 @@ def epsilon_plot(
     Returns:
         PNG bytes.
     """
-    figure = Figure(figsize=_SIZE)
+    figure = _figure()
     axes = figure.add_subplot()
     colors = {site: f"C{i % 10}" for i, site in enumerate(sorted(ledger))}
     crosses = "ε the server received (run report)"
@@ -57,8 +92,7 @@ def epsilon_plot(
     _budget_lines(axes, {site: budgets.get(site) for site in ledger}, colors)
     if not ledger:
         axes.text(0.5, 0.5, "no verified ledger", ha="center", va="center", transform=axes.transAxes)
-    axes.set_xlabel("round")
-    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    _integer_rounds(axes)
     axes.set_ylabel("cumulative ε")
     axes.set_title("Privacy spent per site (patient-level)")
     values = [e for points in ledger.values() for _, e in points] + [b for b in budgets.values() if b]
@@ -94,7 +128,7 @@ def heldout_plot(rounds: Sequence[tuple[int, float]], *, initial: float | None,
     Returns:
         PNG bytes.
     """
-    figure = Figure(figsize=_SIZE)
+    figure = _figure()
     axes = figure.add_subplot()
     xs, ys = [r for r, _ in rounds], [b for _, b in rounds]
     if initial is not None:
@@ -107,8 +141,7 @@ def heldout_plot(rounds: Sequence[tuple[int, float]], *, initial: float | None,
         axes.legend(fontsize="small")
     else:
         axes.text(0.5, 0.5, "no rounds", ha="center", va="center", transform=axes.transAxes)
-    axes.set_xlabel("round")
-    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    _integer_rounds(axes)
     axes.set_ylabel("held-out bits per base")
     axes.set_title("Held-out bits per base (lower is better)")
     axes.grid(alpha=0.3)

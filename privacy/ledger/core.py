@@ -22,8 +22,8 @@ What verification can and cannot catch:
 
 Key rotation (:meth:`Ledger.rotate`): one ``rotated`` entry, signed with the old key, names the
 new key; later entries and the head are signed with the new key. It costs no epsilon. How a
-verifier follows the keys is in :mod:`fedgenome.privacy.ledger_verify`; the entry format is in
-:mod:`fedgenome.privacy.ledger_entry`.
+verifier follows the keys is in :mod:`fedgenome.privacy.ledger.verify`; the entry format is in
+:mod:`fedgenome.privacy.ledger.entry`.
 
 Rounds served: an entry of a federated round records the server's ``run_key`` with its (global)
 ``round``; :meth:`Ledger.append` refuses a second *trained* entry for the same (run_key, round), and
@@ -32,13 +32,13 @@ mid-round) re-sends what it sent instead of spending again (:mod:`fedgenome.clie
 
 Reset (:meth:`Ledger.start_over`): when a ledger was lost, the operator starts a new one on record;
 its entry 0 is a signed ``reset`` with the reason and the old head (or 'lost'). See
-:mod:`fedgenome.privacy.ledger_reset`.
+:mod:`fedgenome.privacy.ledger.reset`.
 
 The head leaves the site: :meth:`Ledger.head_digest` is the signed (count, last_sha256) that a
 round's reply carries, and a server compares consecutive ones with
-:func:`fedgenome.privacy.ledger_head.check_head_continuity`. The attribute ``on_head`` (set by
+:func:`fedgenome.privacy.ledger.head.check_head_continuity`. The attribute ``on_head`` (set by
 :mod:`fedgenome.privacy.site_state`) is called with it before the first entry and after every head rewrite,
-to keep the site's marker (:mod:`fedgenome.privacy.ledger_marker`).
+to keep the site's marker (:mod:`fedgenome.privacy.ledger.marker`).
 
 Crashes: a head one entry behind (a crash after the line was fsynced, before the head was rewritten)
 is accepted with a warning and rewritten by :class:`Ledger`; an incomplete last line (a crash while
@@ -60,7 +60,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from fedgenome.configs.errors import ConfigError, LedgerError
 from fedgenome.privacy.keys import fingerprint, public_key_text, sign
-from fedgenome.privacy.ledger_entry import (
+from fedgenome.privacy.ledger.entry import (
     ROTATION_ACCOUNTANT,
     LedgerEntry,
     Status,
@@ -71,8 +71,8 @@ from fedgenome.privacy.ledger_entry import (
     order_problem,
     value_problem,
 )
-from fedgenome.privacy.ledger_head import HeadDigest
-from fedgenome.privacy.ledger_verify import (
+from fedgenome.privacy.ledger.head import HeadDigest
+from fedgenome.privacy.ledger.verify import (
     KeyChain,
     check_anchor,
     check_head,

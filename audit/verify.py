@@ -5,7 +5,7 @@
 
 1. **Integrity.** Every signature (with the public key the caller found for the site, normally the
    consortium PKI's registered key), the hash chain, key rotations and the signed head
-   (:func:`fedgenome.privacy.ledger_verify.verify_key_chain`). A ledger that fails here is not recomputed:
+   (:func:`fedgenome.privacy.ledger.verify.verify_key_chain`). A ledger that fails here is not recomputed:
    its numbers cannot be attributed to the site.
 2. **The recorded ε, recomputed by two independent accountants.** After *every* entry the
    cumulative ε is recomputed from the mechanisms (noise multiplier, sample rate, steps) of all
@@ -45,12 +45,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedgenome.audit.results import AuditProblem, Budget, EntryAudit, KeyLookup, SiteAudit
 from fedgenome.configs.errors import ConfigError, FedGenomeError, LedgerError
 from fedgenome.privacy.accounting import AccountingError, epsilon
-from fedgenome.privacy.audit_types import AuditProblem, Budget, EntryAudit, KeyLookup, SiteAudit
 from fedgenome.privacy.keys import fingerprint
-from fedgenome.privacy.ledger_entry import LedgerEntry, duplicate_rounds, head_path
-from fedgenome.privacy.ledger_verify import LedgerEntryError, verify_key_chain
+from fedgenome.privacy.ledger.entry import LedgerEntry, duplicate_rounds, head_path
+from fedgenome.privacy.ledger.verify import LedgerEntryError, verify_key_chain
 from fedgenome.privacy.mechanism import Mechanism
 
 log = logging.getLogger(__name__)

@@ -15,11 +15,11 @@ is a plain extension. A site opening its ledger (:func:`fedgenome.privacy.site_s
   (:func:`training_evidence`); the operator restores the ledger or starts over on record
   (``fedgenome privacy reset``);
 * refuses a ledger that does not continue the marker (an older copy restored, or a rewrite):
-  :func:`fedgenome.privacy.ledger_head.check_head_continuity`;
+  :func:`fedgenome.privacy.ledger.head.check_head_continuity`;
 * writes the marker for a ledger that has entries but none (sites from before markers).
 
 The marker guards against accidents and against others; the site itself can delete it too, which
-is why the signed head also leaves the site with every round (:mod:`fedgenome.privacy.ledger_head`).
+is why the signed head also leaves the site with every round (:mod:`fedgenome.privacy.ledger.head`).
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedgenome.configs.errors import LedgerError
-from fedgenome.privacy.ledger_entry import canonical
-from fedgenome.privacy.ledger_head import HeadDigest
+from fedgenome.privacy.ledger.entry import canonical
+from fedgenome.privacy.ledger.head import HeadDigest
 from fedgenome.shared.atomic import write_text
 
 log = logging.getLogger(__name__)

@@ -8,13 +8,13 @@ When the ledger cannot be restored, the operator resets it with a reason. The re
    budget is never reset by hand), or the site never trained (just train);
 2. finds the old ledger's last known head: the largest of its head file (if still there), the
    heads of copies an earlier reset moved aside, and the marker beside the key
-   (:mod:`fedgenome.privacy.ledger_marker`); none: 'lost';
+   (:mod:`fedgenome.privacy.ledger.marker`); none: 'lost';
 3. moves whatever is left of the old ledger aside (``ledger.jsonl.lost-<UTC time>`` and its
    ``.head``), never deleting it, so that it can still be audited;
 4. writes a new ledger whose entry 0 is a signed ``reset`` naming the reason and the old head.
 
-Every audit shows the reset and its reason (:mod:`fedgenome.privacy.audit`); a server that kept the site's
-earlier head digests sees a ``reset`` continuity (:mod:`fedgenome.privacy.ledger_head`). The new ledger's
+Every audit shows the reset and its reason (:mod:`fedgenome.audit.verify`); a server that kept the site's
+earlier head digests sees a ``reset`` continuity (:mod:`fedgenome.privacy.ledger.head`). The new ledger's
 epsilon starts at 0: what the old ledger spent is not recoverable from a head, so the report says
 that the true total is higher.
 
@@ -36,8 +36,8 @@ from pathlib import Path
 
 from fedgenome.configs.errors import ConfigError, LedgerError
 from fedgenome.privacy.keys import load_private_key
-from fedgenome.privacy.ledger import Ledger, LedgerEntry, RetiredKeyError, head_path
-from fedgenome.privacy.ledger_marker import (
+from fedgenome.privacy.ledger.core import Ledger, LedgerEntry, RetiredKeyError, head_path
+from fedgenome.privacy.ledger.marker import (
     ledger_location,
     marker_path,
     read_marker,

@@ -1,4 +1,4 @@
-"""The results of a ledger audit (:mod:`fedgenome.privacy.audit`): frozen records and their JSON form."""
+"""The results of a ledger audit (:mod:`fedgenome.audit.verify`): frozen records and their JSON form."""
 
 from __future__ import annotations
 

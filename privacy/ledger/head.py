@@ -14,9 +14,9 @@ digests it received, and :func:`check_head_continuity` compares the one it kept 
   but a server should show it).
 
 A head of ``count`` entries has the digest of entry ``count - 1``; the head of an empty ledger has
-the genesis digest (:func:`fedgenome.privacy.ledger_entry.genesis_sha256`), so a first digest is meaningful.
+the genesis digest (:func:`fedgenome.privacy.ledger.entry.genesis_sha256`), so a first digest is meaningful.
 The signature is the site key's over the canonical JSON of ``{"count", "last_sha256", "site"}``:
-the bytes of the head file (:mod:`fedgenome.privacy.ledger`) without its signature.
+the bytes of the head file (:mod:`fedgenome.privacy.ledger.core`) without its signature.
 
 >>> check_head_continuity((3, "a" * 64), (2, "b" * 64)).kind
 'rolled-back'
@@ -30,8 +30,8 @@ from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from fedgenome.privacy.ledger_entry import LedgerEntry, canonical
-from fedgenome.privacy.ledger_verify import signature_ok
+from fedgenome.privacy.ledger.entry import LedgerEntry, canonical
+from fedgenome.privacy.ledger.verify import signature_ok
 
 ContinuityKind = Literal["same", "extended", "reset", "rolled-back", "forked"]
 

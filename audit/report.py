@@ -2,7 +2,7 @@
 
 From a run directory (what ``fedgenome demo`` or a federated run writes): the ledgers
 (``ledgers/*.jsonl``, else ``sites/*/state/ledger.jsonl``) are audited as by ``audit verify``
-(:mod:`fedgenome.privacy.audit`), with keys from the run's PKI registry (``pki/sites``) when it is there;
+(:mod:`fedgenome.audit.verify`), with keys from the run's PKI registry (``pki/sites``) when it is there;
 the run report (``report.json``) gives the rounds, the held-out bits per base, the best-k Markov
 baseline on the same windows (counted on the public reference: no privacy cost) and the ε each site
 reported to the server. The report adds one cross-check that no ledger alone can make: for every
@@ -23,20 +23,20 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from fedgenome.audit.html import render_html
+from fedgenome.audit.plots import epsilon_plot, heldout_plot, require_matplotlib
+from fedgenome.audit.results import AuditProblem, Budget
+from fedgenome.audit.sources import audit_ledgers, run_ledgers, run_site_budgets
+from fedgenome.audit.verify import AuditResult
 from fedgenome.configs.errors import ConfigError, InputFileError
-from fedgenome.privacy.audit import AuditResult
-from fedgenome.privacy.audit_html import render_html
-from fedgenome.privacy.audit_plots import epsilon_plot, heldout_plot
-from fedgenome.privacy.audit_sources import audit_ledgers, run_ledgers, run_site_budgets
-from fedgenome.privacy.audit_types import AuditProblem, Budget
+from fedgenome.shared import run_layout as layout
 from fedgenome.shared.atomic import write_bytes, write_text
 from fedgenome.shared.markov_fields import BaselineScore
+from fedgenome.shared.run_layout import RunLayout
 
 log = logging.getLogger(__name__)
 
 FORMAT = "fedgenome-audit-report/1"
-CANARY_AUDIT = "canary-audit.json"
-"""The empirical canary audit's result in a run directory (written by ``fedgenome audit canaries``)."""
 DEFAULT_NAME = "audit-report.html"
 _SAME_EPSILON = 1e-9
 """Relative tolerance between the ε a site sent the server and the one in its ledger (the same float)."""
@@ -68,19 +68,22 @@ def build_report(run_dir: Path, *, pki: Path | None = None) -> AuditReport:
     Raises:
         InputFileError: ``report.json`` is missing or malformed.
         ConfigError: The run directory has no ledgers.
+        MissingExtraError: matplotlib is not installed (checked first: the plots need it).
     """
-    run = _read_json(run_dir / "report.json", "the run report")
-    rounds = run.get("rounds")
+    require_matplotlib()
+    files = RunLayout(run_dir)
+    run = _read_json(files.report, "the run report")
+    rounds = run.get(layout.ROUNDS)
     if not isinstance(rounds, list) or not all(isinstance(r, dict) for r in rounds):
-        raise InputFileError(f"{run_dir / 'report.json'}: no list of rounds; pass a run directory")
-    registries = (run_dir / "pki", run_dir / "federation" / "pki")
-    pki = pki or next((d for d in registries if (d / "sites").is_dir()), None)
-    budgets = {**_summary_budgets(run_dir), **run_site_budgets(run_dir)}
+        raise InputFileError(f"{files.report}: no list of rounds; pass a run directory")
+    registries = (files.pki, files.federation_pki)
+    pki = pki or next((r.root for r in registries if r.sites.is_dir()), None)
+    budgets = {**_summary_budgets(files.summary), **run_site_budgets(run_dir)}
     audited = audit_ledgers(run_ledgers(run_dir), pki=pki, budgets=budgets)
-    initial = run.get("initial_checkpoint")
-    digest = initial.get("sha256") if isinstance(initial, dict) else None
+    initial = run.get(layout.INITIAL_CHECKPOINT)
+    digest = initial.get(layout.CHECKPOINT_SHA256) if isinstance(initial, dict) else None
     result = AuditResult(audited.sites, tuple(cross_check(audited, rounds, initial_sha256=digest)))
-    canary_path = run_dir / CANARY_AUDIT
+    canary_path = files.canary_audit
     canary = _read_json(canary_path, "the canary audit") if canary_path.exists() else None
     data = _data(run_dir, run, result, canary, pki=pki)
     markov = BaselineScore.from_json(data)
@@ -91,7 +94,7 @@ def build_report(run_dir: Path, *, pki: Path | None = None) -> AuditReport:
             budgets={s["site"]: s["budget"] for s in data["sites"]},
             reported={s["site"]: [(p["round"], p["epsilon"]) for p in s["reported_epsilon_by_round"]]
                       for s in data["sites"]}),
-        "heldout": heldout_plot([(r["round"], r["heldout_bits_per_base"]) for r in data["rounds"]],
+        "heldout": heldout_plot([(r[layout.ROUND], r[layout.HELDOUT_BITS]) for r in data["rounds"]],
                                 initial=data["initial_bits_per_base"],
                                 baseline=None if markov is None else (markov.label, markov.bits_per_base)),
     }
@@ -117,8 +120,8 @@ def cross_check(result: AuditResult, rounds: Sequence[Mapping[str, Any]], *,
     by_site = {s.site: s for s in result.sites}
     problems = []
     for record in rounds:
-        rnd = record.get("round")
-        for site, eps in sorted((record.get("epsilon") or {}).items()):
+        rnd = record.get(layout.ROUND)
+        for site, eps in sorted((record.get(layout.EPSILON) or {}).items()):
             audit = by_site.get(site)
             where = f"round {rnd}"
             if audit is None:
@@ -148,28 +151,26 @@ def _data(run_dir: Path, run: Mapping[str, Any], result: AuditResult, canary: An
           pki: Path | None) -> dict[str, Any]:
     """The report's JSON content."""
     reported: dict[str, list[dict[str, float]]] = {}
-    for record in run["rounds"]:
-        for site, eps in (record.get("epsilon") or {}).items():
-            reported.setdefault(site, []).append({"round": record.get("round"), "epsilon": eps})
+    for record in run[layout.ROUNDS]:
+        for site, eps in (record.get(layout.EPSILON) or {}).items():
+            reported.setdefault(site, []).append({"round": record.get(layout.ROUND), "epsilon": eps})
     sites = []
     for audit in result.sites:
         row = audit.to_json()
         row["epsilon_by_round"] = [{"round": r, "epsilon": e} for r, e in audit.epsilon_by_round().items()]
         row["reported_epsilon_by_round"] = reported.get(audit.site, [])
         sites.append(row)
-    keep = ("round", "train_loss", "heldout_bits_per_base", "trained", "refused", "failed", "dropped",
-            "rejected", "epsilon", "seconds")
     markov = BaselineScore.from_json(run)
     return {
         "format": FORMAT, "run_dir": str(run_dir), "pki": None if pki is None else str(pki),
         "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"), "ok": result.ok,
         "problems": [p.line() for p in result.problems], "sites": sites,
         "cross_check": [p.line() for p in result.extra_problems],
-        "initial_bits_per_base": run.get("initial_bits_per_base"),
+        "initial_bits_per_base": run.get(layout.INITIAL_BITS),
         **(markov.to_json() if markov is not None else {}),
-        "initial_checkpoint": run.get("initial_checkpoint"),
-        "rounds": [{k: r.get(k) for k in keep} for r in run["rounds"]],
-        "config": run.get("config", {}), "canary_audit": canary,
+        "initial_checkpoint": run.get(layout.INITIAL_CHECKPOINT),
+        "rounds": [{k: r.get(k) for k in layout.ROUND_FIELDS} for r in run[layout.ROUNDS]],
+        "config": run.get(layout.CONFIG, {}), "canary_audit": canary,
         "tolerances": result.to_json()["tolerances"],
     }
 
@@ -184,7 +185,7 @@ def write_report(report: AuditReport, html_path: Path) -> tuple[Path, Path]:
         ConfigError: The JSON would overwrite the run's own ``report.json``.
     """
     json_path = html_path.with_suffix(".json")
-    if json_path.name == "report.json" and (json_path.parent / "state.json").exists():
+    if json_path.name == layout.REPORT and RunLayout(json_path.parent).state.exists():
         raise ConfigError(f"--out {html_path}: its JSON would replace the run report {json_path}; "
                           f"choose another name (default {DEFAULT_NAME})")
     write_text(json_path, json.dumps(report.data, indent=2) + "\n")
@@ -192,13 +193,12 @@ def write_report(report: AuditReport, html_path: Path) -> tuple[Path, Path]:
     return html_path, json_path
 
 
-def _summary_budgets(run_dir: Path) -> dict[str, Budget]:
-    """Budgets in the demo's ``summary.json`` (reported by the operator: unsigned)."""
-    path = run_dir / "summary.json"
+def _summary_budgets(path: Path) -> dict[str, Budget]:
+    """Budgets in the demo's ``summary.json`` at ``path`` (reported by the operator: unsigned)."""
     if not path.exists():
         return {}
-    sites = _read_json(path, "the demo summary").get("sites") or {}
-    budgets = {name: row.get("budget") for name, row in sites.items() if isinstance(row, dict)}
+    sites = _read_json(path, "the demo summary").get(layout.SUMMARY_SITES) or {}
+    budgets = {name: row.get(layout.SUMMARY_BUDGET) for name, row in sites.items() if isinstance(row, dict)}
     return {name: Budget(float(value), f"{path} (unsigned, from the operator)")
             for name, value in budgets.items() if isinstance(value, (int, float))}
 

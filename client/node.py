@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedgenome.configs.errors import ConfigError
+from fedgenome.shared import wire
 from fedgenome.shared.atomic import atomic_path
 from fedgenome.shared.tls import (
     TlsFiles,
@@ -63,7 +64,8 @@ def supernode_command(*, site: Path, superlink: str, clientappio_port: int,
     registered with the SuperLink); ``keep_updates`` keeps a copy of every update sent;
     ``runtime`` locks the local Runtime API its worker uses.
     """
-    node_config = f"site='{site.resolve()}'" + (" keep-updates=true" if keep_updates else "")
+    node_config = f"{wire.NODE_SITE}='{site.resolve()}'" + (
+        f" {wire.NODE_KEEP_UPDATES}=true" if keep_updates else "")
     command = [sys.executable, "-m", "fedgenome.client.supernode", "--superlink", superlink,
                "--host", HOST, "--port", str(clientappio_port),
                "--node-config", node_config, "--max-retries", "10",

@@ -173,7 +173,7 @@ class Federation:
         orders = wire.RoundConfig(rnd, run_key=self.report.run_key, initial_sha256=self.initial_sha256,
                                   markov_prior=None if self.model.prior is None
                                   else self.model.prior.fingerprint)
-        return {**orders.to_config(), "local-steps": self.fed.local_steps}
+        return {**orders.to_config(), wire.LOCAL_STEPS: self.fed.local_steps}
 
     def _eval_windows(self) -> torch.Tensor:
         region = Region.parse(self.fed.holdout)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
 from pathlib import Path
 from typing import cast
 
@@ -27,6 +26,7 @@ from flwr.common.serde import recorddict_to_proto
 
 from fedgenome.configs.errors import FedGenomeError
 from fedgenome.shared import wire
+from fedgenome.shared.clock import utc_now_text
 
 log = logging.getLogger(__name__)
 EGRESS_LOG = "egress.jsonl"
@@ -99,7 +99,7 @@ def _model_shapes(msg: Message) -> dict[str, tuple[int, ...]] | None:
 def record_egress(state_dir: Path, msg: Message, reply: Message) -> None:
     """Append one line describing ``reply`` to ``state_dir/egress.jsonl``."""
     data = recorddict_to_proto(reply.content).SerializeToString()
-    entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    entry = {"time": utc_now_text(),
              "run": msg.metadata.run_id, "type": msg.metadata.message_type,
              "round": msg.metadata.group_id,
              "records": {name: sorted(record) if not isinstance(record, ArrayRecord)

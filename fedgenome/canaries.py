@@ -21,7 +21,6 @@ import logging
 import os
 import secrets
 import shutil
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,6 +40,7 @@ from fedgenome.configs.schema import FederationConfig, load_preset, load_site_ma
 from fedgenome.privacy.empirical import BETA, exposures, one_run_audit
 from fedgenome.privacy.ledger_verify import verify_ledger
 from fedgenome.privacy.site_state import ledger_path, site_public_key
+from fedgenome.shared.clock import utc_now_text
 from fedgenome.shared.datasets import write_planted
 from fedgenome.shared.tokenizer import A, T, decode, encode
 from fedgenome.shared.train import IGNORE, autocast, split_batch
@@ -254,7 +254,7 @@ def run_canary_audit(out: Path, *, auditor_dir: Path, cache: Path, site: str, m:
     units = plant(out / "sites" / site, draw)
     (out / COMMITMENT_NAME).write_text(json.dumps(
         {"commitment": draw.commitment, "m": m, "repeats": repeats, "site": site,
-         "committed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=2) + "\n")
+         "committed_at": utc_now_text()}, indent=2) + "\n")
     log.info("sealed %d canaries in %s; planted %d units at %s; commitment %s", m,
              auditor_dir / SEALED_NAME, units, site, draw.commitment[:16])
     # The planted units count as patients in the site's (bucketed) example count: widen the

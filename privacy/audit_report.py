@@ -19,7 +19,6 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from fedgenome.privacy.audit_plots import epsilon_plot, heldout_plot
 from fedgenome.privacy.audit_sources import audit_ledgers, run_ledgers, run_site_budgets
 from fedgenome.privacy.audit_types import AuditProblem, Budget
 from fedgenome.shared.atomic import write_bytes, write_text
+from fedgenome.shared.clock import utc_now_text
 from fedgenome.shared.markov_fields import BaselineScore
 
 log = logging.getLogger(__name__)
@@ -162,7 +162,7 @@ def _data(run_dir: Path, run: Mapping[str, Any], result: AuditResult, canary: An
     markov = BaselineScore.from_json(run)
     return {
         "format": FORMAT, "run_dir": str(run_dir), "pki": None if pki is None else str(pki),
-        "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"), "ok": result.ok,
+        "generated": utc_now_text(), "ok": result.ok,
         "problems": [p.line() for p in result.problems], "sites": sites,
         "cross_check": [p.line() for p in result.extra_problems],
         "initial_bits_per_base": run.get("initial_bits_per_base"),

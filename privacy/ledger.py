@@ -53,7 +53,6 @@ import fcntl
 import logging
 import os
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -83,6 +82,7 @@ from fedgenome.privacy.ledger_verify import (
 )
 from fedgenome.privacy.mechanism import Mechanism
 from fedgenome.shared.atomic import fsync_dir, write_text
+from fedgenome.shared.clock import utc_now
 
 __all__ = [
     "HeadDigest", "KeyChain", "Ledger", "LedgerEntry", "RetiredKeyError", "Status", "genesis_sha256",
@@ -260,7 +260,7 @@ class Ledger:
         seq = len(self._entries)
         fields: dict[str, object] = {
             "seq": seq, "site": self.site, **values,
-            "time": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
+            "time": utc_now().isoformat(timespec="microseconds"),
             "prev_sha256": self._entries[-1].sha256 if seq else genesis_sha256(self.site, self._public),
             "signature": "",
         }

@@ -19,6 +19,7 @@ from pathlib import Path
 from fedgenome.configs.errors import ConfigError
 from fedgenome.shared import wire
 from fedgenome.shared.atomic import atomic_path
+from fedgenome.shared.hosts import LOOPBACK
 from fedgenome.shared.tls import (
     TlsFiles,
     issue_ca,
@@ -28,7 +29,7 @@ from fedgenome.shared.tls import (
     write_private_key_pem,
 )
 
-HOST = "127.0.0.1"  # the Runtime API listens on loopback only
+HOST = LOOPBACK  # the Runtime API listens on loopback only
 JOURNAL = "worker.jsonl"  # in the site's state/: one line per task its worker served
 
 

@@ -25,6 +25,7 @@ from fedgenome.server.deploy import (
 )
 from fedgenome.server.pki_checks import check_ca, check_server_tls, host_matches
 from fedgenome.server.progress import describe_round, follow_run
+from fedgenome.shared.hosts import ALL_INTERFACES, LOCAL_NAMES, LOOPBACK, RUNTIME_PORT, SUPERLINK_PORT
 from fedgenome.shared.processes import flower_env
 from fedgenome.shared.schedule import FINETUNE_LR
 from fedgenome.shared.tls import TlsFiles, make_certificates, tls_files
@@ -80,7 +81,7 @@ def _tls(tls_dir: Path | None, pki_dir: Path | None, insecure: bool, *, listen: 
     if days < 30:
         log.warning("the SuperLink certificate %s expires in %.0f days; renew it with 'fedgenome pki "
                     "renew-server'", files.server_cert, days)
-    if listen not in ("0.0.0.0", "::") and not host_matches(checked.server.hosts, listen):
+    if listen not in ALL_INTERFACES and not host_matches(checked.server.hosts, listen):
         log.warning("listening on %s, which the server certificate %s does not name: clients must "
                     "connect with one of its names (%s)", listen, files.server_cert,
                     ", ".join(checked.server.hosts))
@@ -91,22 +92,22 @@ def _tls(tls_dir: Path | None, pki_dir: Path | None, insecure: bool, *, listen: 
 def certs_command(
     out: Annotated[Path, typer.Option(help="Directory for ca.crt, ca.key, server.pem, server.key.")],
     host: Annotated[list[str] | None, typer.Option(help="Names/addresses the server is reached "
-                                                   "at (default localhost, 127.0.0.1).")] = None,
+                                                   f"at (default {', '.join(LOCAL_NAMES)}).")] = None,
 ) -> None:
     """Make a throwaway CA and SuperLink certificate (tests, demos); 'fedgenome pki init' makes the full one.
 
     The files in --out are replaced. The consortium's PKI ('fedgenome pki init') is never
     overwritten and also keeps the registry of site keys.
     """
-    hosts = tuple(host or ("localhost", "127.0.0.1"))
+    hosts = tuple(host or LOCAL_NAMES)
     files = make_certificates(out, hosts=hosts)
     Console().print(f"CA {files.ca_cert}; server certificate {files.server_cert} for {', '.join(hosts)}")
 
 
 @server_app.command("start")
 def server_start(
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port of the Fleet, Control and Runtime APIs.")] = 9092,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = LOOPBACK,
+    port: Annotated[int, typer.Option(help="Port of the Fleet, Control and Runtime APIs.")] = SUPERLINK_PORT,
     pki_dir: Annotated[Path | None, typer.Option("--pki", help="The consortium PKI directory "
                                                  "('fedgenome pki init').")] = None,
     tls_dir: Annotated[Path | None, typer.Option(help="Directory with ca.crt, server.pem, "
@@ -167,7 +168,7 @@ def client_start(
                                              "which also signs its ledger).")] = None,
     insecure: Insecure_ = False,
     port: Annotated[int, typer.Option(help="The SuperNode's local Runtime API port, where its "
-                                      "worker connects (one per node on a host).")] = 9094,
+                                      "worker connects (one per node on a host).")] = RUNTIME_PORT,
     flwr_home: FlwrHome_ = Path(".flwr-node"),
 ) -> None:
     """Start this site's SuperNode and its ClientApp worker in the foreground (Ctrl-C stops them).

@@ -21,6 +21,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from fedgenome.configs.errors import ConfigError
 from fedgenome.shared.atomic import atomic_path, write_bytes
 from fedgenome.shared.clock import utc_now
+from fedgenome.shared.hosts import LOCAL_NAMES
 
 ORGANIZATION = "fedgenome consortium"
 _BACKDATE = dt.timedelta(minutes=5)  # tolerate clocks a little behind
@@ -127,7 +128,7 @@ def write_private_key_pem(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
         tmp.write_bytes(data)
 
 
-def make_certificates(directory: Path, *, hosts: tuple[str, ...] = ("localhost", "127.0.0.1"),
+def make_certificates(directory: Path, *, hosts: tuple[str, ...] = LOCAL_NAMES,
                       days: int = 30) -> TlsFiles:
     """A fresh CA and server certificate valid for ``hosts`` (DNS names or IP addresses).
 

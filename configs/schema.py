@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fedgenome.configs.contigs import contig_key
 from fedgenome.configs.errors import ConfigError
+from fedgenome.configs.names import SITE_NAME_PATTERN, SITE_NAME_RULE
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -278,7 +279,7 @@ class SitePrivacy(_Frozen):
 class SiteManifest(_Frozen):
     """``site.toml``: what a hospital holds. Relative paths are relative to the site directory."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str = Field(pattern=SITE_NAME_PATTERN, description=f"the site's name: {SITE_NAME_RULE}")
     role: Literal["hospital", "unseen"] = "hospital"
     kind: Literal["vcf", "fasta"] = "vcf"
     reference: Path | None = Field(None, strict=False, description="reference FASTA (kind = vcf)")

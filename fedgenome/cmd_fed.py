@@ -15,6 +15,7 @@ from rich.console import Console
 
 from fedgenome.client.supervisor import NodeSpec, run_node
 from fedgenome.configs.errors import ConfigError
+from fedgenome.configs.names import check_site_name
 from fedgenome.configs.schema import FederationConfig, validate
 from fedgenome.server.deploy import (
     DeploymentError,
@@ -141,7 +142,7 @@ def register_site(
     flwr_home: FlwrHome_ = Path("superlink-state/flwr-home"),
 ) -> None:
     """Register a site's public key with a running SuperLink, so its SuperNode may connect."""
-    from fedgenome.server.pki import check_site_name, open_pki
+    from fedgenome.server.pki import open_pki
 
     check_site_name(name)
     layout = open_pki(pki_dir)

@@ -58,6 +58,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from fedgenome.configs.errors import ConfigError, LedgerError
+from fedgenome.configs.names import SITE_NAME_RULE, is_site_name
 from fedgenome.privacy.keys import fingerprint, public_key_text, sign
 from fedgenome.privacy.ledger_entry import (
     ROTATION_ACCOUNTANT,
@@ -111,8 +112,8 @@ class Ledger:
     """
 
     def __init__(self, path: Path, *, site: str, private_key: ec.EllipticCurvePrivateKey) -> None:
-        if not site or any(c.isspace() for c in site):
-            raise ConfigError(f"{path}: site name {site!r} is invalid: use a non-empty name without spaces")
+        if not is_site_name(site):
+            raise ConfigError(f"{path}: site name {site!r} is invalid: use {SITE_NAME_RULE}")
         self.path = path
         self.site = site
         self._key = private_key

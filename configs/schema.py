@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -346,6 +346,22 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read ({exc.strerror}); check permissions") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc}); fix the syntax") from None
+
+
+def field_choices(model: type[BaseModel], field: str) -> tuple[str, ...]:
+    """The values a ``Literal`` field of ``model`` allows, in order (for the CLI's choice lists).
+
+    >>> field_choices(FederationConfig, "aggregation")
+    ('plain', 'secagg+')
+
+    Raises:
+        TypeError: The field is not a ``Literal`` of strings.
+    """
+    annotation = model.model_fields[field].annotation
+    values = get_args(annotation) if get_origin(annotation) is Literal else ()
+    if not values or not all(isinstance(v, str) for v in values):
+        raise TypeError(f"{model.__name__}.{field} is not a Literal of strings")
+    return tuple(str(v) for v in values)
 
 
 def preset_names() -> list[str]:

@@ -35,6 +35,7 @@ from rich.progress import Progress
 from rich.table import Table
 from torch import nn
 
+from fedgenome.choices import PRESETS
 from fedgenome.configs.errors import ConfigError, InputFileError
 from fedgenome.configs.schema import FederationConfig, load_preset, load_site_manifest, validate
 from fedgenome.privacy.empirical import BETA, exposures, one_run_audit
@@ -309,7 +310,7 @@ def canaries_command(
     canaries: Annotated[int, typer.Option("--canaries", help="Canaries m (each included with "
                                           "probability 1/2).")] = 200,
     repeats: Annotated[int, typer.Option(help="Patients (units) per included canary.")] = 1,
-    preset: Annotated[str, typer.Option(help="Model preset.")] = "tiny",
+    preset: Annotated[str, typer.Option(help="Model preset.", click_type=PRESETS)] = "tiny",
     rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 3,
     local_steps: Annotated[int, typer.Option(help="Private steps per site per round.")] = 5,
     site: Annotated[str, typer.Option(help="The hospital the canaries are planted at.")] = "hospital-ceu",

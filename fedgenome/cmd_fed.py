@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from fedgenome.choices import AGGREGATIONS, PRESETS
 from fedgenome.client.supervisor import NodeSpec, run_node
 from fedgenome.configs.errors import ConfigError
 from fedgenome.configs.names import check_site_name
@@ -260,7 +261,7 @@ def demo_command(
     name: Annotated[str, typer.Option(help="Run name: output goes to runs/NAME.")] = "demo",
     cache: Annotated[Path | None, typer.Option(help="Data cache (default: $FEDGENOME_CACHE or "
                                                "~/.cache/fedgenome).")] = None,
-    preset: Annotated[str, typer.Option(help="Model preset.")] = "small",
+    preset: Annotated[str, typer.Option(help="Model preset.", click_type=PRESETS)] = "small",
     rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 4,
     local_steps: Annotated[int, typer.Option(help="Private steps per site per round.")] = 5,
     patients_per_step: Annotated[int, typer.Option(help="Expected patients per private step.")] = 8,
@@ -273,8 +274,9 @@ def demo_command(
     lr: Annotated[float | None, typer.Option(help="Peak learning rate (default: "
                                           f"{FINETUNE_LR:g} from a checkpoint, the run config's "
                                           "default from random weights).")] = None,
-    aggregation: Annotated[str, typer.Option(help="'plain' or 'secagg+' (Flower's SecAgg+: the "
-                                             "server sees only the sum; about 2-3x the time).")
+    aggregation: Annotated[str, typer.Option(help="How the server sums the updates (secagg+: "
+                                             "Flower's SecAgg+, the server sees only the sum; "
+                                             "about 2-3x the time).", click_type=AGGREGATIONS)
                            ] = "plain",
     insecure: Insecure_ = False,
 ) -> None:

@@ -43,3 +43,37 @@ def test_a_supernode_runtime_api_listens_on_loopback(tmp_path: Path) -> None:
     command = supernode_command(site=tmp_path, superlink="example.org:9092", clientappio_port=1234,
                                 root_cert=None, runtime=runtime_security(tmp_path / "rt"), insecure=True)
     assert command[command.index("--host") + 1] == hosts.LOOPBACK
+
+
+def test_choice_lists_come_from_the_registries() -> None:
+    from fedgenome.choices import AGGREGATIONS, PRESETS
+    from fedgenome.configs.schema import FederationConfig, field_choices, preset_names
+    from fedgenome.privacy.accounting import ACCOUNTANTS
+    from fedgenome.privacy.cli import Accountant
+    from fedgenome.server.strategies import STRATEGIES
+
+    assert list(PRESETS.choices) == preset_names()
+    assert list(AGGREGATIONS.choices) == ["plain", "secagg+"]
+    assert set(field_choices(FederationConfig, "strategy")) == set(STRATEGIES)  # schema and registry agree
+    (option,) = Accountant.__metadata__
+    assert sorted(option.click_type.choices) == sorted(ACCOUNTANTS)
+
+
+@pytest.mark.parametrize(("command", "option", "values"), [
+    (["demo"], "--preset", "preset_names"),
+    (["demo"], "--aggregation", ("plain", "secagg+")),
+    (["privacy", "epsilon"], "--accountant", "accountants"),
+    (["eval"], "--device", ("auto", "cpu", "cuda")),
+])
+def test_the_cli_shows_and_checks_the_choices(command: list[str], option: str, values: str | tuple[str, ...],
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from fedgenome.configs.schema import preset_names
+    from fedgenome.privacy.accounting import ACCOUNTANTS
+
+    named: dict[str, list[str]] = {"preset_names": preset_names(), "accountants": sorted(ACCOUNTANTS)}
+    choices = named[values] if isinstance(values, str) else list(values)
+    code, out, _ = run_cli([*command, "--help"], capsys)
+    assert code == 0 and "[" + "|".join(sorted(choices)) + "]" in out.replace("│", " ").replace(" ", "")
+    code, _, err = run_cli([*command, option, "no-such-choice"], capsys)
+    assert code == 2 and err.count("\n") == 1 and err.startswith("fedgenome: error: ")
+    assert f"'no-such-choice' is not one of them; valid names: {', '.join(choices)}" in err

@@ -43,6 +43,7 @@ from fedgenome.privacy.ledger_verify import verify_ledger
 from fedgenome.privacy.site_state import ledger_path, site_public_key
 from fedgenome.shared.clock import utc_now_text
 from fedgenome.shared.datasets import write_planted
+from fedgenome.shared.fetch import CACHE_HELP
 from fedgenome.shared.tokenizer import A, T, decode, encode
 from fedgenome.shared.train import IGNORE, autocast, split_batch
 
@@ -323,8 +324,7 @@ def canaries_command(
                     ] = None,
     auditor_dir: Annotated[Path | None, typer.Option(help="Where the sealed draw goes (default "
                                                      "OUT/auditor).")] = None,
-    cache: Annotated[Path | None, typer.Option(help="Data cache (default: $FEDGENOME_CACHE or "
-                                               "~/.cache/fedgenome).")] = None,
+    cache: Annotated[Path | None, typer.Option(help=f"Data cache (default: {CACHE_HELP}).")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the run.")] = 3600.0,
 ) -> None:
     """Plant canaries at one hospital, run the federation, and bound epsilon from below."""

@@ -27,6 +27,7 @@ from fedgenome.server.deploy import (
 )
 from fedgenome.server.pki_checks import check_ca, check_server_tls, host_matches
 from fedgenome.server.progress import describe_round, follow_run
+from fedgenome.shared.fetch import CACHE_HELP
 from fedgenome.shared.hosts import ALL_INTERFACES, LOCAL_NAMES, LOOPBACK, RUNTIME_PORT, SUPERLINK_PORT
 from fedgenome.shared.processes import flower_env
 from fedgenome.shared.schedule import FINETUNE_LR
@@ -259,8 +260,7 @@ def _parse_overrides(items: list[str]) -> dict[str, Any]:
 
 def demo_command(
     name: Annotated[str, typer.Option(help="Run name: output goes to runs/NAME.")] = "demo",
-    cache: Annotated[Path | None, typer.Option(help="Data cache (default: $FEDGENOME_CACHE or "
-                                               "~/.cache/fedgenome).")] = None,
+    cache: Annotated[Path | None, typer.Option(help=f"Data cache (default: {CACHE_HELP}).")] = None,
     preset: Annotated[str, typer.Option(help="Model preset.", click_type=PRESETS)] = "small",
     rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 4,
     local_steps: Annotated[int, typer.Option(help="Private steps per site per round.")] = 5,

@@ -1,6 +1,6 @@
 """Local optimizer across rounds: reset AdamW, persistent AdamW moments, or SGD clients + FedAdam.
 
-Every variant runs the same federated rounds in one process (``fedgenome.inprocess``: the server's
+Every variant runs the same federated rounds in one process (``fedgenome.experiments.inprocess``: the server's
 round loop, the real sites' ClientApp handler, patient-level DP-SGD at one fixed sigma, ledgers),
 on fresh copies of the real hospital sites, from the same initial model and seeds, and reports
 the held-out bits per base of the global model (the server's held-out region) after every round:
@@ -35,7 +35,7 @@ import torch
 
 import fedgenome.client.site
 from fedgenome.configs.schema import FederationConfig, validate
-from fedgenome.inprocess import run_in_process
+from fedgenome.experiments.inprocess import run_in_process
 from fedgenome.shared.fetch import default_cache, fetch_data
 from fedgenome.shared.schedule import LRSchedule
 from fedgenome.shared.sites import copy_site, make_sites

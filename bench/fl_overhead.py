@@ -32,7 +32,7 @@ from flwr.app import Array, ArrayRecord
 from fedgenome.client.node import JOURNAL
 from fedgenome.client.site import SiteNode
 from fedgenome.configs.schema import FederationConfig
-from fedgenome.localfed import LocalFederation
+from fedgenome.experiments.runner import Experiment, run_experiment
 from fedgenome.server.report import RoundRecord
 from fedgenome.server.rounds import Federation
 from fedgenome.shared import wire
@@ -50,25 +50,23 @@ def fresh_sites(root: Path) -> list[Path]:
 
 def deployed(work: Path, config: dict[str, Any]) -> dict[str, Any]:
     """Run (a); its timings and the sites' journals."""
-    sites = fresh_sites(work / "sites-a")
     reported: dict[int, float] = {}
     records: list[RoundRecord] = []
 
     def on_round(record: RoundRecord) -> None:
-        reported[record.round] = time.perf_counter()
+        reported[record.round] = time.monotonic()  # the runner's clock
         records.append(record)
 
-    start = time.perf_counter()
-    with LocalFederation(work / "fed", sites) as federation:
-        begin = time.perf_counter()
-        run_id = federation.submit({**config, "run-dir": str(work / "run-a")})
-        status = federation.wait(run_id, timeout=3600, on_round=on_round)
-        end = time.perf_counter()
+    spec = Experiment(run_dir=work / "run-a", cache=default_cache(), run_config=config,
+                      hospitals=SITES, publish_pki=False, check_completed=False,
+                      sites_dir=work / "sites-a", federation_dir=work / "fed")
+    result = run_experiment(spec, on_round=on_round)
     first_start = reported[1] - records[0].seconds
     journals = {s.name: [json.loads(x) for x in (s / "state" / JOURNAL).read_text().splitlines()]
-                for s in sites}
-    return {"status": status, "startup": begin - start, "submit": first_start - begin,
-            "run": end - begin, "rounds": reported[max(reported)] - first_start,
+                for s in result.sites}
+    return {"status": result.status, "startup": result.startup_seconds,
+            "submit": first_start - result.submitted_at, "run": result.run_seconds,
+            "rounds": reported[max(reported)] - first_start,
             "ends": [reported[r.round] for r in records], "first_start": first_start,
             "records": records, "journals": journals}
 

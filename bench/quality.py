@@ -6,7 +6,7 @@ Arms (every neural arm from random initialisation and from the pretrained checkp
 * ``central``   centralized, non-private: the three hospitals' patients pooled in one place
 * ``fed``       federated (FedAvg), non-private local AdamW at each hospital
 * ``fed-dp-8``  federated, patient-level DP-SGD at epsilon 8 per hospital (the real site path:
-                ``fedgenome.inprocess``, ledgers, budgets, the server's round loop)
+                ``fedgenome.experiments.inprocess``, ledgers, budgets, the server's round loop)
 * ``fed-dp-2``  the same at epsilon 2
 
 Every neural arm processes the same windows: ``rounds x local-steps`` steps of ``patients-per-step``
@@ -38,7 +38,7 @@ import torch
 from torch.utils.data import ConcatDataset
 
 from fedgenome.configs.schema import FederationConfig, Preset, Region, load_preset
-from fedgenome.inprocess import run_in_process
+from fedgenome.experiments.inprocess import run_in_process
 from fedgenome.shared.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from fedgenome.shared.datasets import SiteData, open_site, read_fasta_records, tile_windows
 from fedgenome.shared.fetch import default_cache, fetch_data

@@ -13,28 +13,23 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-from fedgenome.localfed import LocalFederation
-from fedgenome.shared.fetch import default_cache, fetch_data
-from fedgenome.shared.sites import make_sites
+from fedgenome.experiments.runner import Experiment, run_experiment
+from fedgenome.shared.fetch import default_cache
 
 SITES = ("hospital-ceu", "hospital-tsi", "hospital-gbr-fin")  # SecAgg+ wants at least 3
 
 
 def run(work: Path, name: str, config: dict[str, Any]) -> tuple[float, list[float], str]:
     """One deployment on fresh sites: wall time of the run, seconds per round, final status."""
-    make_sites(fetch_data(default_cache()), work / f"sites-{name}")
-    sites = [work / f"sites-{name}" / s for s in SITES]
-    with LocalFederation(work / f"fed-{name}", sites) as federation:
-        begin = time.perf_counter()
-        run_id = federation.submit({**config, "run-dir": str(work / f"run-{name}")})
-        status = federation.wait(run_id, timeout=3600)
-        wall = time.perf_counter() - begin
-    rounds = json.loads((work / f"run-{name}" / "report.json").read_text())["rounds"]
-    return wall, [float(r["seconds"]) for r in rounds], status
+    spec = Experiment(run_dir=work / f"run-{name}", cache=default_cache(), run_config=config,
+                      hospitals=SITES, publish_pki=False, check_completed=False,
+                      sites_dir=work / f"sites-{name}", federation_dir=work / f"fed-{name}")
+    result = run_experiment(spec)
+    rounds = json.loads((spec.run_dir / "report.json").read_text())["rounds"]
+    return result.run_seconds, [float(r["seconds"]) for r in rounds], result.status
 
 
 def main() -> None:
@@ -45,8 +40,7 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="fedgenome-secaggbench-"))
     config = {"preset": args.preset, "num-server-rounds": args.rounds,
-              "local-steps": args.local_steps, "patients-per-step": 8, "eval-windows": 8,
-              "min-nodes": len(SITES), "reference": str(fetch_data(default_cache()).reference)}
+              "local-steps": args.local_steps, "patients-per-step": 8, "eval-windows": 8}
     plain = run(work, "plain", config)
     secure = run(work, "secagg", {**config, "aggregation": "secagg+"})
     print(f"preset {args.preset}, {len(SITES)} sites, {args.rounds} rounds x {args.local_steps} "

@@ -38,7 +38,7 @@ from fedgenome.configs.schema import (
     preset_path,
 )
 from fedgenome.configs.schema import load_preset as _load_preset
-from fedgenome.privacy import trainer
+from fedgenome.privacy import round_plan
 from fedgenome.shared.datasets import SiteData, SiteSource, read_site_source
 from fedgenome.shared.datasets import open_site as _open_site
 from fedgenome.shared.genomes import Reference
@@ -155,8 +155,8 @@ def load_preset(name: str) -> Preset:
 
 
 def noise_for(*, dp: DPConfig, site: SitePrivacy, sample_rate: float, total_steps: int) -> float:
-    """:func:`fedgenome.privacy.trainer.noise_for`, computed once per combination of its arguments."""
-    return _noise.get((dp, site, sample_rate, total_steps), lambda: trainer.noise_for(
+    """:func:`fedgenome.privacy.round_plan.noise_for`, computed once per combination of its arguments."""
+    return _noise.get((dp, site, sample_rate, total_steps), lambda: round_plan.noise_for(
         dp=dp, site=site, sample_rate=sample_rate, total_steps=total_steps))
 
 

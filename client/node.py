@@ -20,14 +20,7 @@ from fedgenome.configs.errors import ConfigError
 from fedgenome.shared import wire
 from fedgenome.shared.atomic import atomic_path
 from fedgenome.shared.hosts import LOOPBACK
-from fedgenome.shared.tls import (
-    TlsFiles,
-    issue_ca,
-    issue_server_certificate,
-    tls_files,
-    write_certificate,
-    write_private_key_pem,
-)
+from fedgenome.shared.tls import TlsFiles, make_certificates
 
 HOST = LOOPBACK  # the Runtime API listens on loopback only
 JOURNAL = "worker.jsonl"  # in the site's state/: one line per task its worker served
@@ -43,12 +36,7 @@ class RuntimeSecurity:
 
 def runtime_security(directory: Path, *, days: int = 365) -> RuntimeSecurity:
     """A fresh CA, a Runtime API certificate for 127.0.0.1 and a secret, in ``directory``."""
-    ca_key, ca = issue_ca(days=days)
-    key, cert = issue_server_certificate(ca_key, ca, hosts=(HOST,), days=days)
-    files = tls_files(directory)
-    write_certificate(files.ca_cert, ca)
-    write_private_key_pem(files.server_key, key)
-    write_certificate(files.server_cert, cert)
+    files = make_certificates(directory, hosts=(HOST,), days=days, keep_ca_key=False)
     secret = directory / "superexec.secret"
     with atomic_path(secret) as tmp:
         os.chmod(tmp, 0o600)

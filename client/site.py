@@ -33,7 +33,7 @@ from fedgenome.privacy.ledger import Ledger, LedgerEntry
 from fedgenome.privacy.ledger_entry import RUN_KEY
 from fedgenome.privacy.ledger_head import HeadDigest
 from fedgenome.privacy.optim_state import OptimizerStore
-from fedgenome.privacy.round_plan import dp_settings
+from fedgenome.privacy.round_plan import dp_settings, plan_round, run_steps
 from fedgenome.privacy.site_state import open_ledger, site_key_path
 from fedgenome.privacy.trainer import TrainedUpdate, run_private_round
 from fedgenome.shared import wire
@@ -122,22 +122,21 @@ class SiteNode:
         preset = load_preset(fed.preset)
         train_cfg = preset.train.model_copy(update={
             "lr": fed.lr, "optimizer": fed.local_optimizer, "momentum": fed.local_momentum})
-        dp = dp_settings(preset, fed)
         data = open_site(self.site_dir, round_data(preset, fed), seed=fed.seed * 100_003 + global_round,
                          cache_dir=self.state_dir)
         model = self.model(preset, fed, markov_prior)
         load_weights(model, wire.arrays_to_state(global_),
                      source="the global model")
         _check_initial(model, initial_sha256, global_round=global_round)
-        q = dp.patients_per_step / len(data.dataset)
-        sigma = noise_for(dp=dp, site=self.manifest.privacy, sample_rate=min(q, 1.0),
-                          total_steps=fed.num_server_rounds * fed.local_steps)
+        plan = plan_round(dp=dp_settings(preset, fed), site=self.manifest.privacy,
+                          patients=len(data.dataset), total_steps=run_steps(fed), calibrate=noise_for)
         examples, sent = wire.bucket(len(data.dataset)), list[SiteReply]()
         keep = self._keeper(model, global_, sent, examples=examples, run_key=run_key,
                             global_round=global_round)
         outcome = run_private_round(
-            model=model, dataset=data.dataset, ledger=ledger, site=self.manifest.privacy, dp=dp,
-            train=train_cfg, noise_multiplier=sigma, round=global_round, local_steps=fed.local_steps,
+            model=model, dataset=data.dataset, ledger=ledger, site=plan.site, dp=plan.settings,
+            train=train_cfg, noise_multiplier=plan.noise_multiplier, round=global_round,
+            local_steps=fed.local_steps,
             device=pick_device(preset.train.device), schedule=LRSchedule.of_federation(fed),
             first_step=first_step(global_round, fed.local_steps),
             optimizer_store=self.optimizer_store(fed, run_key),

@@ -1,4 +1,8 @@
-"""Validated configuration schemas and the shipped presets."""
+"""The lowest layer: validated configuration schemas, the shipped presets and the error hierarchy.
+
+``schema`` (frozen pydantic models, built once at the edge), ``presets/*.toml``, ``errors`` (every
+user-facing failure), ``contigs`` (contig-name rules). Imports nothing else of fedgenome.
+"""
 
 from fedgenome.configs.schema import (
     DataConfig,

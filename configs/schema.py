@@ -157,7 +157,9 @@ class FederationConfig(BaseModel):
     fraction_train: float = Field(1.0, gt=0.0, le=1.0, description="share of online sites sampled")
     sample_timeout: float = Field(120.0, gt=0.0, le=1e6, description="seconds to wait for the quorum")
     round_timeout: float = Field(900.0, gt=0.0, le=1e6, description="seconds to wait for sites' replies")
-    noise_multiplier: float = Field(0.0, ge=0.0, le=1e6, description="sigma; 0 = calibrate per site")
+    noise_multiplier: float | None = Field(
+        None, gt=0.0, le=1e6, description="sigma; None (in the run config 0.0, which cannot be "
+        "None) = each site calibrates it to reach target-epsilon")
     target_epsilon: float = Field(8.0, gt=0.0, le=MAX_EPSILON, description="epsilon all planned "
                                   "rounds reach")
     max_grad_norm: float = Field(1.0, gt=0.0, le=1e6)
@@ -201,6 +203,21 @@ class FederationConfig(BaseModel):
                               "count a site may claim; FedAvg weights by it, SecAgg+ scales by it")
     pki: str = Field("", description="absolute consortium PKI directory: each site may claim at most "
                      "the patients it declared there ('' = max-examples only)")
+
+    @field_validator("noise_multiplier", mode="before")
+    @classmethod
+    def _zero_means_calibrate(cls, value: Any) -> Any:
+        """The run config's spelling of "calibrate", 0 (a Flower run config holds no None), as None."""
+        if not isinstance(value, bool) and isinstance(value, int | float) and value == 0:
+            return None
+        return value
+
+    def to_run_config(self) -> dict[str, bool | float | int | str]:
+        """This config as a Flower run config: kebab-case keys, and None (calibrate) as 0.0."""
+        out = self.model_dump(by_alias=True)
+        if out["noise-multiplier"] is None:
+            out["noise-multiplier"] = 0.0
+        return out
 
     @field_validator("preset")
     @classmethod

@@ -17,16 +17,14 @@ from fedgenome.choices import AGGREGATIONS, PRESETS
 from fedgenome.client.supervisor import NodeSpec, run_node
 from fedgenome.configs.errors import ConfigError
 from fedgenome.configs.names import check_site_name
-from fedgenome.configs.schema import FederationConfig, validate
 from fedgenome.server.deploy import (
     DeploymentError,
     register_supernode,
-    submit_run,
     superlink_command,
     write_connection,
 )
 from fedgenome.server.pki_checks import check_ca, check_server_tls, host_matches
-from fedgenome.server.progress import describe_round, follow_run
+from fedgenome.server.progress import describe_round
 from fedgenome.shared.fetch import CACHE_HELP
 from fedgenome.shared.hosts import ALL_INTERFACES, LOCAL_NAMES, LOOPBACK, RUNTIME_PORT, SUPERLINK_PORT
 from fedgenome.shared.processes import flower_env
@@ -221,25 +219,17 @@ def run_command(
         raise ConfigError("TLS is on by default: pass --root-cert CA.crt, or --insecure")
     if root_cert is not None and not insecure:
         check_ca(root_cert)
-    overrides = _parse_overrides(config or [])
-    run_config = {**overrides, "run-dir": str(run_dir.resolve()), "reference": str(reference.resolve())}
-    if pki_dir is not None:
-        from fedgenome.server.pki import open_pki
+    from fedgenome.experiments.federated_run import remote_run_config, submit_and_follow
 
-        run_config["pki"] = str(open_pki(pki_dir).root.resolve())
-    validate(FederationConfig, run_config, source="--config")
-    home = flwr_home.resolve()
-    write_connection(home, "fedgenome", address=server, ca_cert=root_cert and root_cert.resolve())
-    from fedgenome.server.deploy import APP_DIR
-
+    run_config = remote_run_config(_parse_overrides(config or []), run_dir=run_dir,
+                                   reference=reference, pki_dir=pki_dir)
     console = Console(highlight=False)
-    run_id = submit_run(APP_DIR, "fedgenome", run_config, flwr_home=home)
-    console.print(f"run {run_id} submitted; rounds appear here as {run_dir / 'report.json'} "
-                  "records them (when this host can see the run directory)")
-    status = follow_run(run_id, "fedgenome", flwr_home=home, timeout=timeout,
-                        run_dir=run_dir.resolve(), on_round=lambda r: console.print(describe_round(r)))
-    if status != "finished:completed":
-        raise DeploymentError(f"run {run_id} ended as {status}; see the SuperLink's log")
+    run_id = submit_and_follow(
+        run_config, server=server, root_cert=root_cert, flwr_home=flwr_home, timeout=timeout,
+        on_submit=lambda run_id: console.print(
+            f"run {run_id} submitted; rounds appear here as {run_dir / 'report.json'} records them "
+            "(when this host can see the run directory)"),
+        on_round=lambda r: console.print(describe_round(r)))
     console.print(f"run {run_id} completed; report: {run_dir / 'report.json'}")
 
 
@@ -284,19 +274,13 @@ def demo_command(
 
     TLS with the run's own consortium PKI and authenticated SuperNodes, unless --insecure.
     """
-    from fedgenome.demo import print_summary, run_demo
-    from fedgenome.models import shipped_checkpoint
+    from fedgenome.experiments.demo import demo_run_config, print_summary, run_demo
     from fedgenome.shared.fetch import default_cache
 
     _terminate_on_sigterm()
-    start = init or shipped_checkpoint(preset)
-    config = {"preset": preset, "num-server-rounds": rounds, "local-steps": local_steps,
-              "target-epsilon": target_epsilon, "patients-per-step": patients_per_step,
-              "eval-windows": 64, "aggregation": aggregation,
-              "initial-checkpoint": "" if start is None else str(start.resolve())}
-    if lr is not None or start is not None:
-        config["lr"] = lr if lr is not None else FINETUNE_LR
-    validate(FederationConfig, config, source="demo options")
+    config = demo_run_config(preset=preset, rounds=rounds, local_steps=local_steps,
+                             patients_per_step=patients_per_step, target_epsilon=target_epsilon,
+                             aggregation=aggregation, init=init, lr=lr)
     console = Console(highlight=False)
     summary = run_demo(Path("runs") / name, cache=cache or default_cache(), run_config=config,
                        timeout=timeout, insecure=insecure,

@@ -28,6 +28,7 @@ from fedgenome.configs.schema import (
     preset_names,
     read_toml,
 )
+from fedgenome.experiments.training import TrainingRun, run_baseline, run_private
 from fedgenome.shared.atomic import atomic_path
 from fedgenome.shared.checkpoint import load_checkpoint
 from fedgenome.shared.corpus import read_corpus
@@ -38,7 +39,6 @@ from fedgenome.shared.pretrain import PretrainSettings, pretrain
 from fedgenome.shared.reference_markov import reference_baseline
 from fedgenome.shared.scoring import COLUMNS, score_variants
 from fedgenome.shared.train import evaluate, pick_device
-from fedgenome.training import TrainingRun, run_baseline, run_private
 
 log = logging.getLogger(__name__)
 console = Console(stderr=True)

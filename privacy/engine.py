@@ -33,6 +33,7 @@ from fedgenome.configs.errors import ConfigError
 from fedgenome.configs.schema import DPConfig
 from fedgenome.privacy.dp_optimizer import LeanDPOptimizer
 from fedgenome.privacy.lean_backward import lean_linear_backward
+from fedgenome.privacy.round_plan import sample_rate_of
 from fedgenome.shared.train import IGNORE, autocast, split_batch
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,7 @@ def make_private(*, model: nn.Module, optimizer: torch.optim.Optimizer,
         module, dp_optimizer, dp_criterion, _ = out
     else:
         (module, dp_optimizer, _), dp_criterion = out, None
-    q = settings.patients_per_step / n
+    q = sample_rate_of(patients_per_step=settings.patients_per_step, patients=n)
     if hooks:
         dp_optimizer = LeanDPOptimizer(
             dp_optimizer.original_optimizer, noise_multiplier=noise_multiplier,

@@ -23,14 +23,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from fedgenome.configs.errors import ConfigError
 from fedgenome.configs.schema import DPConfig, SitePrivacy, TrainConfig
-from fedgenome.privacy.accounting import epsilon, plan_noise_multiplier
+from fedgenome.privacy.accounting import epsilon
 from fedgenome.privacy.engine import make_private, private_step
 from fedgenome.privacy.ledger import Ledger, LedgerEntry
 from fedgenome.privacy.mechanism import Mechanism
 from fedgenome.privacy.optim_state import OptimizerStore
 from fedgenome.privacy.proximal import add_proximal_term
+from fedgenome.privacy.round_plan import check_site_settings, sample_rate_of
 from fedgenome.shared.checkpoint import state_sha256
 from fedgenome.shared.schedule import LRSchedule
 from fedgenome.shared.train import make_optimizer
@@ -80,25 +80,6 @@ class RoundOutcome:
         return _mean_finite(self.losses)
 
 
-def check_site_settings(site: SitePrivacy, dp: DPConfig, patients: int) -> None:
-    """Delta must be below 1 / patients (or the guarantee says little), and q at most 1."""
-    if dp.patients_per_step > patients:
-        raise ConfigError(f"privacy.patients_per_step = {dp.patients_per_step} exceeds the "
-                          f"{patients} patients of the site; lower it")
-    if site.delta >= 1.0 / patients:
-        raise ConfigError(f"privacy.delta = {site.delta:g} is not below 1 / {patients} patients; "
-                          f"set it below {1.0 / patients:.2g} in the site's site.toml")
-
-
-def noise_for(*, dp: DPConfig, site: SitePrivacy, sample_rate: float, total_steps: int) -> float:
-    """The configured sigma, or the one calibrated so ``total_steps`` reach ``dp.target_epsilon``."""
-    if dp.noise_multiplier is not None:
-        return dp.noise_multiplier
-    assert dp.target_epsilon is not None  # guaranteed by DPConfig validation
-    return plan_noise_multiplier(target_epsilon=dp.target_epsilon, delta=site.delta,
-                                 sample_rate=sample_rate, steps=total_steps, accountant=dp.accountant)
-
-
 def _endless(loader: DataLoader[Any]) -> Iterator[torch.Tensor]:
     while True:
         yield from loader
@@ -139,7 +120,7 @@ def run_private_round(*, model: nn.Module, dataset: Dataset[torch.Tensor], ledge
     """
     patients = len(dataset)  # type: ignore[arg-type]
     check_site_settings(site, dp, patients)
-    q = dp.patients_per_step / patients
+    q = sample_rate_of(patients_per_step=dp.patients_per_step, patients=patients)
     mechanism = Mechanism(noise_multiplier=noise_multiplier, sample_rate=q, steps=local_steps)
     planned = epsilon(history=[*ledger.mechanisms(), mechanism], delta=site.delta,
                       accountant=dp.accountant)

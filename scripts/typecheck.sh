@@ -11,7 +11,7 @@ rm -rf "$view" && mkdir -p "$view/fedgenome"
 for entry in fedgenome/*; do
   ln -s "$root/$entry" "$view/$entry"
 done
-for package in server client shared privacy configs models; do
+for package in server client shared privacy configs models experiments; do
   ln -s "$root/$package" "$view/fedgenome/$package"
 done
 ln -s "$root/tests" "$view/tests"

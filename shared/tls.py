@@ -129,17 +129,19 @@ def write_private_key_pem(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
 
 
 def make_certificates(directory: Path, *, hosts: tuple[str, ...] = LOCAL_NAMES,
-                      days: int = 30) -> TlsFiles:
+                      days: int = 30, keep_ca_key: bool = True) -> TlsFiles:
     """A fresh CA and server certificate valid for ``hosts`` (DNS names or IP addresses).
 
-    Writes ``ca.crt``, ``ca.key``, ``server.pem`` and ``server.key`` (keys 0600) into ``directory``,
-    replacing what is there: for throwaway deployments. ``fedgenome.server.pki.init_pki`` makes a consortium
-    PKI that is never overwritten.
+    Writes ``ca.crt``, ``ca.key`` (unless ``keep_ca_key`` is false: then the CA can never sign
+    again), ``server.pem`` and ``server.key`` (keys 0600) into ``directory``, replacing what is
+    there: for throwaway deployments. ``fedgenome.server.pki.init_pki`` makes a consortium PKI that
+    is never overwritten.
     """
     ca_key, ca = issue_ca(days=days)
     key, cert = issue_server_certificate(ca_key, ca, hosts=hosts, days=days)
     files = tls_files(directory)
-    write_private_key_pem(directory / "ca.key", ca_key)
+    if keep_ca_key:
+        write_private_key_pem(directory / "ca.key", ca_key)
     write_certificate(files.ca_cert, ca)
     write_private_key_pem(files.server_key, key)
     write_certificate(files.server_cert, cert)

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from flwr.common.constant import SUPERLINK_NODE_ID
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedgenome.configs.schema import Preset, Region, load_preset
 from fedgenome.shared.fetch import DataPaths, default_cache, fetch_data
 from fedgenome.shared.markov_prior import MarkovPrior, markov_prior
 from fedgenome.shared.train import CPU_BF16_ENV
+from tests.helpers import task_identity
 
 CE_HOLDOUT = Region(contig="CHROMOSOME_I", start=0, end=50_000)
 
@@ -55,7 +55,7 @@ def tiny() -> Preset:
 def tiny_checkpoint(sites_dir: Path, tiny: Preset, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny baseline trained briefly on the three real hospital sites."""
     from fedgenome.cmd_model import find_sites
-    from fedgenome.training import run_baseline
+    from fedgenome.experiments.training import run_baseline
 
     out = tmp_path_factory.mktemp("ckpt") / "baseline"
     run_baseline(find_sites([sites_dir]), tiny, out=out, preset_name="tiny", device_name="cpu")
@@ -75,7 +75,17 @@ def site_copy(sites_dir: Path, tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture()
-def serverapp_task(monkeypatch: pytest.MonkeyPatch) -> None:
+def serverapp_task() -> Iterator[None]:
     """The task identity a ServerApp process has, which new (non-reply) Messages need."""
-    for attr, value in (("_run_id", 1), ("_task_id", 1), ("_node_id", SUPERLINK_NODE_ID)):
-        monkeypatch.setattr(TaskIdentity, attr, value)
+    with task_identity():
+        yield
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Refuse to run a test that needs the real genomes (the ``data_paths`` fixture, directly or
+    through another fixture) without the ``data`` marker, so ``-m "not data"`` runs offline."""
+    unmarked = [item.nodeid for item in items if "data_paths" in getattr(item, "fixturenames", ())
+                and item.get_closest_marker("data") is None]
+    if unmarked:
+        raise pytest.UsageError(f"{len(unmarked)} tests need the real genomes but lack @pytest.mark.data: "
+                                + ", ".join(unmarked))

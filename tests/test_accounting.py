@@ -8,7 +8,6 @@ import re
 
 import pytest
 
-from fedgenome.cli import main
 from fedgenome.configs.errors import ConfigError
 from fedgenome.privacy.accounting import (
     ACCOUNTANTS,
@@ -19,18 +18,12 @@ from fedgenome.privacy.accounting import (
     plan_noise_multiplier,
 )
 from fedgenome.privacy.mechanism import Mechanism
+from tests.helpers import run_cli
 
 # Opacus' own RDP test value (tests/accountants_test.py): σ=1.5, q=0.04, 2,250 steps, δ=1e-5 -> ε=7.3291.
 GOLDEN = Mechanism(noise_multiplier=1.5, sample_rate=0.04, steps=2250)
 DELTA = 1e-5
 GOLDEN_RDP = 7.3291
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    out, err = capsys.readouterr()
-    return int(exit_info.value.code or 0), out, err
 
 
 def test_golden_rdp_and_pld() -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from fedgenome.localfed import CONNECTION, LocalFederation
+from fedgenome.experiments.localfed import CONNECTION, LocalFederation
 from fedgenome.privacy.keys import fingerprint, load_public_key
 from fedgenome.server.deploy import register_supernode, wait_online
 from fedgenome.server.pki import add_site
@@ -78,6 +78,7 @@ def attacker_env(tmp_path: Path, attack: str) -> dict[str, str]:
     return {"PYTHONPATH": path, "FEDGENOME_TEST_ATTACK": attack}
 
 
+@pytest.mark.data
 def test_impostors_and_false_claims_are_rejected_and_never_recorded(
         site_copy: Callable[[str], Path], data_paths: DataPaths, tmp_path: Path) -> None:
     ceu, tsi, gbr = site_copy("hospital-ceu"), site_copy("hospital-tsi"), site_copy("hospital-gbr-fin")

@@ -14,10 +14,10 @@ import pytest
 
 from fedgenome.configs.errors import ConfigError, InputFileError
 from fedgenome.configs.schema import Preset, load_site_manifest
+from fedgenome.experiments.training import prepare
 from fedgenome.shared.datasets import open_site
 from fedgenome.shared.genomes import Reference
 from fedgenome.shared.tokenizer import encode
-from fedgenome.training import prepare
 from tests.minisite import SAMPLES, Spec, make_site, reference_sequence, written
 
 

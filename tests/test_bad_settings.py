@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from fedgenome.cli import main
 from fedgenome.configs.errors import ConfigError
 from fedgenome.configs.schema import (
     MAX_STEPS,
@@ -22,6 +21,7 @@ from fedgenome.configs.schema import (
     validate,
 )
 from fedgenome.privacy.accounting import plan_noise_multiplier
+from tests.helpers import assert_one_line_error, run_cli
 from tests.minisite import Spec, make_site, written
 
 
@@ -98,16 +98,11 @@ def test_calibrating_sigma_for_the_most_steps_allowed_is_quick() -> None:
     assert sigma > 1.0 and time.perf_counter() - start < 30.0
 
 
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
-    """Run ``fedgenome`` in-process; assert a non-zero exit and one error line, no traceback."""
-    with pytest.raises(SystemExit) as done:
-        main(["-q", *args])
-    err = capsys.readouterr().err
-    assert done.value.code not in (0, None)
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("fedgenome: error:"), err
-    return lines[0]
+def failing_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """Run ``fedgenome -q ARGS`` in-process; assert it fails with one error line; that line."""
+    code, _, err = run_cli(["-q", *args], capsys)
+    assert_one_line_error(code, err)
+    return err.strip()
 
 
 @pytest.mark.parametrize(("options", "phrase"), [
@@ -119,14 +114,14 @@ def test_fedgenome_train_refuses_before_training(tmp_path: Path, capsys: pytest.
                                                  options: list[str], phrase: str) -> None:
     site = make_site(tmp_path)
     out = tmp_path / "ckpt"
-    line = run_cli(["train", str(site), "--dp", "--preset", "tiny", "--out", str(out), *options],
+    line = failing_cli(["train", str(site), "--dp", "--preset", "tiny", "--out", str(out), *options],
                    capsys)
     assert phrase in line
     assert written(site) == [] and not out.exists()
 
 
 def test_fedgenome_run_refuses_a_quoted_number(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    line = run_cli(["run", "--server", "127.0.0.1:1", "--run-dir", str(tmp_path / "run"),
+    line = failing_cli(["run", "--server", "127.0.0.1:1", "--run-dir", str(tmp_path / "run"),
                     "--reference", str(tmp_path / "ref.fa"), "--insecure", "--flwr-home",
                     str(tmp_path / "home"), "-c", 'num-server-rounds="3"'], capsys)
     assert "key 'num-server-rounds' = '3': a string is not a number" in line

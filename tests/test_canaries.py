@@ -202,6 +202,7 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
+@pytest.mark.data
 def test_planted_canaries_are_extra_units_of_the_site(ceu_base: Path, tiny: Preset, tmp_path: Path) -> None:
     site = fresh_site(ceu_base, tmp_path)
     patients = len(open_site(site, tiny.data, seed=0, cache_dir=site / "state").dataset)
@@ -223,6 +224,7 @@ def test_planted_canaries_are_extra_units_of_the_site(ceu_base: Path, tiny: Pres
 
 # --- behaviour: real training on a real site ------------------------------------------------------
 
+@pytest.mark.data
 def test_audit_detects_memorisation_without_dp(ceu_base: Path, tiny: Preset, tmp_path: Path,
                                                one_thread: None) -> None:
     site = fresh_site(ceu_base, tmp_path)
@@ -243,6 +245,7 @@ def test_audit_detects_memorisation_without_dp(ceu_base: Path, tiny: Preset, tmp
     assert report.correct / report.guesses > 0.9
 
 
+@pytest.mark.data
 def test_dp_audit_never_exceeds_the_ledgers_epsilon(ceu_base: Path, tiny: Preset, tmp_path: Path,
                                                     one_thread: None) -> None:
     # One unit per canary: the site's guarantee is per patient, so each canary gets exactly it.
@@ -277,7 +280,7 @@ def test_dp_audit_never_exceeds_the_ledgers_epsilon(ceu_base: Path, tiny: Preset
     (["--beta", "1.5"], "--beta 1.5")])
 def test_audit_canaries_rejects_bad_options(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                             args: list[str], needle: str) -> None:
-    from tests.test_cli import assert_one_line_error, run_cli
+    from tests.helpers import assert_one_line_error, run_cli
 
     code, _, err = run_cli(["audit", "canaries", "--out", str(tmp_path / "run"), *args], capsys)
     assert_one_line_error(code, err, needle)
@@ -286,7 +289,7 @@ def test_audit_canaries_rejects_bad_options(tmp_path: Path, capsys: pytest.Captu
 
 def test_audit_canaries_refuses_a_directory_it_did_not_make(tmp_path: Path,
                                                            capsys: pytest.CaptureFixture[str]) -> None:
-    from tests.test_cli import assert_one_line_error, run_cli
+    from tests.helpers import assert_one_line_error, run_cli
 
     (tmp_path / "precious.txt").write_text("keep me")
     code, _, err = run_cli(["audit", "canaries", "--out", str(tmp_path)], capsys)

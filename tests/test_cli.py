@@ -12,25 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from fedgenome.cli import main
 from fedgenome.shared.fetch import DataPaths
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    out, err = capsys.readouterr()
-    return int(exit_info.value.code or 0), out, err
-
-
-def assert_one_line_error(code: int, err: str, *needles: str) -> None:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code != 0
-    assert len(lines) == 1, err
-    assert lines[0].startswith("fedgenome: error: ")
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0]
+from tests.helpers import assert_one_line_error, run_cli
 
 
 def _bits(out: str, label: str) -> float:
@@ -50,6 +33,7 @@ def assert_baseline_beside_model(out: str) -> None:
     assert diff and float(diff.group(1)) == pytest.approx(model - markov, abs=2e-4), out
 
 
+@pytest.mark.data
 def test_eval_prints_model_and_markov_bits(tiny_checkpoint: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_cli(["eval", str(tiny_checkpoint), "--device", "cpu"], capsys)
@@ -58,6 +42,7 @@ def test_eval_prints_model_and_markov_bits(tiny_checkpoint: Path,
     assert_baseline_beside_model(out)
 
 
+@pytest.mark.data
 def test_eval_on_a_fasta(tiny_checkpoint: Path, data_paths: DataPaths,
                          capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_cli(["eval", str(tiny_checkpoint), "--fasta", str(data_paths.mt_fasta)], capsys)
@@ -65,6 +50,7 @@ def test_eval_on_a_fasta(tiny_checkpoint: Path, data_paths: DataPaths,
     assert_baseline_beside_model(out)
 
 
+@pytest.mark.data
 def test_eval_without_the_reference_still_scores_the_model(tiny_checkpoint: Path, data_paths: DataPaths,
                                                             tmp_path: Path,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
@@ -79,6 +65,7 @@ def test_eval_without_the_reference_still_scores_the_model(tiny_checkpoint: Path
     assert f"no Markov baseline: the checkpoint's reference {tmp_path / 'gone.fa.gz'} is not here" in flat
 
 
+@pytest.mark.data
 def test_score_writes_a_tsv(tiny_checkpoint: Path, sites_dir: Path, tmp_path: Path,
                            capsys: pytest.CaptureFixture[str]) -> None:
     out_tsv = tmp_path / "scores.tsv"
@@ -91,22 +78,20 @@ def test_score_writes_a_tsv(tiny_checkpoint: Path, sites_dir: Path, tmp_path: Pa
     assert len(lines) > 1000
 
 
-def test_bad_fasta_is_one_line(tiny_checkpoint: Path, tmp_path: Path,
-                               capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.data
+@pytest.mark.parametrize(("fasta", "needles"), [(">x\nACGT?ACGT\n", ("record 'x'", "IUPAC")),
+                                                (">x\n>y\nACGT\n", ("record 'x' is empty",))],
+                         ids=["not-a-base", "empty-record"])
+def test_a_bad_fasta_is_one_line_naming_the_file_and_record(tiny_checkpoint: Path, tmp_path: Path, fasta: str,
+                                                            needles: tuple[str, ...],
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.fa"
-    bad.write_text(">x\nACGT?ACGT\n")
+    bad.write_text(fasta)
     code, _, err = run_cli(["eval", str(tiny_checkpoint), "--fasta", str(bad)], capsys)
-    assert_one_line_error(code, err, str(bad), "record 'x'", "IUPAC")
+    assert_one_line_error(code, err, str(bad), *needles)
 
 
-def test_empty_fasta_record_is_one_line(tiny_checkpoint: Path, tmp_path: Path,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
-    bad = tmp_path / "empty.fa"
-    bad.write_text(">x\n>y\nACGT\n")
-    code, _, err = run_cli(["eval", str(tiny_checkpoint), "--fasta", str(bad)], capsys)
-    assert_one_line_error(code, err, "record 'x' is empty")
-
-
+@pytest.mark.data
 def test_vcf_ref_mismatch_is_one_line_and_writes_nothing(
         tiny_checkpoint: Path, data_paths: DataPaths, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
@@ -126,6 +111,7 @@ def test_vcf_ref_mismatch_is_one_line_and_writes_nothing(
     assert not list(tmp_path.glob(".scores.tsv*"))
 
 
+@pytest.mark.data
 def test_missing_files_are_one_line(tiny_checkpoint: Path, tmp_path: Path,
                                     capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run_cli(["eval", str(tmp_path / "nope")], capsys)
@@ -136,6 +122,7 @@ def test_missing_files_are_one_line(tiny_checkpoint: Path, tmp_path: Path,
     assert_one_line_error(code, err, "FASTA file not found")
 
 
+@pytest.mark.data
 def test_unknown_config_key_and_out_of_range_value(sites_dir: Path, tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     config = tmp_path / "c.toml"
@@ -164,6 +151,7 @@ def test_real_process_exit_code_and_no_traceback(tmp_path: Path) -> None:
         "pass a directory written by 'fedgenome train'"]
 
 
+@pytest.mark.data
 def test_plaintext_needs_an_explicit_insecure(sites_dir: Path, tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run_cli(["client", "start", "--site", str(sites_dir / "hospital-ceu"),

@@ -61,7 +61,7 @@ def test_missing_site_manifest(tmp_path: Path) -> None:
 def test_the_flower_app_config_has_every_run_config_key_with_its_default() -> None:
     from fedgenome.configs.schema import FederationConfig, read_toml
     app_config = read_toml(APP_DIR / "pyproject.toml")["tool"]["flwr"]["app"]["config"]
-    defaults = FederationConfig().model_dump(by_alias=True)
+    defaults = FederationConfig().to_run_config()
     assert app_config == defaults  # Flower rejects override keys missing here
 
 
@@ -77,3 +77,25 @@ def test_one_site_name_rule_for_site_toml_the_pki_and_the_ledger(tmp_path: Path,
     with pytest.raises(ConfigError, match="name"):
         validate(SiteManifest, {"name": name, "kind": "fasta", "fasta": "x.fa"}, source="site.toml")
     assert check_site_name("hospital-ceu.v2_a") == "hospital-ceu.v2_a"
+
+
+@pytest.mark.parametrize("spelling", [0.0, 0, None])
+def test_calibrate_is_none_in_the_config_and_zero_in_the_run_config(spelling: float | None) -> None:
+    from fedgenome.configs.schema import FederationConfig, validate
+    from fedgenome.privacy.round_plan import dp_settings
+
+    fed = validate(FederationConfig, {"noise-multiplier": spelling}, source="--config")
+    assert fed.noise_multiplier is None  # one meaning: each site calibrates sigma
+    assert fed.to_run_config()["noise-multiplier"] == 0.0  # Flower's run config holds no None
+    assert FederationConfig.model_validate(fed.to_run_config()) == fed
+    assert dp_settings(load_preset("tiny"), fed).noise_multiplier is None
+
+
+def test_a_fixed_noise_multiplier_stays_fixed_on_the_wire() -> None:
+    from fedgenome.configs.schema import FederationConfig, validate
+
+    fed = validate(FederationConfig, {"noise-multiplier": 1.5}, source="--config")
+    assert fed.noise_multiplier == 1.5 and fed.to_run_config()["noise-multiplier"] == 1.5
+    for bad in (-1.0, True):
+        with pytest.raises(ConfigError, match="noise-multiplier"):
+            validate(FederationConfig, {"noise-multiplier": bad}, source="--config")

@@ -137,6 +137,7 @@ def test_too_many_patients_per_step_is_refused(tiny: Preset) -> None:
 
 
 @pytest.mark.parametrize("prior", [False, True])
+@pytest.mark.data
 def test_lean_backward_gives_opacus_stock_update(tiny: Preset, small_prior: object, prior: bool) -> None:
     """The lean path (no aggregate weight gradients, matrix-vector clipping) is Opacus' DP-SGD step,
     also with the frozen Markov prior attached (it is no weight)."""

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedgenome.client.egress import EGRESS_LOG, EgressRefused, check_content, egress_guard
 from fedgenome.shared import wire
+from tests.helpers import task_identity
 
 MODEL = {"embed.weight": (10, 4), "head.bias": (10,)}
 
@@ -64,10 +65,10 @@ def test_anything_else_is_refused_before_it_is_sent(content: RecordDict,
 
 
 @pytest.fixture()
-def in_a_run(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Messages can be made only inside a Flower task; pretend to be one."""
-    for attr in ("_run_id", "_task_id", "_node_id"):
-        monkeypatch.setattr(TaskIdentity, attr, 1)
+def in_a_run() -> Iterator[None]:
+    """Messages can be made only inside a Flower task; pretend to be one (a SuperNode's)."""
+    with task_identity(node_id=1):
+        yield
 
 
 def _instruction() -> Message:

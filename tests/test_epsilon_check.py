@@ -7,9 +7,7 @@ from flwr.app import MetricRecord
 
 from fedgenome.configs.schema import FederationConfig, SitePrivacy, load_preset
 from fedgenome.privacy.accounting import epsilon
-from fedgenome.privacy.mechanism import Mechanism
-from fedgenome.privacy.round_plan import dp_settings
-from fedgenome.privacy.trainer import noise_for
+from fedgenome.privacy.round_plan import dp_settings, plan_round, run_steps
 from fedgenome.server.epsilon_check import EpsilonCheck, PrivacyClaim
 from fedgenome.server.replies import collect
 from fedgenome.server.report import RoundRecord
@@ -24,12 +22,10 @@ DELTA = 1e-5
 
 def true_epsilon(patients: int, rounds: int) -> float:
     """What a site of ``patients`` patients spends in ``rounds`` rounds of FED (as it computes it)."""
-    dp = dp_settings(PRESET, FED)
-    q = FED.patients_per_step / patients
-    sigma = noise_for(dp=dp, site=SitePrivacy(delta=DELTA), sample_rate=q,
-                      total_steps=FED.num_server_rounds * FED.local_steps)
-    return epsilon(history=[Mechanism(noise_multiplier=sigma, sample_rate=q, steps=rounds * FED.local_steps)],
-                   delta=DELTA, accountant=dp.accountant)
+    plan = plan_round(dp=dp_settings(PRESET, FED), site=SitePrivacy(delta=DELTA), patients=patients,
+                      total_steps=run_steps(FED))
+    return epsilon(history=[plan.mechanism(rounds * FED.local_steps)], delta=DELTA,
+                   accountant=plan.settings.accountant)
 
 
 def claim(eps: float, *, trained: bool = True, examples: int = 100, budget: float = 8.0) -> PrivacyClaim:

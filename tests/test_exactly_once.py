@@ -24,7 +24,7 @@ from fedgenome.privacy.ledger import Ledger
 from fedgenome.privacy.mechanism import Mechanism
 from fedgenome.privacy.optim_state import OptimizerStore
 from fedgenome.shared import wire
-from tests.fedrun import copy_site, ledger_entries
+from tests.helpers import copy_site, ledger_entries
 from tests.test_optim_state import fed, global_weights
 
 RUN_A, RUN_B = "a" * 32, "0123456789abcdef" * 2

@@ -19,7 +19,7 @@ import torch
 
 from fedgenome.client.node import JOURNAL
 from fedgenome.configs.schema import load_preset
-from fedgenome.localfed import LocalFederation
+from fedgenome.experiments.localfed import LocalFederation
 from fedgenome.privacy.keys import load_public_key
 from fedgenome.privacy.ledger import verify_ledger
 from fedgenome.shared.checkpoint import load_checkpoint, state_sha256
@@ -56,6 +56,7 @@ def wait_for_round(run_dir: Path, rnd: int, timeout: float = 300) -> None:
     raise AssertionError(f"round {rnd} not reported within {timeout} s")
 
 
+@pytest.mark.data
 def test_two_sites_two_rounds_over_tls(site_copy: Callable[[str], Path], data_paths: DataPaths,
                                        tmp_path: Path) -> None:
     sites = [site_copy("hospital-ceu"), site_copy("hospital-tsi")]
@@ -86,6 +87,7 @@ def test_two_sites_two_rounds_over_tls(site_copy: Callable[[str], Path], data_pa
         assert report["rounds"][-1]["epsilon"][site.name] == pytest.approx(entries[1].epsilon)
 
 
+@pytest.mark.data
 def test_a_supernode_restarted_3_s_after_a_crash_rejoins_by_itself(
         site_copy: Callable[[str], Path], data_paths: DataPaths, tmp_path: Path,
         caplog: pytest.LogCaptureFixture) -> None:
@@ -117,6 +119,7 @@ def test_a_supernode_restarted_3_s_after_a_crash_rejoins_by_itself(
     assert len(trained) == len(set(trained))  # no global round spent twice
 
 
+@pytest.mark.data
 def test_server_stops_after_round_one_and_resumes(site_copy: Callable[[str], Path],
                                                   data_paths: DataPaths, tmp_path: Path) -> None:
     sites = [site_copy("hospital-ceu"), site_copy("hospital-tsi")]
@@ -148,6 +151,7 @@ def trained_rounds(site: Path) -> list[int]:
     return [e["round"] for e in entries if e["status"] == "trained"]
 
 
+@pytest.mark.data
 def test_a_superlink_killed_mid_round_and_resumed_spends_each_round_once(
         site_copy: Callable[[str], Path], data_paths: DataPaths, tmp_path: Path) -> None:
     sites = [site_copy("hospital-ceu"), site_copy("hospital-tsi")]
@@ -173,6 +177,7 @@ def test_a_superlink_killed_mid_round_and_resumed_spends_each_round_once(
         assert rounds[-1]["epsilon"][site.name] == pytest.approx(entries[-1].epsilon)
 
 
+@pytest.mark.data
 def test_a_run_from_an_initial_checkpoint_starts_from_exactly_its_weights(
         site_copy: Callable[[str], Path], data_paths: DataPaths, tiny_checkpoint: Path,
         tmp_path: Path) -> None:
@@ -200,6 +205,7 @@ def test_a_run_from_an_initial_checkpoint_starts_from_exactly_its_weights(
         assert torch.allclose(final[name], weights + (deltas[0][name] + deltas[1][name]) / 2, atol=1e-5)
 
 
+@pytest.mark.data
 def test_a_killed_worker_is_restarted_and_the_run_goes_on(site_copy: Callable[[str], Path],
                                                          data_paths: DataPaths, tmp_path: Path) -> None:
     ceu, tsi = site_copy("hospital-ceu"), site_copy("hospital-tsi")

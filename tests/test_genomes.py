@@ -23,6 +23,7 @@ def ceu(sites_dir: Path) -> SiteData:
     return open_site(sites_dir / "hospital-ceu", DATA, seed=1)
 
 
+@pytest.mark.data
 def test_each_applied_snp_shows_its_allele_and_reference_elsewhere(ceu: SiteData) -> None:
     cohort, ref = ceu.dataset.cohort, ceu.reference.tokens("20")
     cv = cohort.contigs["20"]
@@ -38,6 +39,7 @@ def test_each_applied_snp_shows_its_allele_and_reference_elsewhere(ceu: SiteData
             assert np.array_equal(seq[others], ref[others])
 
 
+@pytest.mark.data
 def test_phasing_keeps_each_genotype_and_is_recorded(ceu: SiteData, sites_dir: Path) -> None:
     cohort = ceu.dataset.cohort
     cv = cohort.contigs["20"]
@@ -51,6 +53,7 @@ def test_phasing_keeps_each_genotype_and_is_recorded(ceu: SiteData, sites_dir: P
     assert np.array_equal(again.contigs["20"].haplotypes, cv.haplotypes)
 
 
+@pytest.mark.data
 def test_cohort_cache_round_trips(ceu: SiteData, sites_dir: Path, tmp_path: Path) -> None:
     manifest = load_site_manifest(sites_dir / "hospital-ceu")
     first = load_cohort(manifest, ceu.reference, cache_dir=tmp_path)
@@ -60,6 +63,7 @@ def test_cohort_cache_round_trips(ceu: SiteData, sites_dir: Path, tmp_path: Path
     assert np.array_equal(second.contigs["20"].haplotypes, first.contigs["20"].haplotypes)
 
 
+@pytest.mark.data
 def test_items_are_windows_of_one_patient(ceu: SiteData) -> None:
     dataset = ceu.dataset
     assert len(dataset) == 85
@@ -77,6 +81,7 @@ def test_items_are_windows_of_one_patient(ceu: SiteData) -> None:
     assert dataset[3].shape == (DATA.window + 1,)
 
 
+@pytest.mark.data
 def test_fasta_site_has_one_item_per_record(tmp_path: Path, data_paths: DataPaths) -> None:
     site = tmp_path / "worms"
     site.mkdir()
@@ -104,6 +109,7 @@ def test_malformed_fasta_is_refused(tmp_path: Path, text: str, message: str) -> 
         read_fasta_records(path)
 
 
+@pytest.mark.data
 def test_vcf_whose_ref_disagrees_with_the_reference(tmp_path: Path, data_paths: DataPaths) -> None:
     seq = Reference(data_paths.reference).tokens("20")
     pos = 30_000_001

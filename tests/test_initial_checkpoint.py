@@ -18,7 +18,7 @@ from fedgenome.cli import main
 from fedgenome.client.site import SiteNode
 from fedgenome.configs.errors import ConfigError, IncompatibleModelError, LedgerError
 from fedgenome.configs.schema import Preset
-from fedgenome.inprocess import run_in_process
+from fedgenome.experiments.inprocess import run_in_process
 from fedgenome.privacy.accounting import epsilon
 from fedgenome.privacy.audit_report import build_report
 from fedgenome.privacy.keys import generate_key, write_public_key
@@ -29,7 +29,7 @@ from fedgenome.shared import wire
 from fedgenome.shared.checkpoint import load_checkpoint, load_initial, save_checkpoint, state_sha256
 from fedgenome.shared.fetch import DataPaths
 from fedgenome.shared.model import GenomeLM
-from tests.fedrun import copy_site, fed_config, ledger_entries
+from tests.helpers import copy_site, fed_config, ledger_entries
 
 
 def weights_sha256(checkpoint: Path) -> str:

@@ -89,3 +89,10 @@ def test_the_checker_catches_an_upward_import(tmp_path: Path) -> None:
     assert imports(bad) == [(2, "fedgenome.server.deploy")]
     assert layer_of("fedgenome.server.deploy") > layer_of("fedgenome.privacy.ledger")
     assert layer_of("fedgenome.cli") == TOP
+
+
+@pytest.mark.parametrize("name", sorted(n for n in FILES if n.startswith("fedgenome.experiments")))
+def test_experiments_never_import_the_cli(name: str) -> None:
+    cli = [f"line {line}: {target}" for line, target in imports(FILES[name])
+           if target == "fedgenome.cli" or target.startswith(("fedgenome.cmd_", "fedgenome.cli."))]
+    assert not cli, f"{FILES[name]}: the CLI calls experiments, never the other way: " + "; ".join(cli)

@@ -27,7 +27,7 @@ from fedgenome.privacy.site_state import (
     open_ledger,
     site_key_path,
 )
-from tests.fedrun import copy_site
+from tests.helpers import copy_site
 
 NAME = "hospital-a"
 

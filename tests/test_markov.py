@@ -119,6 +119,7 @@ def worm(data_paths: DataPaths) -> str:
 # --- counting --------------------------------------------------------------------------------------
 
 
+@pytest.mark.data
 def test_counts_match_a_brute_force_count_of_both_strands(worm: str) -> None:
     seq = worm[:8_000] + "NN" + worm[8_000:12_000] + "N" + worm[12_000:15_000]
     tables = count_kmers([encode(seq)], 6)
@@ -130,6 +131,7 @@ def test_counts_match_a_brute_force_count_of_both_strands(worm: str) -> None:
         assert np.array_equal(table, expected), f"order {j}"
 
 
+@pytest.mark.data
 def test_a_sequence_and_its_reverse_complement_give_the_same_counts(data_paths: DataPaths) -> None:
     mt = Reference(data_paths.ce_fasta).tokens("CHROMOSOME_MtDNA")
     rc = encode(reverse_complement(decode(mt)))
@@ -140,6 +142,7 @@ def test_a_sequence_and_its_reverse_complement_give_the_same_counts(data_paths: 
     assert not np.array_equal(one_strand[3], count_kmers([rc], 3, both_strands=False)[3])
 
 
+@pytest.mark.data
 def test_n_breaks_contexts_in_counts_and_in_scoring(worm: str) -> None:
     left, right = worm[:3_000], worm[3_000:6_000]
     joined = count_kmers([encode(left + "N" + right)], 5)
@@ -162,6 +165,7 @@ def test_n_breaks_contexts_in_counts_and_in_scoring(worm: str) -> None:
 
 
 @pytest.mark.parametrize("smoothing", ["add-one", "witten-bell", "kneser-ney", "dirichlet-64"])
+@pytest.mark.data
 def test_validation_bits_and_the_pick_match_brute_force(worm: str, smoothing: str) -> None:
     train = [worm[:40_000], worm[40_000:50_000]]
     validation = worm[50_000:53_000] + "N" + worm[53_000:56_000]
@@ -175,6 +179,7 @@ def test_validation_bits_and_the_pick_match_brute_force(worm: str, smoothing: st
     assert all(np.array_equal(a, b) for a, b in zip(fit.model.counts, everything, strict=True))
 
 
+@pytest.mark.data
 def test_auto_picks_the_smoothing_and_order_with_the_lowest_validation_bits(worm: str) -> None:
     fit = fit_best_k([encode(worm[:45_000])], [encode(worm[45_000:50_000])], max_order=6)
     candidates = {(bits[k], name, k) for name, bits in fit.validation_bits.items() for k in range(1, 7)}
@@ -227,6 +232,7 @@ def test_validation_is_the_end_of_the_allowed_sequence() -> None:
     assert [(i.contig, i.start, i.end) for i in rest] == [("a", 0, 950)]
 
 
+@pytest.mark.data
 def test_the_cache_returns_the_same_baseline_and_a_changed_region_misses(data_paths: DataPaths,
                                                                         tmp_path: Path) -> None:
     fasta = data_paths.ce_fasta
@@ -266,6 +272,7 @@ def test_the_cache_returns_the_same_baseline_and_a_changed_region_misses(data_pa
 # --- reported beside the model ---------------------------------------------------------------------
 
 
+@pytest.mark.data
 def test_the_run_report_has_the_baseline_on_the_servers_heldout_windows(data_paths: DataPaths,
                                                                         tmp_path: Path) -> None:
     from fedgenome.configs.schema import FederationConfig, validate
@@ -289,7 +296,7 @@ def test_the_run_report_has_the_baseline_on_the_servers_heldout_windows(data_pat
 
 def test_the_demo_summary_has_the_models_final_bits_the_baselines_and_their_difference(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from fedgenome.demo import MODEL_MINUS_MARKOV, print_summary, summarize
+    from fedgenome.experiments.demo import MODEL_MINUS_MARKOV, print_summary, summarize
 
     run_dir, markov = tmp_path / "run", BaselineScore(1.84, 11, "dirichlet-256")
     (run_dir / "ckpt").mkdir(parents=True)

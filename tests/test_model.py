@@ -40,6 +40,7 @@ def test_causal_every_position_ignores_the_future(tiny: Preset, norm: str) -> No
     assert not torch.allclose(model(x)[:, 25:], model(y)[:, 25:])
 
 
+@pytest.mark.data
 def test_initial_loss_is_near_ln4_on_real_dna(tiny: Preset, data_paths: DataPaths) -> None:
     model = GenomeLM(tiny.model)
     x, y = split_batch(real_windows(data_paths, 8, 129))
@@ -74,6 +75,7 @@ def test_padding_and_n_targets_are_ignored(tiny: Preset) -> None:
     assert y.tolist() == [[6, -100, 7, -100, -100]]
 
 
+@pytest.mark.data
 def test_tiny_model_overfits_a_short_real_sequence(tiny: Preset, data_paths: DataPaths) -> None:
     torch.manual_seed(0)
     model = GenomeLM(tiny.model)

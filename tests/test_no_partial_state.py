@@ -21,9 +21,9 @@ from fedgenome.cli import main
 from fedgenome.client.site import SiteNode
 from fedgenome.configs.errors import InputFileError, PrivacyBudgetExhausted
 from fedgenome.configs.schema import FederationConfig, Preset, load_site_manifest
+from fedgenome.experiments.training import run_baseline, run_private
 from fedgenome.privacy.site_state import open_ledger
 from fedgenome.shared.datasets import open_site
-from fedgenome.training import run_baseline, run_private
 from tests.minisite import Spec, make_site, written
 
 

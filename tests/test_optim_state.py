@@ -23,7 +23,7 @@ from fedgenome.shared import wire
 from fedgenome.shared.model import GenomeLM
 from fedgenome.shared.tokenizer import A, T
 from fedgenome.shared.train import make_optimizer
-from tests.fedrun import copy_site
+from tests.helpers import copy_site
 
 RUN_A, RUN_B = "a" * 32, "0123456789abcdef" * 2
 CPU = torch.device("cpu")

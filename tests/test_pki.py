@@ -26,8 +26,8 @@ from fedgenome.privacy.site_state import ledger_path, open_ledger, site_key_path
 from fedgenome.server import pki
 from fedgenome.server.pki_checks import check_ca, check_server_tls
 from fedgenome.shared.tls import issue_ca, issue_server_certificate, make_certificates, write_certificate
-from tests.test_cli import assert_one_line_error as cli_error
-from tests.test_cli import run_cli
+from tests.helpers import assert_one_line_error as cli_error
+from tests.helpers import run_cli
 from tests.test_ledger_rotation import resign, signed_by, train, write_chain
 
 NOW = dt.datetime.now(dt.timezone.utc)

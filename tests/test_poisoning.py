@@ -17,8 +17,7 @@ import copy
 import math
 import re
 import shutil
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +27,6 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedgenome.client import app as client_app
 from fedgenome.client.site import SiteNode
@@ -41,7 +39,7 @@ from fedgenome.shared import wire
 from fedgenome.shared.fetch import DataPaths
 from fedgenome.shared.model import GenomeLM
 from fedgenome.shared.train import evaluate
-from tests.fedrun import copy_site
+from tests.helpers import copy_site, task_identity
 
 pytestmark = pytest.mark.data
 
@@ -87,15 +85,6 @@ class Outcome:
     bits: float
 
 
-@contextmanager
-def server_task() -> Iterator[None]:
-    """The task identity a ServerApp process has, which new (non-reply) Messages need."""
-    with pytest.MonkeyPatch.context() as mp:
-        for attr, value in (("_run_id", 1), ("_task_id", 1), ("_node_id", SUPERLINK_NODE_ID)):
-            mp.setattr(TaskIdentity, attr, value)
-        yield
-
-
 def run_config(data_paths: DataPaths, run_dir: Path) -> FederationConfig:
     # A fixed sigma skips the noise calibration (5 s per site); the seed fixes init, sampling, noise.
     return validate(FederationConfig, {
@@ -111,7 +100,7 @@ def round_one(sites_dir: Path, data_paths: DataPaths, tmp_path_factory: pytest.T
     federation = Federation(fed)
     global_ = {k: v.copy() for k, v in federation.arrays().items()}  # arrays() aliases the live model
     config = ConfigRecord({"global-round": 1, "local-steps": fed.local_steps})
-    with server_task():
+    with task_identity():
         messages = list(federation.strategy.configure_train(
             1, ArrayRecord({k: Array(v) for k, v in global_.items()}), config,
             _Snapshot(list(NODES.values()))))  # type: ignore[arg-type]
@@ -122,7 +111,7 @@ def round_one(sites_dir: Path, data_paths: DataPaths, tmp_path_factory: pytest.T
     for name in SITES:  # a fixed order: configure_train samples the nodes in a random one
         sites[name] = site = copy_site(sites_dir, root / "sites", name)
         context = Context(run_id=1, node_id=NODES[name], node_config={"site": str(site)},
-                          state=RecordDict(), run_config=fed.model_dump(by_alias=True))
+                          state=RecordDict(), run_config=fed.to_run_config())
         # The seed fixes the sites' windows and Poisson sampling, but Opacus draws the DP noise from
         # torch's global generator (secure_mode off): seed it as each ClientApp process has its own.
         torch.manual_seed(NODES[name])
@@ -186,7 +175,10 @@ def test_honest_sites_pass_the_automatic_bound_with_room_to_spare(round_one: Rou
                                                                   clean: Outcome) -> None:
     bound = update_bound(round_one.fed, round_one.global_)
     assert round_one.fed.max_update_norm == 0.0  # automatic
-    assert bound == pytest.approx(auto_update_norm(lr=1e-3, local_steps=3, parameters=103_440))  # 1.93
+    model = GenomeLM(round_one.preset.model)
+    weights = sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers())
+    assert bound == pytest.approx(auto_update_norm(lr=round_one.fed.lr, local_steps=round_one.fed.local_steps,
+                                                   parameters=weights))
     for name, reply in round_one.replies.items():  # what the ClientApp sent: float16 deltas, from the site
         assert reply.metadata.src_node_id == NODES[name]
         assert reply.metadata.dst_node_id == SUPERLINK_NODE_ID

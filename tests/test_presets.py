@@ -59,6 +59,7 @@ def test_the_client_refuses_a_path_before_opening_anything(name: str, opened: li
     assert opened == []
 
 
+@pytest.mark.data
 def test_a_site_refuses_an_unvalidated_run_config_naming_a_file(site_copy: Any,
                                                                 opened: list[Path]) -> None:
     site = site_copy("hospital-tsi")

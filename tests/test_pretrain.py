@@ -46,6 +46,7 @@ def write_fasta(path: Path, records: dict[str, str]) -> Path:
     return path
 
 
+@pytest.mark.data
 def test_prior_contexts_match_a_direct_scan(small_prior: MarkovPrior) -> None:
     rng = np.random.default_rng(0)
     seq = "".join(rng.choice(list("ACGTACGTACGTN"), size=300))
@@ -56,6 +57,7 @@ def test_prior_contexts_match_a_direct_scan(small_prior: MarkovPrior) -> None:
     assert every == set(range(len(small_prior.table)))
 
 
+@pytest.mark.data
 def test_the_prior_is_exactly_the_best_k_baseline(small_prior: MarkovPrior, data_paths: DataPaths,
                                                   tmp_path_factory: pytest.TempPathFactory) -> None:
     baseline = reference_baseline(data_paths.ce_fasta, exclude=[CE_HOLDOUT], max_order=5,
@@ -71,6 +73,7 @@ def test_the_prior_is_exactly_the_best_k_baseline(small_prior: MarkovPrior, data
     assert bits == pytest.approx(baseline.model.bits_per_base(windows), abs=1e-5)
 
 
+@pytest.mark.data
 def test_a_silent_model_is_its_prior_and_the_prior_is_not_a_weight(tiny: Preset,
                                                                    small_prior: MarkovPrior) -> None:
     config = tiny.model.model_copy(update={"markov_prior": True})
@@ -85,6 +88,7 @@ def test_a_silent_model_is_its_prior_and_the_prior_is_not_a_weight(tiny: Preset,
     assert not any(t.numel() == small_prior.table.numel() for t in model.state_dict().values())
 
 
+@pytest.mark.data
 def test_weights_are_refused_with_another_prior(tiny: Preset, data_paths: DataPaths,
                                                 tmp_path: Path) -> None:
     config = tiny.model.model_copy(update={"markov_prior": True})
@@ -119,6 +123,7 @@ def tiny_settings(tiny: Preset, out: Path, steps: int) -> PretrainSettings:
                             checkpoint_every=4)
 
 
+@pytest.mark.data
 def test_an_interrupted_pretraining_resumes_to_the_same_weights(tiny: Preset, data_paths: DataPaths,
                                                                 tmp_path: Path) -> None:
     corpus = read_corpus([data_paths.ce_fasta], exclude=[Region(contig="CHROMOSOME_I", start=0,
@@ -141,6 +146,7 @@ def test_an_interrupted_pretraining_resumes_to_the_same_weights(tiny: Preset, da
     assert whole.scores.model.keys() == again.scores.model.keys()
 
 
+@pytest.mark.data
 def test_pretrain_command_writes_a_reproducible_model_card(data_paths: DataPaths, tmp_path: Path,
                                                            capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "ckpt"

@@ -14,7 +14,7 @@ from fedgenome.privacy.proximal import add_proximal_term
 from fedgenome.shared import wire
 from fedgenome.shared.model import GenomeLM
 from fedgenome.shared.tokenizer import A, T
-from tests.fedrun import copy_site, ledger_entries
+from tests.helpers import copy_site, ledger_entries
 from tests.test_dp_engine import Windows
 
 CPU = torch.device("cpu")

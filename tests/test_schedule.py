@@ -12,12 +12,12 @@ import torch
 import fedgenome.privacy.trainer
 from fedgenome.configs.errors import ConfigError
 from fedgenome.configs.schema import FederationConfig, TrainConfig, validate
-from fedgenome.inprocess import run_in_process
+from fedgenome.experiments.inprocess import run_in_process
 from fedgenome.shared.checkpoint import load_checkpoint
 from fedgenome.shared.fetch import DataPaths
 from fedgenome.shared.schedule import LRSchedule, first_step
 from fedgenome.shared.train import lr_at
-from tests.fedrun import copy_site, fed_config
+from tests.helpers import copy_site, fed_config
 
 
 def test_federated_schedule_spans_all_rounds() -> None:

@@ -22,7 +22,7 @@ from fedgenome.client.egress import ALLOWED, EGRESS_LOG
 from fedgenome.client.node import JOURNAL
 from fedgenome.client.worker import Options, Worker
 from fedgenome.configs.schema import load_preset
-from fedgenome.localfed import LocalFederation
+from fedgenome.experiments.localfed import LocalFederation
 from fedgenome.shared import tokenizer, wire
 from fedgenome.shared.checkpoint import load_checkpoint
 from fedgenome.shared.datasets import open_site
@@ -48,6 +48,7 @@ def haplotype_windows(site: Path, count: int = 4) -> list[np.ndarray]:
     return [data.dataset.sample(i).tokens for i in range(count)]
 
 
+@pytest.mark.data
 def test_unregistered_supernode_is_refused(site_copy: Callable[[str], Path],
                                            tmp_path: Path) -> None:
     member, stranger = site_copy("hospital-ceu"), site_copy("hospital-tsi")
@@ -65,6 +66,7 @@ def test_unregistered_supernode_is_refused(site_copy: Callable[[str], Path],
     assert f"Exit Code: {UNREGISTERED_EXIT}" in log and "Failed to activate SuperNode" in log
 
 
+@pytest.mark.data
 def test_nothing_but_allow_listed_updates_leaves_a_site(
         site_copy: Callable[[str], Path], data_paths: DataPaths, tmp_path: Path) -> None:
     sites = [site_copy("hospital-ceu"), site_copy("hospital-tsi")]
@@ -96,6 +98,7 @@ def test_nothing_but_allow_listed_updates_leaves_a_site(
             assert set(line["records"]) <= set(ALLOWED)
 
 
+@pytest.mark.data
 def test_secure_aggregation_equals_fedavg_and_hides_each_update(
         site_copy: Callable[[str], Path], data_paths: DataPaths, tmp_path: Path) -> None:
     sites = [site_copy("hospital-ceu"), site_copy("hospital-tsi"), site_copy("hospital-gbr-fin")]
@@ -137,6 +140,7 @@ def test_secure_aggregation_equals_fedavg_and_hides_each_update(
     assert nucleotide_runs(sent) == []
 
 
+@pytest.mark.data
 def test_the_local_runtime_api_serves_only_tls_clients_with_the_secret(
         site_copy: Callable[[str], Path], tmp_path: Path) -> None:
     site = site_copy("hospital-ceu")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from fedgenome.configs.schema import FederationConfig, Region, load_preset
@@ -16,6 +17,7 @@ from fedgenome.shared.reference_markov import reference_baseline
 from fedgenome.shared.train import evaluate
 
 
+@pytest.mark.data
 def test_the_shipped_checkpoint_loads_as_the_demos_start_and_beats_its_baseline(
         data_paths: DataPaths) -> None:
     path = shipped_checkpoint("small")

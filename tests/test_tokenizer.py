@@ -39,6 +39,7 @@ def test_lower_case_and_ambiguity_codes() -> None:
     assert tk.invalid_characters("acgtnRYU") == set()
 
 
+@pytest.mark.data
 def test_round_trip_on_real_mitochondrial_genome(data_paths: DataPaths) -> None:
     (seq,) = read_fasta_records(data_paths.mt_fasta).values()
     assert len(seq) == 16569

@@ -17,11 +17,12 @@ from fedgenome.shared.datasets import tile_windows
 from fedgenome.shared.genomes import Reference
 from fedgenome.shared.markov import MarkovBaseline
 from fedgenome.shared.markov_fields import BaselineScore
+from fedgenome.shared.markov_prior import build_model
 from fedgenome.shared.model import GenomeLM
 from fedgenome.shared.reference_markov import reference_baseline
 from fedgenome.shared.scoring import score_variants
 from fedgenome.shared.tokenizer import encode
-from fedgenome.shared.train import lr_at
+from fedgenome.shared.train import evaluate, lr_at
 
 
 def test_warmup_then_cosine_to_the_floor() -> None:
@@ -79,6 +80,7 @@ def test_damaged_checkpoint_is_refused(tiny: Preset, tmp_path: Path) -> None:
         load_checkpoint(tmp_path / "ck")
 
 
+@pytest.mark.data
 def test_trained_baseline_beats_the_untrained_model(tiny_checkpoint: Path, tiny: Preset) -> None:
     meta = load_checkpoint(tiny_checkpoint).meta
     assert meta["sites"] == ["hospital-ceu", "hospital-gbr-fin", "hospital-tsi"]
@@ -91,8 +93,17 @@ def test_trained_baseline_beats_the_untrained_model(tiny_checkpoint: Path, tiny:
                            max_n_fraction=tiny.data.max_n_fraction)
     baseline = reference_baseline(Path(meta["reference"]), exclude=holdout)
     assert markov == baseline.score(windows) and 1 <= markov.order <= 12
+    # The untrained model, built as the run builds its start (the same prior, fresh weights), on the
+    # same held-out windows: the trained checkpoint scores fewer bits per base.
+    cpu = torch.device("cpu")
+    trained = evaluate(load_checkpoint(tiny_checkpoint).model, windows, device=cpu).bits_per_base
+    assert trained == pytest.approx(meta["heldout_bits_per_base"], abs=1e-3)
+    torch.manual_seed(1)
+    untrained = build_model(tiny.model, reference=Path(meta["reference"]), exclude=holdout)
+    assert trained < evaluate(untrained, windows, device=cpu).bits_per_base
 
 
+@pytest.mark.data
 def test_variant_scores_are_alt_minus_ref(tiny_checkpoint: Path, sites_dir: Path) -> None:
     ckpt = load_checkpoint(tiny_checkpoint)
     ref = Reference(Path(ckpt.meta["reference"]))

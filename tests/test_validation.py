@@ -12,9 +12,7 @@ import numpy.typing as npt
 import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
-from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import Grid
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedgenome.configs.errors import ConfigError
 from fedgenome.configs.schema import FederationConfig, Preset, validate
@@ -32,6 +30,7 @@ from fedgenome.server.validation import (
 from fedgenome.shared import wire
 from fedgenome.shared.fetch import DataPaths
 from fedgenome.shared.model import GenomeLM
+from tests.helpers import task_identity
 
 Delta = dict[str, npt.NDArray[np.generic]]
 
@@ -197,9 +196,11 @@ def test_update_bound_zero_means_automatic_from_the_runs_lr_steps_and_model_size
 
 
 def test_update_bound_for_the_tiny_model_counts_every_weight(tiny: Preset) -> None:
-    global_ = wire.state_to_arrays(GenomeLM(tiny.model).state_dict())
+    model = GenomeLM(tiny.model)
+    weights = sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers())
+    global_ = wire.state_to_arrays(model.state_dict())
     fed = fed_config(**{"lr": 1e-3, "local-steps": 3})
-    assert update_bound(fed, global_) == pytest.approx(2 * 1e-3 * 3 * math.sqrt(103_440))
+    assert update_bound(fed, global_) == pytest.approx(2 * 1e-3 * 3 * math.sqrt(weights))
 
 
 def test_a_negative_max_update_norm_is_a_config_error() -> None:
@@ -212,9 +213,7 @@ def test_a_negative_max_update_norm_is_a_config_error() -> None:
 
 def instruction(node: int) -> Message:
     """A train message from the server to ``node``, as a strategy's configure_train makes it."""
-    with pytest.MonkeyPatch.context() as mp:  # what the ServerApp process sets before its main
-        for attr, value in (("_run_id", 1), ("_task_id", 1), ("_node_id", SUPERLINK_NODE_ID)):
-            mp.setattr(TaskIdentity, attr, value)
+    with task_identity():  # what the ServerApp process sets before its main
         return Message(RecordDict({wire.ARRAYS: ArrayRecord({k: Array(v) for k, v in GLOBAL.items()})}),
                        dst_node_id=node, message_type="train")
 
@@ -292,6 +291,7 @@ def test_a_node_cannot_take_another_sites_name() -> None:
 
 @pytest.mark.parametrize(("weight", "rejected"), [(150, False), (10**9, True), (87, True)],
                          ids=["bucketed", "takes-over-the-mean", "exact-count"])
+@pytest.mark.data
 def test_a_secure_mean_is_rejected_when_a_site_declares_an_impossible_weight(
         data_paths: DataPaths, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, weight: int,
         rejected: bool) -> None:

@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -33,6 +34,7 @@ def _one_by_one(model: GenomeLM, reference: Reference, cohort: Cohort, positions
     return out
 
 
+@pytest.mark.data
 def test_variant_bits_equal_scoring_each_haplotype_alone_and_a_silent_model_pays_two_bits(
         sites_dir: Path, tiny: Preset) -> None:
     site = sites_dir / "unseen-ibs"

@@ -23,7 +23,7 @@ from fedgenome.client import cache
 from fedgenome.client.app_loader import forget_directory, purge_modules, top_level_names
 from fedgenome.client.worker import reseed_from_os_entropy
 from fedgenome.configs.schema import DPConfig, Preset, SitePrivacy
-from fedgenome.privacy import trainer
+from fedgenome.privacy import round_plan
 from fedgenome.server.progress import RoundFollower, describe_round
 from fedgenome.server.report import RoundRecord, RunReport
 from fedgenome.shared import datasets, wire
@@ -103,7 +103,7 @@ def test_the_calibrated_noise_is_kept_per_setting_and_equals_a_fresh_calibration
     site = SitePrivacy(epsilon_budget=8.0, delta=1e-5)
     first = cache.noise_for(dp=dp, site=site, sample_rate=0.08, total_steps=10)
     assert cache.noise_for(dp=dp, site=site, sample_rate=0.08, total_steps=10) == first
-    assert first == trainer.noise_for(dp=dp, site=site, sample_rate=0.08, total_steps=10)
+    assert first == round_plan.noise_for(dp=dp, site=site, sample_rate=0.08, total_steps=10)
     assert cache.noise_for(dp=dp, site=site, sample_rate=0.08, total_steps=20) > first
 
 

@@ -15,8 +15,9 @@ from torch.utils.data import ConcatDataset
 
 from fedgenome.configs.errors import ConfigError, PrivacyBudgetExhausted
 from fedgenome.configs.schema import Preset, Region, SitePrivacy, load_site_manifest
+from fedgenome.privacy.round_plan import plan_round
 from fedgenome.privacy.site_state import open_ledger, site_key_path
-from fedgenome.privacy.trainer import RoundOutcome, TrainedUpdate, noise_for, run_private_round
+from fedgenome.privacy.trainer import RoundOutcome, TrainedUpdate, run_private_round
 from fedgenome.shared.atomic import atomic_dir
 from fedgenome.shared.checkpoint import InitialCheckpoint, load_initial, save_checkpoint, write_checkpoint
 from fedgenome.shared.clock import utc_now_text
@@ -189,8 +190,8 @@ def run_private(sites: list[Path], preset: Preset, *, out: Path, preset_name: st
         budget = SitePrivacy(epsilon_budget=min(o.manifest.privacy.epsilon_budget for o in ws.sites),
                              delta=min(o.manifest.privacy.delta for o in ws.sites))
     dataset: ConcatDataset[torch.Tensor] = ConcatDataset([o.dataset for o in ws.sites])
-    q = preset.privacy.patients_per_step / len(dataset)
-    sigma = noise_for(dp=preset.privacy, site=budget, sample_rate=q, total_steps=preset.train.steps)
+    plan = plan_round(dp=preset.privacy, site=budget, patients=len(dataset),
+                      total_steps=preset.train.steps)
     model, initial = initial_model(ws, preset, init)
     before = evaluate(model, ws.eval_windows, device=ws.device)
     markov = markov_score(ws)
@@ -203,15 +204,16 @@ def run_private(sites: list[Path], preset: Preset, *, out: Path, preset_name: st
             meta = {**ws.meta, "initial_checkpoint": initial.record() if initial else None,
                     "steps": preset.train.steps, "heldout_bits_per_base": scored[0].bits_per_base,
                     **markov.to_json(), "privacy": {
-                        **preset.privacy.model_dump(), "noise_multiplier": sigma, "sample_rate": q,
+                        **preset.privacy.model_dump(), "noise_multiplier": plan.noise_multiplier,
+                        "sample_rate": plan.sample_rate,
                         "delta": budget.delta, "epsilon": eps, "epsilon_budget": budget.epsilon_budget,
                         "ledger": str(ledger.path)},
                     "created": utc_now_text()}
             write_checkpoint(staging, model, meta=meta)
 
         outcome = run_private_round(
-            model=model, dataset=dataset, ledger=ledger, site=budget, dp=preset.privacy,
-            train=preset.train, noise_multiplier=sigma, round=(ledger.last_round or 0) + 1,
+            model=model, dataset=dataset, ledger=ledger, site=plan.site, dp=plan.settings,
+            train=preset.train, noise_multiplier=plan.noise_multiplier, round=(ledger.last_round or 0) + 1,
             local_steps=preset.train.steps, device=ws.device, on_step=on_step, before_record=stage,
             initial_checkpoint_sha256=initial.sha256 if initial else None)
         if outcome.status == "refused":  # leaving the block by an error discards the staging

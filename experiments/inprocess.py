@@ -5,7 +5,7 @@ and hands each train message straight to ``fedgenome.client.app.train`` with tha
 SuperNode would. Everything else is the real code: ``fedgenome.server.rounds.run_federation`` (quorum,
 strategy, validation, aggregation, checkpoints, report, resume) and the sites' private rounds,
 ledgers and ``state/``. For benchmarks and tests of training behaviour; what only the deployment
-does (processes, TLS, authentication, time-outs) is tested with :mod:`fedgenome.localfed`.
+does (processes, TLS, authentication, time-outs) is tested with :mod:`fedgenome.experiments.localfed`.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ class InProcessGrid:
             fed: The run config every site's context carries.
             run_id: Flower's run id in the contexts.
         """
-        run_config = fed.model_dump(by_alias=True)
+        run_config = fed.to_run_config()  # what Flower hands a ClientApp
         self.contexts = {FIRST_NODE_ID + i: Context(run_id=run_id, node_id=FIRST_NODE_ID + i,
                                                     node_config={wire.NODE_SITE: str(site)},
                                                     state=RecordDict(), run_config=run_config)

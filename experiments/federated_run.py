@@ -1,0 +1,63 @@
+"""A federated run on a real SuperLink (``fedgenome run``): its run config, submission, rounds, end.
+
+The SuperLink, SuperNodes and sites are the consortium's own (``fedgenome server start``,
+``fedgenome client start``); this submits the fedgenome app to the SuperLink, follows the rounds
+(when this host can read the run directory) and checks that the run completed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from fedgenome.configs.schema import FederationConfig, validate
+from fedgenome.server.deploy import APP_DIR, DeploymentError, submit_run, write_connection
+from fedgenome.server.progress import OnRound, follow_run
+
+log = logging.getLogger(__name__)
+CONNECTION = "fedgenome"
+"""The name of the SuperLink connection in Flower's CLI config (``flwr_home``)."""
+
+
+def remote_run_config(overrides: Mapping[str, Any], *, run_dir: Path, reference: Path,
+                      pki_dir: Path | None = None) -> dict[str, Any]:
+    """The run config: ``overrides`` plus the run directory, reference and PKI; validated.
+
+    Args:
+        overrides: Run config keys from the command line (kebab-case).
+        run_dir: Where the server writes checkpoints and reports.
+        reference: The reference FASTA of the server's held-out evaluation.
+        pki_dir: The consortium PKI on the SuperLink's machine: each site may claim at most the
+            patients it declared there.
+    """
+    config = {**overrides, "run-dir": str(run_dir.resolve()), "reference": str(reference.resolve())}
+    if pki_dir is not None:
+        from fedgenome.server.pki import open_pki
+
+        config["pki"] = str(open_pki(pki_dir).root.resolve())
+    validate(FederationConfig, config, source="--config")
+    return config
+
+
+def submit_and_follow(run_config: Mapping[str, Any], *, server: str, root_cert: Path | None,
+                      flwr_home: Path, timeout: float,
+                      on_submit: Callable[[int], None] | None = None,
+                      on_round: OnRound | None = None) -> int:
+    """Submit the fedgenome app's run to the SuperLink at ``server``, follow it; its run id.
+
+    Raises:
+        DeploymentError: The run did not complete.
+    """
+    home = flwr_home.resolve()
+    write_connection(home, CONNECTION, address=server, ca_cert=root_cert and root_cert.resolve())
+    run_id = submit_run(APP_DIR, CONNECTION, dict(run_config), flwr_home=home)
+    if on_submit is not None:
+        on_submit(run_id)
+    run_dir = Path(str(run_config["run-dir"]))
+    status = follow_run(run_id, CONNECTION, flwr_home=home, timeout=timeout, run_dir=run_dir,
+                        on_round=on_round)
+    if status != "finished:completed":
+        raise DeploymentError(f"run {run_id} ended as {status}; see the SuperLink's log")
+    return run_id

@@ -21,7 +21,6 @@ import logging
 import os
 import secrets
 import shutil
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,11 +36,14 @@ from rich.table import Table
 from torch import nn
 
 from fedgenome.audit.empirical import BETA, exposures, one_run_audit
+from fedgenome.choices import PRESETS
 from fedgenome.configs.errors import ConfigError, InputFileError
 from fedgenome.configs.schema import FederationConfig, load_preset, load_site_manifest, validate
 from fedgenome.privacy.ledger.verify import verify_ledger
 from fedgenome.privacy.site_state import ledger_path, site_public_key
+from fedgenome.shared.clock import utc_now_text
 from fedgenome.shared.datasets import write_planted
+from fedgenome.shared.fetch import CACHE_HELP
 from fedgenome.shared.tokenizer import A, T, decode, encode
 from fedgenome.shared.train import IGNORE, autocast, split_batch
 
@@ -254,7 +256,7 @@ def run_canary_audit(out: Path, *, auditor_dir: Path, cache: Path, site: str, m:
     units = plant(out / "sites" / site, draw)
     (out / COMMITMENT_NAME).write_text(json.dumps(
         {"commitment": draw.commitment, "m": m, "repeats": repeats, "site": site,
-         "committed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=2) + "\n")
+         "committed_at": utc_now_text()}, indent=2) + "\n")
     log.info("sealed %d canaries in %s; planted %d units at %s; commitment %s", m,
              auditor_dir / SEALED_NAME, units, site, draw.commitment[:16])
     # The planted units count as patients in the site's (bucketed) example count: widen the
@@ -309,7 +311,7 @@ def canaries_command(
     canaries: Annotated[int, typer.Option("--canaries", help="Canaries m (each included with "
                                           "probability 1/2).")] = 200,
     repeats: Annotated[int, typer.Option(help="Patients (units) per included canary.")] = 1,
-    preset: Annotated[str, typer.Option(help="Model preset.")] = "tiny",
+    preset: Annotated[str, typer.Option(help="Model preset.", click_type=PRESETS)] = "tiny",
     rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 3,
     local_steps: Annotated[int, typer.Option(help="Private steps per site per round.")] = 5,
     site: Annotated[str, typer.Option(help="The hospital the canaries are planted at.")] = "hospital-ceu",
@@ -322,8 +324,7 @@ def canaries_command(
                     ] = None,
     auditor_dir: Annotated[Path | None, typer.Option(help="Where the sealed draw goes (default "
                                                      "OUT/auditor).")] = None,
-    cache: Annotated[Path | None, typer.Option(help="Data cache (default: $FEDGENOME_CACHE or "
-                                               "~/.cache/fedgenome).")] = None,
+    cache: Annotated[Path | None, typer.Option(help=f"Data cache (default: {CACHE_HELP}).")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the run.")] = 3600.0,
 ) -> None:
     """Plant canaries at one hospital, run the federation, and bound epsilon from below."""

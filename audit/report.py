@@ -19,7 +19,6 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from fedgenome.audit.verify import AuditResult
 from fedgenome.configs.errors import ConfigError, InputFileError
 from fedgenome.shared import run_layout as layout
 from fedgenome.shared.atomic import write_bytes, write_text
+from fedgenome.shared.clock import utc_now_text
 from fedgenome.shared.markov_fields import BaselineScore
 from fedgenome.shared.run_layout import RunLayout
 
@@ -163,7 +163,7 @@ def _data(run_dir: Path, run: Mapping[str, Any], result: AuditResult, canary: An
     markov = BaselineScore.from_json(run)
     return {
         "format": FORMAT, "run_dir": str(run_dir), "pki": None if pki is None else str(pki),
-        "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"), "ok": result.ok,
+        "generated": utc_now_text(), "ok": result.ok,
         "problems": [p.line() for p in result.problems], "sites": sites,
         "cross_check": [p.line() for p in result.extra_problems],
         "initial_bits_per_base": run.get(layout.INITIAL_BITS),

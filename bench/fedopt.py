@@ -38,7 +38,7 @@ from fedgenome.configs.schema import FederationConfig, validate
 from fedgenome.experiments.inprocess import run_in_process
 from fedgenome.shared.fetch import default_cache, fetch_data
 from fedgenome.shared.schedule import LRSchedule
-from fedgenome.shared.sites import make_sites
+from fedgenome.shared.sites import copy_site, make_sites
 
 SITES = ("hospital-gbr-fin", "hospital-tsi", "hospital-ceu")
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -83,13 +83,7 @@ def per_round_schedule() -> Iterator[None]:
 
 def copy_sites(src: Path, dst: Path) -> list[Path]:
     """Fresh copies of the sites (own keys, ledgers, state) sharing the real VCFs."""
-    out = []
-    for name in SITES:
-        (dst / name).mkdir(parents=True)
-        (dst / name / "site.toml").write_text((src / name / "site.toml").read_text().replace(
-            'vcf = "patients.vcf.gz"', f'vcf = "{src / name / "patients.vcf.gz"}"'))
-        out.append(dst / name)
-    return out
+    return [copy_site(src / name, dst / name) for name in SITES]
 
 
 def run(variant: str, seed: int, args: argparse.Namespace, sites_src: Path, root: Path) -> Result:

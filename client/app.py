@@ -73,7 +73,7 @@ def train(msg: Message, context: Context) -> Message:
     """One private round at this site (or a refusal when its budget is spent)."""
     site = SiteNode.from_node_config(dict(context.node_config))
     fed = federation_config(context)
-    if "fitins.parameters" in msg.content.array_records:  # SecAgg+ (legacy records)
+    if wire.LEGACY_FIT_PARAMETERS in msg.content.array_records:  # SecAgg+ (legacy records)
         return _train_secure(msg, site, fed)
     orders = wire.RoundConfig.from_config(msg.content.config_records[wire.CONFIG])
     reply = site.train_round(global_arrays(msg), fed, global_round=orders.global_round,

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
 from pathlib import Path
 from typing import cast
 
@@ -27,11 +26,12 @@ from flwr.common.serde import recorddict_to_proto
 
 from fedgenome.configs.errors import FedGenomeError
 from fedgenome.shared import wire
+from fedgenome.shared.clock import utc_now_text
 
 log = logging.getLogger(__name__)
 EGRESS_LOG = "egress.jsonl"
 SITE_RECORD = wire.SITE_RECORD
-SECAGG_RECORD = "secaggplus_configs"
+SECAGG_RECORD = wire.SECAGG_RECORD
 SECAGG_OUT_KEYS = frozenset({"pk1", "pk2", "dsts", "ctxts", "masked_params", "nids", "shares"})
 """What a site sends in the four SecAgg+ stages: public keys, encrypted shares, masked vector."""
 LEGACY_METRICS = frozenset(wire.ALLOWED_METRICS | {wire.SITE_RECORD} | (wire.SITE_KEYS - {wire.SITE_NAME}))
@@ -42,10 +42,10 @@ ALLOWED: dict[str, tuple[type, frozenset[str] | None]] = {
     SITE_RECORD: (ConfigRecord, wire.SITE_KEYS),
     wire.ARRAYS: (ArrayRecord, None),
     SECAGG_RECORD: (ConfigRecord, SECAGG_OUT_KEYS),
-    "fitres.metrics": (ConfigRecord, LEGACY_METRICS),
-    "fitres.num_examples": (MetricRecord, frozenset({"num_examples"})),
-    "fitres.status": (ConfigRecord, frozenset({"code", "message"})),
-    "fitres.parameters": (ArrayRecord, frozenset()),  # emptied by SecAgg+ before it leaves
+    wire.LEGACY_METRICS: (ConfigRecord, LEGACY_METRICS),
+    wire.LEGACY_NUM_EXAMPLES: (MetricRecord, frozenset({wire.LEGACY_NUM_EXAMPLES_KEY})),
+    wire.LEGACY_STATUS: (ConfigRecord, frozenset({"code", "message"})),
+    wire.LEGACY_PARAMETERS: (ArrayRecord, frozenset()),  # emptied by SecAgg+ before it leaves
 }
 
 
@@ -72,7 +72,8 @@ def check_content(content: RecordDict, model: dict[str, tuple[int, ...]] | None)
         elif keys is not None and (extra := sorted(set(record) - keys)):
             raise EgressRefused(f"refusing to send keys {extra} of record {name!r}: not on the "
                                 "egress allow-list")
-    for name, key in ((wire.METRICS, wire.NUM_EXAMPLES), ("fitres.num_examples", "num_examples")):
+    for name, key in ((wire.METRICS, wire.NUM_EXAMPLES),
+                      (wire.LEGACY_NUM_EXAMPLES, wire.LEGACY_NUM_EXAMPLES_KEY)):
         counts = content.get(name)
         if isinstance(counts, MetricRecord) and key in counts:
             count = int(cast(int, counts[key]))
@@ -98,7 +99,7 @@ def _model_shapes(msg: Message) -> dict[str, tuple[int, ...]] | None:
 def record_egress(state_dir: Path, msg: Message, reply: Message) -> None:
     """Append one line describing ``reply`` to ``state_dir/egress.jsonl``."""
     data = recorddict_to_proto(reply.content).SerializeToString()
-    entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    entry = {"time": utc_now_text(),
              "run": msg.metadata.run_id, "type": msg.metadata.message_type,
              "round": msg.metadata.group_id,
              "records": {name: sorted(record) if not isinstance(record, ArrayRecord)
@@ -115,7 +116,7 @@ def egress_guard(msg: Message, context: Context, call_next: ClientAppCallable) -
     if reply.has_error():
         return reply
     check_content(reply.content, _model_shapes(msg))
-    site = context.node_config.get("site")
+    site = context.node_config.get(wire.NODE_SITE)
     if isinstance(site, str):
         record_egress(Path(site) / "state", msg, reply)
     return reply

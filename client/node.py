@@ -17,10 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedgenome.configs.errors import ConfigError
+from fedgenome.shared import wire
 from fedgenome.shared.atomic import atomic_path
+from fedgenome.shared.hosts import LOOPBACK
 from fedgenome.shared.tls import TlsFiles, make_certificates
 
-HOST = "127.0.0.1"  # the Runtime API listens on loopback only
+HOST = LOOPBACK  # the Runtime API listens on loopback only
 JOURNAL = "worker.jsonl"  # in the site's state/: one line per task its worker served
 
 
@@ -51,7 +53,8 @@ def supernode_command(*, site: Path, superlink: str, clientappio_port: int,
     registered with the SuperLink); ``keep_updates`` keeps a copy of every update sent;
     ``runtime`` locks the local Runtime API its worker uses.
     """
-    node_config = f"site='{site.resolve()}'" + (" keep-updates=true" if keep_updates else "")
+    node_config = f"{wire.NODE_SITE}='{site.resolve()}'" + (
+        f" {wire.NODE_KEEP_UPDATES}=true" if keep_updates else "")
     command = [sys.executable, "-m", "fedgenome.client.supernode", "--superlink", superlink,
                "--host", HOST, "--port", str(clientappio_port),
                "--node-config", node_config, "--max-retries", "10",

@@ -75,11 +75,11 @@ class SiteNode:
 
         Node config ``keep-updates=true`` keeps a copy of every update sent in ``state/outbox/``.
         """
-        site = node_config.get("site")
+        site = node_config.get(wire.NODE_SITE)
         if not isinstance(site, str) or not Path(site).is_absolute():
             raise ConfigError(f"node config 'site' = {site!r}: start the SuperNode with "
                               "--node-config \"site='/absolute/path/to/site'\"")
-        keep = node_config.get("keep-updates", False)
+        keep = node_config.get(wire.NODE_KEEP_UPDATES, False)
         if not isinstance(keep, bool):
             raise ConfigError(f"node config 'keep-updates' = {keep!r}: use true or false")
         return cls(Path(site), keep_updates=keep)

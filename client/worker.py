@@ -87,6 +87,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
 
 from fedgenome.client.app_loader import AppLoader
+from fedgenome.shared.clock import utc_now_text
 
 log = logging.getLogger("fedgenome.worker")
 PRELOAD = ("numpy", "torch", "opacus", "pysam", "pydantic", "scipy", "safetensors", "cryptography",
@@ -265,7 +266,7 @@ class Worker:
 
     def _journal(self, inp: TaskInput, *, seconds: float, status: str) -> None:
         meta = inp.message.metadata
-        entry = Served(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), os.getpid(), meta.run_id,
+        entry = Served(utc_now_text(), os.getpid(), meta.run_id,
                        TaskIdentity.task_id, meta.message_type, meta.group_id, round(seconds, 4), status)
         log.info("served %s message of run %d, round %s, in %.2f s: %s", entry.type, entry.run,
                  entry.round, seconds, status)

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fedgenome.configs.contigs import contig_key
 from fedgenome.configs.errors import ConfigError
+from fedgenome.configs.names import SITE_NAME_PATTERN, SITE_NAME_RULE
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -295,7 +296,7 @@ class SitePrivacy(_Frozen):
 class SiteManifest(_Frozen):
     """``site.toml``: what a hospital holds. Relative paths are relative to the site directory."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str = Field(pattern=SITE_NAME_PATTERN, description=f"the site's name: {SITE_NAME_RULE}")
     role: Literal["hospital", "unseen"] = "hospital"
     kind: Literal["vcf", "fasta"] = "vcf"
     reference: Path | None = Field(None, strict=False, description="reference FASTA (kind = vcf)")
@@ -362,6 +363,22 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read ({exc.strerror}); check permissions") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc}); fix the syntax") from None
+
+
+def field_choices(model: type[BaseModel], field: str) -> tuple[str, ...]:
+    """The values a ``Literal`` field of ``model`` allows, in order (for the CLI's choice lists).
+
+    >>> field_choices(FederationConfig, "aggregation")
+    ('plain', 'secagg+')
+
+    Raises:
+        TypeError: The field is not a ``Literal`` of strings.
+    """
+    annotation = model.model_fields[field].annotation
+    values = get_args(annotation) if get_origin(annotation) is Literal else ()
+    if not values or not all(isinstance(v, str) for v in values):
+        raise TypeError(f"{model.__name__}.{field} is not a Literal of strings")
+    return tuple(str(v) for v in values)
 
 
 def preset_names() -> list[str]:

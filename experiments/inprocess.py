@@ -23,6 +23,7 @@ from fedgenome.client import app as client_app
 from fedgenome.configs.schema import FederationConfig
 from fedgenome.server.report import RunReport
 from fedgenome.server.rounds import run_federation
+from fedgenome.shared import wire
 
 FIRST_NODE_ID = 101
 
@@ -54,7 +55,7 @@ class InProcessGrid:
         """
         run_config = fed.to_run_config()  # what Flower hands a ClientApp
         self.contexts = {FIRST_NODE_ID + i: Context(run_id=run_id, node_id=FIRST_NODE_ID + i,
-                                                    node_config={"site": str(site)},
+                                                    node_config={wire.NODE_SITE: str(site)},
                                                     state=RecordDict(), run_config=run_config)
                          for i, site in enumerate(sites)}
         self.seed = fed.seed
@@ -73,7 +74,7 @@ class InProcessGrid:
         replies = []
         for msg in sorted(messages, key=lambda m: m.metadata.dst_node_id):
             node = msg.metadata.dst_node_id
-            rnd = int(str(msg.content.config_records["config"].get("global-round", 0)))
+            rnd = int(str(msg.content.config_records[wire.CONFIG].get(wire.GLOBAL_ROUND, 0)))
             torch.manual_seed(self.seed * 1_000_003 + node * 1_009 + rnd)
             replies.append(client_app.train(msg, self.contexts[node]))
         return replies

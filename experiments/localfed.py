@@ -39,11 +39,12 @@ from fedgenome.server.deploy import (
 )
 from fedgenome.server.pki import PkiLayout, add_site, init_pki, open_pki
 from fedgenome.server.progress import OnRound, follow_run
+from fedgenome.shared.hosts import LOCAL_NAMES, LOOPBACK
 from fedgenome.shared.processes import ProcessGroup, flower_env
 from fedgenome.shared.tls import TlsFiles
 
 log = logging.getLogger(__name__)
-HOST = "127.0.0.1"
+HOST = LOOPBACK
 CONNECTION = "local"
 
 
@@ -119,7 +120,7 @@ class LocalFederation:
         self.workdir.mkdir(parents=True, exist_ok=True)
         if not self.insecure:
             root = self.workdir / "pki"
-            self.pki = open_pki(root) if root.exists() else init_pki(root, hosts=("localhost", HOST),
+            self.pki = open_pki(root) if root.exists() else init_pki(root, hosts=LOCAL_NAMES,
                                                                      days=30)
             self.tls = self.pki.tls
         self.port = free_port()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,6 +20,7 @@ from fedgenome.privacy.site_state import open_ledger, site_key_path
 from fedgenome.privacy.trainer import RoundOutcome, TrainedUpdate, run_private_round
 from fedgenome.shared.atomic import atomic_dir
 from fedgenome.shared.checkpoint import InitialCheckpoint, load_initial, save_checkpoint, write_checkpoint
+from fedgenome.shared.clock import utc_now_text
 from fedgenome.shared.datasets import RecordWindows, SiteData, open_site, tile_windows
 from fedgenome.shared.markov_fields import PRIVACY_NOTE, BaselineScore
 from fedgenome.shared.markov_prior import build_model
@@ -156,7 +156,7 @@ def run_baseline(sites: list[Path], preset: Preset, *, out: Path, preset_name: s
     meta = {**ws.meta, "initial_checkpoint": initial.record() if initial else None,
             "steps": result.steps, "seconds": round(result.seconds, 1),
             "heldout_bits_per_base": after.bits_per_base, **markov.to_json(),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            "created": utc_now_text()}
     save_checkpoint(out, model, meta=meta)
     return TrainingRun(before, after, out, markov)
 
@@ -208,7 +208,7 @@ def run_private(sites: list[Path], preset: Preset, *, out: Path, preset_name: st
                         "sample_rate": plan.sample_rate,
                         "delta": budget.delta, "epsilon": eps, "epsilon_budget": budget.epsilon_budget,
                         "ledger": str(ledger.path)},
-                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                    "created": utc_now_text()}
             write_checkpoint(staging, model, meta=meta)
 
         outcome = run_private_round(

@@ -73,6 +73,9 @@ def main(argv: list[str] | None = None) -> None:
     except FedGenomeError as exc:
         typer.echo(f"fedgenome: error: {exc}", err=True)
         sys.exit(exc.exit_code)
+    except click.BadParameter as exc:  # a value not among the choices, of the wrong type, missing
+        typer.echo(f"fedgenome: error: {exc.format_message()} (see --help)", err=True)
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)

@@ -13,8 +13,10 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from fedgenome.choices import AGGREGATIONS, PRESETS
 from fedgenome.client.supervisor import NodeSpec, run_node
 from fedgenome.configs.errors import ConfigError
+from fedgenome.configs.names import check_site_name
 from fedgenome.server.deploy import (
     DeploymentError,
     register_supernode,
@@ -23,6 +25,8 @@ from fedgenome.server.deploy import (
 )
 from fedgenome.server.pki_checks import check_ca, check_server_tls, host_matches
 from fedgenome.server.progress import describe_round
+from fedgenome.shared.fetch import CACHE_HELP
+from fedgenome.shared.hosts import ALL_INTERFACES, LOCAL_NAMES, LOOPBACK, RUNTIME_PORT, SUPERLINK_PORT
 from fedgenome.shared.processes import flower_env
 from fedgenome.shared.run_layout import RunLayout
 from fedgenome.shared.schedule import FINETUNE_LR
@@ -79,7 +83,7 @@ def _tls(tls_dir: Path | None, pki_dir: Path | None, insecure: bool, *, listen: 
     if days < 30:
         log.warning("the SuperLink certificate %s expires in %.0f days; renew it with 'fedgenome pki "
                     "renew-server'", files.server_cert, days)
-    if listen not in ("0.0.0.0", "::") and not host_matches(checked.server.hosts, listen):
+    if listen not in ALL_INTERFACES and not host_matches(checked.server.hosts, listen):
         log.warning("listening on %s, which the server certificate %s does not name: clients must "
                     "connect with one of its names (%s)", listen, files.server_cert,
                     ", ".join(checked.server.hosts))
@@ -90,22 +94,22 @@ def _tls(tls_dir: Path | None, pki_dir: Path | None, insecure: bool, *, listen: 
 def certs_command(
     out: Annotated[Path, typer.Option(help="Directory for ca.crt, ca.key, server.pem, server.key.")],
     host: Annotated[list[str] | None, typer.Option(help="Names/addresses the server is reached "
-                                                   "at (default localhost, 127.0.0.1).")] = None,
+                                                   f"at (default {', '.join(LOCAL_NAMES)}).")] = None,
 ) -> None:
     """Make a throwaway CA and SuperLink certificate (tests, demos); 'fedgenome pki init' makes the full one.
 
     The files in --out are replaced. The consortium's PKI ('fedgenome pki init') is never
     overwritten and also keeps the registry of site keys.
     """
-    hosts = tuple(host or ("localhost", "127.0.0.1"))
+    hosts = tuple(host or LOCAL_NAMES)
     files = make_certificates(out, hosts=hosts)
     Console().print(f"CA {files.ca_cert}; server certificate {files.server_cert} for {', '.join(hosts)}")
 
 
 @server_app.command("start")
 def server_start(
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port of the Fleet, Control and Runtime APIs.")] = 9092,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = LOOPBACK,
+    port: Annotated[int, typer.Option(help="Port of the Fleet, Control and Runtime APIs.")] = SUPERLINK_PORT,
     pki_dir: Annotated[Path | None, typer.Option("--pki", help="The consortium PKI directory "
                                                  "('fedgenome pki init').")] = None,
     tls_dir: Annotated[Path | None, typer.Option(help="Directory with ca.crt, server.pem, "
@@ -139,7 +143,7 @@ def register_site(
     flwr_home: FlwrHome_ = Path("superlink-state/flwr-home"),
 ) -> None:
     """Register a site's public key with a running SuperLink, so its SuperNode may connect."""
-    from fedgenome.server.pki import check_site_name, open_pki
+    from fedgenome.server.pki import open_pki
 
     check_site_name(name)
     layout = open_pki(pki_dir)
@@ -166,7 +170,7 @@ def client_start(
                                              "which also signs its ledger).")] = None,
     insecure: Insecure_ = False,
     port: Annotated[int, typer.Option(help="The SuperNode's local Runtime API port, where its "
-                                      "worker connects (one per node on a host).")] = 9094,
+                                      "worker connects (one per node on a host).")] = RUNTIME_PORT,
     flwr_home: FlwrHome_ = Path(".flwr-node"),
 ) -> None:
     """Start this site's SuperNode and its ClientApp worker in the foreground (Ctrl-C stops them).
@@ -247,9 +251,8 @@ def _parse_overrides(items: list[str]) -> dict[str, Any]:
 
 def demo_command(
     name: Annotated[str, typer.Option(help="Run name: output goes to runs/NAME.")] = "demo",
-    cache: Annotated[Path | None, typer.Option(help="Data cache (default: $FEDGENOME_CACHE or "
-                                               "~/.cache/fedgenome).")] = None,
-    preset: Annotated[str, typer.Option(help="Model preset.")] = "small",
+    cache: Annotated[Path | None, typer.Option(help=f"Data cache (default: {CACHE_HELP}).")] = None,
+    preset: Annotated[str, typer.Option(help="Model preset.", click_type=PRESETS)] = "small",
     rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 4,
     local_steps: Annotated[int, typer.Option(help="Private steps per site per round.")] = 5,
     patients_per_step: Annotated[int, typer.Option(help="Expected patients per private step.")] = 8,
@@ -262,8 +265,9 @@ def demo_command(
     lr: Annotated[float | None, typer.Option(help="Peak learning rate (default: "
                                           f"{FINETUNE_LR:g} from a checkpoint, the run config's "
                                           "default from random weights).")] = None,
-    aggregation: Annotated[str, typer.Option(help="'plain' or 'secagg+' (Flower's SecAgg+: the "
-                                             "server sees only the sum; about 2-3x the time).")
+    aggregation: Annotated[str, typer.Option(help="How the server sums the updates (secagg+: "
+                                             "Flower's SecAgg+, the server sees only the sum; "
+                                             "about 2-3x the time).", click_type=AGGREGATIONS)
                            ] = "plain",
     insecure: Insecure_ = False,
 ) -> None:

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from fedgenome.choices import DEVICES, GRAD_SAMPLE_MODES, PRESETS
 from fedgenome.configs.errors import ConfigError
 from fedgenome.configs.schema import (
     Preset,
@@ -42,12 +43,12 @@ from fedgenome.shared.train import evaluate, pick_device
 log = logging.getLogger(__name__)
 console = Console(stderr=True)
 
-Preset_ = Annotated[str, typer.Option("--preset", help="Preset name (tiny, small, base, large) "
+Preset_ = Annotated[str, typer.Option("--preset", help=f"Preset name ({', '.join(PRESETS.choices)}) "
                                       "or a TOML file of your own.")]
 Config_ = Annotated[Path | None, typer.Option("--config", help="TOML file overriding the preset "
                                               "([model], [data], [train] tables).")]
 Steps_ = Annotated[int | None, typer.Option("--steps", help="Training steps (overrides the preset).")]
-Device_ = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
+Device_ = Annotated[str, typer.Option("--device", help="Where to run.", click_type=DEVICES)]
 Checkpoint_ = Annotated[Path, typer.Argument(help="Checkpoint directory.")]
 Reference_ = Annotated[Path | None, typer.Option(help="Reference FASTA (default: the checkpoint's).")]
 
@@ -158,7 +159,8 @@ def train_command(
     max_grad_norm: Annotated[float | None, typer.Option(help="DP: per-patient clip C.")] = None,
     patients_per_step: Annotated[int | None, typer.Option(help="DP: expected patients per "
                                                           "Poisson batch.")] = None,
-    grad_sample_mode: Annotated[str | None, typer.Option(help="DP: hooks or ghost.")] = None,
+    grad_sample_mode: Annotated[str | None, typer.Option(help="DP: per-sample gradients by.",
+                                                        click_type=GRAD_SAMPLE_MODES)] = None,
     privacy_state: Annotated[Path | None, typer.Option(help="DP: ledger and key directory "
                                                        "(default: the site's).")] = None,
     init: Annotated[Path | None, typer.Option("--init", help="Start from this checkpoint's "

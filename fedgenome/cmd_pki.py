@@ -13,6 +13,7 @@ from fedgenome.configs.schema import load_site_manifest
 from fedgenome.server import pki
 from fedgenome.server.pki_checks import CertInfo
 from fedgenome.server.site_policy import declare_patients
+from fedgenome.shared.hosts import LOCAL_NAMES
 from fedgenome.shared.wire import bucket
 
 app = typer.Typer(name="pki", no_args_is_help=True,
@@ -21,11 +22,11 @@ app = typer.Typer(name="pki", no_args_is_help=True,
 Pki_ = Annotated[Path, typer.Option("--pki", help="The PKI directory ('pki init --out').")]
 Hosts_ = Annotated[list[str] | None, typer.Option(
     "--host", help="DNS name or IP address clients reach the SuperLink at; repeatable "
-    "(default: localhost, 127.0.0.1).")]
+    f"(default: {', '.join(LOCAL_NAMES)}).")]
 Days_ = Annotated[int, typer.Option(help="Validity of the server certificate, in days.")]
 Patients_ = Annotated[int | None, typer.Option(help="The patients the site declares: runs given "
                                                "--pki refuse any larger example count from it.")]
-_DEFAULT_HOSTS = ("localhost", "127.0.0.1")
+_DEFAULT_HOSTS = LOCAL_NAMES
 
 
 def _console() -> Console:

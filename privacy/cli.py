@@ -10,6 +10,7 @@ import typer
 
 from fedgenome.privacy.accounting import ACCOUNTANTS, check_arguments, epsilon, plan_noise_multiplier
 from fedgenome.privacy.mechanism import Mechanism
+from fedgenome.shared.cli_choice import NameChoice
 
 app = typer.Typer(
     name="privacy",
@@ -26,7 +27,8 @@ SampleRate = Annotated[
 Steps = Annotated[int, typer.Option("--steps", help="Total number of steps (rounds x local steps), >= 0.")]
 Delta = Annotated[float, typer.Option("--delta", help="The δ of (ε, δ)-DP, in (0, 1); e.g. 1e-5.")]
 
-_NAMES = ", ".join(sorted(ACCOUNTANTS))
+Accountant = Annotated[str, typer.Option("--accountant", help="The privacy accountant.",
+                                         click_type=NameChoice(sorted(ACCOUNTANTS)))]
 
 
 @app.command("epsilon")
@@ -38,7 +40,7 @@ def epsilon_command(
     sample_rate: SampleRate,
     steps: Steps,
     delta: Delta,
-    accountant: Annotated[str, typer.Option("--accountant", help=f"One of: {_NAMES}.")] = "rdp",
+    accountant: Accountant = "rdp",
 ) -> None:
     """Print the ε spent by STEPS steps of the subsampled Gaussian mechanism."""
     check_arguments(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps, delta=delta)
@@ -54,7 +56,7 @@ def plan_command(
     delta: Delta,
     sample_rate: SampleRate,
     steps: Steps,
-    accountant: Annotated[str, typer.Option("--accountant", help=f"One of: {_NAMES}.")] = "rdp",
+    accountant: Accountant = "rdp",
 ) -> None:
     """Print the noise multiplier that keeps ε within the target, and the ε it reaches.
 

@@ -11,16 +11,20 @@ import json
 import logging
 import ssl
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
+import tomli_w
+
 from fedgenome.configs.errors import ConfigError
 from fedgenome.configs.errors import (
     DeploymentError as DeploymentError,  # re-exported; it lives in fedgenome.configs.errors
 )
+from fedgenome.configs.schema import read_toml
 from fedgenome.shared.atomic import write_text
 from fedgenome.shared.processes import flower_env, flower_tool
 from fedgenome.shared.tls import TlsFiles
@@ -74,18 +78,27 @@ def wait_healthy(host: str, port: int, *, ca_cert: Path | None, timeout: float =
 
 
 def write_connection(flwr_home: Path, name: str, *, address: str, ca_cert: Path | None) -> None:
-    """Write ``$FLWR_HOME/config.toml`` with one SuperLink connection (made the default)."""
-    lines = ["[superlink]", f'default = "{name}"', "", f"[superlink.{name}]", f'address = "{address}"']
-    lines.append("insecure = true" if ca_cert is None else f'root-certificates = "{ca_cert}"')
-    write_text(flwr_home / "config.toml", "\n".join(lines) + "\n")
+    """Set the SuperLink connection ``name`` in ``$FLWR_HOME/config.toml`` and make it the default.
 
+    An existing file is merged into: the operator's other connections and settings stay, and only
+    the connection ``name`` is replaced (so a switch to TLS drops its old ``insecure``).
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value)
-    return repr(value)
+    Raises:
+        ConfigError: The existing file is not valid TOML, or its ``superlink`` is not a table.
+    """
+    path = flwr_home / "config.toml"
+    document = read_toml(path) if path.is_file() else {}
+    superlink = document.setdefault("superlink", {})
+    if not isinstance(superlink, dict):
+        raise ConfigError(f"{path}: 'superlink' is not a table; fix or move the file")
+    connection: dict[str, Any] = {"address": address}
+    if ca_cert is None:
+        connection["insecure"] = True
+    else:
+        connection["root-certificates"] = str(ca_cert)
+    superlink["default"] = name
+    superlink[name] = connection
+    write_text(path, tomli_w.dumps(document))
 
 
 def flwr(args: list[str], *, flwr_home: Path, timeout: float = 120.0) -> str:
@@ -121,9 +134,12 @@ def flwr_json(args: list[str], *, flwr_home: Path, timeout: float = 120.0) -> di
 def submit_run(app_dir: Path, connection: str, run_config: dict[str, Any], *,
                flwr_home: Path) -> int:
     """Submit the app in ``app_dir`` as a new run; its run id."""
-    overrides = " ".join(f"{k}={_toml_value(v)}" for k, v in run_config.items())
-    data = flwr_json(["run", str(app_dir), connection, "--run-config", overrides],
-                     flwr_home=flwr_home, timeout=300)
+    # A TOML file, not KEY=VALUE words: Flower splits those at quotes, so no path could hold one.
+    with tempfile.TemporaryDirectory() as tmp:
+        overrides = Path(tmp) / "run-config.toml"
+        overrides.write_text(tomli_w.dumps(run_config), encoding="utf-8")
+        data = flwr_json(["run", str(app_dir), connection, "--run-config", str(overrides)],
+                         flwr_home=flwr_home, timeout=300)
     if "run-id" not in data:
         raise DeploymentError(f"flwr run did not start a run: {data}")
     return int(data["run-id"])

@@ -20,7 +20,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from fedgenome.configs.errors import ConfigError, LedgerError
+from fedgenome.configs.names import check_site_name
 from fedgenome.configs.schema import load_site_manifest
 from fedgenome.privacy.keys import (
     create_site_key,
@@ -69,9 +69,6 @@ from fedgenome.shared.tls import (
 )
 
 log = logging.getLogger(__name__)
-
-_SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-
 
 @dataclass(frozen=True)
 class PkiLayout:
@@ -323,13 +320,6 @@ def check_pki(pki: Path, *, host: str | None = None, now: dt.datetime | None = N
     retired = layout.registry.retired
     count = len(list(retired.glob("*.pub"))) if retired.is_dir() else 0
     return PkiReport(layout, tls, registered_sites(pki), count)
-
-
-def check_site_name(name: str) -> None:
-    """Refuse a site name that is not letters, digits, '.', '_' or '-' (as in ``site.toml``)."""
-    if not _SITE_NAME.fullmatch(name):
-        raise ConfigError(f"site name {name!r} is invalid: use letters, digits, '.', '_' and '-', "
-                          "starting with a letter or digit (the name in the site's site.toml)")
 
 
 def _ca_key(layout: PkiLayout) -> ec.EllipticCurvePrivateKey:

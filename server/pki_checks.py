@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from fedgenome.configs.errors import ConfigError
+from fedgenome.shared.clock import utc_now
 from fedgenome.shared.tls import TlsFiles
 
 log = logging.getLogger(__name__)
@@ -236,4 +237,4 @@ def _aware(when: dt.datetime) -> dt.datetime:
 
 
 def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return utc_now()

@@ -37,6 +37,7 @@ from fedgenome.server.strategies import create_strategy, load_strategy_state, sa
 from fedgenome.server.validation import UpdateRejected, check_update, update_bound
 from fedgenome.shared import wire
 from fedgenome.shared.checkpoint import load_checkpoint, load_initial, save_checkpoint
+from fedgenome.shared.clock import utc_stamp
 from fedgenome.shared.datasets import tile_windows
 from fedgenome.shared.genomes import Reference
 from fedgenome.shared.markov_fields import PRIVACY_NOTE, BaselineScore
@@ -92,7 +93,7 @@ def with_defaults(fed: FederationConfig) -> FederationConfig:
 
     update: dict[str, Any] = {}
     if not fed.run_dir:
-        update["run_dir"] = str(Path.home() / "fedgenome-runs" / time.strftime("%Y%m%d-%H%M%S"))
+        update["run_dir"] = str(Path.home() / "fedgenome-runs" / utc_stamp())
     elif not Path(fed.run_dir).is_absolute():
         raise ConfigError(f"run config 'run-dir' = {fed.run_dir!r}: give an absolute directory")
     if not fed.reference:
@@ -174,7 +175,7 @@ class Federation:
         orders = wire.RoundConfig(rnd, run_key=self.report.run_key, initial_sha256=self.initial_sha256,
                                   markov_prior=None if self.model.prior is None
                                   else self.model.prior.fingerprint)
-        return {**orders.to_config(), "local-steps": self.fed.local_steps}
+        return {**orders.to_config(), wire.LOCAL_STEPS: self.fed.local_steps}
 
     def _eval_windows(self) -> torch.Tensor:
         region = Region.parse(self.fed.holdout)

@@ -118,7 +118,7 @@ def secure_round(grid: Grid, context: Context, fed: FederationConfig, *, rnd: in
     to which the model's layout is added (the arrays travel packed).
     """
     layout = wire.layout(global_)
-    base = dict(config or {"global-round": rnd, "local-steps": fed.local_steps})
+    base = dict(config or {wire.GLOBAL_ROUND: rnd, wire.LOCAL_STEPS: fed.local_steps})
     strategy = _OneRound([GridClientProxy(n, grid, context.run_id) for n in nodes],
                          {**base, wire.LAYOUT: layout})
     legacy = LegacyContext(Context(run_id=context.run_id, node_id=context.node_id,

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import tomli_w
+
 from fedgenome.configs.errors import ConfigError
 from fedgenome.configs.schema import read_toml
 from fedgenome.privacy.keys import fingerprint, load_public_key
@@ -33,7 +35,7 @@ def declare_patients(pki: Path, name: str, patients: int) -> Path:
     if isinstance(patients, bool) or not 1 <= patients <= 100_000_000:
         raise ConfigError(f"--patients {patients}: give the site's patient count (1 to 10^8)")
     path = policy_path(pki, name)
-    write_text(path, f"patients = {int(patients)}\n")
+    write_text(path, tomli_w.dumps({"patients": int(patients)}))
     return path
 
 

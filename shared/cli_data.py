@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fedgenome.shared.fetch import PACKAGES, default_cache, fetch_data
+from fedgenome.shared.fetch import CACHE_HELP, PACKAGES, default_cache, fetch_data
 from fedgenome.shared.sites import describe_site, make_sites
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ CacheOption = Annotated[
     typer.Option(
         "--cache",
         envvar="FEDGENOME_CACHE",
-        help="Cache directory for the fetched data (default: ~/.cache/fedgenome).",
+        help=f"Cache directory for the fetched data (default: {CACHE_HELP}).",
         file_okay=False,
     ),
 ]

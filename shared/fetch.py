@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Literal
 
+import platformdirs
+
 from fedgenome.configs.errors import DataFetchError
 from fedgenome.shared.atomic import atomic_path
 
@@ -103,10 +105,18 @@ class DataPaths:
         return self.reference.parent.parent
 
 
+CACHE_HELP = "$FEDGENOME_CACHE, else the user cache: ~/.cache/fedgenome or $XDG_CACHE_HOME/fedgenome"
+"""Where :func:`default_cache` looks, in words (the CLI's help texts)."""
+
+
 def default_cache() -> Path:
-    """The cache directory: ``$FEDGENOME_CACHE`` if set, else ``~/.cache/fedgenome``."""
+    """The cache directory: ``$FEDGENOME_CACHE`` if set, else the platform's user cache directory.
+
+    That is ``platformdirs.user_cache_dir("fedgenome")``: ``$XDG_CACHE_HOME/fedgenome``, by default
+    ``~/.cache/fedgenome``, on Linux; ``~/Library/Caches/fedgenome`` on macOS.
+    """
     env = os.environ.get("FEDGENOME_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "fedgenome"
+    return Path(env).expanduser() if env else Path(platformdirs.user_cache_dir("fedgenome", appauthor=False))
 
 
 def data_paths(cache: Path | None = None) -> DataPaths:

@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from fedgenome.configs.errors import ConfigError
 from fedgenome.configs.schema import Preset, Region
 from fedgenome.shared.checkpoint import load_weights, save_checkpoint
+from fedgenome.shared.clock import utc_now_text
 from fedgenome.shared.corpus import Corpus, WindowStream
 from fedgenome.shared.datasets import tile_windows
 from fedgenome.shared.markov_prior import build_model
@@ -206,7 +207,7 @@ def _meta(corpus: Corpus, settings: PretrainSettings, fingerprint: str) -> dict[
                          "validation": [r.model_dump() for r in corpus.validation],
                          "train_bases": corpus.train_bases, "seed": preset.train.seed,
                          "curve": [],
-                         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}}
+                         "created": utc_now_text()}}
 
 
 def _prior_text(model: GenomeLM) -> str:

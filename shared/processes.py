@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
+import psutil
+
 from fedgenome.configs.errors import FedGenomeError
 
 log = logging.getLogger(__name__)
@@ -98,35 +100,32 @@ def _signal(pid: int, sig: int) -> None:
         os.kill(pid, sig)
 
 
-def _stat(pid: int) -> list[str] | None:
-    """Fields of /proc/PID/stat after the command name (state, ppid, pgrp, ...), or None."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat[stat.rindex(")") + 2 :].split()
-
-
 def _alive(pid: int) -> bool:
-    fields = _stat(pid)
-    return fields is not None and fields[0] not in ("Z", "X")
+    """Whether ``pid`` runs (a zombie, waiting to be reaped, does not)."""
+    try:
+        return psutil.Process(pid).status() not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:  # someone else's process that exists
+        return True
+
+
+def _group(pgid: int) -> set[int]:
+    """The processes whose process group is ``pgid`` (those the group started, wherever reparented)."""
+    members = set()
+    for pid in psutil.pids():
+        with contextlib.suppress(OSError):  # gone meanwhile
+            if os.getpgid(pid) == pgid:
+                members.add(pid)
+    return members
 
 
 def tree(root: int) -> set[int]:
     """``root``, its descendants (also those in sessions of their own) and its process group."""
-    parents: dict[int, int] = {}
-    groups: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (fields := _stat(int(entry.name))) is not None:
-            parents[int(entry.name)] = int(fields[1])
-            groups[int(entry.name)] = int(fields[2])
-    found, frontier = {root}, [root]
-    while frontier:
-        pid = frontier.pop()
-        children = [c for c, p in parents.items() if p == pid and c not in found]
-        found.update(children)
-        frontier += children
-    return found | {pid for pid, group in groups.items() if group == root}
+    found = {root}
+    with contextlib.suppress(psutil.Error):  # root has exited: its group may still be running
+        found |= {child.pid for child in psutil.Process(root).children(recursive=True)}
+    return found | _group(root)
 
 
 def flower_tool(name: str) -> str:

@@ -23,7 +23,7 @@ import pysam
 import tomli_w
 
 from fedgenome.configs.errors import ConfigError, FedGenomeError, InputFileError
-from fedgenome.configs.schema import SiteManifest, load_site_manifest, validate
+from fedgenome.configs.schema import SiteManifest, load_site_manifest, read_toml, validate
 from fedgenome.shared.atomic import atomic_dir, write_text
 from fedgenome.shared.fetch import DataPaths
 from fedgenome.shared.plink import HET, HOM_A1, HOM_A2, MISSING, PlinkData, read_plink
@@ -257,6 +257,8 @@ def describe_site(site: Path) -> SiteInfo:
 def copy_site(src: Path, dst: Path) -> Path:
     """A fresh copy of a built site at ``dst``: its own key, ledger and state, sharing ``src``'s VCF."""
     dst.mkdir(parents=True)
-    (dst / "site.toml").write_text((src / "site.toml").read_text().replace(
-        'vcf = "patients.vcf.gz"', f'vcf = "{src / "patients.vcf.gz"}"'))
+    manifest = read_toml(src / "site.toml")
+    if isinstance(vcf := manifest.get("vcf"), str) and not Path(vcf).is_absolute():
+        manifest["vcf"] = str(src / vcf)
+    write_text(dst / "site.toml", tomli_w.dumps(manifest))
     return dst

@@ -20,6 +20,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedgenome.configs.errors import ConfigError
 from fedgenome.shared.atomic import atomic_path, write_bytes
+from fedgenome.shared.clock import utc_now
+from fedgenome.shared.hosts import LOCAL_NAMES
 
 ORGANIZATION = "fedgenome consortium"
 _BACKDATE = dt.timedelta(minutes=5)  # tolerate clocks a little behind
@@ -70,7 +72,7 @@ def issue_ca(
 ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     """A new self-signed consortium CA, valid ``days`` days from ``now`` (default: the current time)."""
     _check_days(days, "CA days")
-    start = now or dt.datetime.now(dt.timezone.utc)
+    start = now or utc_now()
     key = ec.generate_private_key(ec.SECP384R1())
     cert = (x509.CertificateBuilder().subject_name(_name("fedgenome CA")).issuer_name(_name("fedgenome CA"))
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
@@ -99,7 +101,7 @@ def issue_server_certificate(
         raise ConfigError("no --host given: name at least one DNS name or IP address of the SuperLink")
     _check_days(days, "days")
     names = [san_entry(host) for host in hosts]
-    start = now or dt.datetime.now(dt.timezone.utc)
+    start = now or utc_now()
     end = min(start + dt.timedelta(days=days), ca_cert.not_valid_after_utc)
     key = ec.generate_private_key(ec.SECP384R1())
     cert = (x509.CertificateBuilder().subject_name(_name(hosts[0])).issuer_name(ca_cert.subject)
@@ -126,7 +128,7 @@ def write_private_key_pem(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
         tmp.write_bytes(data)
 
 
-def make_certificates(directory: Path, *, hosts: tuple[str, ...] = ("localhost", "127.0.0.1"),
+def make_certificates(directory: Path, *, hosts: tuple[str, ...] = LOCAL_NAMES,
                       days: int = 30, keep_ca_key: bool = True) -> TlsFiles:
     """A fresh CA and server certificate valid for ``hosts`` (DNS names or IP addresses).
 

@@ -42,6 +42,7 @@ GLOBAL_ROUND = "global-round"  # round config: the server's global round number
 RUN_KEY = "run-key"  # round config: the run's key (sites keep their optimizer state under it)
 INITIAL_SHA256 = "initial-sha256"  # round config: SHA-256 of the run's initial checkpoint
 MARKOV_PRIOR = "markov-prior"  # round config: fingerprint of the model's Markov prior (public)
+LOCAL_STEPS = "local-steps"  # round config: private steps per site (sites follow their run config's)
 ALLOWED_METRICS = frozenset({NUM_EXAMPLES, STATUS, EPSILON, BUDGET, DELTA, TRAIN_LOSS, STEPS,
                              EVAL_BITS})
 SITE_RECORD = "site"  # a reply's ConfigRecord of the keys below; SecAgg+ metrics: the site's name
@@ -51,6 +52,18 @@ LEDGER_HEAD = "ledger-head"  # site record: SHA-256 (hex) of its last entry
 LEDGER_SIGNATURE = "ledger-head-signature"  # site record: the site key's signature of the head
 SITE_KEYS = frozenset({SITE_NAME, LEDGER_COUNT, LEDGER_HEAD, LEDGER_SIGNATURE})
 BUCKET = 50
+
+NODE_SITE = "site"  # node config: the site directory (an absolute path) the SuperNode serves
+NODE_KEEP_UPDATES = "keep-updates"  # node config: keep a copy of every update sent (true/false)
+
+# Flower's legacy records, which SecAgg+ runs on (flwr.compat.common.recorddict_compat names them)
+LEGACY_FIT_PARAMETERS = "fitins.parameters"  # a legacy fit instruction's model
+LEGACY_METRICS = "fitres.metrics"  # a legacy fit result's metrics (ours: ALLOWED_METRICS and site keys)
+LEGACY_NUM_EXAMPLES = "fitres.num_examples"  # its example count, under the key below
+LEGACY_NUM_EXAMPLES_KEY = "num_examples"
+LEGACY_STATUS = "fitres.status"
+LEGACY_PARAMETERS = "fitres.parameters"  # emptied by SecAgg+ before the reply leaves
+SECAGG_RECORD = "secaggplus_configs"  # the SecAgg+ protocol's record (Flower's RECORD_KEY_CONFIGS)
 
 
 def bucket(count: int) -> int:

@@ -65,6 +65,20 @@ def test_the_flower_app_config_has_every_run_config_key_with_its_default() -> No
     assert app_config == defaults  # Flower rejects override keys missing here
 
 
+@pytest.mark.parametrize("name", ["", "../x", ".hidden", "two words", "a/b", "-dash"])
+def test_one_site_name_rule_for_site_toml_the_pki_and_the_ledger(tmp_path: Path, name: str) -> None:
+    from fedgenome.configs.names import check_site_name, is_site_name
+    from fedgenome.configs.schema import SiteManifest, validate
+    from fedgenome.server.pki import check_site_name as pki_check
+
+    assert not is_site_name(name) and pki_check is check_site_name
+    with pytest.raises(ConfigError, match="site name"):
+        check_site_name(name)
+    with pytest.raises(ConfigError, match="name"):
+        validate(SiteManifest, {"name": name, "kind": "fasta", "fasta": "x.fa"}, source="site.toml")
+    assert check_site_name("hospital-ceu.v2_a") == "hospital-ceu.v2_a"
+
+
 @pytest.mark.parametrize("spelling", [0.0, 0, None])
 def test_calibrate_is_none_in_the_config_and_zero_in_the_run_config(spelling: float | None) -> None:
     from fedgenome.configs.schema import FederationConfig, validate

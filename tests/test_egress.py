@@ -25,7 +25,8 @@ def delta(dtype: type[np.generic] = np.float16, **shapes: tuple[int, ...]) -> Ar
 def reply(**extra: object) -> RecordDict:
     content = RecordDict({wire.METRICS: MetricRecord({wire.STATUS: 1, wire.EPSILON: 1.5,
                                                       wire.NUM_EXAMPLES: 100}),
-                          "site": ConfigRecord({"name": "hospital-a"}), wire.ARRAYS: delta()})
+                          wire.SITE_RECORD: ConfigRecord({wire.SITE_NAME: "hospital-a"}),
+                          wire.ARRAYS: delta()})
     for key, value in extra.items():
         content[key] = value  # type: ignore[assignment]
     return content
@@ -36,23 +37,23 @@ def test_a_plain_reply_with_the_model_delta_and_allowed_metrics_passes() -> None
 
 
 def test_secagg_protocol_records_pass() -> None:
-    content = RecordDict({"secaggplus_configs": ConfigRecord({"masked_params": [b"\x00"]}),
-                          "fitres.metrics": ConfigRecord({wire.EPSILON: 1.0, "site": "a"}),
-                          "fitres.num_examples": MetricRecord({"num_examples": 150}),
-                          "fitres.status": ConfigRecord({"code": 0, "message": "OK"}),
-                          "fitres.parameters": ArrayRecord()})
+    content = RecordDict({wire.SECAGG_RECORD: ConfigRecord({"masked_params": [b"\x00"]}),
+                          wire.LEGACY_METRICS: ConfigRecord({wire.EPSILON: 1.0, wire.SITE_RECORD: "a"}),
+                          wire.LEGACY_NUM_EXAMPLES: MetricRecord({wire.LEGACY_NUM_EXAMPLES_KEY: 150}),
+                          wire.LEGACY_STATUS: ConfigRecord({"code": 0, "message": "OK"}),
+                          wire.LEGACY_PARAMETERS: ArrayRecord()})
     check_content(content, None)
 
 
 @pytest.mark.parametrize(("content", "model", "says"), [
     (reply(patients=ConfigRecord({"ids": "NA12878"})), MODEL, "record 'patients'"),
     (RecordDict({wire.METRICS: MetricRecord({"sequence-length": 1})}), MODEL, "sequence-length"),
-    (RecordDict({"site": ConfigRecord({"name": "a", "vcf": "/data/x.vcf"})}), MODEL, "vcf"),
+    (RecordDict({wire.SITE_RECORD: ConfigRecord({wire.SITE_NAME: "a", "vcf": "/data/x.vcf"})}), MODEL, "vcf"),
     (RecordDict({wire.METRICS: MetricRecord({wire.NUM_EXAMPLES: 87})}), MODEL, "multiple of 50"),
     (RecordDict({wire.ARRAYS: delta(np.float32)}), MODEL, "not float16"),
     (RecordDict({wire.ARRAYS: delta(extra=(24,))}), MODEL, "names or shapes"),
     (RecordDict({wire.ARRAYS: delta()}), None, "names or shapes"),
-    (RecordDict({"fitres.parameters": delta()}), None, "keys"),
+    (RecordDict({wire.LEGACY_PARAMETERS: delta()}), None, "keys"),
     (RecordDict({wire.METRICS: ConfigRecord({wire.EPSILON: 1.0})}), MODEL, "expected a MetricRecord"),
 ], ids=["unknown-record", "unknown-metric", "unknown-site-key", "exact-count", "float32",
         "extra-array", "arrays-not-asked-for", "unmasked-secagg-parameters", "wrong-record-type"])
@@ -76,7 +77,7 @@ def _instruction() -> Message:
 
 
 def _context(site: Path) -> Context:
-    return Context(run_id=1, node_id=7, node_config={"site": str(site)}, state=RecordDict(),
+    return Context(run_id=1, node_id=7, node_config={wire.NODE_SITE: str(site)}, state=RecordDict(),
                    run_config={})
 
 
@@ -87,8 +88,8 @@ def test_the_guard_logs_what_left_and_stops_what_may_not(tmp_path: Path) -> None
     assert wire.ARRAYS in out.content
     (line,) = (tmp_path / "state" / EGRESS_LOG).read_text().splitlines()
     entry = json.loads(line)
-    assert entry["records"] == {"arrays": ["2 arrays"], "metrics": sorted(reply()[wire.METRICS]),
-                                "site": ["name"]}
+    assert entry["records"] == {wire.ARRAYS: ["2 arrays"], wire.METRICS: sorted(reply()[wire.METRICS]),
+                                wire.SITE_RECORD: [wire.SITE_NAME]}
     assert entry["bytes"] > 0 and len(entry["sha256"]) == 64
     leaky = reply(debug=ConfigRecord({"window": "ACGT" * 10}))
     with pytest.raises(EgressRefused):

@@ -6,8 +6,10 @@ import logging
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
+import platformdirs
 import pysam
 import pytest
 from typer.testing import CliRunner
@@ -163,4 +165,17 @@ def test_default_cache_follows_the_environment(tmp_path: Path,
     assert fetch.default_cache() == tmp_path / "c"
     assert layout().reference == tmp_path / "c" / "grch37" / "20.fa.gz"
     monkeypatch.delenv("FEDGENOME_CACHE")
-    assert fetch.default_cache() == Path.home() / ".cache" / "fedgenome"
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    if sys.platform.startswith("linux"):
+        assert fetch.default_cache() == Path.home() / ".cache" / "fedgenome"
+    assert fetch.default_cache() == Path(platformdirs.user_cache_dir("fedgenome", appauthor=False))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="XDG_CACHE_HOME is Linux's")
+def test_the_default_cache_respects_xdg_cache_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FEDGENOME_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert fetch.default_cache() == tmp_path / "xdg" / "fedgenome"
+    assert layout().reference == tmp_path / "xdg" / "fedgenome" / "grch37" / "20.fa.gz"
+    monkeypatch.setenv("FEDGENOME_CACHE", str(tmp_path / "mine"))  # the project's own override wins
+    assert fetch.default_cache() == tmp_path / "mine"

@@ -92,9 +92,9 @@ def test_nothing_but_allow_listed_updates_leaves_a_site(
         lines = [json.loads(x) for x in (site / "state" / EGRESS_LOG).read_text().splitlines()]
         assert len(lines) == 1
         for line in lines:
-            assert set(line["records"]) <= {wire.METRICS, "site", wire.ARRAYS}
+            assert set(line["records"]) <= {wire.METRICS, wire.SITE_RECORD, wire.ARRAYS}
             assert set(line["records"][wire.METRICS]) <= wire.ALLOWED_METRICS
-            assert set(line["records"]["site"]) == wire.SITE_KEYS  # its name and signed ledger head
+            assert set(line["records"][wire.SITE_RECORD]) == wire.SITE_KEYS  # its name and signed ledger head
             assert set(line["records"]) <= set(ALLOWED)
 
 

@@ -224,7 +224,7 @@ def reply(node: int, site: str, delta: Delta | None, *, status: int = wire.TRAIN
                                        wire.DELTA: 1e-5, wire.STEPS: 3, wire.NUM_EXAMPLES: 100,
                                        wire.TRAIN_LOSS: 1.4}
     content = RecordDict({wire.METRICS: MetricRecord(metrics),  # type: ignore[arg-type]
-                          "site": ConfigRecord({"name": site})})
+                          wire.SITE_RECORD: ConfigRecord({wire.SITE_NAME: site})})
     if delta is not None:
         content[wire.ARRAYS] = ArrayRecord({k: Array(v) for k, v in delta.items()})
     return Message(content=content, reply_to=instruction(node))

@@ -18,6 +18,7 @@ import threading
 from types import TracebackType
 
 from fedgenome.shared import tokenizer
+from fedgenome.shared.hosts import LOOPBACK
 from fedgenome.shared.tls import TlsFiles
 
 KMER = 24
@@ -36,7 +37,7 @@ class WireTap:
     """Relay 127.0.0.1:<port> -> 127.0.0.1:<target>, keeping the client-to-server bytes."""
 
     def __init__(self) -> None:
-        self._server = socket.create_server(("127.0.0.1", 0))
+        self._server = socket.create_server((LOOPBACK, 0))
         self.port = int(self._server.getsockname()[1])
         self.target = 0
         self._chunks: list[bytes] = []
@@ -73,14 +74,14 @@ class WireTap:
 
     def _connect(self, client: socket.socket) -> None:
         try:
-            upstream = socket.create_connection(("127.0.0.1", self.target))
+            upstream = socket.create_connection((LOOPBACK, self.target))
         except OSError:  # the SuperLink is gone (shutting down)
             client.close()
             return
         try:
             if self._tls is not None:
                 client = self._tls[0].wrap_socket(client, server_side=True)
-                upstream = self._tls[1].wrap_socket(upstream, server_hostname="127.0.0.1")
+                upstream = self._tls[1].wrap_socket(upstream, server_hostname=LOOPBACK)
         except (OSError, ssl.SSLError):
             client.close()
             upstream.close()

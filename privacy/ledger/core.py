@@ -53,12 +53,12 @@ import fcntl
 import logging
 import os
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from fedgenome.configs.errors import ConfigError, LedgerError
+from fedgenome.configs.names import SITE_NAME_RULE, is_site_name
 from fedgenome.privacy.keys import fingerprint, public_key_text, sign
 from fedgenome.privacy.ledger.entry import (
     ROTATION_ACCOUNTANT,
@@ -83,6 +83,7 @@ from fedgenome.privacy.ledger.verify import (
 )
 from fedgenome.privacy.mechanism import Mechanism
 from fedgenome.shared.atomic import fsync_dir, write_text
+from fedgenome.shared.clock import utc_now
 
 __all__ = [
     "HeadDigest", "KeyChain", "Ledger", "LedgerEntry", "RetiredKeyError", "Status", "genesis_sha256",
@@ -111,8 +112,8 @@ class Ledger:
     """
 
     def __init__(self, path: Path, *, site: str, private_key: ec.EllipticCurvePrivateKey) -> None:
-        if not site or any(c.isspace() for c in site):
-            raise ConfigError(f"{path}: site name {site!r} is invalid: use a non-empty name without spaces")
+        if not is_site_name(site):
+            raise ConfigError(f"{path}: site name {site!r} is invalid: use {SITE_NAME_RULE}")
         self.path = path
         self.site = site
         self._key = private_key
@@ -260,7 +261,7 @@ class Ledger:
         seq = len(self._entries)
         fields: dict[str, object] = {
             "seq": seq, "site": self.site, **values,
-            "time": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
+            "time": utc_now().isoformat(timespec="microseconds"),
             "prev_sha256": self._entries[-1].sha256 if seq else genesis_sha256(self.site, self._public),
             "signature": "",
         }

@@ -31,7 +31,6 @@ import logging
 import os
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 from fedgenome.configs.errors import ConfigError, LedgerError
@@ -46,6 +45,7 @@ from fedgenome.privacy.ledger.marker import (
 )
 from fedgenome.privacy.site_state import LedgerMissingError, ledger_path, open_ledger, site_key_path
 from fedgenome.shared.atomic import fsync_dir
+from fedgenome.shared.clock import utc_stamp
 
 log = logging.getLogger(__name__)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -139,7 +139,7 @@ def _read_pair(head: Path) -> tuple[int, str] | None:
 
 def _move_aside(path: Path) -> tuple[Path, ...]:
     """Rename what is left of the old ledger (and its head) to ``<ledger>.lost-<UTC time>``."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = utc_stamp()
     lost = path.with_name(f"{path.name}.lost-{stamp}")
     moved = []
     for old, new in ((path, lost), (head_path(path), head_path(lost))):

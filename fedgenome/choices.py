@@ -1,0 +1,20 @@
+"""The CLI's choice lists, derived from the registries and schemas they choose from.
+
+A preset added to ``configs/presets`` or a value added to a schema's ``Literal`` shows up in
+``--help`` and is accepted on the command line without touching the commands. (The accountants'
+list lives in :mod:`fedgenome.privacy.cli`, beside the registry it comes from.)
+"""
+
+from __future__ import annotations
+
+from fedgenome.configs.schema import DPConfig, FederationConfig, TrainConfig, field_choices, preset_names
+from fedgenome.shared.cli_choice import NameChoice
+
+PRESETS = NameChoice(preset_names())
+"""The shipped presets (``configs/presets/*.toml``)."""
+AGGREGATIONS = NameChoice(field_choices(FederationConfig, "aggregation"))
+"""How the server sums the sites' updates (run config ``aggregation``)."""
+DEVICES = NameChoice(field_choices(TrainConfig, "device"))
+"""Where to train or evaluate (``train.device``)."""
+GRAD_SAMPLE_MODES = NameChoice(field_choices(DPConfig, "grad_sample_mode"))
+"""How Opacus computes per-sample gradients (``dp.grad_sample_mode``)."""

@@ -80,8 +80,11 @@ class Exposure:
     """A canary's rank among the candidates (itself plus the references) and its exposure in bits."""
 
     rank: int
+    """1 when the canary scores better (lower loss) than every reference sequence."""
     candidates: int
+    """The canary plus the reference sequences it was ranked among."""
     exposure: float
+    """log2(candidates / rank): how many bits the model gives away about the canary."""
 
 
 def _softplus(x: float) -> float:

@@ -18,15 +18,14 @@ Usage:
 
 from __future__ import annotations
 
-import argparse
 import json
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from benchkit import bench_config, federation_args, work_dir
 from flwr.app import Array, ArrayRecord
 
 from fedgenome.client.node import JOURNAL
@@ -109,15 +108,10 @@ def slowest_calls(a: dict[str, Any]) -> list[float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--preset", default="small")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--local-steps", type=int, default=3)
-    args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="fedgenome-flbench-"))
-    config = {"preset": args.preset, "num-server-rounds": args.rounds,
-              "local-steps": args.local_steps, "patients-per-step": 8, "eval-windows": 8,
-              "min-nodes": len(SITES), "reference": str(fetch_data(default_cache()).reference)}
+    args = federation_args(__doc__, preset="small", rounds=3, local_steps=3)
+    work = work_dir("flbench")
+    config = {**bench_config(args), "min-nodes": len(SITES),
+              "reference": str(fetch_data(default_cache()).reference)}
     a = deployed(work, config)
     b = direct(work, config, args.rounds)
     per_a = np.diff([a["first_start"], *a["ends"]])

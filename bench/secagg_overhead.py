@@ -10,11 +10,11 @@ SecAgg+ / plain measured in this one run. Usage:
 
 from __future__ import annotations
 
-import argparse
 import json
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from benchkit import bench_config, federation_args, work_dir
 
 from fedgenome.experiments.runner import Experiment, run_experiment
 from fedgenome.shared.fetch import default_cache
@@ -33,14 +33,9 @@ def run(work: Path, name: str, config: dict[str, Any]) -> tuple[float, list[floa
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--preset", default="tiny")
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--local-steps", type=int, default=3)
-    args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="fedgenome-secaggbench-"))
-    config = {"preset": args.preset, "num-server-rounds": args.rounds,
-              "local-steps": args.local_steps, "patients-per-step": 8, "eval-windows": 8}
+    args = federation_args(__doc__, preset="tiny", rounds=2, local_steps=3)
+    work = work_dir("secaggbench")
+    config = bench_config(args)
     plain = run(work, "plain", config)
     secure = run(work, "secagg", {**config, "aggregation": "secagg+"})
     print(f"preset {args.preset}, {len(SITES)} sites, {args.rounds} rounds x {args.local_steps} "

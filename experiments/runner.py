@@ -87,6 +87,7 @@ class ExperimentResult:
 
     run_id: int
     status: str
+    """Flower's final status of the run, ``finished:completed`` when it completed."""
     sites: tuple[Path, ...]
     data: DataPaths
     run_config: dict[str, Any]

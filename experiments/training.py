@@ -48,10 +48,13 @@ class TrainingRun:
     """A trained model's held-out scores, where it was saved, and what it spent."""
 
     before: EvalResult
+    """The start's held-out scores (random or initial weights)."""
     after: EvalResult
+    """The trained model's, on the same windows."""
     checkpoint: Path
     markov: BaselineScore
     privacy: RoundOutcome | None = None
+    """What a DP run spent (its ledger entry's epsilon and budget); None for a plain run."""
 
 
 def prepare(sites: list[Path], preset: Preset, *, preset_name: str, device_name: str) -> Workspace:

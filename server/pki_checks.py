@@ -54,7 +54,9 @@ class ServerTls:
 
     files: TlsFiles
     ca: CertInfo
+    """The CA certificate: subject, key, validity."""
     server: CertInfo
+    """The SuperLink's certificate, signed by ``ca`` and valid for the SuperLink's host."""
 
 
 def renew_hint(path: Path) -> str:

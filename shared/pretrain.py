@@ -68,6 +68,7 @@ class PretrainResult:
     checkpoint: Path
     steps: int
     tokens: int
+    """Training tokens seen (steps times batch size times window)."""
     seconds: float
     scores: Scores
     curve: list[dict[str, float]] = field(default_factory=list)

@@ -35,14 +35,8 @@ from pathlib import Path
 
 from fedgenome.configs.errors import ConfigError, LedgerError
 from fedgenome.privacy.keys import load_private_key
+from fedgenome.privacy.ledger import marker as markers
 from fedgenome.privacy.ledger.core import Ledger, LedgerEntry, RetiredKeyError, head_path
-from fedgenome.privacy.ledger.marker import (
-    ledger_location,
-    marker_path,
-    read_marker,
-    training_evidence,
-    write_marker,
-)
 from fedgenome.privacy.site_state import LedgerMissingError, ledger_path, open_ledger, site_key_path
 from fedgenome.shared.atomic import fsync_dir
 from fedgenome.shared.clock import utc_stamp
@@ -80,16 +74,16 @@ def reset_site_ledger(site_dir: Path, name: str, *, reason: str,
     if not key.exists():
         raise ConfigError(f"{key}: site {name} has no key, so it never trained: there is nothing to reset")
     state = state_dir or site_dir / "state"
-    path, marker = ledger_path(state), marker_path(key)
-    known = read_marker(marker)
-    if known is not None and known.ledger != ledger_location(site_dir, path):
+    path, marker = ledger_path(state), markers.marker_path(key)
+    known = markers.read_marker(marker)
+    if known is not None and known.ledger != markers.ledger_location(site_dir, path):
         raise ConfigError(f"{marker}: site {name}'s ledger is at {known.ledger}, not {path}: reset that one")
-    _refuse_needless(site_dir, name, state_dir=state_dir, evidence=training_evidence(key, state))
+    _refuse_needless(site_dir, name, state_dir=state_dir, evidence=markers.training_evidence(key, state))
     previous, source = _last_known_head(path, known.head.pair if known else None)
     moved = _move_aside(path)
     ledger = Ledger(path, site=name, private_key=load_private_key(key))
-    location = ledger_location(site_dir, path)
-    ledger.on_head = lambda head: write_marker(marker, location=location, head=head)
+    location = markers.ledger_location(site_dir, path)
+    ledger.on_head = lambda head: markers.write_marker(marker, location=location, head=head)
     entry = ledger.start_over(reason=reason, previous=previous)
     return LedgerReset(path, entry, previous, source, moved)
 

@@ -38,7 +38,8 @@ from torch import nn
 from fedgenome.audit.empirical import BETA, exposures, one_run_audit
 from fedgenome.choices import PRESETS
 from fedgenome.configs.errors import ConfigError, InputFileError
-from fedgenome.configs.schema import FederationConfig, load_preset, load_site_manifest, validate
+from fedgenome.configs.schema import FederationConfig, load_preset, load_site_manifest
+from fedgenome.configs.validation import validate
 from fedgenome.privacy.ledger.verify import verify_ledger
 from fedgenome.privacy.site_state import ledger_path, site_public_key
 from fedgenome.shared.clock import utc_now_text

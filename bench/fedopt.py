@@ -34,7 +34,8 @@ from typing import Any
 import torch
 
 import fedgenome.client.site
-from fedgenome.configs.schema import FederationConfig, validate
+from fedgenome.configs.schema import FederationConfig
+from fedgenome.configs.validation import validate
 from fedgenome.experiments.inprocess import run_in_process
 from fedgenome.shared.fetch import default_cache, fetch_data
 from fedgenome.shared.schedule import LRSchedule

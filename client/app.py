@@ -31,7 +31,8 @@ from flwr.compat.common import recorddict_compat as compat
 
 from fedgenome.client.egress import SECAGG_RECORD, SITE_RECORD, egress_guard
 from fedgenome.client.site import SiteNode, SiteReply
-from fedgenome.configs.schema import FederationConfig, validate
+from fedgenome.configs.schema import FederationConfig
+from fedgenome.configs.validation import validate
 from fedgenome.shared import wire
 
 log = logging.getLogger(__name__)

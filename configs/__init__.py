@@ -1,6 +1,7 @@
 """The lowest layer: validated configuration schemas, the shipped presets and the error hierarchy.
 
-``schema`` (frozen pydantic models, built once at the edge), ``presets/*.toml``, ``errors`` (every
+``schema`` (frozen pydantic models, built once at the edge), ``validation`` (one-line errors from
+untrusted input), ``presets/*.toml``, ``errors`` (every
 user-facing failure), ``contigs`` (contig-name rules). Imports nothing else of fedgenome.
 """
 

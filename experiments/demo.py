@@ -22,7 +22,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from fedgenome.configs.schema import FederationConfig, load_site_manifest, validate
+from fedgenome.configs.schema import FederationConfig, load_site_manifest
+from fedgenome.configs.validation import validate
 from fedgenome.experiments.runner import HOSPITALS, Experiment, run_experiment
 from fedgenome.models import shipped_checkpoint
 from fedgenome.privacy.ledger.entry import head_path

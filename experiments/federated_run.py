@@ -12,7 +12,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from fedgenome.configs.schema import FederationConfig, validate
+from fedgenome.configs.schema import FederationConfig
+from fedgenome.configs.validation import validate
 from fedgenome.server.deploy import APP_DIR, DeploymentError, submit_run, write_connection
 from fedgenome.server.progress import OnRound, follow_run
 

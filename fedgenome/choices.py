@@ -7,7 +7,8 @@ list lives in :mod:`fedgenome.privacy.cli`, beside the registry it comes from.)
 
 from __future__ import annotations
 
-from fedgenome.configs.schema import DPConfig, FederationConfig, TrainConfig, field_choices, preset_names
+from fedgenome.configs.schema import DPConfig, FederationConfig, TrainConfig, preset_names
+from fedgenome.configs.validation import field_choices
 from fedgenome.shared.cli_choice import NameChoice
 
 PRESETS = NameChoice(preset_names())

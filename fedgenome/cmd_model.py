@@ -26,8 +26,8 @@ from fedgenome.configs.schema import (
     load_preset_file,
     load_site_manifest,
     preset_names,
-    read_toml,
 )
+from fedgenome.configs.validation import read_toml
 from fedgenome.experiments.training import TrainingRun, run_baseline, run_private
 from fedgenome.shared.atomic import atomic_path
 from fedgenome.shared.checkpoint import load_checkpoint

@@ -7,7 +7,8 @@ import logging
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedgenome.configs.schema import FederationConfig, validate
+from fedgenome.configs.schema import FederationConfig
+from fedgenome.configs.validation import validate
 from fedgenome.server.grid import PromptGrid
 from fedgenome.server.rounds import run_federation
 from fedgenome.shared.flower_patches import shorten_object_pulls

@@ -24,7 +24,7 @@ from fedgenome.configs.errors import ConfigError
 from fedgenome.configs.errors import (
     DeploymentError as DeploymentError,  # re-exported; it lives in fedgenome.configs.errors
 )
-from fedgenome.configs.schema import read_toml
+from fedgenome.configs.validation import read_toml
 from fedgenome.shared.atomic import write_text
 from fedgenome.shared.processes import flower_env, flower_tool
 from fedgenome.shared.tls import TlsFiles

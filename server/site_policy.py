@@ -15,7 +15,7 @@ from pathlib import Path
 import tomli_w
 
 from fedgenome.configs.errors import ConfigError
-from fedgenome.configs.schema import read_toml
+from fedgenome.configs.validation import read_toml
 from fedgenome.privacy.keys import fingerprint, load_public_key
 from fedgenome.shared import wire
 from fedgenome.shared.atomic import write_text

@@ -20,7 +20,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from fedgenome.configs.errors import IncompatibleModelError, InputFileError
-from fedgenome.configs.schema import ModelConfig, Region, validate
+from fedgenome.configs.schema import ModelConfig, Region
+from fedgenome.configs.validation import validate
 from fedgenome.shared.atomic import atomic_dir
 from fedgenome.shared.markov import MarkovBaseline
 from fedgenome.shared.markov_prior import build_model

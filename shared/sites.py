@@ -23,7 +23,8 @@ import pysam
 import tomli_w
 
 from fedgenome.configs.errors import ConfigError, FedGenomeError, InputFileError
-from fedgenome.configs.schema import SiteManifest, load_site_manifest, read_toml, validate
+from fedgenome.configs.schema import SiteManifest, load_site_manifest
+from fedgenome.configs.validation import read_toml, validate
 from fedgenome.shared.atomic import atomic_dir, write_text
 from fedgenome.shared.fetch import DataPaths
 from fedgenome.shared.plink import HET, HOM_A1, HOM_A2, MISSING, PlinkData, read_plink

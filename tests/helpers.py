@@ -11,7 +11,8 @@ import pytest
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedgenome.configs.schema import FederationConfig, validate
+from fedgenome.configs.schema import FederationConfig
+from fedgenome.configs.validation import validate
 from fedgenome.privacy.keys import load_public_key
 from fedgenome.privacy.ledger import LedgerEntry, verify_ledger
 from fedgenome.shared import sites

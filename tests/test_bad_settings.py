@@ -12,14 +12,8 @@ from typing import Any
 import pytest
 
 from fedgenome.configs.errors import ConfigError
-from fedgenome.configs.schema import (
-    MAX_STEPS,
-    FederationConfig,
-    SitePrivacy,
-    load_preset,
-    load_site_manifest,
-    validate,
-)
+from fedgenome.configs.schema import MAX_STEPS, FederationConfig, SitePrivacy, load_preset, load_site_manifest
+from fedgenome.configs.validation import validate
 from fedgenome.privacy.accounting import plan_noise_multiplier
 from tests.helpers import assert_one_line_error, run_cli
 from tests.minisite import Spec, make_site, written

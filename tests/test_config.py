@@ -59,7 +59,8 @@ def test_missing_site_manifest(tmp_path: Path) -> None:
 
 
 def test_the_flower_app_config_has_every_run_config_key_with_its_default() -> None:
-    from fedgenome.configs.schema import FederationConfig, read_toml
+    from fedgenome.configs.schema import FederationConfig
+    from fedgenome.configs.validation import read_toml
     app_config = read_toml(APP_DIR / "pyproject.toml")["tool"]["flwr"]["app"]["config"]
     defaults = FederationConfig().to_run_config()
     assert app_config == defaults  # Flower rejects override keys missing here
@@ -68,7 +69,8 @@ def test_the_flower_app_config_has_every_run_config_key_with_its_default() -> No
 @pytest.mark.parametrize("name", ["", "../x", ".hidden", "two words", "a/b", "-dash"])
 def test_one_site_name_rule_for_site_toml_the_pki_and_the_ledger(tmp_path: Path, name: str) -> None:
     from fedgenome.configs.names import check_site_name, is_site_name
-    from fedgenome.configs.schema import SiteManifest, validate
+    from fedgenome.configs.schema import SiteManifest
+    from fedgenome.configs.validation import validate
     from fedgenome.server.pki import check_site_name as pki_check
 
     assert not is_site_name(name) and pki_check is check_site_name
@@ -81,7 +83,8 @@ def test_one_site_name_rule_for_site_toml_the_pki_and_the_ledger(tmp_path: Path,
 
 @pytest.mark.parametrize("spelling", [0.0, 0, None])
 def test_calibrate_is_none_in_the_config_and_zero_in_the_run_config(spelling: float | None) -> None:
-    from fedgenome.configs.schema import FederationConfig, validate
+    from fedgenome.configs.schema import FederationConfig
+    from fedgenome.configs.validation import validate
     from fedgenome.privacy.round_plan import dp_settings
 
     fed = validate(FederationConfig, {"noise-multiplier": spelling}, source="--config")
@@ -92,7 +95,8 @@ def test_calibrate_is_none_in_the_config_and_zero_in_the_run_config(spelling: fl
 
 
 def test_a_fixed_noise_multiplier_stays_fixed_on_the_wire() -> None:
-    from fedgenome.configs.schema import FederationConfig, validate
+    from fedgenome.configs.schema import FederationConfig
+    from fedgenome.configs.validation import validate
 
     fed = validate(FederationConfig, {"noise-multiplier": 1.5}, source="--config")
     assert fed.noise_multiplier == 1.5 and fed.to_run_config()["noise-multiplier"] == 1.5

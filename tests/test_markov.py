@@ -275,7 +275,8 @@ def test_the_cache_returns_the_same_baseline_and_a_changed_region_misses(data_pa
 @pytest.mark.data
 def test_the_run_report_has_the_baseline_on_the_servers_heldout_windows(data_paths: DataPaths,
                                                                         tmp_path: Path) -> None:
-    from fedgenome.configs.schema import FederationConfig, validate
+    from fedgenome.configs.schema import FederationConfig
+    from fedgenome.configs.validation import validate
     from fedgenome.server.report import RoundRecord, RunReport
     from fedgenome.server.rounds import Federation
 

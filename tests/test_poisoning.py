@@ -30,7 +30,8 @@ from flwr.common.constant import SUPERLINK_NODE_ID
 
 from fedgenome.client import app as client_app
 from fedgenome.client.site import SiteNode
-from fedgenome.configs.schema import FederationConfig, Preset, load_preset, validate
+from fedgenome.configs.schema import FederationConfig, Preset, load_preset
+from fedgenome.configs.validation import validate
 from fedgenome.server.replies import Collected, collect
 from fedgenome.server.rounds import Federation, _Snapshot
 from fedgenome.server.strategies import create_strategy

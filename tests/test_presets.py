@@ -13,13 +13,8 @@ from fedgenome.client import cache
 from fedgenome.client.site import SiteNode
 from fedgenome.cmd_model import build_preset
 from fedgenome.configs.errors import ConfigError
-from fedgenome.configs.schema import (
-    FederationConfig,
-    load_preset,
-    load_preset_file,
-    preset_names,
-    validate,
-)
+from fedgenome.configs.schema import FederationConfig, load_preset, load_preset_file, preset_names
+from fedgenome.configs.validation import validate
 
 ROOT = Path(__file__).resolve().parent.parent
 NOT_NAMES = ["../../../../etc/passwd", "/etc/passwd", "..", "tiny.toml", "presets/tiny",

@@ -11,7 +11,8 @@ import torch
 
 import fedgenome.privacy.trainer
 from fedgenome.configs.errors import ConfigError
-from fedgenome.configs.schema import FederationConfig, TrainConfig, validate
+from fedgenome.configs.schema import FederationConfig, TrainConfig
+from fedgenome.configs.validation import validate
 from fedgenome.experiments.inprocess import run_in_process
 from fedgenome.shared.checkpoint import load_checkpoint
 from fedgenome.shared.fetch import DataPaths

@@ -15,7 +15,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.serverapp import Grid
 
 from fedgenome.configs.errors import ConfigError
-from fedgenome.configs.schema import FederationConfig, Preset, validate
+from fedgenome.configs.schema import FederationConfig, Preset
+from fedgenome.configs.validation import validate
 from fedgenome.server import rounds
 from fedgenome.server.replies import collect
 from fedgenome.server.rounds import Federation

@@ -2,7 +2,7 @@
 
 A preset added to ``configs/presets`` or a value added to a schema's ``Literal`` shows up in
 ``--help`` and is accepted on the command line without touching the commands. (The accountants'
-list lives in :mod:`fedgenome.privacy.cli`, beside the registry it comes from.)
+list lives in :mod:`fedgenome.cmd_privacy`, from the registry of :mod:`fedgenome.privacy.accounting`.)
 """
 
 from __future__ import annotations

@@ -10,12 +10,10 @@ from typing import Annotated
 import click
 import typer
 
-from fedgenome import cmd_fed, cmd_model, cmd_pki
+from fedgenome import cmd_data, cmd_fed, cmd_model, cmd_pki, cmd_privacy
 from fedgenome.audit.canaries import canaries_command
 from fedgenome.cmd_audit import audit_app
 from fedgenome.configs.errors import FedGenomeError
-from fedgenome.privacy import cli as privacy_cli
-from fedgenome.shared import cli_data
 
 log = logging.getLogger("fedgenome")
 _DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM}
@@ -27,8 +25,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-app.add_typer(cli_data.app, name="data")
-app.add_typer(privacy_cli.app, name="privacy")
+app.add_typer(cmd_data.app, name="data")
+app.add_typer(cmd_privacy.app, name="privacy")
 app.command("pretrain")(cmd_model.pretrain_command)
 app.command("train")(cmd_model.train_command)
 app.command("eval")(cmd_model.eval_command)

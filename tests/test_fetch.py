@@ -15,8 +15,8 @@ import pytest
 from typer.testing import CliRunner
 
 import fedgenome.shared.fetch as fetch
+from fedgenome.cmd_data import app
 from fedgenome.configs.errors import DataFetchError
-from fedgenome.shared.cli_data import app
 from fedgenome.shared.fetch import (
     SOURCES,
     DataPaths,

@@ -14,10 +14,10 @@ from typer.testing import CliRunner
 
 import fedgenome.shared.fetch as fetch
 import fedgenome.shared.sites as sites_mod
+from fedgenome.cmd_data import app
 from fedgenome.configs.errors import InputFileError
 from fedgenome.configs.schema import Region, load_site_manifest
 from fedgenome.configs.validation import read_toml
-from fedgenome.shared.cli_data import app
 from fedgenome.shared.fetch import DataPaths
 from fedgenome.shared.plink import PlinkData, decode_codes, read_fam, read_plink
 from fedgenome.shared.sites import SITE_RULES, ensure_sites, make_sites

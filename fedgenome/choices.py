@@ -7,9 +7,9 @@ list lives in :mod:`fedgenome.cmd_privacy`, from the registry of :mod:`fedgenome
 
 from __future__ import annotations
 
+from fedgenome.cli_choice import NameChoice
 from fedgenome.configs.schema import DPConfig, FederationConfig, TrainConfig, preset_names
 from fedgenome.configs.validation import field_choices
-from fedgenome.shared.cli_choice import NameChoice
 
 PRESETS = NameChoice(preset_names())
 """The shipped presets (``configs/presets/*.toml``)."""

@@ -8,9 +8,9 @@ from typing import Annotated
 
 import typer
 
+from fedgenome.cli_choice import NameChoice
 from fedgenome.privacy.accounting import ACCOUNTANTS, check_arguments, epsilon, plan_noise_multiplier
 from fedgenome.privacy.mechanism import Mechanism
-from fedgenome.shared.cli_choice import NameChoice
 
 app = typer.Typer(
     name="privacy",

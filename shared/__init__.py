@@ -5,5 +5,5 @@ Genomes and data: ``genomes``, ``plink``, ``fetch``, ``sites``, ``corpus``, ``da
 ``train``, ``schedule``, ``pretrain``, ``scoring``. The k-mer baselines: ``kmers``, ``markov``,
 ``smoothing``, ``reference_markov``, ``markov_fields``. The wire format every message uses:
 ``wire``; the run directory's layout: ``run_layout``. Plumbing: ``atomic``, ``processes``,
-``preflight``, ``tls``, ``flower_patches``, ``cli_choice`` (the CLI's choice type).
+``preflight``, ``tls``, ``flower_patches``.
 """

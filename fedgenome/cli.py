@@ -11,7 +11,6 @@ import click
 import typer
 
 from fedgenome import cmd_fed, cmd_model, cmd_pki
-from fedgenome.audit.canaries import canaries_command
 from fedgenome.cmd_audit import audit_app
 from fedgenome.configs.errors import FedGenomeError
 from fedgenome.privacy import cli as privacy_cli
@@ -38,7 +37,6 @@ app.command("run")(cmd_fed.run_command)
 app.add_typer(cmd_fed.server_app, name="server")
 app.add_typer(cmd_fed.client_app, name="client")
 app.add_typer(cmd_pki.app, name="pki")
-audit_app.command("canaries")(canaries_command)
 app.add_typer(audit_app, name="audit")
 
 

@@ -8,9 +8,10 @@
   (:mod:`fedgenome.audit.html`, plots from :mod:`fedgenome.audit.plots`, which needs matplotlib: the
   ``audit`` extra) and JSON (``fedgenome audit report``).
 * :mod:`fedgenome.audit.empirical`: the one-run lower bound on ε from canary guesses, and exposure;
-  :mod:`fedgenome.audit.canaries` plants canaries in a real federated run and applies it
-  (``fedgenome audit canaries``).
+  :mod:`fedgenome.audit.canaries` draws, seals, commits and plants canaries and audits a model on
+  them; :mod:`fedgenome.audit.canary_run` does it in a real federated run, on the experiment runner
+  of :mod:`fedgenome.experiments` (``fedgenome audit canaries``).
 
 On top of the layers: it reads what :mod:`fedgenome.privacy` and :mod:`fedgenome.server` write,
-through :mod:`fedgenome.shared.run_layout`.
+through :mod:`fedgenome.shared.run_layout`. Never the CLI: ``fedgenome.cmd_audit`` calls it.
 """

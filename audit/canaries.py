@@ -1,16 +1,17 @@
-"""``fedgenome audit canaries``: an empirical privacy audit of a real federated run, in one run.
+"""Canaries for an empirical privacy audit: draw, seal, commit, plant, and audit a model on them.
 
 The auditor draws m random A/C/G/T canaries of one training window each and includes each one
-independently with probability 1/2. The whole draw (canaries, inclusion bits, seed, salt) is sealed
-in a file only the auditor reads (``<auditor>/canary-draw.json``, mode 0600); the run directory and
-the site get only its salted SHA-256 commitment, before training, so the auditor can show later
-that the draw was fixed in advance. The included canaries are planted at one hospital as extra
-patients (``state/canaries.npz``, ``repeats`` units each); that site never learns which canaries
-were left out. After the federated run the global model scores every canary and |R| never-planted
-reference sequences by loss; :mod:`fedgenome.audit.empirical` turns the membership guesses into a lower
-bound on epsilon at the site's delta (Steinke, Nasr & Jagielski) and the ranks into exposures
-(Carlini et al.). ``canary-audit.json`` puts the bound beside the site's theoretical epsilon from
-its signed ledger.
+independently with probability 1/2 (:func:`draw_canaries`). The whole draw (canaries, inclusion
+bits, seed, salt) is sealed in a file only the auditor reads (:func:`seal`, mode 0600); others get
+only its salted SHA-256 commitment (:attr:`CanaryDraw.commitment`), before training, so the auditor
+can show later that the draw was fixed in advance (:func:`open_sealed`). The included canaries are
+planted at one site as extra patients (:func:`plant`: ``state/canaries.npz``, ``repeats`` units
+each); that site never learns which canaries were left out. After training, :func:`audit_model`
+scores every canary and never-planted reference sequences by loss; :mod:`fedgenome.audit.empirical`
+turns the membership guesses into a lower bound on epsilon at the site's delta (Steinke, Nasr &
+Jagielski) and the ranks into exposures (Carlini et al.), beside the site's theoretical epsilon
+from its signed ledger (:func:`site_epsilon`). The whole federated run that does this is
+:mod:`fedgenome.audit.canary_run` (``fedgenome audit canaries``).
 """
 
 from __future__ import annotations
@@ -20,40 +21,29 @@ import json
 import logging
 import os
 import secrets
-import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import torch
-import typer
-from rich.console import Console
-from rich.progress import Progress
-from rich.table import Table
 from torch import nn
 
 from fedgenome.audit.empirical import BETA, exposures, one_run_audit
-from fedgenome.choices import PRESETS
 from fedgenome.configs.errors import ConfigError, InputFileError
-from fedgenome.configs.schema import FederationConfig, load_preset, load_site_manifest
-from fedgenome.configs.validation import validate
+from fedgenome.configs.schema import load_site_manifest
 from fedgenome.privacy.ledger.verify import verify_ledger
 from fedgenome.privacy.site_state import ledger_path, site_public_key
-from fedgenome.shared.clock import utc_now_text
 from fedgenome.shared.datasets import write_planted
-from fedgenome.shared.fetch import CACHE_HELP
 from fedgenome.shared.tokenizer import A, T, decode, encode
 from fedgenome.shared.train import IGNORE, autocast, split_batch
 
 log = logging.getLogger(__name__)
 FORMAT = "fedgenome-canaries/1"
-MARKER = ".fedgenome-canary-audit"
 SEALED_NAME = "canary-draw.json"
-REPORT_NAME = "canary-audit.json"
-COMMITMENT_NAME = "canary-commitment.json"
+"""The sealed draw's file name in the auditor's directory."""
 
 
 @dataclass(frozen=True)
@@ -156,7 +146,7 @@ class CanaryResult:
 
 @dataclass(frozen=True)
 class CanaryAudit:
-    """What ``canary-audit.json`` holds."""
+    """The audit of a model on a draw: what a run's ``canary-audit.json`` holds."""
 
     m: int
     repeats: int
@@ -222,125 +212,3 @@ def site_epsilon(site_dir: Path) -> tuple[float, float]:
     entries = verify_ledger(ledger_path(site_dir / "state"),
                             public_key=site_public_key(site_dir, manifest.name), site=manifest.name)
     return (entries[-1].epsilon if entries else 0.0), manifest.privacy.delta
-
-
-def prepare_out(out: Path) -> None:
-    """An empty output directory; an earlier audit's output there is replaced, anything else refused."""
-    if out.exists() and any(out.iterdir()):
-        if not (out / MARKER).exists():
-            raise ConfigError(f"{out} exists and is not an earlier canary audit; choose another --out")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).write_text("made by fedgenome audit canaries\n")
-
-
-def run_canary_audit(out: Path, *, auditor_dir: Path, cache: Path, site: str, m: int, repeats: int,
-                     run_config: dict[str, Any], references: int, beta: float, seed: int | None,
-                     timeout: float) -> CanaryAudit:
-    """Sites, sealed draw, planting, the real federation, scoring and the report (see module doc)."""
-    from fedgenome.demo import HOSPITALS
-    from fedgenome.localfed import LocalFederation
-    from fedgenome.server.deploy import DeploymentError
-    from fedgenome.shared.checkpoint import load_checkpoint
-    from fedgenome.shared.fetch import fetch_data
-    from fedgenome.shared.sites import make_sites
-
-    if site not in HOSPITALS:
-        raise ConfigError(f"--site {site}: plant canaries at one of {', '.join(HOSPITALS)}")
-    preset = load_preset(run_config["preset"])
-    prepare_out(out)
-    paths = fetch_data(cache)
-    make_sites(paths, out / "sites")
-    sites = [(out / "sites" / name).resolve() for name in HOSPITALS]
-    draw = draw_canaries(m=m, span=preset.data.window + 1, repeats=repeats, seed=seed)
-    seal(draw, auditor_dir / SEALED_NAME)
-    units = plant(out / "sites" / site, draw)
-    (out / COMMITMENT_NAME).write_text(json.dumps(
-        {"commitment": draw.commitment, "m": m, "repeats": repeats, "site": site,
-         "committed_at": utc_now_text()}, indent=2) + "\n")
-    log.info("sealed %d canaries in %s; planted %d units at %s; commitment %s", m,
-             auditor_dir / SEALED_NAME, units, site, draw.commitment[:16])
-    # The planted units count as patients in the site's (bucketed) example count: widen the
-    # server's plausibility bound on it by as many.
-    config = {**run_config, "run-dir": str(out.resolve()), "reference": str(paths.reference.resolve()),
-              "min-nodes": len(sites), "max-examples": 1000 + 50 * -(-units // 50)}
-    with LocalFederation(out / "federation", sites) as federation, \
-            Console(stderr=True).status("federated training (see the log for rounds)..."):
-        status = federation.wait(federation.submit(config), timeout=timeout)
-    if status != "finished:completed":
-        raise DeploymentError(f"the federated run ended as {status}; logs: {out / 'federation' / 'logs'}")
-    state = json.loads((out / "state.json").read_text())
-    model = load_checkpoint(Path(state["checkpoint"])).model
-    theoretical, delta = site_epsilon(out / "sites" / site)
-    sealed = open_sealed(auditor_dir / SEALED_NAME, commitment=draw.commitment)
-    with Progress(console=Console(stderr=True), transient=True) as progress:
-        task = progress.add_task("scoring canaries and references", total=m + references)
-        report = audit_model(model, sealed, delta=delta, theoretical_epsilon=theoretical,
-                             references=references, beta=beta,
-                             on_batch=lambda n: progress.advance(task, n))
-    (out / REPORT_NAME).write_text(json.dumps(report.to_json(), indent=2) + "\n")
-    return report
-
-
-def print_report(report: CanaryAudit, path: Path) -> None:
-    """The short table printed at the end (no sequences; ids and bits only, for the auditor)."""
-    console = Console()
-    table = Table(title="Canary audit (Steinke-Nasr-Jagielski one-run bound; Carlini exposure)")
-    table.add_column("what")
-    table.add_column("value", justify="right")
-    theory = "-" if report.theoretical_epsilon is None else f"{report.theoretical_epsilon:.3f}"
-    for what, value in (
-            ("canaries m (included)", f"{report.m} ({report.included})"),
-            ("units per canary", str(report.repeats)),
-            ("guesses k+ / k- (correct / made)",
-             f"{report.k_plus} / {report.k_minus} ({report.correct} / {report.guesses})"),
-            (f"empirical epsilon lower bound (beta {report.beta:g}, delta {report.delta:g})",
-             f"{report.empirical_epsilon:.3f}"),
-            ("theoretical epsilon (site ledger)", theory),
-            (f"mean exposure in / out (max {np.log2(report.references + 1):.1f} bits)",
-             f"{report.exposure_included_mean:.2f} / {report.exposure_excluded_mean:.2f}")):
-        table.add_row(what, value)
-    console.print(table)
-    if report.repeats > 1:
-        console.print(f"note: each canary is {report.repeats} patients, so its guarantee is group "
-                      "privacy, weaker than the per-patient theoretical epsilon shown")
-    console.print(f"commitment {report.commitment}; report {path}")
-
-
-def canaries_command(
-    out: Annotated[Path, typer.Option(help="Run directory: sites, federation, report.")],
-    canaries: Annotated[int, typer.Option("--canaries", help="Canaries m (each included with "
-                                          "probability 1/2).")] = 200,
-    repeats: Annotated[int, typer.Option(help="Patients (units) per included canary.")] = 1,
-    preset: Annotated[str, typer.Option(help="Model preset.", click_type=PRESETS)] = "tiny",
-    rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 3,
-    local_steps: Annotated[int, typer.Option(help="Private steps per site per round.")] = 5,
-    site: Annotated[str, typer.Option(help="The hospital the canaries are planted at.")] = "hospital-ceu",
-    target_epsilon: Annotated[float, typer.Option(help="Epsilon every site reaches after all "
-                                                  "rounds.")] = 8.0,
-    references: Annotated[int, typer.Option(help="Never-planted reference sequences for "
-                                            "exposure.")] = 2000,
-    beta: Annotated[float, typer.Option(help="Significance of the lower bound.")] = BETA,
-    seed: Annotated[int | None, typer.Option(help="Seed of the draw (default: random; sealed).")
-                    ] = None,
-    auditor_dir: Annotated[Path | None, typer.Option(help="Where the sealed draw goes (default "
-                                                     "OUT/auditor).")] = None,
-    cache: Annotated[Path | None, typer.Option(help=f"Data cache (default: {CACHE_HELP}).")] = None,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for the run.")] = 3600.0,
-) -> None:
-    """Plant canaries at one hospital, run the federation, and bound epsilon from below."""
-    from fedgenome.cmd_fed import _terminate_on_sigterm
-    from fedgenome.shared.fetch import default_cache
-
-    _terminate_on_sigterm()
-    if not 0.0 < beta < 1.0 or references < 1 or canaries < 2 or repeats < 1:
-        raise ConfigError(f"--beta {beta} must be in (0, 1), --references {references} >= 1, "
-                          f"--canaries {canaries} >= 2 and --repeats {repeats} >= 1")
-    config = {"preset": preset, "num-server-rounds": rounds, "local-steps": local_steps,
-              "target-epsilon": target_epsilon}
-    validate(FederationConfig, config, source="audit canaries options")
-    report = run_canary_audit(out, auditor_dir=auditor_dir or out / "auditor",
-                              cache=cache or default_cache(), site=site, m=canaries, repeats=repeats,
-                              run_config=config, references=references, beta=beta, seed=seed,
-                              timeout=timeout)
-    print_report(report, out / REPORT_NAME)

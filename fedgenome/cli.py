@@ -11,7 +11,6 @@ import click
 import typer
 
 from fedgenome import cmd_data, cmd_fed, cmd_model, cmd_pki, cmd_privacy
-from fedgenome.audit.canaries import canaries_command
 from fedgenome.cmd_audit import audit_app
 from fedgenome.configs.errors import FedGenomeError
 
@@ -36,7 +35,6 @@ app.command("run")(cmd_fed.run_command)
 app.add_typer(cmd_fed.server_app, name="server")
 app.add_typer(cmd_fed.client_app, name="client")
 app.add_typer(cmd_pki.app, name="pki")
-audit_app.command("canaries")(canaries_command)
 app.add_typer(audit_app, name="audit")
 
 

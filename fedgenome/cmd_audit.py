@@ -1,5 +1,8 @@
 """``fedgenome audit``: check, without trusting the operator or the sites, what privacy each site spent.
 
+``verify`` and ``report`` read ledgers and run directories; ``canaries`` runs a federation with
+planted canaries and bounds its epsilon from below (:mod:`fedgenome.audit.canary_run`).
+
 Exit status: 0 when everything verifies; 4 (:class:`fedgenome.audit.verify.AuditFailed`) when the audit ran
 and something failed, after one line per failure (``site X, entry N: what is wrong``); 2 for bad
 input or usage (a missing file, a malformed option), as everywhere in ``fedgenome``.
@@ -8,24 +11,32 @@ input or usage (a missing file, a malformed option), as everywhere in ``fedgenom
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from fedgenome.audit.empirical import BETA
 from fedgenome.audit.report import DEFAULT_NAME, build_report, write_report
 from fedgenome.audit.results import SiteAudit
 from fedgenome.audit.sources import audit_ledgers, site_budgets
 from fedgenome.audit.verify import AuditFailed, AuditResult
+from fedgenome.choices import PRESETS
+from fedgenome.cli_signals import terminate_on_sigterm
 from fedgenome.configs.errors import ConfigError
 from fedgenome.shared.atomic import write_text
+from fedgenome.shared.fetch import CACHE_HELP
+
+if TYPE_CHECKING:
+    from fedgenome.audit.canaries import CanaryAudit
 
 audit_app = typer.Typer(
     name="audit", no_args_is_help=True,
     help="Audit the privacy spent, without trusting the operator or the sites: verify ledgers, "
-         "report a run.")
+         "report a run, bound epsilon from below with canaries.")
 
 Pki_ = Annotated[Path | None, typer.Option(
     "--pki", help="The consortium PKI (its public part is enough, e.g. runs/demo/pki): each site's "
@@ -136,3 +147,64 @@ def report_command(
     html_path, json_path = write_report(report, out or run_dir / DEFAULT_NAME)
     console.print(f"report: {html_path} (JSON: {json_path})", markup=False)
     finish(report.result, console, json_out=None)
+
+
+def print_canary_report(report: CanaryAudit, path: Path) -> None:
+    """The short table printed at the end (no sequences; ids and bits only, for the auditor)."""
+    console = Console()
+    table = Table(title="Canary audit (Steinke-Nasr-Jagielski one-run bound; Carlini exposure)")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    theory = "-" if report.theoretical_epsilon is None else f"{report.theoretical_epsilon:.3f}"
+    for what, value in (
+            ("canaries m (included)", f"{report.m} ({report.included})"),
+            ("units per canary", str(report.repeats)),
+            ("guesses k+ / k- (correct / made)",
+             f"{report.k_plus} / {report.k_minus} ({report.correct} / {report.guesses})"),
+            (f"empirical epsilon lower bound (beta {report.beta:g}, delta {report.delta:g})",
+             f"{report.empirical_epsilon:.3f}"),
+            ("theoretical epsilon (site ledger)", theory),
+            (f"mean exposure in / out (max {math.log2(report.references + 1):.1f} bits)",
+             f"{report.exposure_included_mean:.2f} / {report.exposure_excluded_mean:.2f}")):
+        table.add_row(what, value)
+    console.print(table)
+    if report.repeats > 1:
+        console.print(f"note: each canary is {report.repeats} patients, so its guarantee is group "
+                      "privacy, weaker than the per-patient theoretical epsilon shown")
+    console.print(f"commitment {report.commitment}; report {path}")
+
+
+@audit_app.command("canaries")
+def canaries_command(
+    out: Annotated[Path, typer.Option(help="Run directory: sites, federation, report.")],
+    canaries: Annotated[int, typer.Option("--canaries", help="Canaries m (each included with "
+                                          "probability 1/2).")] = 200,
+    repeats: Annotated[int, typer.Option(help="Patients (units) per included canary.")] = 1,
+    preset: Annotated[str, typer.Option(help="Model preset.", click_type=PRESETS)] = "tiny",
+    rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 3,
+    local_steps: Annotated[int, typer.Option(help="Private steps per site per round.")] = 5,
+    site: Annotated[str, typer.Option(help="The hospital the canaries are planted at.")] = "hospital-ceu",
+    target_epsilon: Annotated[float, typer.Option(help="Epsilon every site reaches after all "
+                                                  "rounds.")] = 8.0,
+    references: Annotated[int, typer.Option(help="Never-planted reference sequences for "
+                                            "exposure.")] = 2000,
+    beta: Annotated[float, typer.Option(help="Significance of the lower bound.")] = BETA,
+    seed: Annotated[int | None, typer.Option(help="Seed of the draw (default: random; sealed).")
+                    ] = None,
+    auditor_dir: Annotated[Path | None, typer.Option(help="Where the sealed draw goes (default "
+                                                     "OUT/auditor).")] = None,
+    cache: Annotated[Path | None, typer.Option(help=f"Data cache (default: {CACHE_HELP}).")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the run.")] = 3600.0,
+) -> None:
+    """Plant canaries at one hospital, run the federation, and bound epsilon from below."""
+    from fedgenome.audit.canary_run import canary_run_config, run_canary_audit
+    from fedgenome.shared.fetch import default_cache
+    from fedgenome.shared.run_layout import RunLayout
+
+    terminate_on_sigterm()
+    config = canary_run_config(preset=preset, rounds=rounds, local_steps=local_steps,
+                               target_epsilon=target_epsilon)
+    report = run_canary_audit(out, cache=cache or default_cache(), site=site, m=canaries,
+                              repeats=repeats, run_config=config, auditor_dir=auditor_dir,
+                              references=references, beta=beta, seed=seed, timeout=timeout)
+    print_canary_report(report, RunLayout(out).canary_audit)

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import logging
-import signal
 import subprocess
 import sys
 from pathlib import Path
-from types import FrameType
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
 from fedgenome.choices import AGGREGATIONS, PRESETS
+from fedgenome.cli_signals import terminate_on_sigterm
 from fedgenome.client.supervisor import NodeSpec, run_node
 from fedgenome.configs.errors import ConfigError
 from fedgenome.configs.names import check_site_name
@@ -42,16 +41,9 @@ Insecure_ = Annotated[bool, typer.Option("--insecure", help="Plaintext, no TLS (
 FlwrHome_ = Annotated[Path, typer.Option(help="Flower's state and CLI config directory.")]
 
 
-def _terminate_on_sigterm() -> None:
-    """Turn SIGTERM into KeyboardInterrupt so ``with`` blocks stop their processes."""
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, handler)
-
-
 def _foreground(command: list[str], env: dict[str, str]) -> None:
     """Run a Flower process in the foreground until it exits or we are interrupted."""
-    _terminate_on_sigterm()
+    terminate_on_sigterm()
     proc = subprocess.Popen(command, env=env)
     try:
         code = proc.wait()
@@ -195,7 +187,7 @@ def client_start(
                               f"--pki DIR --site {site}' (or its handover kit), or pass --key")
     if key is not None:
         load_private_key(key)  # a one-line error now rather than Flower's exit later
-    _terminate_on_sigterm()
+    terminate_on_sigterm()
     run_node(NodeSpec(site=site.resolve(), superlink=server, port=port, home=flwr_home.resolve(),
                       root_cert=root_cert and root_cert.resolve(), insecure=insecure,
                       auth_key=key.resolve() if key is not None else None))
@@ -278,7 +270,7 @@ def demo_command(
     from fedgenome.experiments.demo import demo_run_config, print_summary, run_demo
     from fedgenome.shared.fetch import default_cache
 
-    _terminate_on_sigterm()
+    terminate_on_sigterm()
     config = demo_run_config(preset=preset, rounds=rounds, local_steps=local_steps,
                              patients_per_step=patients_per_step, target_epsilon=target_epsilon,
                              aggregation=aggregation, init=init, lr=lr)

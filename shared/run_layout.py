@@ -13,7 +13,9 @@
         <site>.jsonl.head, <site>.pub   head file and the public key the site wrote
     <run>/pki/                          the PKI's public part: ca.crt, server.pem, the site registry
     <run>/federation/                   the local federation (its full PKI in pki/, its logs)
+    <run>/canary-commitment.json        the canary audit's commitment to its draw (before training)
     <run>/canary-audit.json             the empirical canary audit's result
+    <run>/auditor/                      the canary audit's sealed draw, by default (the auditor's)
 
 A PKI directory (the consortium's, or the public copy in ``<run>/pki``) registers each site's key
 as ``sites/<site>.pub`` (:class:`PkiRegistry`): what an auditor needs of it. The field names of
@@ -34,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPORT, REPORT_CSV, STATE, STRATEGY_STATE = "report.json", "report.csv", "state.json", "strategy-state.npz"
-SUMMARY, CANARY_AUDIT = "summary.json", "canary-audit.json"
+SUMMARY, CANARY_AUDIT, CANARY_COMMITMENT = "summary.json", "canary-audit.json", "canary-commitment.json"
 
 # report.json, top level
 CONFIG, RUN_KEY, ROUNDS = "config", "run_key", "rounds"
@@ -157,6 +159,16 @@ class RunLayout:
     def canary_audit(self) -> Path:
         """The empirical canary audit's result, ``canary-audit.json``."""
         return self.root / CANARY_AUDIT
+
+    @property
+    def canary_commitment(self) -> Path:
+        """The canary audit's commitment to its sealed draw, ``canary-commitment.json``."""
+        return self.root / CANARY_COMMITMENT
+
+    @property
+    def auditor(self) -> Path:
+        """Where the canary audit seals its draw unless told otherwise, ``auditor/``."""
+        return self.root / "auditor"
 
 
 def key_beside_copy(ledger: Path, site: str) -> Path:

@@ -91,8 +91,20 @@ def test_the_checker_catches_an_upward_import(tmp_path: Path) -> None:
     assert layer_of("fedgenome.cli") == TOP
 
 
-@pytest.mark.parametrize("name", sorted(n for n in FILES if n.startswith("fedgenome.experiments")))
-def test_experiments_never_import_the_cli(name: str) -> None:
-    cli = [f"line {line}: {target}" for line, target in imports(FILES[name])
-           if target == "fedgenome.cli" or target.startswith(("fedgenome.cmd_", "fedgenome.cli."))]
-    assert not cli, f"{FILES[name]}: the CLI calls experiments, never the other way: " + "; ".join(cli)
+def is_cli(target: str) -> bool:
+    """A CLI module: ``fedgenome.cli``, its helpers ``fedgenome.cli_*``, the ``fedgenome.cmd_*`` commands."""
+    return target == "fedgenome.cli" or target.startswith(("fedgenome.cmd_", "fedgenome.cli.",
+                                                            "fedgenome.cli_"))
+
+
+def test_the_cli_check_knows_the_cli_modules() -> None:
+    assert all(map(is_cli, ("fedgenome.cli", "fedgenome.cmd_audit", "fedgenome.cli_signals")))
+    assert not any(map(is_cli, ("fedgenome.client.site", "fedgenome.audit.canaries", "fedgenome.cliff")))
+
+
+@pytest.mark.parametrize("name", sorted(n for n in FILES if n.startswith(("fedgenome.experiments",
+                                                                          "fedgenome.audit"))))
+def test_experiments_and_audit_never_import_the_cli(name: str) -> None:
+    cli = [f"line {line}: {target}" for line, target in imports(FILES[name]) if is_cli(target)]
+    assert not cli, (f"{FILES[name]}: the CLI calls experiments and audit, never the other way: "
+                     + "; ".join(cli))

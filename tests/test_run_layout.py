@@ -6,7 +6,8 @@ import dataclasses
 import json
 from pathlib import Path
 
-from fedgenome.audit import canaries
+from fedgenome.audit.canaries import CanaryAudit, draw_canaries
+from fedgenome.audit.canary_run import write_commitment, write_report
 from fedgenome.audit.report import _summary_budgets
 from fedgenome.audit.sources import run_ledgers
 from fedgenome.server.pki import PkiLayout
@@ -55,4 +56,18 @@ def test_readers_find_what_the_demo_writes(tmp_path: Path) -> None:
     files.summary.write_text(json.dumps({layout.SUMMARY_SITES: {"s": {layout.SUMMARY_EPSILON: 1.0,
                                                                       layout.SUMMARY_BUDGET: 8}}}))
     assert _summary_budgets(files.summary)["s"].value == 8.0
-    assert files.canary_audit.name == canaries.REPORT_NAME  # audit canaries writes it under its own name
+
+
+def test_the_canary_audit_writes_where_the_readers_look(tmp_path: Path) -> None:
+    files = RunLayout(tmp_path)
+    draw = draw_canaries(m=4, span=9, seed=1)
+    write_commitment(files, draw, site="hospital-ceu")
+    commitment = json.loads((tmp_path / "canary-commitment.json").read_text())
+    assert commitment["commitment"] == draw.commitment and commitment["m"] == 4
+    assert "canaries" not in commitment and "included" not in commitment  # those stay sealed
+    report = CanaryAudit(m=4, repeats=1, included=2, guesses=2, correct=1, k_plus=1, k_minus=1, beta=0.05,
+                         delta=1e-5, empirical_epsilon=0.0, theoretical_epsilon=8.0, references=10,
+                         reference_loss_median=1.4, exposure_included_mean=0.5,
+                         exposure_excluded_mean=0.4, commitment=draw.commitment, canaries=())
+    assert write_report(files, report) == tmp_path / "canary-audit.json" == files.canary_audit
+    assert json.loads(files.canary_audit.read_text())["empirical_epsilon"] == 0.0

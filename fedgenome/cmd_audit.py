@@ -24,7 +24,7 @@ from fedgenome.audit.report import DEFAULT_NAME, build_report, write_report
 from fedgenome.audit.results import SiteAudit
 from fedgenome.audit.sources import audit_ledgers, site_budgets
 from fedgenome.audit.verify import AuditFailed, AuditResult
-from fedgenome.choices import PRESETS
+from fedgenome.cli_choices import PRESETS
 from fedgenome.cli_signals import terminate_on_sigterm
 from fedgenome.configs.errors import ConfigError
 from fedgenome.shared.atomic import write_text

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from fedgenome.choices import AGGREGATIONS, PRESETS
+from fedgenome.cli_choices import AGGREGATIONS, PRESETS
 from fedgenome.cli_signals import terminate_on_sigterm
 from fedgenome.client.supervisor import NodeSpec, run_node
 from fedgenome.configs.errors import ConfigError

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from fedgenome.choices import DEVICES, GRAD_SAMPLE_MODES, PRESETS
+from fedgenome.cli_choices import DEVICES, GRAD_SAMPLE_MODES, PRESETS
 from fedgenome.configs.errors import ConfigError
 from fedgenome.configs.schema import (
     Preset,

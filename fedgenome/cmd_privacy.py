@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from fedgenome.cli_choice import NameChoice
+from fedgenome.cli_choices import NameChoice
 from fedgenome.privacy.accounting import ACCOUNTANTS, check_arguments, epsilon, plan_noise_multiplier
 from fedgenome.privacy.mechanism import Mechanism
 

@@ -46,7 +46,7 @@ def test_a_supernode_runtime_api_listens_on_loopback(tmp_path: Path) -> None:
 
 
 def test_choice_lists_come_from_the_registries() -> None:
-    from fedgenome.choices import AGGREGATIONS, PRESETS
+    from fedgenome.cli_choices import AGGREGATIONS, PRESETS
     from fedgenome.cmd_privacy import Accountant
     from fedgenome.configs.schema import FederationConfig, preset_names
     from fedgenome.configs.validation import field_choices

@@ -108,3 +108,10 @@ def test_experiments_and_audit_never_import_the_cli(name: str) -> None:
     cli = [f"line {line}: {target}" for line, target in imports(FILES[name]) if is_cli(target)]
     assert not cli, (f"{FILES[name]}: the CLI calls experiments and audit, never the other way: "
                      + "; ".join(cli))
+
+
+@pytest.mark.parametrize("name", sorted(n for n in FILES if not is_cli(n) and n != "fedgenome.__main__"))
+def test_only_the_cli_modules_build_commands(name: str) -> None:
+    ui = [f"line {line}: {target}" for line, target in imports(FILES[name])
+          if target.split(".")[0] in ("typer", "click")]
+    assert not ui, f"{FILES[name]}: commands live in fedgenome/ (cli, cli_*, cmd_*): " + "; ".join(ui)

@@ -21,17 +21,8 @@ from typing import Any
 from rich.console import Console
 from rich.progress import Progress
 
-from fedgenome.audit.canaries import (
-    SEALED_NAME,
-    CanaryAudit,
-    CanaryDraw,
-    audit_model,
-    draw_canaries,
-    open_sealed,
-    plant,
-    seal,
-    site_epsilon,
-)
+from fedgenome.audit import canaries
+from fedgenome.audit.canaries import SEALED_NAME, CanaryAudit, CanaryDraw
 from fedgenome.audit.empirical import BETA
 from fedgenome.configs.errors import ConfigError
 from fedgenome.configs.schema import FederationConfig, load_preset
@@ -86,8 +77,8 @@ def planting(files: RunLayout, draw: CanaryDraw, *, site: str, sealed: Path) -> 
     widens the server's plausibility bound on it (``max-examples``) by as many.
     """
     def plant_here(sites: Sequence[Path], paths: DataPaths) -> dict[str, Any]:
-        seal(draw, sealed)
-        units = plant(files.sites / site, draw)
+        canaries.seal(draw, sealed)
+        units = canaries.plant(files.sites / site, draw)
         write_commitment(files, draw, site=site)
         log.info("sealed %d canaries in %s; planted %d units at %s; commitment %s", len(draw.tokens),
                  sealed, units, site, draw.commitment[:16])
@@ -122,7 +113,7 @@ def run_canary_audit(out: Path, *, cache: Path, site: str, m: int, repeats: int,
     preset = load_preset(run_config["preset"])
     files = RunLayout(out)
     sealed = (auditor_dir or files.auditor) / SEALED_NAME
-    draw = draw_canaries(m=m, span=preset.data.window + 1, repeats=repeats, seed=seed)
+    draw = canaries.draw_canaries(m=m, span=preset.data.window + 1, repeats=repeats, seed=seed)
     spec = Experiment(run_dir=out, cache=cache, run_config=run_config, marker=MARKER,
                       publish_pki=False, timeout=timeout)
     with Console(stderr=True).status("federated training (see the log for rounds)..."):
@@ -130,11 +121,11 @@ def run_canary_audit(out: Path, *, cache: Path, site: str, m: int, repeats: int,
                        prepare_sites=planting(files, draw, site=site, sealed=sealed))
     state = json.loads(files.state.read_text())
     model = load_checkpoint(Path(state["checkpoint"])).model
-    theoretical, delta = site_epsilon(files.sites / site)
-    draw = open_sealed(sealed, commitment=draw.commitment)
+    theoretical, delta = canaries.site_epsilon(files.sites / site)
+    draw = canaries.open_sealed(sealed, commitment=draw.commitment)
     with Progress(console=Console(stderr=True), transient=True) as progress:
         task = progress.add_task("scoring canaries and references", total=m + references)
-        report = audit_model(model, draw, delta=delta, theoretical_epsilon=theoretical,
+        report = canaries.audit_model(model, draw, delta=delta, theoretical_epsilon=theoretical,
                              references=references, beta=beta,
                              on_batch=lambda n: progress.advance(task, n))
     write_report(files, report)

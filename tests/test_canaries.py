@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from fedgenome.audit.canaries import (
+    CanaryDraw,
     audit_model,
     draw_canaries,
     open_sealed,
@@ -183,6 +184,14 @@ def ceu_base(sites_dir: Path, tiny: Preset, tmp_path_factory: pytest.TempPathFac
     return base
 
 
+def planted_site(base: Path, tmp_path: Path, *, span: int, repeats: int) -> tuple[Path, CanaryDraw]:
+    """A fresh site with 64 canaries planted, each ``repeats`` times (seed 7)."""
+    site = fresh_site(base, tmp_path)
+    draw = draw_canaries(m=64, span=span, repeats=repeats, seed=7)
+    plant(site, draw)
+    return site, draw
+
+
 def fresh_site(base: Path, tmp_path: Path) -> Path:
     """A new site directory: the base's manifest and cohort cache, no key, ledger or canaries."""
     site = tmp_path / "hospital-ceu"
@@ -227,9 +236,7 @@ def test_planted_canaries_are_extra_units_of_the_site(ceu_base: Path, tiny: Pres
 @pytest.mark.data
 def test_audit_detects_memorisation_without_dp(ceu_base: Path, tiny: Preset, tmp_path: Path,
                                                one_thread: None) -> None:
-    site = fresh_site(ceu_base, tmp_path)
-    draw = draw_canaries(m=64, span=tiny.data.window + 1, repeats=12, seed=7)
-    plant(site, draw)
+    site, draw = planted_site(ceu_base, tmp_path, span=tiny.data.window + 1, repeats=12)
     data = open_site(site, tiny.data, seed=0, cache_dir=site / "state")
     torch.manual_seed(0)
     model = GenomeLM(tiny.model)
@@ -249,9 +256,7 @@ def test_audit_detects_memorisation_without_dp(ceu_base: Path, tiny: Preset, tmp
 def test_dp_audit_never_exceeds_the_ledgers_epsilon(ceu_base: Path, tiny: Preset, tmp_path: Path,
                                                     one_thread: None) -> None:
     # One unit per canary: the site's guarantee is per patient, so each canary gets exactly it.
-    site = fresh_site(ceu_base, tmp_path)
-    draw = draw_canaries(m=64, span=tiny.data.window + 1, repeats=1, seed=7)
-    plant(site, draw)
+    site, draw = planted_site(ceu_base, tmp_path, span=tiny.data.window + 1, repeats=1)
     fed = FederationConfig(preset="tiny", num_server_rounds=2, local_steps=12, patients_per_step=16,
                            lr=3e-3, target_epsilon=8.0)
     torch.manual_seed(0)

@@ -1,14 +1,12 @@
-"""Ledgers written as a site writes them, and the CLI run in-process: shared by the audit tests."""
+"""Ledgers written as a site writes them: shared by the audit tests."""
 
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
 
-import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from fedgenome.cli import main
 from fedgenome.privacy.accounting import epsilon
 from fedgenome.privacy.ledger.core import Ledger
 from fedgenome.privacy.mechanism import Mechanism
@@ -41,10 +39,3 @@ def write_ledger(path: Path, key: ec.EllipticCurvePrivateKey, *, site: str = "si
         ledger.append(round=rounds + 1, status="refused", local_steps=0, epsilon=ledger.epsilon,
                       update_sha256=None, **common)  # type: ignore[arg-type]
     return ledger
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    out, err = capsys.readouterr()
-    return int(exit_info.value.code or 0), out, err

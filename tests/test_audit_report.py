@@ -25,7 +25,8 @@ from fedgenome.privacy.keys import generate_key, write_public_key
 from fedgenome.privacy.ledger.core import Ledger, head_path
 from fedgenome.privacy.mechanism import Mechanism
 from fedgenome.shared.markov_fields import PRIVACY_NOTE, BaselineScore
-from tests.auditkit import DELTA, SIGMA, Q, digest, run_cli, write_ledger
+from tests.auditkit import DELTA, SIGMA, Q, digest, write_ledger
+from tests.helpers import run_cli
 
 MARKOV = BaselineScore(1.87, 9, "dirichlet-256")  # a run report's Markov baseline
 

@@ -23,7 +23,8 @@ from fedgenome.privacy.mechanism import Mechanism
 from fedgenome.privacy.trainer import run_private_round
 from fedgenome.shared.model import GenomeLM
 from fedgenome.shared.tokenizer import A, T
-from tests.auditkit import DELTA, SIGMA, Q, digest, run_cli, write_ledger
+from tests.auditkit import DELTA, SIGMA, Q, digest, write_ledger
+from tests.helpers import run_cli
 
 GOLDEN_RDP, GOLDEN_PLD = 7.3291, 6.7695  # sigma 1.5, q 0.04, 2,250 steps, delta 1e-5 (README)
 

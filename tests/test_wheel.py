@@ -74,10 +74,17 @@ def test_a_wheel_install_runs_a_one_round_demo_outside_any_checkout(tmp_path: Pa
                            "--name", "from-wheel", "--cache", str(data_paths.cache)],
                           cwd=work, env=env, capture_output=True, text=True, timeout=1200)
     assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
+    # The demo's whole sequence (experiments/runner.py): one submission, its round, the summary, the
+    # final checkpoint, the ledgers and the PKI's public part (no private key) in runs/NAME/.
+    printed = " ".join(demo.stdout.split())
+    assert printed.count(" submitted: 1 rounds") == 1 and "round 1: 3 sites trained" in printed, printed
     run_dir = work / "runs" / "from-wheel"
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["rounds"] == 1 and len(summary["sites"]) == 3, summary
     assert all(0 < site["epsilon"] <= site["budget"] for site in summary["sites"].values()), summary
+    assert summary["security"]["tls"] and len(summary["security"]["authenticated_sites"]) == 3
+    assert (run_dir / ".fedgenome-demo").exists() and (run_dir / "final").is_dir()
+    assert (run_dir / "pki" / "ca.crt").is_file() and not list((run_dir / "pki").rglob("*.key"))
     ledgers = sorted(str(p) for p in (run_dir / "ledgers").glob("*.jsonl"))
     assert len(ledgers) == 3
     verify = subprocess.run([fedgenome, "audit", "verify", "--pki", str(run_dir / "pki"), *ledgers],

@@ -21,6 +21,7 @@ app = typer.Typer(
     name="fedgenome",
     help="Federated, differentially private training of a genome language model across hospitals.",
     no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},  # every subcommand inherits -h
     pretty_exceptions_enable=False,
     add_completion=False,
 )
@@ -38,10 +39,28 @@ app.add_typer(cmd_pki.app, name="pki")
 app.add_typer(audit_app, name="audit")
 
 
+def installed_version() -> str:
+    """The installed fedgenome's version (its distribution metadata)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("fedgenome")
+    except PackageNotFoundError:  # pragma: no cover - only when run from an uninstalled tree
+        return "unknown (not installed)"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"fedgenome {installed_version()}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug messages.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Log warnings and errors only.")] = False,
+    version: Annotated[bool, typer.Option("--version", "-V", help="Print the version and exit.",
+                                          callback=_print_version, is_eager=True)] = False,
 ) -> None:
     """Federated, differentially private training of a genome language model across hospitals."""
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO

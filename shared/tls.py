@@ -67,6 +67,14 @@ def san_entry(host: str) -> x509.GeneralName:
     return x509.DNSName(host.lower())
 
 
+def _key_usage(*, key_cert_sign: bool) -> x509.KeyUsage:
+    """A CA signs certificates (and CRLs); a TLS server's EC key signs the handshake."""
+    return x509.KeyUsage(digital_signature=not key_cert_sign, content_commitment=False,
+                         key_encipherment=False, data_encipherment=False, key_agreement=False,
+                         key_cert_sign=key_cert_sign, crl_sign=key_cert_sign, encipher_only=False,
+                         decipher_only=False)
+
+
 def issue_ca(
     *, days: int, now: dt.datetime | None = None
 ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
@@ -78,10 +86,10 @@ def issue_ca(
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(start - _BACKDATE).not_valid_after(start + dt.timedelta(days=days))
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False,
-                                         key_encipherment=False, data_encipherment=False,
-                                         key_agreement=False, key_cert_sign=True, crl_sign=True,
-                                         encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(_key_usage(key_cert_sign=True), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()),
+                           critical=False)
             .sign(key, hashes.SHA384()))
     return key, cert
 
@@ -110,6 +118,10 @@ def issue_server_certificate(
             .add_extension(x509.SubjectAlternativeName(names), critical=False)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(_key_usage(key_cert_sign=False), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()),
+                           critical=False)
             .sign(ca_key, hashes.SHA384()))
     return key, cert
 

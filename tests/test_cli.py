@@ -162,3 +162,14 @@ def test_plaintext_needs_an_explicit_insecure(sites_dir: Path, tmp_path: Path,
     code, _, err = run_cli(["run", "--server", "127.0.0.1:9092", "--run-dir", str(tmp_path / "r"),
                             "--reference", str(tmp_path / "ref.fa")], capsys)
     assert_one_line_error(code, err, "TLS is on by default")
+
+
+def test_version_and_short_help_like_flowers_cli(capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib.metadata import version
+
+    for flag in ("--version", "-V"):
+        code, out, _ = run_cli([flag], capsys)
+        assert code == 0 and out.strip() == f"fedgenome {version('fedgenome')}"
+    for args in (["-h"], ["pki", "-h"], ["audit", "verify", "-h"]):
+        code, out, _ = run_cli(args, capsys)
+        assert code == 0 and "Usage: fedgenome" in out and "--help" in out, args

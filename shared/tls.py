@@ -67,12 +67,18 @@ def san_entry(host: str) -> x509.GeneralName:
     return x509.DNSName(host.lower())
 
 
-def _key_usage(*, key_cert_sign: bool) -> x509.KeyUsage:
-    """A CA signs certificates (and CRLs); a TLS server's EC key signs the handshake."""
-    return x509.KeyUsage(digital_signature=not key_cert_sign, content_commitment=False,
-                         key_encipherment=False, data_encipherment=False, key_agreement=False,
-                         key_cert_sign=key_cert_sign, crl_sign=key_cert_sign, encipher_only=False,
-                         decipher_only=False)
+def _with_key_identifiers(builder: x509.CertificateBuilder, *, ca: bool, key: ec.EllipticCurvePublicKey,
+                          issuer: ec.EllipticCurvePublicKey) -> x509.CertificateBuilder:
+    """Key usage and the Subject and Authority Key Identifiers that RFC 5280 (and Python 3.13) ask for.
+
+    A CA signs certificates (and CRLs); a TLS server's EC key signs the handshake.
+    """
+    usage = x509.KeyUsage(digital_signature=not ca, content_commitment=False, key_encipherment=False,
+                          data_encipherment=False, key_agreement=False, key_cert_sign=ca, crl_sign=ca,
+                          encipher_only=False, decipher_only=False)
+    return (builder.add_extension(usage, critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer), critical=False))
 
 
 def issue_ca(
@@ -82,15 +88,13 @@ def issue_ca(
     _check_days(days, "CA days")
     start = now or utc_now()
     key = ec.generate_private_key(ec.SECP384R1())
-    cert = (x509.CertificateBuilder().subject_name(_name("fedgenome CA")).issuer_name(_name("fedgenome CA"))
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(start - _BACKDATE).not_valid_after(start + dt.timedelta(days=days))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(_key_usage(key_cert_sign=True), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()),
-                           critical=False)
-            .sign(key, hashes.SHA384()))
+    name = _name("fedgenome CA")
+    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(start - _BACKDATE).not_valid_after(start + dt.timedelta(days=days))
+               .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True))
+    cert = _with_key_identifiers(builder, ca=True, key=key.public_key(), issuer=key.public_key()).sign(
+        key, hashes.SHA384())
     return key, cert
 
 
@@ -112,17 +116,14 @@ def issue_server_certificate(
     start = now or utc_now()
     end = min(start + dt.timedelta(days=days), ca_cert.not_valid_after_utc)
     key = ec.generate_private_key(ec.SECP384R1())
-    cert = (x509.CertificateBuilder().subject_name(_name(hosts[0])).issuer_name(ca_cert.subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(start - _BACKDATE).not_valid_after(end)
-            .add_extension(x509.SubjectAlternativeName(names), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(_key_usage(key_cert_sign=False), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()),
-                           critical=False)
-            .sign(ca_key, hashes.SHA384()))
+    builder = (x509.CertificateBuilder().subject_name(_name(hosts[0])).issuer_name(ca_cert.subject)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(start - _BACKDATE).not_valid_after(end)
+               .add_extension(x509.SubjectAlternativeName(names), critical=False)
+               .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+               .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True))
+    cert = _with_key_identifiers(builder, ca=False, key=key.public_key(), issuer=ca_key.public_key()).sign(
+        ca_key, hashes.SHA384())
     return key, cert
 
 

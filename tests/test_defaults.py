@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -67,14 +68,17 @@ def test_choice_lists_come_from_the_registries() -> None:
     (["eval"], "--device", ("auto", "cpu", "cuda")),
 ])
 def test_the_cli_shows_and_checks_the_choices(command: list[str], option: str, values: str | tuple[str, ...],
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+                                              capsys: pytest.CaptureFixture[str],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "200")  # a terminal wide enough that rich wraps no choice list
     from fedgenome.configs.schema import preset_names
     from fedgenome.privacy.accounting import ACCOUNTANTS
 
     named: dict[str, list[str]] = {"preset_names": preset_names(), "accountants": sorted(ACCOUNTANTS)}
     choices = named[values] if isinstance(values, str) else list(values)
     code, out, _ = run_cli([*command, "--help"], capsys)
-    assert code == 0 and "[" + "|".join(sorted(choices)) + "]" in out.replace("│", " ").replace(" ", "")
+    shown = re.sub(r"[\s│]", "", out)
+    assert code == 0 and "[" + "|".join(sorted(choices)) + "]" in shown
     code, _, err = run_cli([*command, option, "no-such-choice"], capsys)
     assert code == 2 and err.count("\n") == 1 and err.startswith("fedgenome: error: ")
     assert f"'no-such-choice' is not one of them; valid names: {', '.join(choices)}" in err

@@ -83,8 +83,11 @@ class Exposure:
     """1 when the canary scores better (lower loss) than every reference sequence."""
     candidates: int
     """The canary plus the reference sequences it was ranked among."""
-    exposure: float
-    """log2(candidates / rank): how many bits the model gives away about the canary."""
+
+    @property
+    def exposure(self) -> float:
+        """log2(candidates / rank): how many bits the model gives away about the canary."""
+        return math.log2(self.candidates) - math.log2(self.rank)
 
 
 def _softplus(x: float) -> float:
@@ -259,5 +262,5 @@ def exposures(losses: Sequence[float], reference_losses: Sequence[float]) -> tup
     out = []
     for loss in losses:
         rank = 1 + bisect_right(ordered, loss)
-        out.append(Exposure(rank, candidates, math.log2(candidates) - math.log2(rank)))
+        out.append(Exposure(rank, candidates))
     return tuple(out)

@@ -41,6 +41,17 @@ class Workspace:
     eval_windows: torch.Tensor
     device: torch.device
     meta: dict[str, Any]
+    """What the checkpoint's metadata records of the run (preset, sites, reference, held-out regions)."""
+
+    @property
+    def reference(self) -> Path:
+        """The first site's reference FASTA, the public sequence the Markov prior is counted on."""
+        return Path(self.meta["reference"])
+
+    @property
+    def holdout(self) -> list[Region]:
+        """The held-out regions: left out of the Markov counts, tiled into the evaluation windows."""
+        return [Region(**r) for r in self.meta["holdout"]]
 
 
 @dataclass(frozen=True)
@@ -108,8 +119,7 @@ def check_outputs(sites: list[Path], *, out: Path, ledger_dir: Path | None = Non
 
 def new_model(ws: Workspace, preset: Preset) -> GenomeLM:
     """The preset's model on the run's device; its Markov prior (if any) from the run's reference."""
-    return build_model(preset.model, reference=Path(ws.meta["reference"]),
-                       exclude=[Region(**r) for r in ws.meta["holdout"]]).to(ws.device)
+    return build_model(preset.model, reference=ws.reference, exclude=ws.holdout).to(ws.device)
 
 
 def markov_score(ws: Workspace) -> BaselineScore:
@@ -118,8 +128,7 @@ def markov_score(ws: Workspace) -> BaselineScore:
     Counted on the public reference minus the held-out regions, never on the sites' patients, so it
     is the same for a plain and a DP run and spends nothing from any budget.
     """
-    holdout = [Region(**r) for r in ws.meta["holdout"]]
-    score = reference_baseline(Path(ws.meta["reference"]), exclude=holdout).score(ws.eval_windows)
+    score = reference_baseline(ws.reference, exclude=ws.holdout).score(ws.eval_windows)
     log.info("%s: %.4f held-out bits per base (%s)", score.label, score.bits_per_base, PRIVACY_NOTE)
     return score
 

@@ -147,10 +147,12 @@ class SiteRotation:
 class PkiReport:
     """What :func:`check_pki` found."""
 
+    sites: tuple[RegisteredSite, ...]
+    """The registered sites' keys, in name order."""
+    retired: int
+    """How many retired (rotated-out) keys ``sites/retired/`` keeps."""
     layout: PkiLayout
     tls: ServerTls
-    sites: tuple[RegisteredSite, ...]
-    retired: int
 
 
 def init_pki(out: Path, *, hosts: tuple[str, ...], days: int = 365, ca_days: int = 3650) -> PkiLayout:
@@ -319,7 +321,7 @@ def check_pki(pki: Path, *, host: str | None = None, now: dt.datetime | None = N
         _ca_key(layout)
     retired = layout.registry.retired
     count = len(list(retired.glob("*.pub"))) if retired.is_dir() else 0
-    return PkiReport(layout, tls, registered_sites(pki), count)
+    return PkiReport(sites=registered_sites(pki), retired=count, layout=layout, tls=tls)
 
 
 def _ca_key(layout: PkiLayout) -> ec.EllipticCurvePrivateKey:

@@ -52,7 +52,6 @@ class CertInfo:
 class ServerTls:
     """A checked set of SuperLink TLS files."""
 
-    files: TlsFiles
     ca: CertInfo
     """The CA certificate: subject, key, validity."""
     server: CertInfo
@@ -160,7 +159,7 @@ def check_server_tls(
                           f"{renew_hint(files.server_key).replace('renew it', 'issue both again')}")
     if host is not None:
         check_host(server, host)
-    return ServerTls(files, ca, server)
+    return ServerTls(ca, server)
 
 
 def check_host(info: CertInfo, host: str) -> None:

@@ -32,8 +32,11 @@ class TlsFiles:
     """Paths of the CA certificate and the server's certificate and key (PEM)."""
 
     ca_cert: Path
+    """The consortium CA's certificate, which every node pins as its root certificate."""
     server_cert: Path
+    """The SuperLink's certificate, signed by the CA, with the SuperLink's hosts as its names."""
     server_key: Path
+    """The SuperLink's private key (mode 0600); it never leaves the aggregator."""
 
 
 def tls_files(directory: Path) -> TlsFiles:

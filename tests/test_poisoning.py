@@ -77,15 +77,6 @@ class RoundOne:
     sites: dict[str, Path]
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """What the server did with one round's replies."""
-
-    collected: Collected
-    arrays: ArrayRecord
-    bits: float
-
-
 def run_config(data_paths: DataPaths, run_dir: Path) -> FederationConfig:
     # A fixed sigma skips the noise calibration (5 s per site); the seed fixes init, sampling, noise.
     return validate(FederationConfig, {
@@ -145,6 +136,15 @@ def heldout_bits(r: RoundOne, arrays: ArrayRecord) -> float:
     model = GenomeLM(r.preset.model)
     model.load_state_dict(arrays.to_torch_state_dict())
     return evaluate(model, r.eval_windows, device=torch.device("cpu")).bits_per_base
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the server did with one round's replies."""
+
+    collected: Collected
+    arrays: ArrayRecord
+    bits: float
 
 
 def server_round(r: RoundOne, strategy: str, *, max_norm: float, attack: Attack | None = None) -> Outcome:

@@ -16,6 +16,7 @@ each written atomically and checked against a SHA-256 hard-coded below. Cache la
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import gzip
 import hashlib
 import logging
@@ -194,14 +195,39 @@ def fetch_data(cache: Path | None = None, *, verify: bool = False) -> DataPaths:
         log.info("data already fetched in %s", root)
         return data_paths(root)
     _require_tools(root, todo)
-    packages = list(dict.fromkeys(s.package for s in todo))
-    log.info("fetching %d file(s) from Debian package(s) %s into %s",
-             len(todo), ", ".join(packages), root)
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DataFetchError(f"{root}: cannot create the cache directory ({exc.strerror}); pass "
                              "--cache DIR or set FEDGENOME_CACHE to a writable place") from None
+    with _fetch_lock(root):  # another process may be fetching into the same cache: wait for it
+        todo = [s for s in todo if not _is_good(root / s.rel, s, full=verify)]
+        if todo:
+            _fetch(root, todo)
+    return data_paths(root)
+
+
+@contextlib.contextmanager
+def _fetch_lock(root: Path) -> Iterator[None]:
+    """Hold ``<root>/.fetch.lock`` exclusively (flock; released when the holder exits)."""
+    try:
+        handle = open(root / ".fetch.lock", "a+b")  # noqa: SIM115 (closed below, after the lock)
+    except OSError as exc:
+        raise DataFetchError(f"{root}: cannot write to the cache directory ({exc.strerror}); pass "
+                             "--cache DIR or set FEDGENOME_CACHE to a writable place") from None
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _fetch(root: Path, todo: list[_Source]) -> None:
+    """Download the packages holding ``todo`` and install each file, verified, into ``root``."""
+    packages = list(dict.fromkeys(s.package for s in todo))
+    log.info("fetching %d file(s) from Debian package(s) %s into %s",
+             len(todo), ", ".join(packages), root)
     _apt_update(root)
     with _staging(root) as staging:
         for package in packages:
@@ -209,7 +235,6 @@ def fetch_data(cache: Path | None = None, *, verify: bool = False) -> DataPaths:
             for source in (s for s in todo if s.package == package):
                 _install(source, unpacked, root)
     log.info("data fetched and verified in %s", root)
-    return data_paths(root)
 
 
 def _by_hand(root: Path, sources: Sequence[_Source]) -> str:

@@ -17,7 +17,8 @@ from tests.helpers import task_identity
 
 CE_HOLDOUT = Region(contig="CHROMOSOME_I", start=0, end=50_000)
 
-torch.set_num_threads(2)
+# Two cores in all: under pytest-xdist (the README's ``-n 2``) each worker process takes its share.
+torch.set_num_threads(max(1, 2 // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
 # Exact comparisons (DP against vanilla, resumed against uninterrupted) need one precision: float32.
 os.environ.setdefault(CPU_BF16_ENV, "0")
 
@@ -89,3 +90,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if unmarked:
         raise pytest.UsageError(f"{len(unmarked)} tests need the real genomes but lack @pytest.mark.data: "
                                 + ", ".join(unmarked))
+    # The federations (minutes each, mostly waiting on processes) first, so that with -n 2 the
+    # workers overlap them with the short tests instead of one worker finishing alone.
+    items.sort(key=lambda item: item.get_closest_marker("integration") is None)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import re
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import platformdirs
@@ -73,6 +75,25 @@ def test_second_fetch_does_not_call_apt(data_paths: DataPaths, tmp_path: Path,
         assert fetch_data(data_paths.cache) == data_paths
         assert fetch_data(data_paths.cache, verify=True) == data_paths
     assert "already fetched" in caplog.text
+
+
+def test_a_fetch_waits_for_one_under_way_and_downloads_nothing_it_finished(
+        data_paths: DataPaths, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = _copy_cache(data_paths.cache, tmp_path / "cache")
+    missing = cache / SOURCES[0].rel
+    missing.unlink()
+    monkeypatch.setattr(fetch, "_run", _no_subprocess)
+    result: list[DataPaths] = []
+    with open(cache / ".fetch.lock", "a+b") as other:  # another process is fetching
+        fcntl.flock(other, fcntl.LOCK_EX)
+        waiting = threading.Thread(target=lambda: result.append(fetch_data(cache)))
+        waiting.start()
+        waiting.join(timeout=1.0)
+        assert waiting.is_alive() and not result  # it waits for the lock, downloading nothing
+        shutil.copyfile(data_paths.cache / SOURCES[0].rel, missing)  # the other fetch finishes
+        fcntl.flock(other, fcntl.LOCK_UN)
+    waiting.join(timeout=30.0)
+    assert result == [layout(cache)]  # it found the file in place: apt was never called
 
 
 def test_missing_apt_get_names_the_tool_and_where_to_put_files(

@@ -65,6 +65,10 @@ class EntryAudit:
     """The ``epsilon_budget`` the entry records (signed); None in older entries."""
     initial_checkpoint_sha256: str | None = None
     """The run's initial checkpoint the entry records (signed); None when it started at random."""
+    schema: int = 1
+    """The ledger schema the entry was written in."""
+    software: dict[str, str] | None = None
+    """The versions of fedgenome, Opacus and dp-accounting that wrote it (signed); None in schema 1."""
 
     def to_json(self) -> dict[str, Any]:
         """The row as JSON."""

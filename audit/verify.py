@@ -49,7 +49,7 @@ from fedgenome.audit.results import AuditProblem, Budget, EntryAudit, KeyLookup,
 from fedgenome.configs.errors import ConfigError, FedGenomeError, LedgerError
 from fedgenome.privacy.accounting import AccountingError, epsilon
 from fedgenome.privacy.keys import fingerprint
-from fedgenome.privacy.ledger.entry import LedgerEntry, duplicate_rounds, head_path
+from fedgenome.privacy.ledger.entry import SCHEMA, LedgerEntry, duplicate_rounds, head_path
 from fedgenome.privacy.ledger.verify import LedgerEntryError, verify_key_chain
 from fedgenome.privacy.mechanism import Mechanism
 
@@ -151,7 +151,18 @@ def audit_ledger(
     problems += budget_problems + duplicate_problems(site, chain.entries)
     return SiteAudit(site=site, ledger=path, key_fingerprint=fp, key_source=key.source,
                      entries=tuple(rows), budget=budget, problems=tuple(problems),
-                     notes=tuple(reset_notes(chain.entries) + notes))
+                     notes=tuple(reset_notes(chain.entries) + notes + schema_notes(chain.entries)))
+
+
+def schema_notes(entries: Sequence[LedgerEntry]) -> list[str]:
+    """A note on entries of a newer schema than this fedgenome reads: what it did not interpret."""
+    newer = [e for e in entries if e.extra]
+    if not newer:
+        return []
+    names = sorted({name for e in newer for name in e.extra})
+    return [f"{len(newer)} entries, from entry {newer[0].seq} on, are of schema {newer[0].schema}, newer "
+            f"than this fedgenome reads ({SCHEMA}): their fields {', '.join(names)} are signed and "
+            "verified, not interpreted; upgrade fedgenome to check them"]
 
 
 def duplicate_problems(site: str, entries: Sequence[LedgerEntry]) -> list[AuditProblem]:
@@ -226,7 +237,8 @@ def _row(entry: LedgerEntry, found: _Recomputed) -> EntryAudit:
     return EntryAudit(seq=entry.seq, round=entry.round, status=entry.status, delta=entry.delta,
                       accountant=entry.accountant, recorded=entry.epsilon, opacus=found.opacus,
                       dp_accounting=found.dp_accounting, budget=entry.epsilon_budget,
-                      initial_checkpoint_sha256=entry.initial_checkpoint_sha256)
+                      initial_checkpoint_sha256=entry.initial_checkpoint_sha256,
+                      schema=entry.schema or 1, software=entry.software)
 
 
 def _recompute_entry(entry: LedgerEntry, history: list[Mechanism], cache: _Cache) -> _Recomputed:
@@ -273,8 +285,10 @@ def _check_budget(
     notes: list[str] = []
     for before, after in itertools.pairwise(signed):
         if before.epsilon_budget != after.epsilon_budget:
-            notes.append(f"the budget changed from {before.epsilon_budget:g} to {after.epsilon_budget:g} "
-                         f"at entry {after.seq}")
+            assert before.epsilon_budget is not None and after.epsilon_budget is not None
+            how = "raised" if after.epsilon_budget > before.epsilon_budget else "lowered"
+            notes.append(f"the budget was {how} from {before.epsilon_budget:g} to {after.epsilon_budget:g} "
+                         f"at entry {after.seq} (round {after.round}, {after.time})")
     if signed:
         last = signed[-1]
         assert last.epsilon_budget is not None

@@ -4,5 +4,6 @@
 the DP round, the ledger entry), ``egress`` (the guard on everything that leaves the site),
 ``outgoing`` (exactly-once updates), ``cache`` (immutable site data kept between messages),
 ``node``, ``supernode``, ``supervisor``, ``worker`` and ``app_loader`` (the SuperNode process, its
-long-lived ClientApp worker and their restarts). Never imports :mod:`fedgenome.server`.
+long-lived ClientApp worker and their restarts), ``trust`` (the app bundles the node runs).
+Never imports :mod:`fedgenome.server`.
 """

@@ -1,5 +1,6 @@
 """The ClientApp of the current run's app bundle, for a worker that outlives runs (client/worker.py).
 
+Only a bundle the node trusts (client/trust.py) is installed at all; any other is refused first.
 The app bundle (FAB) of a run is installed once into ``$FLWR_HOME/apps/`` (its file hashes checked,
 as ``flwr-clientapp`` does) and its ClientApp loaded as Flower loads it: the bundle's directory
 first on ``sys.path``, then the component named in its ``pyproject.toml``. fedgenome's own bundle
@@ -24,6 +25,9 @@ from flwr.clientapp.utils import get_load_client_app_fn
 from flwr.common.config import get_project_dir
 from flwr.supercore.fab import Fab
 from flwr.supercore.run import Run
+
+from fedgenome.client.trust import TrustedBundles
+from fedgenome.configs.errors import UntrustedBundleError
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +80,9 @@ def forget_directory(app_dir: Path) -> None:
 class AppLoader:
     """Loads the ClientApp of a task's run, keeping it for the following tasks of the same run."""
 
-    def __init__(self, *, keep: frozenset[str] = frozenset()) -> None:
-        """``keep``: modules never dropped (the worker's own, loaded before any task)."""
+    def __init__(self, *, trusted: TrustedBundles, keep: frozenset[str] = frozenset()) -> None:
+        """``trusted``: the bundles this node runs; ``keep``: modules never dropped (the worker's own)."""
+        self.trusted = trusted
         self._keep = keep
         self._key: tuple[int, str] | None = None
         self._app: ClientApp | None = None
@@ -87,11 +92,17 @@ class AppLoader:
         """The ClientApp of ``run``'s bundle; a new run or bundle reloads every bundle module.
 
         Raises:
-            LoadClientAppError: The bundle could not be installed or its ClientApp imported.
+            LoadClientAppError: The bundle is not trusted (client/trust.py), or could not be
+                installed, or its ClientApp not imported.
         """
         key = (run.run_id, fab.hash_str)
         if key == self._key and self._app is not None:
             return self._app
+        try:
+            digest = self.trusted.check(fab.content, run_id=run.run_id)
+        except UntrustedBundleError as exc:
+            log.error("%s", exc)
+            raise LoadClientAppError(str(exc)) from None
         if self._dir is not None:
             forget_directory(self._dir)
         self._key = self._app = self._dir = None
@@ -102,8 +113,8 @@ class AppLoader:
             raise LoadClientAppError(f"could not install the app bundle of run {run.run_id}: "
                                      f"{exc}") from exc
         dropped = purge_modules(top_level_names(app_dir) | {app_package(app_dir)}, keep=self._keep)
-        log.info("run %d: loading the ClientApp from %s (%d modules dropped)", run.run_id,
-                 app_dir, len(dropped))
+        log.info("run %d: loading the ClientApp of the trusted bundle %s from %s (%d modules dropped)",
+                 run.run_id, digest, app_dir, len(dropped))
         app = get_load_client_app_fn(default_app_ref="", app_path=None, multi_app=True)(
             run.fab_id, run.fab_version, fab.hash_str)
         self._key, self._app, self._dir = key, app, app_dir

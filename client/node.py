@@ -76,10 +76,14 @@ def supernode_command(*, site: Path, superlink: str, clientappio_port: int,
 
 
 def worker_command(*, site: Path, clientappio_port: int, runtime: RuntimeSecurity,
-                   supernode_pid: int) -> list[str]:
-    """The site's long-lived ClientApp worker, serving the SuperNode at ``clientappio_port``."""
+                   supernode_pid: int, trust: tuple[str, ...] = ()) -> list[str]:
+    """The site's long-lived ClientApp worker, serving the SuperNode at ``clientappio_port``.
+
+    It runs the app bundle of the installed fedgenome and those whose digests are in ``trust``.
+    """
     return [sys.executable, "-m", "fedgenome.client.worker", "--runtime-api-address",
             f"{HOST}:{clientappio_port}", "--root-certificates", str(runtime.tls.ca_cert),
             "--superexec-auth-secret-file", str(runtime.secret),
             "--parent-pid", str(supernode_pid),
-            "--journal", str(site.resolve() / "state" / JOURNAL)]
+            "--journal", str(site.resolve() / "state" / JOURNAL),
+            *(arg for digest in trust for arg in ("--trust", digest))]

@@ -49,6 +49,7 @@ class NodeSpec:
     threads: int | None = None  # OMP/MKL threads for the worker (None: torch's default)
     retry_for: float = 900.0  # seconds to keep restarting a SuperNode that cannot connect (0: never)
     env: tuple[tuple[str, str], ...] = ()  # extra environment of both processes
+    trust: tuple[str, ...] = ()  # app bundles run besides the installed fedgenome's (client/trust.py)
 
 
 class NodeProcesses:
@@ -94,7 +95,8 @@ class NodeProcesses:
         assert self._runtime is not None
         command = worker_command(site=self.spec.site, clientappio_port=self.spec.port,
                                  runtime=self._runtime,
-                                 supernode_pid=self.group.procs[self.supernode].pid)
+                                 supernode_pid=self.group.procs[self.supernode].pid,
+                                 trust=self.spec.trust)
         self.group.start(self.worker, command, env=self.env, cwd=self.cwd)
         self._started = time.monotonic()
 

@@ -27,11 +27,12 @@ An exception in the app becomes an error reply and the worker goes on. ``SystemE
 after a hard crash the SuperNode lets the task expire and answers "ClientApp crashed". Whoever
 started the worker restarts it (client/supervisor.py).
 
-Security: the Runtime API is HTTPS (``--root-certificates``, the CA of the SuperNode's Runtime API
-certificate) and ``AcquireTask`` is HMAC-signed with the secret in ``--superexec-auth-secret-file``,
-the SuperNode's own; every other call carries the task's token. Each task served adds one line to
-``--journal`` (a local file, never sent): time, worker pid, run, task, message type, round,
-seconds in the app, status.
+Security: only app bundles the node trusts are installed and run (client/trust.py: the installed
+fedgenome's, and those pinned with ``--trust``). The Runtime API is HTTPS (``--root-certificates``,
+the CA of the SuperNode's Runtime API certificate) and ``AcquireTask`` is HMAC-signed with the
+secret in ``--superexec-auth-secret-file``, the SuperNode's own; every other call carries the task's
+token. Each task served adds one line to ``--journal`` (a local file, never sent): time, worker pid,
+run, task, message type, round, seconds in the app, status.
 """
 
 from __future__ import annotations
@@ -87,6 +88,9 @@ from flwr.supercore.task_identity import TaskIdentity
 from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
 
 from fedgenome.client.app_loader import AppLoader
+from fedgenome.client.trust import TrustedBundles
+from fedgenome.configs.errors import ConfigError
+from fedgenome.shared.app_bundle import parse_digest
 from fedgenome.shared.clock import utc_now_text
 
 log = logging.getLogger("fedgenome.worker")
@@ -109,6 +113,7 @@ class Options:
     root_certificates: Path | None  # None: plaintext (only with --insecure)
     secret_file: Path | None
     journal: Path | None
+    trust: tuple[str, ...] = ()  # bundles trusted besides the installed fedgenome's (--trust)
 
 
 @dataclass(frozen=True)
@@ -195,7 +200,7 @@ class Worker:
 
     def __init__(self, options: Options) -> None:
         self.options = options
-        self.apps = AppLoader(keep=frozenset(sys.modules))
+        self.apps = AppLoader(trusted=TrustedBundles.of_installed(options.trust), keep=frozenset(sys.modules))
         auth: list[ProtobufClientInterceptor] = []
         if options.secret_file is not None:
             auth.append(SuperExecAuthHttpInterceptor(master_secret=options.secret_file.read_bytes(),
@@ -305,12 +310,18 @@ def _parse(argv: list[str] | None) -> tuple[Options, int | None]:
     parser.add_argument("--superexec-auth-secret-file", type=Path, help="the SuperNode's secret")
     parser.add_argument("--parent-pid", type=int, help="exit when this process (the SuperNode) ends")
     parser.add_argument("--journal", type=Path, help="append a line per task served to this file")
+    parser.add_argument("--trust", action="append", default=[], metavar="DIGEST",
+                        help="also run the app bundle with this content digest (repeatable)")
     args = parser.parse_args(argv)
     for path in (args.root_certificates, args.superexec_auth_secret_file):
         if path is not None and not path.is_file():
             parser.error(f"{path}: no such file")
+    try:
+        trust = tuple(parse_digest(d) for d in args.trust)
+    except ConfigError as exc:
+        parser.error(str(exc))
     return Options(args.runtime_api_address, args.root_certificates,
-                   args.superexec_auth_secret_file, args.journal), args.parent_pid
+                   args.superexec_auth_secret_file, args.journal, trust), args.parent_pid
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
@@ -327,7 +338,9 @@ def main(argv: list[str] | None = None) -> None:
         start_parent_process_monitor(parent)
     log.info("ClientApp worker %d serving %s", os.getpid(), options.address)
     try:
-        Worker(options).serve_forever()
+        worker = Worker(options)
+        log.info("running only the app bundles %s", worker.apps.trusted.describe())
+        worker.serve_forever()
     except KeyboardInterrupt:
         log.info("worker %d stopped", os.getpid())
     except httpx.HTTPStatusError as exc:

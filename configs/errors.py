@@ -41,3 +41,9 @@ class MissingExtraError(FedGenomeError):
 
 class DeploymentError(FedGenomeError):
     """A Flower process or command failed; the message says which and where its log is."""
+
+
+class UntrustedBundleError(FedGenomeError):
+    """A run's app bundle is not one the node trusts, so none of its code was installed or run."""
+
+    exit_code = 4

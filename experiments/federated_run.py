@@ -14,8 +14,9 @@ from typing import Any
 
 from fedgenome.configs.schema import FederationConfig
 from fedgenome.configs.validation import validate
-from fedgenome.server.deploy import APP_DIR, DeploymentError, submit_run, write_connection
+from fedgenome.server.deploy import DeploymentError, submit_run, write_connection
 from fedgenome.server.progress import OnRound, follow_run
+from fedgenome.shared.app_bundle import APP_DIR
 
 log = logging.getLogger(__name__)
 CONNECTION = "fedgenome"

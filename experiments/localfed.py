@@ -28,7 +28,6 @@ from fedgenome.configs.schema import load_site_manifest
 from fedgenome.privacy.keys import create_site_key
 from fedgenome.privacy.site_state import site_key_path
 from fedgenome.server.deploy import (
-    APP_DIR,
     IN_MEMORY,
     register_supernode,
     submit_run,
@@ -39,6 +38,7 @@ from fedgenome.server.deploy import (
 )
 from fedgenome.server.pki import PkiLayout, add_site, init_pki, open_pki
 from fedgenome.server.progress import OnRound, follow_run
+from fedgenome.shared.app_bundle import APP_DIR
 from fedgenome.shared.hosts import LOCAL_NAMES, LOOPBACK
 from fedgenome.shared.processes import ProcessGroup, flower_env
 from fedgenome.shared.tls import TlsFiles
@@ -194,11 +194,11 @@ class LocalFederation:
         node.kill_worker()
         return pid
 
-    def submit(self, run_config: dict[str, Any]) -> int:
-        """Submit a run of the fedgenome app; its run id."""
+    def submit(self, run_config: dict[str, Any], *, app_dir: Path = APP_DIR) -> int:
+        """Submit a run of the fedgenome app (or of the app in ``app_dir``); its run id."""
         if self.pki is not None:  # the declared patient counts of the sites registered here
             run_config = {"pki": str(self.pki.root.resolve()), **run_config}
-        run_id = submit_run(APP_DIR, CONNECTION, run_config, flwr_home=self.flwr_home)
+        run_id = submit_run(app_dir, CONNECTION, run_config, flwr_home=self.flwr_home)
         if run_config.get("run-dir"):
             self._run_dirs[run_id] = Path(str(run_config["run-dir"]))
         return run_id

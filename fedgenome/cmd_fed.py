@@ -164,14 +164,21 @@ def client_start(
     port: Annotated[int, typer.Option(help="The SuperNode's local Runtime API port, where its "
                                       "worker connects (one per node on a host).")] = RUNTIME_PORT,
     flwr_home: FlwrHome_ = Path(".flwr-node"),
+    trust: Annotated[list[str] | None, typer.Option(
+        "--trust", metavar="DIGEST", help="Also run the app bundle with this content digest, after "
+        "reviewing it (repeatable). Without it the node runs only the bundle of the fedgenome "
+        "installed here ('fedgenome client trust' prints its digest).")] = None,
 ) -> None:
     """Start this site's SuperNode and its ClientApp worker in the foreground (Ctrl-C stops them).
 
-    The worker serves every message in one long-lived process and is restarted if it dies.
+    The worker serves every message in one long-lived process and is restarted if it dies. It runs
+    only app bundles the node trusts and refuses any other run, with the reason in its log and in
+    the failed reply the server sees.
     """
     from fedgenome.configs.schema import load_site_manifest
     from fedgenome.privacy.keys import load_private_key
     from fedgenome.privacy.site_state import site_key_path
+    from fedgenome.shared.app_bundle import parse_digest
 
     if not (site / "site.toml").is_file():
         raise ConfigError(f"{site}: not a site directory (no site.toml)")
@@ -187,10 +194,32 @@ def client_start(
                               f"--pki DIR --site {site}' (or its handover kit), or pass --key")
     if key is not None:
         load_private_key(key)  # a one-line error now rather than Flower's exit later
+    pinned = tuple(parse_digest(d) for d in trust or ())
     terminate_on_sigterm()
     run_node(NodeSpec(site=site.resolve(), superlink=server, port=port, home=flwr_home.resolve(),
                       root_cert=root_cert and root_cert.resolve(), insecure=insecure,
-                      auth_key=key.resolve() if key is not None else None))
+                      auth_key=key.resolve() if key is not None else None, trust=pinned))
+
+
+@client_app.command("trust")
+def client_trust(
+    json_out: Annotated[bool, typer.Option("--json", help="Print a JSON object instead.")] = False,
+) -> None:
+    """Print the content digest of the app bundle of the fedgenome installed here.
+
+    A node runs that bundle, and those pinned with 'client start --trust'; 'fedgenome run' logs the
+    digest of what it submits, so the two can be compared.
+    """
+    import json
+    from importlib.metadata import version
+
+    from fedgenome.shared.app_bundle import APP_DIR, installed_digest
+
+    digest = installed_digest()
+    if json_out:
+        typer.echo(json.dumps({"digest": digest, "fedgenome": version("fedgenome"), "app": str(APP_DIR)}))
+    else:
+        typer.echo(f"{digest}  fedgenome {version('fedgenome')} ({APP_DIR})")
 
 
 def run_command(

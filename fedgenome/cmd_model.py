@@ -284,8 +284,10 @@ def eval_command(
                      f"{ckpt.markov.bits_per_base(data):.4f}", f"{result.bases:,}"))
     out = Console()
     out.print(_bits_table(f"{where} ({len(data)} windows of {window})", rows))
-    out.print(_baseline_lines(result.bits_per_base, markov) if isinstance(markov, BaselineScore)
-              else markov)
+    if isinstance(markov, BaselineScore):
+        out.print(_baseline_lines(result.bits_per_base, markov))
+    else:  # a path in it stays whole (no hard wrap) and literal (no markup)
+        out.print(markov, soft_wrap=True, markup=False, highlight=False)
 
 
 def score_command(

@@ -4,7 +4,7 @@
 sampling, collection, aggregation, evaluation, checkpoints, the run report), ``replies`` and the
 checks a reply must pass (``identity``, ``epsilon_check``, ``site_policy``, ``ledger_heads``,
 ``validation``), ``strategies`` and ``secagg`` (aggregation), ``report`` (the run report),
-``deploy`` (SuperLink processes, the packaged Flower app in ``flower_app/``, run submission) and
+``deploy`` (SuperLink processes, ``flwr`` commands, run submission) and
 ``progress`` (following a run), ``pki`` and ``pki_checks`` (the consortium PKI). Never imports
 :mod:`fedgenome.client`.
 """

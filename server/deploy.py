@@ -25,6 +25,7 @@ from fedgenome.configs.errors import (
     DeploymentError as DeploymentError,  # re-exported; it lives in fedgenome.configs.errors
 )
 from fedgenome.configs.validation import read_toml
+from fedgenome.shared.app_bundle import bundle_digest, installed_digest
 from fedgenome.shared.atomic import write_text
 from fedgenome.shared.processes import flower_env, flower_tool
 from fedgenome.shared.tls import TlsFiles
@@ -33,8 +34,6 @@ log = logging.getLogger(__name__)
 
 
 IN_MEMORY = ":flwr-in-memory:"  # a SuperLink database that lives and dies with the process
-APP_DIR = Path(__file__).resolve().parent / "flower_app"
-"""The Flower app every run submits: its bundle holds its ``pyproject.toml`` only (components, config)."""
 
 
 def superlink_command(*, host: str, port: int, database: Path | str, tls: TlsFiles | None,
@@ -133,7 +132,14 @@ def flwr_json(args: list[str], *, flwr_home: Path, timeout: float = 120.0) -> di
 
 def submit_run(app_dir: Path, connection: str, run_config: dict[str, Any], *,
                flwr_home: Path) -> int:
-    """Submit the app in ``app_dir`` as a new run; its run id."""
+    """Submit the app in ``app_dir`` as a new run; its run id.
+
+    The bundle's content digest is logged: trusting SuperNodes run it only when it is their
+    installed fedgenome's or one they pinned (client/trust.py).
+    """
+    from flwr.cli.build import build_fab_from_disk
+
+    digest = bundle_digest(build_fab_from_disk(app_dir))
     # A TOML file, not KEY=VALUE words: Flower splits those at quotes, so no path could hold one.
     with tempfile.TemporaryDirectory() as tmp:
         overrides = Path(tmp) / "run-config.toml"
@@ -142,7 +148,10 @@ def submit_run(app_dir: Path, connection: str, run_config: dict[str, Any], *,
                          flwr_home=flwr_home, timeout=300)
     if "run-id" not in data:
         raise DeploymentError(f"flwr run did not start a run: {data}")
-    return int(data["run-id"])
+    run_id = int(data["run-id"])
+    log.info("run %d submitted: app bundle %s%s", run_id, digest,
+             " (the installed fedgenome's)" if digest == installed_digest() else "")
+    return run_id
 
 
 def register_supernode(public_key: Path, connection: str, *, flwr_home: Path,

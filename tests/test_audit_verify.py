@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -12,13 +13,16 @@ import torch
 from cryptography.hazmat.primitives.asymmetric import ec
 from torch.utils.data import Dataset
 
+import fedgenome.privacy.ledger.core as ledger_core
 from fedgenome.audit.results import Budget, KeyLookup, SiteAudit
 from fedgenome.audit.sources import audit_ledgers, find_key
 from fedgenome.audit.verify import audit_ledger
+from fedgenome.configs.errors import LedgerError
 from fedgenome.configs.schema import DPConfig, Preset, SitePrivacy
 from fedgenome.privacy.accounting import epsilon
 from fedgenome.privacy.keys import generate_key, sign, write_public_key
 from fedgenome.privacy.ledger.core import Ledger, LedgerEntry
+from fedgenome.privacy.ledger.entry import SCHEMA
 from fedgenome.privacy.mechanism import Mechanism
 from fedgenome.privacy.trainer import run_private_round
 from fedgenome.shared.model import GenomeLM
@@ -135,12 +139,18 @@ def test_private_rounds_sign_the_site_budget_and_audit_clean(
     assert clean.ok, problem_lines(clean)
     assert [e.budget for e in clean.entries] == [50.0, 50.0]
     assert clean.budget == Budget(50.0, "ledger (signed, entry 1)")
-    one(3, 0.5)  # the hospital lowers its budget below what it has spent: refused, and reported
+    one(3, 80.0)  # the hospital raises its budget: allowed, and every auditor is told
+    raised = audit(path, key)
+    assert raised.ok and raised.entries[-1].status == "trained"
+    [note] = [n for n in raised.notes if "budget" in n]
+    assert note.startswith("the budget was raised from 50 to 80 at entry 2 (round 3, ")
+    one(4, 0.5)  # it lowers its budget below what it has spent: refused, and reported
     lowered = audit(path, key)
     assert lowered.entries[-1].status == "refused"
     [line] = problem_lines(lowered)
-    assert line.startswith("site siteA, entry 2:") and "the budget was lowered below" in line
-    assert "the budget changed from 50 to 0.5 at entry 2" in lowered.notes
+    assert line.startswith("site siteA, entry 3:") and "the budget was lowered below" in line
+    assert [n.split(" (round")[0] for n in lowered.notes if "budget" in n] == [
+        "the budget was raised from 50 to 80 at entry 2", "the budget was lowered from 80 to 0.5 at entry 3"]
 
 
 # --- tampering -------------------------------------------------------------------------------------
@@ -302,3 +312,52 @@ def test_verify_reads_the_budget_from_site_dir(tmp_path: Path, key: ec.EllipticC
 
 # --- the report ------------------------------------------------------------------------------------
 
+
+
+# --- provenance and newer schemas ----------------------------------------------------------------
+
+
+def test_every_entry_records_its_schema_and_the_software_that_did_the_accounting(
+        tmp_path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+    path = tmp_path / "ledger.jsonl"
+    write_ledger(path, key, rounds=2)
+    expected = {name: version(name) for name in ("fedgenome", "opacus", "dp-accounting")}
+    for line in path.read_text().splitlines():
+        stored = json.loads(line)
+        assert stored["schema"] == SCHEMA and stored["software"] == expected
+    rows = audit(path, key).entries
+    assert [(r.schema, r.software) for r in rows] == [(SCHEMA, expected)] * 3
+
+
+def test_an_entry_of_a_newer_schema_verifies_and_its_new_field_is_named(
+        tmp_path: Path, key: ec.EllipticCurvePrivateKey, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "ledger.jsonl"
+    ledger = write_ledger(path, key, rounds=1, refuse_after=False)
+    monkeypatch.setattr(ledger_core, "SCHEMA", SCHEMA + 1)  # a later fedgenome writes entry 1
+    ledger._commit({"round": 2, "status": "refused", "local_steps": 0, "sample_rate": Q,
+                    "noise_multiplier": SIGMA, "max_grad_norm": 1.0, "delta": DELTA,
+                    "accountant": "rdp", "epsilon": ledger.epsilon, "update_sha256": None,
+                    "energy_kwh": 0.25})
+    monkeypatch.undo()
+    result = audit(path, key)  # this fedgenome reads it
+    assert result.ok, problem_lines(result)
+    assert [r.schema for r in result.entries] == [SCHEMA, SCHEMA + 1]
+    [note] = [n for n in result.notes if "schema" in n]
+    assert f"from entry 1 on, are of schema {SCHEMA + 1}" in note and "energy_kwh" in note
+    # The new field is signed: changing it breaks the entry's signature.
+    lines = path.read_text().splitlines()
+    lines[1] = lines[1].replace('"energy_kwh":0.25', '"energy_kwh":0.5')
+    path.write_text("\n".join(lines) + "\n")
+    assert not audit(path, key).ok
+
+
+def test_an_unknown_field_in_an_entry_of_a_known_schema_is_refused(
+        tmp_path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+    path = tmp_path / "ledger.jsonl"
+    ledger = Ledger(path, site="siteA", private_key=key)
+    with pytest.raises(LedgerError, match=r"unknown fields \['energy_kwh'\] \(schema 2 has no other"):
+        ledger._commit({"round": 1, "status": "refused", "local_steps": 0, "sample_rate": Q,
+                        "noise_multiplier": SIGMA, "max_grad_norm": 1.0, "delta": DELTA,
+                        "accountant": "rdp", "epsilon": 0.0, "update_sha256": None,
+                        "energy_kwh": 0.25})
+    assert not path.exists() or path.read_text() == ""

@@ -8,7 +8,7 @@ import pytest
 
 from fedgenome.configs.errors import ConfigError
 from fedgenome.configs.schema import load_preset, load_preset_file, load_site_manifest, preset_names
-from fedgenome.server.deploy import APP_DIR
+from fedgenome.shared.app_bundle import APP_DIR
 from fedgenome.shared.model import GenomeLM
 
 

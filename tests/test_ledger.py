@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
+import fedgenome.privacy.ledger.core as ledger_core
 from fedgenome.configs.errors import ConfigError, InputFileError, LedgerError
 from fedgenome.privacy.keys import (
     create_site_key,
@@ -326,9 +327,16 @@ def _budgeted(ledger: Ledger, round_: int, epsilon: float, budget: float) -> Led
                          epsilon=epsilon, update_sha256=_update(round_), epsilon_budget=budget)
 
 
-def test_entries_without_a_budget_keep_their_bytes(tmp_path: Path, key_a: ec.EllipticCurvePrivateKey) -> None:
-    path = tmp_path / "ledger.jsonl"
-    _append(Ledger(path, site="siteA", private_key=key_a), 1, 0.5)  # as written before the field existed
+def test_entries_without_a_budget_keep_their_bytes(tmp_path: Path, key_a: ec.EllipticCurvePrivateKey,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    _append(Ledger(tmp_path / "new.jsonl", site="siteA", private_key=key_a), 1, 0.5)
+    assert set(json.loads((tmp_path / "new.jsonl").read_bytes())) == _OLD_FIELDS | {"schema", "software"}
+    path = tmp_path / "ledger.jsonl"  # written as schema 1 did, before budget, schema and versions
+    real = ledger_core.entry_from_dict
+    monkeypatch.setattr(ledger_core, "entry_from_dict", lambda fields, where: real(
+        {k: v for k, v in fields.items() if k not in ("schema", "software")}, where))
+    _append(Ledger(path, site="siteA", private_key=key_a), 1, 0.5)
+    monkeypatch.undo()
     old = path.read_bytes()
     assert set(json.loads(old)) == _OLD_FIELDS
     _budgeted(Ledger(path, site="siteA", private_key=key_a), 2, 0.8, 8)  # an int budget is stored as float

@@ -52,7 +52,7 @@ def test_a_wheel_install_runs_a_one_round_demo_outside_any_checkout(tmp_path: Pa
     assert top_level_names(wheel) == {"fedgenome", f"fedgenome-{version}.dist-info"}
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
-    for packaged in ("fedgenome/server/flower_app/pyproject.toml", "fedgenome/configs/presets/tiny.toml",
+    for packaged in ("fedgenome/shared/flower_app/pyproject.toml", "fedgenome/configs/presets/tiny.toml",
                      "fedgenome/models/small/model.safetensors", "fedgenome/client/app.py"):
         assert packaged in names
 

@@ -62,6 +62,7 @@ from fedgenome.configs.names import SITE_NAME_RULE, is_site_name
 from fedgenome.privacy.keys import fingerprint, public_key_text, sign
 from fedgenome.privacy.ledger.entry import (
     ROTATION_ACCOUNTANT,
+    SCHEMA,
     LedgerEntry,
     Status,
     canonical,
@@ -69,6 +70,7 @@ from fedgenome.privacy.ledger.entry import (
     genesis_sha256,
     head_path,
     order_problem,
+    software_versions,
     value_problem,
 )
 from fedgenome.privacy.ledger.head import HeadDigest
@@ -260,7 +262,7 @@ class Ledger:
         """Check, sign with the current key, append and fsync one entry made of ``values``."""
         seq = len(self._entries)
         fields: dict[str, object] = {
-            "seq": seq, "site": self.site, **values,
+            "seq": seq, "site": self.site, **values, "schema": SCHEMA, "software": software_versions(),
             "time": utc_now().isoformat(timespec="microseconds"),
             "prev_sha256": self._entries[-1].sha256 if seq else genesis_sha256(self.site, self._public),
             "signature": "",

@@ -21,6 +21,14 @@ hex digits, the same across a SuperLink resume). With ``round`` (the server's gl
 the (run, round) the entry served, so that a round trained twice for the same run is visible
 (:func:`duplicate_rounds`). Optional like the others: entries written before it keep their bytes.
 
+Every entry this fedgenome writes carries ``schema`` (:data:`SCHEMA`; an entry without it is
+schema 1) and ``software``: the versions of fedgenome, Opacus and dp-accounting that wrote it, so an
+auditor knows which code did the accounting. A newer schema may only add optional fields that leave
+the meaning of the known ones unchanged; an entry of a schema above :data:`SCHEMA` may therefore
+carry fields this version does not know, which are kept (in ``extra``), signed and hash-chained like
+the others and named in the audit, but not interpreted. In an entry of a known schema an unknown
+field is an error (a typo or an edit).
+
 A fourth kind, ``reset``, can only be entry 0: an operator started a new ledger on record after the
 old one was lost (``fedgenome privacy reset``). It spends nothing (epsilon 0, no mechanism), names
 its ``reason`` and, when known, the old ledger's last head (``previous_count``,
@@ -35,8 +43,9 @@ import json
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Literal
 
@@ -48,6 +57,11 @@ from fedgenome.privacy.mechanism import Mechanism
 
 Status = Literal["trained", "refused", "rotated", "reset"]
 STATUSES: tuple[Status, ...] = ("trained", "refused", "rotated", "reset")
+SCHEMA = 2
+"""The ledger schema this fedgenome writes; it reads every schema up to it (and newer ones' entries,
+keeping their unknown optional fields)."""
+SOFTWARE = ("fedgenome", "opacus", "dp-accounting")
+"""The distributions whose versions every new entry records."""
 ROTATION_ACCOUNTANT = "none"
 """The ``accountant`` of a rotation or reset entry: it spends nothing."""
 
@@ -59,15 +73,17 @@ _TYPES: dict[str, tuple[type, ...]] = {
 }
 _KEY_FIELDS = ("old_public_key", "new_public_key")
 _RESET_FIELDS = ("reason", "previous_count", "previous_last_sha256")
-_OPTIONAL_FIELDS = (*_KEY_FIELDS, "epsilon_budget", "initial_checkpoint_sha256", "run_key", *_RESET_FIELDS)
+_OPTIONAL_FIELDS = (*_KEY_FIELDS, "epsilon_budget", "initial_checkpoint_sha256", "run_key", *_RESET_FIELDS,
+                    "schema", "software")
 _OPTIONAL_TYPES: dict[str, type] = {
     **dict.fromkeys((*_KEY_FIELDS, "initial_checkpoint_sha256", "run_key", "reason",
                      "previous_last_sha256"), str),
-    "epsilon_budget": float, "previous_count": int,
+    "epsilon_budget": float, "previous_count": int, "schema": int, "software": dict,
 }
 """Fields stored only when set, so that entries written before they existed keep their bytes."""
 _FLOATS = ("sample_rate", "noise_multiplier", "max_grad_norm", "delta", "epsilon")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_FIELD_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _KIND = {"rotated": "rotation", "reset": "reset"}
 RUN_KEY = re.compile(r"[0-9a-f]{32}")
 """A run key as the server sends it: 32 lowercase hex digits."""
@@ -110,6 +126,12 @@ class LedgerEntry:
     """A reset: the entry count of the lost ledger's last known head; None when it is lost."""
     previous_last_sha256: str | None = None
     """A reset: the lost ledger's last known head digest; None when it is lost."""
+    schema: int | None = None
+    """The schema the entry was written in; None: schema 1 (written before the field existed)."""
+    software: dict[str, str] | None = None
+    """Versions of :data:`SOFTWARE` that wrote the entry; None in schema-1 entries."""
+    extra: dict[str, object] = field(default_factory=dict)
+    """Fields of a newer schema than :data:`SCHEMA`, kept as read (signed, not interpreted)."""
 
     @property
     def mechanism(self) -> Mechanism | None:
@@ -140,10 +162,21 @@ class LedgerEntry:
         for name in _OPTIONAL_FIELDS:
             if fields[name] is None:
                 del fields[name]
-        return fields
+        return {**fields, **self.extra}
 
 
-_FIELDS = dataclasses.fields(LedgerEntry)
+_FIELDS = tuple(f for f in dataclasses.fields(LedgerEntry) if f.name != "extra")
+
+
+def software_versions() -> dict[str, str]:
+    """The installed versions of :data:`SOFTWARE` (``"unknown"`` for one not installed)."""
+    found = {}
+    for name in SOFTWARE:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "unknown"
+    return found
 
 
 def canonical(fields: dict[str, object]) -> bytes:
@@ -170,8 +203,15 @@ def entry_from_dict(fields: dict[str, object], where: str) -> LedgerEntry:
     """A LedgerEntry from parsed JSON (or append's arguments), checking field names and types."""
     missing = sorted(set(_TYPES) - set(fields))
     unknown = sorted(set(fields) - set(_TYPES) - set(_OPTIONAL_FIELDS))
-    if missing or unknown:
-        raise LedgerError(f"{where}: missing fields {missing}, unknown fields {unknown}")
+    schema = fields.get("schema")
+    newer = type(schema) is int and schema > SCHEMA
+    if missing or (unknown and not newer):
+        hint = "" if not unknown else (f" (schema {schema if schema is not None else 1} has no other "
+                                        f"fields; a newer schema's entry names its schema, > {SCHEMA})")
+        raise LedgerError(f"{where}: missing fields {missing}, unknown fields {unknown}{hint}")
+    bad_names = [name for name in unknown if not _FIELD_NAME.fullmatch(name)]
+    if bad_names:
+        raise LedgerError(f"{where}: fields {bad_names} are not field names (lowercase, digits, _)")
     for name, types in _TYPES.items():
         value = fields[name]
         if type(value) not in types:  # exact types: no bools for ints, no ints for floats
@@ -180,7 +220,11 @@ def entry_from_dict(fields: dict[str, object], where: str) -> LedgerEntry:
     for name, kind in _OPTIONAL_TYPES.items():
         if name in fields and type(fields[name]) is not kind:
             raise LedgerError(f"{where}: field {name!r} is {fields[name]!r}, expected {kind.__name__}")
-    return LedgerEntry(**fields)  # type: ignore[arg-type]
+    software = fields.get("software")
+    if isinstance(software, dict) and not all(type(k) is str and type(v) is str for k, v in software.items()):
+        raise LedgerError(f"{where}: field 'software' is {software!r}, expected names mapped to versions")
+    known = {name: value for name, value in fields.items() if name not in unknown}
+    return LedgerEntry(**known, extra={name: fields[name] for name in unknown})  # type: ignore[arg-type]
 
 
 def value_problem(entry: LedgerEntry) -> str | None:
@@ -203,6 +247,8 @@ def value_problem(entry: LedgerEntry) -> str | None:
         (_SHA256.fullmatch(entry.prev_sha256) is not None, "prev_sha256 is not 64 lowercase hex digits"),
         (_is_utc_time(entry.time), f"time {entry.time!r} is not an ISO 8601 UTC time"),
     ]
+    if entry.schema is not None and entry.schema < 2:
+        return f"schema {entry.schema} is not written (schema 1 has no field; this version writes {SCHEMA})"
     return (next((message for ok, message in checks if not ok), None) or _budget_problem(entry)
             or _initial_problem(entry) or _run_key_problem(entry) or _rotation_problem(entry)
             or _reset_problem(entry))

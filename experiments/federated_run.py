@@ -14,7 +14,7 @@ from typing import Any
 
 from fedgenome.configs.schema import FederationConfig
 from fedgenome.configs.validation import validate
-from fedgenome.server.deploy import DeploymentError, submit_run, write_connection
+from fedgenome.server.deploy import DeploymentError, stop_run, submit_run, write_connection
 from fedgenome.server.progress import OnRound, follow_run
 from fedgenome.shared.app_bundle import APP_DIR
 
@@ -46,8 +46,11 @@ def remote_run_config(overrides: Mapping[str, Any], *, run_dir: Path, reference:
 def submit_and_follow(run_config: Mapping[str, Any], *, server: str, root_cert: Path | None,
                       flwr_home: Path, timeout: float,
                       on_submit: Callable[[int], None] | None = None,
-                      on_round: OnRound | None = None) -> int:
+                      on_round: OnRound | None = None, detach: bool = False) -> int:
     """Submit the fedgenome app's run to the SuperLink at ``server``, follow it; its run id.
+
+    ``detach`` returns once the run is submitted. Interrupted while following (KeyboardInterrupt,
+    which SIGTERM becomes in the CLI), it asks the SuperLink to stop the run, then re-raises.
 
     Raises:
         DeploymentError: The run did not complete.
@@ -57,9 +60,26 @@ def submit_and_follow(run_config: Mapping[str, Any], *, server: str, root_cert: 
     run_id = submit_run(APP_DIR, CONNECTION, dict(run_config), flwr_home=home)
     if on_submit is not None:
         on_submit(run_id)
+    if detach:
+        return run_id
     run_dir = Path(str(run_config["run-dir"]))
-    status = follow_run(run_id, CONNECTION, flwr_home=home, timeout=timeout, run_dir=run_dir,
-                        on_round=on_round)
+    try:
+        status = follow_run(run_id, CONNECTION, flwr_home=home, timeout=timeout, run_dir=run_dir,
+                            on_round=on_round)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the run must not go on without anyone watching
+        _stop(run_id, home)
+        raise
     if status != "finished:completed":
         raise DeploymentError(f"run {run_id} ended as {status}; see the SuperLink's log")
     return run_id
+
+
+def _stop(run_id: int, flwr_home: Path) -> None:
+    """Ask the SuperLink to stop ``run_id``, saying so (or how to, when it cannot be reached)."""
+    try:
+        stop_run(run_id, CONNECTION, flwr_home=flwr_home)
+    except DeploymentError as exc:
+        log.error("interrupted, but run %d could not be stopped (%s): stop it with 'fedgenome runs stop "
+                  "%d'", run_id, exc, run_id)
+    else:
+        log.warning("interrupted: the SuperLink was asked to stop run %d", run_id)

@@ -10,7 +10,8 @@ from typing import Annotated
 import click
 import typer
 
-from fedgenome import cmd_data, cmd_fed, cmd_model, cmd_pki, cmd_privacy
+from fedgenome import cmd_data, cmd_fed, cmd_model, cmd_pki, cmd_privacy, cmd_runs
+from fedgenome.cli_signals import Terminated
 from fedgenome.cmd_audit import audit_app
 from fedgenome.configs.errors import FedGenomeError
 
@@ -33,6 +34,7 @@ app.command("eval")(cmd_model.eval_command)
 app.command("score")(cmd_model.score_command)
 app.command("demo")(cmd_fed.demo_command)
 app.command("run")(cmd_fed.run_command)
+app.add_typer(cmd_runs.app, name="runs")
 app.add_typer(cmd_fed.server_app, name="server")
 app.add_typer(cmd_fed.client_app, name="client")
 app.add_typer(cmd_pki.app, name="pki")
@@ -101,6 +103,9 @@ def main(argv: list[str] | None = None) -> None:
         typer.echo(f"fedgenome: error: {where}{exc.strerror or exc}; free some space or fix the "
                    "permissions, then run again", err=True)
         sys.exit(1)
+    except Terminated:
+        typer.echo("fedgenome: terminated", err=True)
+        sys.exit(143)
     except (KeyboardInterrupt, click.Abort):
         typer.echo("fedgenome: interrupted", err=True)
         sys.exit(130)

@@ -6,8 +6,12 @@ import signal
 from types import FrameType
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is: cleaned up like Ctrl-C, ending with exit 143."""
+
+
 def terminate_on_sigterm() -> None:
-    """Turn SIGTERM into KeyboardInterrupt so ``with`` blocks stop their processes."""
+    """Turn SIGTERM into :class:`Terminated` so ``with`` blocks stop their processes."""
     def handler(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
+        raise Terminated
     signal.signal(signal.SIGTERM, handler)

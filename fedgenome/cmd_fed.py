@@ -235,8 +235,14 @@ def run_command(
                                                  "SuperLink's machine: each site may claim at most "
                                                  "the patients it declared there.")] = None,
     flwr_home: FlwrHome_ = Path(".flwr-run"),
+    detach: Annotated[bool, typer.Option("--detach", help="Return once the run is submitted; follow "
+                                         "it with 'fedgenome runs ls / log / stop'.")] = False,
 ) -> None:
-    """Submit a federated run to a SuperLink, wait for it, and check that it completed."""
+    """Submit a federated run to a SuperLink, follow its rounds, and check that it completed.
+
+    It prints the run id at once, then a line per round. Ctrl-C (or SIGTERM) asks the SuperLink to
+    stop the run before exiting (130; 143 for SIGTERM).
+    """
     if root_cert is None and not insecure:
         raise ConfigError("TLS is on by default: pass --root-cert CA.crt, or --insecure")
     if root_cert is not None and not insecure:
@@ -245,14 +251,19 @@ def run_command(
 
     run_config = remote_run_config(_parse_overrides(config or []), run_dir=run_dir,
                                    reference=reference, pki_dir=pki_dir)
-    console = Console(highlight=False)
+    console = Console(highlight=False, soft_wrap=True)
+    terminate_on_sigterm()
     run_id = submit_and_follow(
         run_config, server=server, root_cert=root_cert, flwr_home=flwr_home, timeout=timeout,
         on_submit=lambda run_id: console.print(
-            f"run {run_id} submitted; rounds appear here as {RunLayout(run_dir).report} records them "
-            "(when this host can see the run directory)"),
-        on_round=lambda r: console.print(describe_round(r)))
-    console.print(f"run {run_id} completed; report: {RunLayout(run_dir).report}")
+            f"run {run_id} submitted" + (f"; follow it with 'fedgenome runs log {run_id} --flwr-home "
+                                         f"{flwr_home}'" if detach else
+                                         f"; rounds appear here as {RunLayout(run_dir).report} records "
+                                         "them (when this host can see the run directory)"),
+            markup=False),
+        on_round=lambda r: console.print(describe_round(r), markup=False), detach=detach)
+    if not detach:
+        console.print(f"run {run_id} completed; report: {RunLayout(run_dir).report}", markup=False)
 
 
 def _parse_overrides(items: list[str]) -> dict[str, Any]:

@@ -179,6 +179,17 @@ def run_status(run_id: int, connection: str, *, flwr_home: Path) -> str:
     return str(runs[0].get("status", "unknown"))
 
 
+def list_runs(connection: str, *, flwr_home: Path) -> list[dict[str, Any]]:
+    """The SuperLink's runs as ``flwr ls`` lists them (run id, app, status, times)."""
+    runs: list[dict[str, Any]] = flwr_json(["ls", connection], flwr_home=flwr_home).get("runs", [])
+    return runs
+
+
+def stop_run(run_id: int, connection: str, *, flwr_home: Path) -> None:
+    """Ask the SuperLink to stop a run (``flwr stop``); DeploymentError when it refuses."""
+    flwr_json(["stop", str(run_id), connection], flwr_home=flwr_home, timeout=60)
+
+
 def online_nodes(connection: str, *, flwr_home: Path) -> set[int]:
     """The ids of the SuperNodes that are connected to the SuperLink now."""
     data = flwr_json(["supernode", "ls", connection], flwr_home=flwr_home)

@@ -1,15 +1,26 @@
-"""Following a run: a SuperLink that is down is waited for; a run it does not know is an error."""
+"""Following a run: a SuperLink that is down is waited for; a run it does not know is an error; an
+operator's interrupt stops the run at the SuperLink (a real one on 127.0.0.1)."""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from fedgenome.configs.errors import DeploymentError
+from fedgenome.experiments.localfed import CONNECTION, LocalFederation
 from fedgenome.server import progress
 from fedgenome.server.deploy import SuperLinkUnreachable, run_status, write_connection
+from fedgenome.shared.fetch import DataPaths
 
 
 def test_a_superlink_that_does_not_answer_is_unreachable_not_an_unknown_run(tmp_path: Path) -> None:
@@ -45,3 +56,50 @@ def test_follow_run_stops_on_a_run_the_superlink_does_not_know(monkeypatch: pyte
     monkeypatch.setattr(progress, "run_status", status)
     with pytest.raises(DeploymentError, match="run 3 is unknown"):
         progress.follow_run(3, "x", flwr_home=Path("."), timeout=30, tick=0.01, status_every=0.01)
+
+
+def _run(args: list[str], **kwargs: Any) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "fedgenome", *args], text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"}, **kwargs)
+
+
+def _wait_finished(run_id: int, home: Path, timeout: float = 120.0) -> str:
+    deadline = time.monotonic() + timeout
+    while not (status := run_status(run_id, CONNECTION, flwr_home=home)).startswith("finished"):
+        assert time.monotonic() < deadline, f"run {run_id} still {status}"
+        time.sleep(0.5)
+    return status
+
+
+@pytest.mark.integration
+@pytest.mark.data
+def test_run_prints_its_id_and_an_interrupt_stops_the_run_at_the_superlink(
+        data_paths: DataPaths, tmp_path: Path) -> None:
+    with LocalFederation(tmp_path / "fed", []) as federation:  # no site: every run waits for its quorum
+        assert federation.tls is not None
+        home = tmp_path / "operator"
+        connect = ["--server", f"127.0.0.1:{federation.port}", "--root-cert", str(federation.tls.ca_cert),
+                   "--flwr-home", str(home)]
+        run = ["run", *connect, "--reference", str(data_paths.reference), "-c", "min-nodes=2",
+               "-c", "sample-timeout=600"]
+        detached = _run([*run, "--run-dir", str(tmp_path / "detached"), "--detach"])
+        out, err = detached.communicate(timeout=120)
+        assert detached.returncode == 0, err
+        first = int(re.fullmatch(r"run (\d+) submitted; follow it with .*", out.strip()).group(1))  # type: ignore[union-attr]
+        listed = _run(["runs", "ls", "--json", "--flwr-home", str(home)])
+        runs = json.loads(listed.communicate(timeout=120)[0])["runs"]
+        assert [r["run-id"] for r in runs] == [first] and not runs[0]["status"].startswith("finished")
+        stopped = _run(["runs", "stop", str(first), "--flwr-home", str(home)])
+        said = stopped.communicate(timeout=120)[0].strip()
+        assert said == f"run {first}: the SuperLink was asked to stop it"
+        assert _wait_finished(first, federation.flwr_home) == "finished:stopped"
+        for sig, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
+            following = _run([*run, "--run-dir", str(tmp_path / sig.name)])
+            assert following.stdout is not None
+            line = following.stdout.readline()  # printed at once, long before any round
+            run_id = int(re.match(r"run (\d+) submitted", line).group(1))  # type: ignore[union-attr]
+            following.send_signal(sig)
+            _, err = following.communicate(timeout=120)
+            assert following.returncode == code, err
+            assert f"the SuperLink was asked to stop run {run_id}" in " ".join(err.split())
+            assert _wait_finished(run_id, federation.flwr_home) == "finished:stopped"

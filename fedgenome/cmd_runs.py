@@ -1,0 +1,74 @@
+"""``fedgenome runs ls | log | stop``: the runs of a SuperLink, as an operator follows them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fedgenome.configs.errors import ConfigError
+from fedgenome.experiments.federated_run import CONNECTION
+from fedgenome.server.deploy import flwr, list_runs, stop_run, write_connection
+
+app = typer.Typer(name="runs", help="The runs of a SuperLink: list them, read a run's log, stop one.",
+                  no_args_is_help=True)
+
+Server_ = Annotated[str | None, typer.Option(help="SuperLink address HOST:PORT (default: the one the "
+                                             "last 'fedgenome run' with this --flwr-home used).")]
+RootCert_ = Annotated[Path | None, typer.Option(help="The consortium CA certificate.")]
+Insecure_ = Annotated[bool, typer.Option("--insecure", help="Plaintext, no TLS (tests only).")]
+FlwrHome_ = Annotated[Path, typer.Option(help="Flower's CLI config directory ('fedgenome run' uses "
+                                         "the same default).")]
+
+
+def _connect(server: str | None, root_cert: Path | None, insecure: bool, flwr_home: Path) -> Path:
+    """The ``flwr`` home with the connection: written from ``--server``, or as ``run`` left it."""
+    home = flwr_home.resolve()
+    if server is not None:
+        if root_cert is None and not insecure:
+            raise ConfigError("TLS is on by default: pass --root-cert CA.crt, or --insecure")
+        write_connection(home, CONNECTION, address=server, ca_cert=root_cert and root_cert.resolve())
+    elif not (home / "config.toml").is_file():
+        raise ConfigError(f"{home}: no SuperLink connection here; pass --server HOST:PORT (and "
+                          "--root-cert), or the --flwr-home of an earlier 'fedgenome run'")
+    return home
+
+
+@app.command("ls")
+def ls_command(server: Server_ = None, root_cert: RootCert_ = None, insecure: Insecure_ = False,
+               flwr_home: FlwrHome_ = Path(".flwr-run"),
+               json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead.")] = False) -> None:
+    """List the SuperLink's runs: id, app, status, when they were created and ended."""
+    runs = list_runs(CONNECTION, flwr_home=_connect(server, root_cert, insecure, flwr_home))
+    if json_out:
+        typer.echo(json.dumps({"runs": runs}, indent=2))
+        return
+    table = Table()
+    columns = ("run-id", "fab-id", "fab-version", "status", "created-at", "finished-at")
+    for column in columns:
+        table.add_column(column)
+    for run in runs:
+        table.add_row(*(str(run.get(c, "")) for c in columns))
+    Console(highlight=False).print(table)
+
+
+@app.command("log")
+def log_command(run_id: Annotated[int, typer.Argument(help="The run.")], server: Server_ = None,
+                root_cert: RootCert_ = None, insecure: Insecure_ = False,
+                flwr_home: FlwrHome_ = Path(".flwr-run")) -> None:
+    """Print a run's ServerApp log so far (``flwr log --show``)."""
+    home = _connect(server, root_cert, insecure, flwr_home)
+    typer.echo(flwr(["log", str(run_id), CONNECTION, "--show"], flwr_home=home, timeout=60).rstrip())
+
+
+@app.command("stop")
+def stop_command(run_id: Annotated[int, typer.Argument(help="The run.")], server: Server_ = None,
+                 root_cert: RootCert_ = None, insecure: Insecure_ = False,
+                 flwr_home: FlwrHome_ = Path(".flwr-run")) -> None:
+    """Ask the SuperLink to stop a run."""
+    stop_run(run_id, CONNECTION, flwr_home=_connect(server, root_cert, insecure, flwr_home))
+    typer.echo(f"run {run_id}: the SuperLink was asked to stop it")

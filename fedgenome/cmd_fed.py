@@ -13,7 +13,6 @@ from rich.console import Console
 
 from fedgenome.cli_choices import AGGREGATIONS, PRESETS
 from fedgenome.cli_signals import terminate_on_sigterm
-from fedgenome.client.supervisor import NodeSpec, run_node
 from fedgenome.configs.errors import ConfigError
 from fedgenome.configs.names import check_site_name
 from fedgenome.server.deploy import (
@@ -175,6 +174,7 @@ def client_start(
     only app bundles the node trusts and refuses any other run, with the reason in its log and in
     the failed reply the server sees.
     """
+    from fedgenome.client.supervisor import NodeSpec, run_node
     from fedgenome.configs.schema import load_site_manifest
     from fedgenome.privacy.keys import load_private_key
     from fedgenome.privacy.site_state import site_key_path

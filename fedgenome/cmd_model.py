@@ -9,9 +9,8 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import torch
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -28,17 +27,14 @@ from fedgenome.configs.schema import (
     preset_names,
 )
 from fedgenome.configs.validation import read_toml
-from fedgenome.experiments.training import TrainingRun, run_baseline, run_private
 from fedgenome.shared.atomic import atomic_path
-from fedgenome.shared.checkpoint import load_checkpoint
-from fedgenome.shared.corpus import read_corpus
-from fedgenome.shared.datasets import read_fasta_records, tile_windows
-from fedgenome.shared.genomes import Reference
-from fedgenome.shared.markov_fields import PRIVACY_NOTE, BaselineScore
-from fedgenome.shared.pretrain import PretrainSettings, pretrain
-from fedgenome.shared.reference_markov import reference_baseline
-from fedgenome.shared.scoring import COLUMNS, score_variants
-from fedgenome.shared.train import evaluate, pick_device
+
+if TYPE_CHECKING:
+    import torch
+
+    from fedgenome.experiments.training import TrainingRun
+    from fedgenome.shared.markov_fields import BaselineScore
+
 
 log = logging.getLogger(__name__)
 console = Console(stderr=True)
@@ -118,6 +114,8 @@ def _bits_table(title: str, rows: list[tuple[str, str, str]]) -> Table:
 
 def _baseline_lines(model_bits: float, markov: BaselineScore) -> str:
     """What the baseline is, that it costs no privacy, and how far the model is from it."""
+    from fedgenome.shared.markov_fields import PRIVACY_NOTE
+
     return (f"Markov baseline: order {markov.order} and {markov.smoothing} smoothing picked on a "
             f"validation slice of the reference; {PRIVACY_NOTE}\nmodel - baseline: "
             f"{model_bits - markov.bits_per_base:+.4f} bits per base")
@@ -167,6 +165,8 @@ def train_command(
                                               "weights (its model must be the preset's).")] = None,
 ) -> None:
     """Train the centralized baseline over one or more sites: plain, or with --dp."""
+    from fedgenome.experiments.training import run_baseline, run_private
+
     cfg = build_preset(preset, config, train__steps=steps, data__window=window,
                        train__batch_size=batch_size, train__seed=seed,
                        privacy__noise_multiplier=noise_multiplier,
@@ -207,6 +207,9 @@ def pretrain_command(
     device: Device_ = "auto",
 ) -> None:
     """Pretrain the model centrally, without DP, on public sequence (costs no privacy)."""
+    from fedgenome.shared.corpus import read_corpus
+    from fedgenome.shared.pretrain import PretrainSettings, pretrain
+
     cfg = build_preset(preset, config, train__steps=steps, train__batch_size=batch_size, train__lr=lr,
                        train__seed=seed, train__eval_every=eval_every,
                        train__device=None if device == "auto" else device)
@@ -238,6 +241,8 @@ def _checkpoint_baseline(meta: dict[str, Any], reference: Path | None,
 
     Returns why there is none instead when that reference is not at hand (``--fasta`` needs none).
     """
+    from fedgenome.shared.reference_markov import reference_baseline
+
     path = reference or (Path(meta["reference"]) if meta.get("reference") else None)
     if path is None or not path.is_file():
         return (f"no Markov baseline: the checkpoint's reference {path or '(none)'} is not here; "
@@ -261,6 +266,12 @@ def eval_command(
     The baseline is counted on the checkpoint's reference (or --reference) minus its held-out
     regions, whatever is evaluated: public sequence only, so it costs no privacy.
     """
+    from fedgenome.shared.checkpoint import load_checkpoint
+    from fedgenome.shared.datasets import read_fasta_records, tile_windows
+    from fedgenome.shared.genomes import Reference
+    from fedgenome.shared.markov_fields import BaselineScore
+    from fedgenome.shared.train import evaluate, pick_device
+
     ckpt = load_checkpoint(checkpoint)
     meta = ckpt.meta
     window, count = meta["data"]["window"], windows or meta["data"]["eval_windows"]
@@ -300,6 +311,11 @@ def score_command(
     device: Device_ = "auto",
 ) -> None:
     """Zero-shot variant scores (log-likelihood of ALT minus REF) to a TSV file."""
+    from fedgenome.shared.checkpoint import load_checkpoint
+    from fedgenome.shared.genomes import Reference
+    from fedgenome.shared.scoring import COLUMNS, score_variants
+    from fedgenome.shared.train import pick_device
+
     if not vcf.is_file():
         raise ConfigError(f"{vcf}: VCF not found; check the path")
     ckpt = load_checkpoint(checkpoint)

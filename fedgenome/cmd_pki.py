@@ -12,9 +12,7 @@ from rich.table import Table
 from fedgenome.configs.schema import load_site_manifest
 from fedgenome.server import pki
 from fedgenome.server.pki_checks import CertInfo
-from fedgenome.server.site_policy import declare_patients
 from fedgenome.shared.hosts import LOCAL_NAMES
-from fedgenome.shared.wire import bucket
 
 app = typer.Typer(name="pki", no_args_is_help=True,
                   help="The consortium PKI: a CA, the SuperLink's certificate, site keys.")
@@ -67,6 +65,8 @@ def add_site_command(
     patients: Patients_ = None,
 ) -> None:
     """Issue a site's key pair (SuperNode authentication and ledger signing) and register it."""
+    from fedgenome.server.site_policy import declare_patients
+
     result = pki.add_site(pki_dir, name, site_dir=site)
     console = _console()
     if patients is not None:
@@ -92,6 +92,9 @@ def set_patients_command(
     patients: Annotated[int, typer.Option(help="The patients the site declared to the consortium.")],
 ) -> None:
     """Record a site's declared patient count: a run with --pki refuses any larger claim."""
+    from fedgenome.server.site_policy import declare_patients
+    from fedgenome.shared.wire import bucket
+
     path = declare_patients(pki_dir, name, patients)
     _console().print(f"site {name}: {patients} patients declared ({path}); replies may claim at most "
                      f"{bucket(patients)} examples in runs given --pki {pki_dir}", markup=False)

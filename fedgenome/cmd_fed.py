@@ -1,4 +1,4 @@
-"""Federated commands: ``server start|certs|register-site``, ``client start``, ``run``, ``demo``."""
+"""Federated commands: ``server start|certs`` (sites: cmd_sites), ``client``, ``run``, ``demo``."""
 
 from __future__ import annotations
 
@@ -11,15 +11,13 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from fedgenome import cmd_sites
 from fedgenome.cli_choices import AGGREGATIONS, PRESETS
 from fedgenome.cli_signals import terminate_on_sigterm
 from fedgenome.configs.errors import ConfigError
-from fedgenome.configs.names import check_site_name
 from fedgenome.server.deploy import (
     DeploymentError,
-    register_supernode,
     superlink_command,
-    write_connection,
 )
 from fedgenome.server.pki_checks import check_ca, check_server_tls, host_matches
 from fedgenome.server.progress import describe_round
@@ -124,31 +122,9 @@ def server_start(
     _foreground(command, flower_env(flwr_home.resolve()))
 
 
-@server_app.command("register-site")
-def register_site(
-    name: Annotated[str, typer.Argument(help="The site's name in the PKI registry.")],
-    pki_dir: Annotated[Path, typer.Option("--pki", help="The consortium PKI directory.")],
-    superlink: Annotated[str, typer.Option(help="SuperLink Control API address HOST:PORT.")],
-    root_cert: Annotated[Path | None, typer.Option(help="CA certificate (default: the PKI's "
-                                                  "ca.crt).")] = None,
-    flwr_home: FlwrHome_ = Path("superlink-state/flwr-home"),
-) -> None:
-    """Register a site's public key with a running SuperLink, so its SuperNode may connect."""
-    from fedgenome.server.pki import open_pki
-
-    check_site_name(name)
-    layout = open_pki(pki_dir)
-    public = layout.site_public(name)
-    if not public.is_file():
-        raise ConfigError(f"site {name} is not registered in the PKI ({public} is missing): add it with "
-                          f"'fedgenome pki add-site {name} --pki {pki_dir}'")
-    ca = root_cert or layout.ca_cert
-    check_ca(ca)
-    home = flwr_home.resolve()
-    write_connection(home, "fedgenome", address=superlink, ca_cert=ca.resolve())
-    node_id = register_supernode(public.resolve(), "fedgenome", flwr_home=home, name=name)
-    Console(highlight=False).print(f"site {name} registered with the SuperLink at {superlink} as "
-                                   f"node {node_id} ({public})", markup=False)
+server_app.command("register-site")(cmd_sites.register_site)
+server_app.command("unregister-site")(cmd_sites.unregister_site)
+server_app.command("list-sites")(cmd_sites.list_sites)
 
 
 @client_app.command("start")
@@ -199,6 +175,33 @@ def client_start(
     run_node(NodeSpec(site=site.resolve(), superlink=server, port=port, home=flwr_home.resolve(),
                       root_cert=root_cert and root_cert.resolve(), insecure=insecure,
                       auth_key=key.resolve() if key is not None else None, trust=pinned))
+
+
+@client_app.command("keygen")
+def client_keygen(
+    site: Annotated[Path, typer.Option(help="The hospital's site directory.")],
+) -> None:
+    """Make the site's own key pair in its keys/ (kept if it has one) and print its public key.
+
+    Send only the public key to the consortium operator, who registers it with 'fedgenome pki
+    add-site NAME --public-key FILE'; the private key never leaves the hospital.
+    """
+    from fedgenome.configs.schema import load_site_manifest
+    from fedgenome.privacy.keys import create_site_key, fingerprint
+    from fedgenome.privacy.site_state import site_key_path, site_public_key
+
+    if not (site / "site.toml").is_file():
+        raise ConfigError(f"{site}: not a site directory (no site.toml)")
+    name = load_site_manifest(site).name
+    private = site_key_path(site, name)
+    made = not private.exists()
+    if made:
+        create_site_key(private.parent, name)
+    key = site_public_key(site, name)  # writes keys/NAME.pub when it is missing
+    public = private.with_name(f"{name}.pub")
+    how = "new" if made else "the site's existing key, kept (its ledger is signed with it)"
+    typer.echo(f"site {name}: {how}; public key {public} (fingerprint {fingerprint(key)[:16]})")
+    typer.echo(f"next, at the operator: fedgenome pki add-site {name} --pki DIR --public-key {public.name}")
 
 
 @client_app.command("trust")

@@ -63,11 +63,14 @@ def add_site_command(
                                               "the key goes to its keys/ (an existing key is "
                                               "adopted). Without it, a handover kit is written.")] = None,
     patients: Patients_ = None,
+    public_key: Annotated[Path | None, typer.Option(
+        "--public-key", help="The public key the hospital made itself ('fedgenome client keygen'): "
+        "only it is registered, the private key never leaves the hospital.")] = None,
 ) -> None:
-    """Issue a site's key pair (SuperNode authentication and ledger signing) and register it."""
+    """Register a site's key (SuperNode authentication and ledger signing): its own, or one issued here."""
     from fedgenome.server.site_policy import declare_patients
 
-    result = pki.add_site(pki_dir, name, site_dir=site)
+    result = pki.add_site(pki_dir, name, site_dir=site, public_key=public_key)
     console = _console()
     if patients is not None:
         console.print(f"declared {patients} patients: {declare_patients(pki_dir, name, patients)}",
@@ -78,6 +81,9 @@ def add_site_command(
         console.print(f"handover kit {result.kit}: install {name} and {name}.pub as the site's "
                       f"keys/{name} and keys/{name}.pub (mode 0600), ca.crt is the root certificate; "
                       "then delete the kit", markup=False)
+    elif result.private_path is None:
+        console.print(f"the hospital's own public key {public_key}: its private key stays at the hospital",
+                      markup=False)
     else:
         how = "adopted (the site's existing key; its ledger is signed with it)" if result.adopted else "new"
         console.print(f"site key {result.private_path}: {how}", markup=False)

@@ -170,6 +170,18 @@ def register_supernode(public_key: Path, connection: str, *, flwr_home: Path,
     return int(data["node-id"])
 
 
+def unregister_supernode(node_id: int, connection: str, *, flwr_home: Path) -> None:
+    """Revoke a registered SuperNode at the SuperLink: its key may no longer connect."""
+    flwr_json(["supernode", "unregister", str(node_id), connection], flwr_home=flwr_home)
+
+
+def list_supernodes(connection: str, *, flwr_home: Path) -> list[dict[str, Any]]:
+    """The SuperNodes registered with the SuperLink, as ``flwr supernode ls`` lists them."""
+    nodes: list[dict[str, Any]] = flwr_json(["supernode", "ls", connection], flwr_home=flwr_home).get(
+        "nodes", [])
+    return nodes
+
+
 def run_status(run_id: int, connection: str, *, flwr_home: Path) -> str:
     """The status of a run, e.g. 'running' or 'finished:completed'."""
     data = flwr_json(["ls", connection, "--run-id", str(run_id)], flwr_home=flwr_home)
@@ -192,8 +204,8 @@ def stop_run(run_id: int, connection: str, *, flwr_home: Path) -> None:
 
 def online_nodes(connection: str, *, flwr_home: Path) -> set[int]:
     """The ids of the SuperNodes that are connected to the SuperLink now."""
-    data = flwr_json(["supernode", "ls", connection], flwr_home=flwr_home)
-    return {int(n["node-id"]) for n in data.get("nodes", []) if n.get("status") == "online"}
+    return {int(n["node-id"]) for n in list_supernodes(connection, flwr_home=flwr_home)
+            if n.get("status") == "online"}
 
 
 def wait_online(count: int, connection: str, *, flwr_home: Path, timeout: float = 120.0) -> None:

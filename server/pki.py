@@ -124,8 +124,9 @@ class SiteKey:
     """What :func:`add_site` did."""
 
     site: RegisteredSite
-    private_path: Path
-    """The site's private key: in the site directory, or in the handover kit."""
+    private_path: Path | None
+    """The site's private key: in the site directory, or in the handover kit; None when the site
+    sent only its public key (its private key never left it)."""
     adopted: bool
     """True when the site already had a key (made by private training) and it was kept."""
     kit: Path | None
@@ -208,28 +209,38 @@ def open_pki(pki: Path) -> PkiLayout:
     return layout
 
 
-def add_site(pki: Path, name: str, *, site_dir: Path | None = None) -> SiteKey:
-    """Issue a site's key pair and register its public key.
+def add_site(pki: Path, name: str, *, site_dir: Path | None = None,
+             public_key: Path | None = None) -> SiteKey:
+    """Register a site's public key: the hospital's own (``public_key``), or a key pair issued here.
 
-    With ``site_dir`` the key becomes the site's own key (``keys/<name>``), so its SuperNode
-    authenticates with it and its ledger is signed with it; a key the site already has (made by
-    private training) is adopted instead, since its ledger is signed with it. Without ``site_dir``
-    a handover kit ``kits/<name>/`` is written for the site to install as ``keys/<name>``.
+    With ``public_key`` (what ``fedgenome client keygen`` made at the hospital) only that key is
+    registered: the private key never leaves the hospital. With ``site_dir`` the key becomes the
+    site's own key (``keys/<name>``), so its SuperNode authenticates with it and its ledger is
+    signed with it; a key the site already has (made by private training) is adopted instead,
+    since its ledger is signed with it. With neither, a handover kit ``kits/<name>/`` is written for
+    the site to install as ``keys/<name>``.
 
     Raises:
-        ConfigError: Not a PKI, a bad name, the name already registered, or ``site.toml`` names
-            another site.
+        ConfigError: Not a PKI, a bad name, the name already registered, both ``site_dir`` and
+            ``public_key``, or ``site.toml`` names another site.
+        InputFileError: ``public_key`` is not an ECDSA public key file.
         LedgerError: An adopted key does not sign the site's ledger.
     """
     layout = open_pki(pki)
     check_site_name(name)
+    if site_dir is not None and public_key is not None:
+        raise ConfigError("--site and --public-key exclude each other: give --public-key for a "
+                          "hospital that made its own key, --site for a site directory on this machine")
     registered = layout.site_public(name)
     if registered.exists():
         fp = fingerprint(load_public_key(registered))
         raise ConfigError(f"site {name} is already registered ({registered}, fingerprint {fp[:16]}): "
                           f"give its key a new pair with 'fedgenome pki rotate-site {name}'")
-    kit = None
-    if site_dir is not None:
+    kit: Path | None = None
+    private_path: Path | None = None
+    if public_key is not None:
+        public, adopted = load_public_key(public_key), False
+    elif site_dir is not None:
         _check_manifest_name(site_dir, name)
         private_path = site_key_path(site_dir, name)
         adopted = private_path.exists()

@@ -77,6 +77,11 @@ class PkiRegistry:
         """Keys rotated out of the registry: ``<pki>/sites/retired``."""
         return self.sites / "retired"
 
+    @property
+    def nodes(self) -> Path:
+        """Which SuperLink node id each site's key was registered as: ``<pki>/sites/nodes.json``."""
+        return self.sites / "nodes.json"
+
     def registered(self) -> list[Path]:
         """The registered public keys, sorted; none when there is no registry."""
         return sorted(self.sites.glob("*.pub")) if self.sites.is_dir() else []

@@ -1,0 +1,107 @@
+"""``fedgenome server register-site | unregister-site | list-sites``: which sites may connect."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from fedgenome.configs.errors import ConfigError
+from fedgenome.configs.names import check_site_name
+from fedgenome.server.deploy import (
+    list_supernodes,
+    register_supernode,
+    unregister_supernode,
+    write_connection,
+)
+from fedgenome.server.nodes import forget_node, node_of, record_node, recorded_nodes
+from fedgenome.server.pki_checks import check_ca
+
+FlwrHome_ = Annotated[Path, typer.Option(help="Flower's state and CLI config directory.")]
+Pki_ = Annotated[Path, typer.Option("--pki", help="The consortium PKI directory.")]
+SuperLink_ = Annotated[str, typer.Option(help="SuperLink Control API address HOST:PORT.")]
+
+
+def register_site(
+    name: Annotated[str, typer.Argument(help="The site's name in the PKI registry.")],
+    pki_dir: Pki_,
+    superlink: SuperLink_,
+    root_cert: Annotated[Path | None, typer.Option(help="CA certificate (default: the PKI's "
+                                                  "ca.crt).")] = None,
+    flwr_home: FlwrHome_ = Path("superlink-state/flwr-home"),
+) -> None:
+    """Register a site's public key with a running SuperLink, so its SuperNode may connect."""
+    from fedgenome.server.pki import open_pki
+
+    check_site_name(name)
+    layout = open_pki(pki_dir)
+    public = layout.site_public(name)
+    if not public.is_file():
+        raise ConfigError(f"site {name} is not registered in the PKI ({public} is missing): add it with "
+                          f"'fedgenome pki add-site {name} --pki {pki_dir}'")
+    home = _operator_connection(superlink, root_cert or layout.ca_cert, flwr_home)
+    node_id = register_supernode(public.resolve(), "fedgenome", flwr_home=home, name=name)
+    record_node(layout.registry, name, node_id=node_id, superlink=superlink)
+    Console(highlight=False).print(f"site {name} registered with the SuperLink at {superlink} as "
+                                   f"node {node_id} ({public})", markup=False)
+
+
+def _operator_connection(superlink: str, ca: Path, flwr_home: Path) -> Path:
+    """The ``flwr`` home holding the connection to ``superlink`` (CA checked first)."""
+    check_ca(ca)
+    home = flwr_home.resolve()
+    write_connection(home, "fedgenome", address=superlink, ca_cert=ca.resolve())
+    return home
+
+
+def unregister_site(
+    name: Annotated[str, typer.Argument(help="The site's name in the PKI registry.")],
+    pki_dir: Pki_,
+    superlink: SuperLink_,
+    node_id: Annotated[int | None, typer.Option(help="The node id to revoke (default: the one "
+                                                "register-site recorded for NAME).")] = None,
+    flwr_home: FlwrHome_ = Path("superlink-state/flwr-home"),
+) -> None:
+    """Revoke a site at the SuperLink: its key may no longer connect (its registry entry stays)."""
+    from fedgenome.server.pki import open_pki
+
+    layout = open_pki(pki_dir)
+    home = _operator_connection(superlink, layout.ca_cert, flwr_home)
+    if node_id is None:
+        node_id = node_of(layout.registry, name).node_id
+    unregister_supernode(node_id, "fedgenome", flwr_home=home)
+    forget_node(layout.registry, name)
+    Console(highlight=False).print(f"site {name} (node {node_id}) unregistered at {superlink}: its "
+                                   "SuperNode can no longer connect", markup=False)
+
+
+def list_sites(
+    pki_dir: Pki_,
+    superlink: SuperLink_,
+    flwr_home: FlwrHome_ = Path("superlink-state/flwr-home"),
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead.")] = False,
+) -> None:
+    """The SuperNodes registered at the SuperLink, with the site each one is (from register-site)."""
+    import json
+
+    from rich.table import Table
+
+    from fedgenome.server.pki import open_pki
+
+    layout = open_pki(pki_dir)
+    home = _operator_connection(superlink, layout.ca_cert, flwr_home)
+    names = {r.node_id: n for n, r in recorded_nodes(layout.registry).items()}
+    rows = [{"site": names.get(int(n["node-id"]), "(not recorded)"), "node-id": int(n["node-id"]),
+             "status": n.get("status"), "online-at": n.get("online-at")}
+            for n in list_supernodes("fedgenome", flwr_home=home)]
+    if json_out:
+        typer.echo(json.dumps({"sites": rows}, indent=2))
+        return
+    table = Table()
+    for column in ("site", "node-id", "status", "online-at"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(str(row[c] or "") for c in ("site", "node-id", "status", "online-at")))
+    Console(highlight=False).print(table)

@@ -1,0 +1,42 @@
+"""The operator registers, lists and revokes sites at a real SuperLink (127.0.0.1, TLS, node auth)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fedgenome.experiments.localfed import LocalFederation
+from fedgenome.server import pki
+from fedgenome.server.nodes import recorded_nodes
+from tests.helpers import assert_one_line_error, run_cli
+from tests.test_pki import make_site
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_site_registered_is_listed_by_name_and_an_unregistered_one_is_gone(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with LocalFederation(tmp_path / "fed", []) as federation:  # the SuperLink, with node auth on
+        assert federation.pki is not None
+        root = federation.pki.root
+        pki.add_site(root, "hospital-a", site_dir=make_site(tmp_path))
+        at = ["--pki", str(root), "--superlink", f"127.0.0.1:{federation.port}",
+              "--flwr-home", str(tmp_path / "operator")]
+        code, out, err = run_cli(["server", "register-site", "hospital-a", *at], capsys)
+        assert code == 0, err
+        node_id = recorded_nodes(federation.pki.registry)["hospital-a"].node_id
+        assert f"as node {node_id}" in out
+        code, out, err = run_cli(["server", "list-sites", *at, "--json"], capsys)
+        assert code == 0, err
+        [row] = json.loads(out)["sites"]
+        assert (row["site"], row["node-id"], row["status"]) == ("hospital-a", node_id, "registered")
+        code, out, err = run_cli(["server", "unregister-site", "hospital-a", *at], capsys)
+        assert code == 0, err
+        assert f"site hospital-a (node {node_id}) unregistered" in out
+        assert json.loads(run_cli(["server", "list-sites", *at, "--json"], capsys)[1])["sites"] == []
+        assert recorded_nodes(federation.pki.registry) == {}
+        code, _, err = run_cli(["server", "unregister-site", "hospital-a", *at], capsys)
+        assert_one_line_error(code, err, "site hospital-a: no SuperLink registration recorded",
+                              "--node-id")

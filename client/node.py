@@ -46,23 +46,29 @@ def runtime_security(directory: Path, *, days: int = 365) -> RuntimeSecurity:
 
 def supernode_command(*, site: Path, superlink: str, clientappio_port: int,
                       root_cert: Path | None, runtime: RuntimeSecurity, insecure: bool = False,
-                      auth_key: Path | None = None, keep_updates: bool = False) -> list[str]:
+                      auth_key: Path | None = None, keep_updates: bool = False,
+                      max_retries: int | None = None, max_wait_time: float | None = None) -> list[str]:
     """The SuperNode for ``site``; TLS to the SuperLink unless ``insecure`` was asked for explicitly.
 
     ``auth_key`` is the site's private key for SuperNode authentication (its public half must be
     registered with the SuperLink); ``keep_updates`` keeps a copy of every update sent;
-    ``runtime`` locks the local Runtime API its worker uses.
+    ``runtime`` locks the local Runtime API its worker uses. ``max_retries`` and ``max_wait_time``
+    bound how long a lost SuperLink is retried (Flower backs off between tries); None, the
+    default, retries for as long as it takes, as a hospital's service should.
     """
     node_config = f"{wire.NODE_SITE}='{site.resolve()}'" + (
         f" {wire.NODE_KEEP_UPDATES}=true" if keep_updates else "")
     command = [sys.executable, "-m", "fedgenome.client.supernode", "--superlink", superlink,
                "--host", HOST, "--port", str(clientappio_port),
-               "--node-config", node_config, "--max-retries", "10",
-               "--max-wait-time", "120", "--isolation", "process",
+               "--node-config", node_config, "--isolation", "process",
                "--ssl-certfile", str(runtime.tls.server_cert),
                "--ssl-keyfile", str(runtime.tls.server_key),
                "--ssl-ca-certfile", str(runtime.tls.ca_cert),
                "--superexec-auth-secret-file", str(runtime.secret)]
+    if max_retries is not None:
+        command += ["--max-retries", str(max_retries)]
+    if max_wait_time is not None:
+        command += ["--max-wait-time", str(max_wait_time)]
     if insecure:
         command.append("--insecure")
     elif root_cert is None:

@@ -50,6 +50,8 @@ class NodeSpec:
     retry_for: float = 900.0  # seconds to keep restarting a SuperNode that cannot connect (0: never)
     env: tuple[tuple[str, str], ...] = ()  # extra environment of both processes
     trust: tuple[str, ...] = ()  # app bundles run besides the installed fedgenome's (client/trust.py)
+    max_retries: int | None = None  # reconnection tries to a lost SuperLink (None: no limit)
+    max_wait_time: float | None = None  # seconds of reconnecting at most (None: no limit)
 
 
 class NodeProcesses:
@@ -87,7 +89,8 @@ class NodeProcesses:
         self.group.start(self.supernode, supernode_command(
             site=spec.site, superlink=spec.superlink, clientappio_port=spec.port,
             root_cert=spec.root_cert, runtime=self._runtime, insecure=spec.insecure,
-            auth_key=spec.auth_key, keep_updates=spec.keep_updates), env=self.env, cwd=self.cwd)
+            auth_key=spec.auth_key, keep_updates=spec.keep_updates, max_retries=spec.max_retries,
+            max_wait_time=spec.max_wait_time), env=self.env, cwd=self.cwd)
         self._node_started = time.monotonic()
         self._start_worker()
 

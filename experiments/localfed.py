@@ -175,6 +175,7 @@ class LocalFederation:
                         root_cert=None if self.tls is None else self.tls.ca_cert,
                         insecure=self.insecure, auth_key=auth_key,
                         keep_updates=self.keep_updates, threads=threads,
+                        max_retries=10, max_wait_time=120.0,  # a test's lost SuperLink is gone
                         env=tuple(sorted((env or {}).items())))
         node = NodeProcesses(spec, self.group, cwd=self.workdir)
         node.start()

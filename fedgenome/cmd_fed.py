@@ -143,6 +143,10 @@ def client_start(
         "--trust", metavar="DIGEST", help="Also run the app bundle with this content digest, after "
         "reviewing it (repeatable). Without it the node runs only the bundle of the fedgenome "
         "installed here ('fedgenome client trust' prints its digest).")] = None,
+    max_retries: Annotated[int | None, typer.Option(help="Reconnection tries to a lost SuperLink "
+                                                    "before giving up (default: no limit).")] = None,
+    max_wait_time: Annotated[float | None, typer.Option(help="Seconds of reconnecting to a lost "
+                                                        "SuperLink at most (default: no limit).")] = None,
 ) -> None:
     """Start this site's SuperNode and its ClientApp worker in the foreground (Ctrl-C stops them).
 
@@ -174,7 +178,8 @@ def client_start(
     terminate_on_sigterm()
     run_node(NodeSpec(site=site.resolve(), superlink=server, port=port, home=flwr_home.resolve(),
                       root_cert=root_cert and root_cert.resolve(), insecure=insecure,
-                      auth_key=key.resolve() if key is not None else None, trust=pinned))
+                      auth_key=key.resolve() if key is not None else None, trust=pinned,
+                      max_retries=max_retries, max_wait_time=max_wait_time))
 
 
 @client_app.command("keygen")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from fedgenome.cli import main
-from fedgenome.client.node import runtime_security, supernode_command
+from fedgenome.client.node import runtime_security, supernode_command, worker_command
 from fedgenome.server.pki_checks import check_server_tls
 from fedgenome.shared import hosts
 from fedgenome.shared.tls import tls_files
@@ -44,6 +44,19 @@ def test_a_supernode_runtime_api_listens_on_loopback(tmp_path: Path) -> None:
     command = supernode_command(site=tmp_path, superlink="example.org:9092", clientappio_port=1234,
                                 root_cert=None, runtime=runtime_security(tmp_path / "rt"), insecure=True)
     assert command[command.index("--host") + 1] == hosts.LOOPBACK
+
+
+def test_a_hospital_node_retries_a_lost_superlink_without_limit_unless_told(tmp_path: Path) -> None:
+    common = {"site": tmp_path, "superlink": "example.org:9092", "clientappio_port": 1234,
+              "root_cert": None, "runtime": runtime_security(tmp_path / "rt"), "insecure": True}
+    service = supernode_command(**common)  # type: ignore[arg-type]
+    assert "--max-retries" not in service and "--max-wait-time" not in service  # Flower: no limit
+    bounded = supernode_command(**common, max_retries=5, max_wait_time=60.0)  # type: ignore[arg-type]
+    assert bounded[bounded.index("--max-retries") + 1] == "5"
+    assert bounded[bounded.index("--max-wait-time") + 1] == "60.0"
+    worker = worker_command(site=tmp_path, clientappio_port=1234, runtime=common["runtime"],  # type: ignore[arg-type]
+                            supernode_pid=1, trust=("sha256:" + "ab" * 32,))
+    assert worker[worker.index("--trust") + 1] == "sha256:" + "ab" * 32
 
 
 def test_choice_lists_come_from_the_registries() -> None:

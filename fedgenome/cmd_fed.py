@@ -182,6 +182,38 @@ def client_start(
                       max_retries=max_retries, max_wait_time=max_wait_time))
 
 
+@client_app.command("check")
+def client_check(
+    superlink: Annotated[str, typer.Option(help="The SuperLink's address HOST:PORT, as the node dials it.")],
+    root_certificates: Annotated[Path, typer.Option(help="The consortium CA certificate (ca.crt).")],
+    site: Annotated[Path | None, typer.Option(help="The site directory: also check its key.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead.")] = False,
+) -> None:
+    """Before starting the node: the SuperLink is reachable, its TLS is valid for that host, the key loads.
+
+    Exit 0 when every check passes, 4 when one fails (each failure says how to fix it).
+    """
+    import json
+    from dataclasses import asdict
+
+    from fedgenome.client.preflight import PreflightFailed, check_site_key, check_superlink
+    from fedgenome.configs.schema import load_site_manifest
+    from fedgenome.privacy.site_state import site_key_path
+
+    checks = check_superlink(superlink, root_certificates=root_certificates)
+    if site is not None:
+        checks.append(check_site_key(site_key_path(site, load_site_manifest(site).name)))
+    if json_out:
+        typer.echo(json.dumps({"ok": all(c.ok for c in checks), "checks": [asdict(c) for c in checks]}))
+    else:
+        for c in checks:
+            fix = "" if c.ok else f"; fix: {c.fix}"
+            typer.echo(f"{'ok  ' if c.ok else 'FAIL'} {c.name}: {c.detail}{fix}")
+    failed = [c.name for c in checks if not c.ok]
+    if failed:
+        raise PreflightFailed(f"client check: {', '.join(failed)} failed")
+
+
 @client_app.command("keygen")
 def client_keygen(
     site: Annotated[Path, typer.Option(help="The hospital's site directory.")],

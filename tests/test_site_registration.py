@@ -1,4 +1,5 @@
-"""The operator registers, lists and revokes sites at a real SuperLink (127.0.0.1, TLS, node auth)."""
+"""A hospital checks its SuperLink; the operator registers, lists and revokes sites there (a real
+SuperLink on 127.0.0.1, TLS, node authentication)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,14 @@ def test_a_site_registered_is_listed_by_name_and_an_unregistered_one_is_gone(
     with LocalFederation(tmp_path / "fed", []) as federation:  # the SuperLink, with node auth on
         assert federation.pki is not None
         root = federation.pki.root
-        pki.add_site(root, "hospital-a", site_dir=make_site(tmp_path))
+        site = make_site(tmp_path)
+        pki.add_site(root, "hospital-a", site_dir=site)
+        code, out, err = run_cli(["client", "check", "--superlink", f"127.0.0.1:{federation.port}",
+                                  "--root-certificates", str(federation.pki.ca_cert), "--site", str(site),
+                                  "--json"], capsys)  # the hospital's preflight against a real SuperLink
+        assert code == 0, out + err
+        assert [c["name"] for c in json.loads(out)["checks"]] == [
+            "address", "root certificate", "reachable", "TLS", "site key"]
         at = ["--pki", str(root), "--superlink", f"127.0.0.1:{federation.port}",
               "--flwr-home", str(tmp_path / "operator")]
         code, out, err = run_cli(["server", "register-site", "hospital-a", *at], capsys)

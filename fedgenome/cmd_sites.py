@@ -60,9 +60,9 @@ def unregister_site(
     name: Annotated[str, typer.Argument(help="The site's name in the PKI registry.")],
     pki_dir: Pki_,
     superlink: SuperLink_,
+    flwr_home: FlwrHome_ = Path("superlink-state/flwr-home"),
     node_id: Annotated[int | None, typer.Option(help="The node id to revoke (default: the one "
                                                 "register-site recorded for NAME).")] = None,
-    flwr_home: FlwrHome_ = Path("superlink-state/flwr-home"),
 ) -> None:
     """Revoke a site at the SuperLink: its key may no longer connect (its registry entry stays)."""
     from fedgenome.server.pki import open_pki

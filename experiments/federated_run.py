@@ -58,14 +58,13 @@ def submit_and_follow(run_config: Mapping[str, Any], *, server: str, root_cert: 
     home = flwr_home.resolve()
     write_connection(home, CONNECTION, address=server, ca_cert=root_cert and root_cert.resolve())
     run_id = submit_run(APP_DIR, CONNECTION, dict(run_config), flwr_home=home)
-    if on_submit is not None:
-        on_submit(run_id)
-    if detach:
-        return run_id
-    run_dir = Path(str(run_config["run-dir"]))
     try:
-        status = follow_run(run_id, CONNECTION, flwr_home=home, timeout=timeout, run_dir=run_dir,
-                            on_round=on_round)
+        if on_submit is not None:
+            on_submit(run_id)
+        if detach:
+            return run_id
+        status = follow_run(run_id, CONNECTION, flwr_home=home, timeout=timeout,
+                            run_dir=Path(str(run_config["run-dir"])), on_round=on_round)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the run must not go on without anyone watching
         _stop(run_id, home)
         raise

@@ -11,7 +11,7 @@ import click
 import typer
 
 from fedgenome import cmd_data, cmd_fed, cmd_model, cmd_pki, cmd_privacy, cmd_runs
-from fedgenome.cli_signals import Terminated
+from fedgenome.cli_signals import was_terminated
 from fedgenome.cmd_audit import audit_app
 from fedgenome.configs.errors import FedGenomeError
 
@@ -103,10 +103,10 @@ def main(argv: list[str] | None = None) -> None:
         typer.echo(f"fedgenome: error: {where}{exc.strerror or exc}; free some space or fix the "
                    "permissions, then run again", err=True)
         sys.exit(1)
-    except Terminated:
-        typer.echo("fedgenome: terminated", err=True)
-        sys.exit(143)
     except (KeyboardInterrupt, click.Abort):
-        typer.echo("fedgenome: interrupted", err=True)
-        sys.exit(130)
+        code = 130
+    if code == 130:  # typer returns 130 for an interrupt it caught
+        terminated = was_terminated()
+        typer.echo(f"fedgenome: {'terminated' if terminated else 'interrupted'}", err=True)
+        sys.exit(143 if terminated else 130)
     sys.exit(code if isinstance(code, int) else 0)

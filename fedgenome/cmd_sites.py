@@ -44,8 +44,7 @@ def register_site(
     home = _operator_connection(superlink, root_cert or layout.ca_cert, flwr_home)
     node_id = register_supernode(public.resolve(), "fedgenome", flwr_home=home, name=name)
     record_node(layout.registry, name, node_id=node_id, superlink=superlink)
-    Console(highlight=False).print(f"site {name} registered with the SuperLink at {superlink} as "
-                                   f"node {node_id} ({public})", markup=False)
+    typer.echo(f"site {name} registered with the SuperLink at {superlink} as node {node_id} ({public})")
 
 
 def _operator_connection(superlink: str, ca: Path, flwr_home: Path) -> Path:
@@ -73,8 +72,8 @@ def unregister_site(
         node_id = node_of(layout.registry, name).node_id
     unregister_supernode(node_id, "fedgenome", flwr_home=home)
     forget_node(layout.registry, name)
-    Console(highlight=False).print(f"site {name} (node {node_id}) unregistered at {superlink}: its "
-                                   "SuperNode can no longer connect", markup=False)
+    typer.echo(f"site {name} (node {node_id}) unregistered at {superlink}: its SuperNode can no longer "
+               "connect")
 
 
 def list_sites(
@@ -104,4 +103,4 @@ def list_sites(
         table.add_column(column)
     for row in rows:
         table.add_row(*(str(row[c] or "") for c in ("site", "node-id", "status", "online-at")))
-    Console(highlight=False).print(table)
+    Console(highlight=False, soft_wrap=True).print(table)

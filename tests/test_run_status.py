@@ -88,7 +88,7 @@ def test_run_prints_its_id_and_an_interrupt_stops_the_run_at_the_superlink(
         first = int(re.fullmatch(r"run (\d+) submitted; follow it with .*", out.strip()).group(1))  # type: ignore[union-attr]
         listed = _run(["runs", "ls", "--json", "--flwr-home", str(home)])
         runs = json.loads(listed.communicate(timeout=120)[0])["runs"]
-        assert [r["run-id"] for r in runs] == [first] and not runs[0]["status"].startswith("finished")
+        assert [int(r["run-id"]) for r in runs] == [first] and not runs[0]["status"].startswith("finished")
         stopped = _run(["runs", "stop", str(first), "--flwr-home", str(home)])
         said = stopped.communicate(timeout=120)[0].strip()
         assert said == f"run {first}: the SuperLink was asked to stop it"

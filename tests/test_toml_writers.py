@@ -11,6 +11,7 @@ from flwr.common.config import parse_config_args
 
 from fedgenome.server import deploy
 from fedgenome.server.site_policy import declare_patients, declared_examples
+from fedgenome.shared.app_bundle import APP_DIR
 from fedgenome.shared.sites import copy_site
 
 if sys.version_info >= (3, 11):
@@ -67,7 +68,7 @@ def test_the_run_config_reaches_flower_intact(tmp_path: Path, monkeypatch: pytes
         return {"success": True, "run-id": 7}
 
     monkeypatch.setattr(deploy, "flwr_json", flwr_json)
-    assert deploy.submit_run(tmp_path, "fedgenome", run_config, flwr_home=tmp_path) == 7
+    assert deploy.submit_run(APP_DIR, "fedgenome", run_config, flwr_home=tmp_path) == 7
     assert seen == run_config
 
 

@@ -27,9 +27,10 @@ from tests.test_federation import run_config
 
 UNGUARDED = '''"""fedgenome's ClientApp without its egress guard: whatever the app returns leaves the site."""
 import fedgenome.client.egress as egress
+from fedgenome.client import app as fedgenome
 
 egress.check_content = lambda content, model: None
-from fedgenome.client.app import app  # noqa: E402
+app = fedgenome.app
 '''
 
 

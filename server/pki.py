@@ -125,8 +125,7 @@ class SiteKey:
 
     site: RegisteredSite
     private_path: Path | None
-    """The site's private key: in the site directory, or in the handover kit; None when the site
-    sent only its public key (its private key never left it)."""
+    """The site's private key (site directory or handover kit); None when only its public key came."""
     adopted: bool
     """True when the site already had a key (made by private training) and it was kept."""
     kit: Path | None
@@ -215,10 +214,9 @@ def add_site(pki: Path, name: str, *, site_dir: Path | None = None,
 
     With ``public_key`` (what ``fedgenome client keygen`` made at the hospital) only that key is
     registered: the private key never leaves the hospital. With ``site_dir`` the key becomes the
-    site's own key (``keys/<name>``), so its SuperNode authenticates with it and its ledger is
-    signed with it; a key the site already has (made by private training) is adopted instead,
-    since its ledger is signed with it. With neither, a handover kit ``kits/<name>/`` is written for
-    the site to install as ``keys/<name>``.
+    site's own (``keys/<name>``): its SuperNode authenticates and its ledger is signed with it; a key
+    the site already has (from private training) is adopted. With neither, a handover kit
+    ``kits/<name>/`` is written for the site to install as ``keys/<name>``.
 
     Raises:
         ConfigError: Not a PKI, a bad name, the name already registered, both ``site_dir`` and
@@ -236,8 +234,7 @@ def add_site(pki: Path, name: str, *, site_dir: Path | None = None,
         fp = fingerprint(load_public_key(registered))
         raise ConfigError(f"site {name} is already registered ({registered}, fingerprint {fp[:16]}): "
                           f"give its key a new pair with 'fedgenome pki rotate-site {name}'")
-    kit: Path | None = None
-    private_path: Path | None = None
+    kit = private_path = None
     if public_key is not None:
         public, adopted = load_public_key(public_key), False
     elif site_dir is not None:
@@ -245,8 +242,7 @@ def add_site(pki: Path, name: str, *, site_dir: Path | None = None,
         private_path = site_key_path(site_dir, name)
         adopted = private_path.exists()
         if adopted:
-            log.info("site %s already has a key (%s): adopting it, its ledger is signed with it",
-                     name, private_path)
+            log.info("site %s already has a key (%s): adopting it", name, private_path)
         else:
             create_site_key(private_path.parent, name)
         public = site_public_key(site_dir, name)

@@ -13,6 +13,7 @@ from rich.table import Table
 from fedgenome.configs.errors import ConfigError
 from fedgenome.experiments.federated_run import CONNECTION
 from fedgenome.server.deploy import flwr, list_runs, stop_run, write_connection
+from fedgenome.server.pki_checks import check_ca
 
 app = typer.Typer(name="runs", help="The runs of a SuperLink: list them, read a run's log, stop one.",
                   no_args_is_help=True)
@@ -25,14 +26,28 @@ FlwrHome_ = Annotated[Path, typer.Option(help="Flower's CLI config directory ('f
                                          "the same default).")]
 
 
+def operator_connection(server: str, *, root_cert: Path | None, insecure: bool, flwr_home: Path) -> Path:
+    """The ``flwr`` home holding the operator's connection to ``server`` (CA checked first).
+
+    Raises:
+        ConfigError: No ``root_cert`` without ``insecure``, or it is not a usable CA certificate.
+    """
+    if root_cert is None and not insecure:
+        raise ConfigError("TLS is on by default: pass --root-cert CA.crt, or --insecure")
+    if root_cert is not None and not insecure:
+        check_ca(root_cert)
+    home = flwr_home.resolve()
+    write_connection(home, CONNECTION, address=server,
+                     ca_cert=None if insecure or root_cert is None else root_cert.resolve())
+    return home
+
+
 def _connect(server: str | None, root_cert: Path | None, insecure: bool, flwr_home: Path) -> Path:
     """The ``flwr`` home with the connection: written from ``--server``, or as ``run`` left it."""
-    home = flwr_home.resolve()
     if server is not None:
-        if root_cert is None and not insecure:
-            raise ConfigError("TLS is on by default: pass --root-cert CA.crt, or --insecure")
-        write_connection(home, CONNECTION, address=server, ca_cert=root_cert and root_cert.resolve())
-    elif not (home / "config.toml").is_file():
+        return operator_connection(server, root_cert=root_cert, insecure=insecure, flwr_home=flwr_home)
+    home = flwr_home.resolve()
+    if not (home / "config.toml").is_file():
         raise ConfigError(f"{home}: no SuperLink connection here; pass --server HOST:PORT (and "
                           "--root-cert), or the --flwr-home of an earlier 'fedgenome run'")
     return home

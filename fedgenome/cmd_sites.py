@@ -8,16 +8,16 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from fedgenome.cmd_runs import operator_connection
 from fedgenome.configs.errors import ConfigError
 from fedgenome.configs.names import check_site_name
+from fedgenome.experiments.federated_run import CONNECTION
 from fedgenome.server.deploy import (
     list_supernodes,
     register_supernode,
     unregister_supernode,
-    write_connection,
 )
 from fedgenome.server.nodes import forget_node, node_of, record_node, recorded_nodes
-from fedgenome.server.pki_checks import check_ca
 
 FlwrHome_ = Annotated[Path, typer.Option(help="Flower's state and CLI config directory.")]
 Pki_ = Annotated[Path, typer.Option("--pki", help="The consortium PKI directory.")]
@@ -41,18 +41,11 @@ def register_site(
     if not public.is_file():
         raise ConfigError(f"site {name} is not registered in the PKI ({public} is missing): add it with "
                           f"'fedgenome pki add-site {name} --pki {pki_dir}'")
-    home = _operator_connection(superlink, root_cert or layout.ca_cert, flwr_home)
-    node_id = register_supernode(public.resolve(), "fedgenome", flwr_home=home, name=name)
+    home = operator_connection(superlink, root_cert=root_cert or layout.ca_cert, insecure=False,
+                               flwr_home=flwr_home)
+    node_id = register_supernode(public.resolve(), CONNECTION, flwr_home=home, name=name)
     record_node(layout.registry, name, node_id=node_id, superlink=superlink)
     typer.echo(f"site {name} registered with the SuperLink at {superlink} as node {node_id} ({public})")
-
-
-def _operator_connection(superlink: str, ca: Path, flwr_home: Path) -> Path:
-    """The ``flwr`` home holding the connection to ``superlink`` (CA checked first)."""
-    check_ca(ca)
-    home = flwr_home.resolve()
-    write_connection(home, "fedgenome", address=superlink, ca_cert=ca.resolve())
-    return home
 
 
 def unregister_site(
@@ -67,10 +60,10 @@ def unregister_site(
     from fedgenome.server.pki import open_pki
 
     layout = open_pki(pki_dir)
-    home = _operator_connection(superlink, layout.ca_cert, flwr_home)
+    home = operator_connection(superlink, root_cert=layout.ca_cert, insecure=False, flwr_home=flwr_home)
     if node_id is None:
         node_id = node_of(layout.registry, name).node_id
-    unregister_supernode(node_id, "fedgenome", flwr_home=home)
+    unregister_supernode(node_id, CONNECTION, flwr_home=home)
     forget_node(layout.registry, name)
     typer.echo(f"site {name} (node {node_id}) unregistered at {superlink}: its SuperNode can no longer "
                "connect")
@@ -90,11 +83,11 @@ def list_sites(
     from fedgenome.server.pki import open_pki
 
     layout = open_pki(pki_dir)
-    home = _operator_connection(superlink, layout.ca_cert, flwr_home)
+    home = operator_connection(superlink, root_cert=layout.ca_cert, insecure=False, flwr_home=flwr_home)
     names = {r.node_id: n for n, r in recorded_nodes(layout.registry).items()}
     rows = [{"site": names.get(int(n["node-id"]), "(not recorded)"), "node-id": int(n["node-id"]),
              "status": n.get("status"), "online-at": n.get("online-at")}
-            for n in list_supernodes("fedgenome", flwr_home=home)]
+            for n in list_supernodes(CONNECTION, flwr_home=home)]
     if json_out:
         typer.echo(json.dumps({"sites": rows}, indent=2))
         return

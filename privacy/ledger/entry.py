@@ -45,6 +45,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Literal
@@ -168,15 +169,20 @@ class LedgerEntry:
 _FIELDS = tuple(f for f in dataclasses.fields(LedgerEntry) if f.name != "extra")
 
 
-def software_versions() -> dict[str, str]:
-    """The installed versions of :data:`SOFTWARE` (``"unknown"`` for one not installed)."""
+@cache
+def _installed_versions() -> tuple[tuple[str, str], ...]:
     found = {}
     for name in SOFTWARE:
         try:
             found[name] = version(name)
         except PackageNotFoundError:
             found[name] = "unknown"
-    return found
+    return tuple(found.items())
+
+
+def software_versions() -> dict[str, str]:
+    """The installed versions of :data:`SOFTWARE` (``"unknown"`` for one not installed), read once."""
+    return dict(_installed_versions())
 
 
 def canonical(fields: dict[str, object]) -> bytes:

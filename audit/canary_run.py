@@ -54,7 +54,7 @@ def check_options(*, site: str, m: int, repeats: int, references: int, beta: flo
         raise ConfigError(f"--beta {beta} must be in (0, 1), --references {references} >= 1, "
                           f"--canaries {m} >= 2 and --repeats {repeats} >= 1")
     if site not in HOSPITALS:
-        raise ConfigError(f"--site {site}: plant canaries at one of {', '.join(HOSPITALS)}")
+        raise ConfigError(f"--site-name {site}: plant canaries at one of {', '.join(HOSPITALS)}")
 
 
 def write_commitment(files: RunLayout, draw: CanaryDraw, *, site: str) -> None:

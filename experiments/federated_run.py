@@ -14,7 +14,7 @@ from typing import Any
 
 from fedgenome.configs.schema import FederationConfig
 from fedgenome.configs.validation import validate
-from fedgenome.server.deploy import DeploymentError, stop_run, submit_run, write_connection
+from fedgenome.server.deploy import DeploymentError, stop_run, submit_run
 from fedgenome.server.progress import OnRound, follow_run
 from fedgenome.shared.app_bundle import APP_DIR
 
@@ -43,11 +43,10 @@ def remote_run_config(overrides: Mapping[str, Any], *, run_dir: Path, reference:
     return config
 
 
-def submit_and_follow(run_config: Mapping[str, Any], *, server: str, root_cert: Path | None,
-                      flwr_home: Path, timeout: float,
+def submit_and_follow(run_config: Mapping[str, Any], *, flwr_home: Path, timeout: float,
                       on_submit: Callable[[int], None] | None = None,
                       on_round: OnRound | None = None, detach: bool = False) -> int:
-    """Submit the fedgenome app's run to the SuperLink at ``server``, follow it; its run id.
+    """Submit the fedgenome app's run to the SuperLink of ``flwr_home``'s connection, follow it; its id.
 
     ``detach`` returns once the run is submitted. Interrupted while following (KeyboardInterrupt,
     which SIGTERM becomes in the CLI), it asks the SuperLink to stop the run, then re-raises.
@@ -56,7 +55,6 @@ def submit_and_follow(run_config: Mapping[str, Any], *, server: str, root_cert: 
         DeploymentError: The run did not complete.
     """
     home = flwr_home.resolve()
-    write_connection(home, CONNECTION, address=server, ca_cert=root_cert and root_cert.resolve())
     run_id = submit_run(APP_DIR, CONNECTION, dict(run_config), flwr_home=home)
     try:
         if on_submit is not None:

@@ -10,21 +10,25 @@ from typing import Annotated
 import click
 import typer
 
-from fedgenome import cmd_data, cmd_fed, cmd_model, cmd_pki, cmd_privacy, cmd_runs
+from fedgenome import cmd_client, cmd_data, cmd_fed, cmd_model, cmd_pki, cmd_privacy, cmd_runs
+from fedgenome.cli_options import MARKUP
 from fedgenome.cli_signals import was_terminated
 from fedgenome.cmd_audit import audit_app
 from fedgenome.configs.errors import FedGenomeError
 
 log = logging.getLogger("fedgenome")
 _DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM}
+GLOBAL_FLAGS = ("-v", "--verbose", "-q", "--quiet")
+"""The root's flags that may also follow the subcommand (``fedgenome client start -v``)."""
 
 app = typer.Typer(
     name="fedgenome",
     help="Federated, differentially private training of a genome language model across hospitals.",
     no_args_is_help=True,
+    rich_markup_mode=MARKUP,
     context_settings={"help_option_names": ["-h", "--help"]},  # every subcommand inherits -h
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish, PowerShell
 )
 app.add_typer(cmd_data.app, name="data")
 app.add_typer(cmd_privacy.app, name="privacy")
@@ -36,7 +40,7 @@ app.command("demo")(cmd_fed.demo_command)
 app.command("run")(cmd_fed.run_command)
 app.add_typer(cmd_runs.app, name="runs")
 app.add_typer(cmd_fed.server_app, name="server")
-app.add_typer(cmd_fed.client_app, name="client")
+app.add_typer(cmd_client.app, name="client")
 app.add_typer(cmd_pki.app, name="pki")
 app.add_typer(audit_app, name="audit")
 
@@ -81,11 +85,21 @@ def configure_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def hoist_global_flags(args: list[str]) -> list[str]:
+    """``args`` with the :data:`GLOBAL_FLAGS` moved in front of the subcommand, where typer reads them.
+
+    Only before a ``--`` (after it every word is an argument); no subcommand has options of those names.
+    """
+    end = args.index("--") if "--" in args else len(args)
+    flags = [a for a in args[:end] if a in GLOBAL_FLAGS]
+    return flags + [a for a in args[:end] if a not in GLOBAL_FLAGS] + args[end:]
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; every known failure ends as one line on stderr and a non-zero exit."""
     configure_logging()
     try:
-        args = list(sys.argv[1:] if argv is None else argv)
+        args = hoist_global_flags(list(sys.argv[1:] if argv is None else argv))
         code = app(args=args, prog_name="fedgenome", standalone_mode=False, obj={"argv": args})
     except FedGenomeError as exc:
         typer.echo(f"fedgenome: error: {exc}", err=True)

@@ -25,6 +25,7 @@ from fedgenome.audit.results import SiteAudit
 from fedgenome.audit.sources import audit_ledgers, site_budgets
 from fedgenome.audit.verify import AuditFailed, AuditResult
 from fedgenome.cli_choices import PRESETS
+from fedgenome.cli_options import MARKUP
 from fedgenome.cli_signals import terminate_on_sigterm
 from fedgenome.configs.errors import ConfigError
 from fedgenome.shared.atomic import write_text
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
     from fedgenome.audit.canaries import CanaryAudit
 
 audit_app = typer.Typer(
-    name="audit", no_args_is_help=True,
+    name="audit", no_args_is_help=True, rich_markup_mode=MARKUP,
     help="Audit the privacy spent, without trusting the operator or the sites: verify ledgers, "
          "report a run, bound epsilon from below with canaries.")
 
@@ -183,7 +184,8 @@ def canaries_command(
     preset: Annotated[str, typer.Option(help="Model preset.", click_type=PRESETS)] = "tiny",
     rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 3,
     local_steps: Annotated[int, typer.Option(help="Private steps per site per round.")] = 5,
-    site: Annotated[str, typer.Option(help="The hospital the canaries are planted at.")] = "hospital-ceu",
+    site_name: Annotated[str, typer.Option(help="The demo hospital (by name) the canaries are planted "
+                                           "at.")] = "hospital-ceu",
     target_epsilon: Annotated[float, typer.Option(help="Epsilon every site reaches after all "
                                                   "rounds.")] = 8.0,
     references: Annotated[int, typer.Option(help="Never-planted reference sequences for "
@@ -204,7 +206,7 @@ def canaries_command(
     terminate_on_sigterm()
     config = canary_run_config(preset=preset, rounds=rounds, local_steps=local_steps,
                                target_epsilon=target_epsilon)
-    report = run_canary_audit(out, cache=cache or default_cache(), site=site, m=canaries,
+    report = run_canary_audit(out, cache=cache or default_cache(), site=site_name, m=canaries,
                               repeats=repeats, run_config=config, auditor_dir=auditor_dir,
                               references=references, beta=beta, seed=seed, timeout=timeout)
     print_canary_report(report, RunLayout(out).canary_audit)

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from fedgenome.cli_options import MARKUP
 from fedgenome.shared.fetch import CACHE_HELP, PACKAGES, default_cache, fetch_data
 from fedgenome.shared.sites import describe_site, make_sites
 
@@ -18,7 +19,7 @@ log = logging.getLogger(__name__)
 app = typer.Typer(
     name="data",
     help="Fetch the real genomes (Debian packages) and build hospital sites from them.",
-    no_args_is_help=True,
+    no_args_is_help=True, rich_markup_mode=MARKUP,
 )
 
 CacheOption = Annotated[

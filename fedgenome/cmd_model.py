@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from fedgenome.cli_choices import DEVICES, GRAD_SAMPLE_MODES, PRESETS
+from fedgenome.cli_options import Json_
 from fedgenome.configs.errors import ConfigError
 from fedgenome.configs.schema import (
     Preset,
@@ -30,7 +31,6 @@ from fedgenome.configs.validation import read_toml
 from fedgenome.shared.atomic import atomic_path
 
 if TYPE_CHECKING:
-    import torch
 
     from fedgenome.experiments.training import TrainingRun
     from fedgenome.shared.markov_fields import BaselineScore
@@ -235,22 +235,6 @@ def pretrain_command(
     Console().print(f"checkpoint: {result.checkpoint} (model card: {result.checkpoint / 'MODEL_CARD.md'})")
 
 
-def _checkpoint_baseline(meta: dict[str, Any], reference: Path | None,
-                         windows: torch.Tensor) -> BaselineScore | str:
-    """The best-k baseline of the checkpoint's reference (or ``reference``) minus its held-out regions.
-
-    Returns why there is none instead when that reference is not at hand (``--fasta`` needs none).
-    """
-    from fedgenome.shared.reference_markov import reference_baseline
-
-    path = reference or (Path(meta["reference"]) if meta.get("reference") else None)
-    if path is None or not path.is_file():
-        return (f"no Markov baseline: the checkpoint's reference {path or '(none)'} is not here; "
-                "pass --reference FASTA")
-    holdout = [Region(**r) for r in meta.get("holdout", [])]
-    return reference_baseline(path, exclude=holdout).score(windows)
-
-
 def eval_command(
     checkpoint: Checkpoint_,
     fasta: Annotated[Path | None, typer.Option(help="Evaluate on every record of this FASTA "
@@ -260,45 +244,33 @@ def eval_command(
                                                "checkpoint's held-out regions).")] = None,
     windows: Annotated[int | None, typer.Option(help="Windows to evaluate.")] = None,
     device: Device_ = "auto",
+    json_out: Json_ = False,
 ) -> None:
     """Print held-out bits per base of a checkpoint's model and of the best-k Markov baseline.
 
     The baseline is counted on the checkpoint's reference (or --reference) minus its held-out
     regions, whatever is evaluated: public sequence only, so it costs no privacy.
     """
-    from fedgenome.shared.checkpoint import load_checkpoint
-    from fedgenome.shared.datasets import read_fasta_records, tile_windows
-    from fedgenome.shared.genomes import Reference
-    from fedgenome.shared.markov_fields import BaselineScore
-    from fedgenome.shared.train import evaluate, pick_device
+    import json
 
-    ckpt = load_checkpoint(checkpoint)
-    meta = ckpt.meta
-    window, count = meta["data"]["window"], windows or meta["data"]["eval_windows"]
-    max_n = meta["data"]["max_n_fraction"]
-    if fasta is not None:
-        seqs, regions, where = read_fasta_records(fasta), None, str(fasta)
-    else:
-        ref = Reference(reference or Path(meta["reference"]))
-        regions = [Region.parse(region)] if region else [Region(**r) for r in meta["holdout"]]
-        seqs = {r.contig: ref.tokens(r.contig) for r in regions}
-        where = ", ".join(f"{r.contig}:{r.start}-{r.end}" for r in regions)
-    data = tile_windows(seqs, regions, window=window, count=count, max_n_fraction=max_n)
-    dev = pick_device(device)
-    result = evaluate(ckpt.model.to(dev), data, device=dev)
-    rows = [("model", f"{result.bits_per_base:.4f}", f"{result.bases:,}")]
-    markov = _checkpoint_baseline(meta, reference, data)
-    if isinstance(markov, BaselineScore):
-        rows.append((markov.label, f"{markov.bits_per_base:.4f}", f"{result.bases:,}"))
-    if ckpt.markov is not None:  # a checkpoint from before the best-k baseline
-        rows.append((f"Markov order-{ckpt.markov.order} (windows seen in training)",
-                     f"{ckpt.markov.bits_per_base(data):.4f}", f"{result.bases:,}"))
+    from fedgenome.experiments.checkpoint_eval import evaluate_checkpoint
+
+    got = evaluate_checkpoint(checkpoint, fasta=fasta, reference=reference, region=region,
+                              windows=windows, device=device)
+    if json_out:
+        typer.echo(json.dumps(got.to_json(), indent=2))
+        return
+    rows = [("model", f"{got.model_bits_per_base:.4f}", f"{got.bases:,}")]
+    if got.baseline is not None:
+        rows.append((got.baseline.label, f"{got.baseline.bits_per_base:.4f}", f"{got.bases:,}"))
+    if got.legacy_markov is not None:  # a checkpoint from before the best-k baseline
+        rows.append((got.legacy_markov[0], f"{got.legacy_markov[1]:.4f}", f"{got.bases:,}"))
     out = Console()
-    out.print(_bits_table(f"{where} ({len(data)} windows of {window})", rows))
-    if isinstance(markov, BaselineScore):
-        out.print(_baseline_lines(result.bits_per_base, markov))
+    out.print(_bits_table(f"{got.where} ({got.windows} windows of {got.window})", rows))
+    if got.baseline is not None:
+        out.print(_baseline_lines(got.model_bits_per_base, got.baseline))
     else:  # a path in it stays whole (no hard wrap) and literal (no markup)
-        out.print(markov, soft_wrap=True, markup=False, highlight=False)
+        out.print(got.no_baseline, soft_wrap=True, markup=False, highlight=False)
 
 
 def score_command(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -9,12 +10,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from fedgenome.cli_options import MARKUP, Json_
 from fedgenome.configs.schema import load_site_manifest
 from fedgenome.server import pki
 from fedgenome.server.pki_checks import CertInfo
 from fedgenome.shared.hosts import LOCAL_NAMES
 
-app = typer.Typer(name="pki", no_args_is_help=True,
+app = typer.Typer(name="pki", no_args_is_help=True, rich_markup_mode=MARKUP,
                   help="The consortium PKI: a CA, the SuperLink's certificate, site keys.")
 
 Pki_ = Annotated[Path, typer.Option("--pki", help="The PKI directory ('pki init --out').")]
@@ -139,9 +141,23 @@ def check_command(
     host: Annotated[str | None, typer.Option(help="A host clients use: must be in the SANs.")] = None,
     site: Annotated[list[Path] | None, typer.Option(
         help="A site directory whose key must be the registered one; repeatable.")] = None,
+    json_out: Json_ = False,
 ) -> None:
     """Check the certificates (dates, key match, CA signature, host) and the registry of site keys."""
     report = pki.check_pki(pki_dir, host=host)
+    checked = []
+    for site_dir in site or []:
+        name = load_site_manifest(site_dir).name
+        checked.append((name, site_dir, pki.check_site(pki_dir, name, site_dir=site_dir)))
+    if json_out:
+        typer.echo(json.dumps({
+            "ca": _cert_json(report.tls.ca), "server": _cert_json(report.tls.server),
+            "sites": [{"name": e.name, "fingerprint": e.fingerprint, "public_key": str(e.public_path)}
+                      for e in report.sites],
+            "retired": report.retired,
+            "checked_sites": [{"name": n, "site": str(d), "fingerprint": c.fingerprint}
+                              for n, d, c in checked]}, indent=2))
+        return
     console = _console()
     console.print(_cert_line("CA", report.tls.ca), markup=False)
     console.print(_cert_line("SuperLink", report.tls.server), markup=False)
@@ -150,8 +166,12 @@ def check_command(
     for entry in report.sites:
         table.add_row(entry.name, entry.fingerprint[:16], str(entry.public_path))
     console.print(table)
-    for site_dir in site or []:
-        name = load_site_manifest(site_dir).name
-        checked = pki.check_site(pki_dir, name, site_dir=site_dir)
+    for name, site_dir, result in checked:
         console.print(f"site {name} ({site_dir}): key matches the registry, ledger verifies "
-                      f"({checked.fingerprint[:16]})", markup=False)
+                      f"({result.fingerprint[:16]})", markup=False)
+
+
+def _cert_json(info: CertInfo) -> dict[str, object]:
+    return {"path": str(info.path), "subject": info.subject, "issuer": info.issuer,
+            "not_before": info.not_before.isoformat(), "not_after": info.not_after.isoformat(),
+            "days_left": round(info.days_left(), 2), "sha256": info.fingerprint, "hosts": list(info.hosts)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Annotated
@@ -9,6 +10,7 @@ from typing import Annotated
 import typer
 
 from fedgenome.cli_choices import NameChoice
+from fedgenome.cli_options import MARKUP, Json_
 from fedgenome.privacy.accounting import ACCOUNTANTS, check_arguments, epsilon, plan_noise_multiplier
 from fedgenome.privacy.mechanism import Mechanism
 
@@ -16,7 +18,7 @@ app = typer.Typer(
     name="privacy",
     help="Privacy accounting: the (ε, δ) of subsampled-Gaussian training, noise planning, and "
          "starting a lost ledger over on record.",
-    no_args_is_help=True,
+    no_args_is_help=True, rich_markup_mode=MARKUP,
 )
 
 # Ranges are checked by fedgenome.privacy.accounting.check_arguments (one-line ConfigError),
@@ -41,11 +43,16 @@ def epsilon_command(
     steps: Steps,
     delta: Delta,
     accountant: Accountant = "rdp",
+    json_out: Json_ = False,
 ) -> None:
     """Print the ε spent by STEPS steps of the subsampled Gaussian mechanism."""
     check_arguments(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps, delta=delta)
     eps = epsilon(history=[Mechanism(noise_multiplier, sample_rate, steps)], delta=delta,
                   accountant=accountant)
+    if json_out:
+        _echo_json(epsilon=eps, accountant=accountant, noise_multiplier=noise_multiplier,
+                   sample_rate=sample_rate, steps=steps, delta=delta)
+        return
     typer.echo(f"epsilon = {eps:.4f} ({accountant}, sigma={noise_multiplier:g}, q={sample_rate:g}, "
                f"steps={steps}, delta={delta:g})")
 
@@ -57,6 +64,7 @@ def plan_command(
     sample_rate: SampleRate,
     steps: Steps,
     accountant: Accountant = "rdp",
+    json_out: Json_ = False,
 ) -> None:
     """Print the noise multiplier that keeps ε within the target, and the ε it reaches.
 
@@ -67,8 +75,18 @@ def plan_command(
                                   steps=steps, accountant=accountant)
     shown = math.ceil(sigma * 1e4) / 1e4
     eps = epsilon(history=[Mechanism(shown, sample_rate, steps)], delta=delta, accountant=accountant)
+    if json_out:
+        _echo_json(noise_multiplier=shown, epsilon=eps, target_epsilon=target_epsilon,
+                   accountant=accountant, sample_rate=sample_rate, steps=steps, delta=delta)
+        return
     typer.echo(f"noise_multiplier = {shown:.4f} reaches epsilon = {eps:.4f} (target {target_epsilon:g}, "
                f"{accountant}, q={sample_rate:g}, steps={steps}, delta={delta:g})")
+
+
+def _echo_json(**fields: object) -> None:
+    """One JSON object to stdout (``--json``); an infinite ε is written as null."""
+    typer.echo(json.dumps({k: None if isinstance(v, float) and math.isinf(v) else v
+                           for k, v in fields.items()}))
 
 
 @app.command("reset")

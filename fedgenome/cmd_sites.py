@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from fedgenome.cli_options import Json_, OperatorHome_, Superlink_
 from fedgenome.cmd_runs import operator_connection
 from fedgenome.configs.errors import ConfigError
 from fedgenome.configs.names import check_site_name
@@ -19,18 +20,16 @@ from fedgenome.server.deploy import (
 )
 from fedgenome.server.nodes import forget_node, node_of, record_node, recorded_nodes
 
-FlwrHome_ = Annotated[Path, typer.Option(help="Flower's state and CLI config directory.")]
 Pki_ = Annotated[Path, typer.Option("--pki", help="The consortium PKI directory.")]
-SuperLink_ = Annotated[str, typer.Option(help="SuperLink Control API address HOST:PORT.")]
 
 
 def register_site(
     name: Annotated[str, typer.Argument(help="The site's name in the PKI registry.")],
     pki_dir: Pki_,
-    superlink: SuperLink_,
-    root_cert: Annotated[Path | None, typer.Option(help="CA certificate (default: the PKI's "
-                                                  "ca.crt).")] = None,
-    flwr_home: FlwrHome_ = Path("superlink-state/flwr-home"),
+    superlink: Superlink_,
+    root_certificates: Annotated[Path | None, typer.Option(
+        "--root-certificates", metavar="CA.crt", help="CA certificate (default: the PKI's ca.crt).")] = None,
+    flwr_home: OperatorHome_ = None,
 ) -> None:
     """Register a site's public key with a running SuperLink, so its SuperNode may connect."""
     from fedgenome.server.pki import open_pki
@@ -41,8 +40,8 @@ def register_site(
     if not public.is_file():
         raise ConfigError(f"site {name} is not registered in the PKI ({public} is missing): add it with "
                           f"'fedgenome pki add-site {name} --pki {pki_dir}'")
-    home = operator_connection(superlink, root_cert=root_cert or layout.ca_cert, insecure=False,
-                               flwr_home=flwr_home)
+    home = operator_connection(superlink, root_certificates=root_certificates or layout.ca_cert,
+                               insecure=False, flwr_home=flwr_home)
     node_id = register_supernode(public.resolve(), CONNECTION, flwr_home=home, name=name)
     record_node(layout.registry, name, node_id=node_id, superlink=superlink)
     typer.echo(f"site {name} registered with the SuperLink at {superlink} as node {node_id} ({public})")
@@ -51,8 +50,8 @@ def register_site(
 def unregister_site(
     name: Annotated[str, typer.Argument(help="The site's name in the PKI registry.")],
     pki_dir: Pki_,
-    superlink: SuperLink_,
-    flwr_home: FlwrHome_ = Path("superlink-state/flwr-home"),
+    superlink: Superlink_,
+    flwr_home: OperatorHome_ = None,
     node_id: Annotated[int | None, typer.Option(help="The node id to revoke (default: the one "
                                                 "register-site recorded for NAME).")] = None,
 ) -> None:
@@ -60,7 +59,8 @@ def unregister_site(
     from fedgenome.server.pki import open_pki
 
     layout = open_pki(pki_dir)
-    home = operator_connection(superlink, root_cert=layout.ca_cert, insecure=False, flwr_home=flwr_home)
+    home = operator_connection(superlink, root_certificates=layout.ca_cert, insecure=False,
+                               flwr_home=flwr_home)
     if node_id is None:
         node_id = node_of(layout.registry, name).node_id
     unregister_supernode(node_id, CONNECTION, flwr_home=home)
@@ -71,9 +71,9 @@ def unregister_site(
 
 def list_sites(
     pki_dir: Pki_,
-    superlink: SuperLink_,
-    flwr_home: FlwrHome_ = Path("superlink-state/flwr-home"),
-    json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead.")] = False,
+    superlink: Superlink_,
+    flwr_home: OperatorHome_ = None,
+    json_out: Json_ = False,
 ) -> None:
     """The SuperNodes registered at the SuperLink, with the site each one is (from register-site)."""
     import json
@@ -83,7 +83,8 @@ def list_sites(
     from fedgenome.server.pki import open_pki
 
     layout = open_pki(pki_dir)
-    home = operator_connection(superlink, root_cert=layout.ca_cert, insecure=False, flwr_home=flwr_home)
+    home = operator_connection(superlink, root_certificates=layout.ca_cert, insecure=False,
+                               flwr_home=flwr_home)
     names = {r.node_id: n for n, r in recorded_nodes(layout.registry).items()}
     rows = [{"site": names.get(int(n["node-id"]), "(not recorded)"), "node-id": int(n["node-id"]),
              "status": n.get("status"), "online-at": n.get("online-at")}

@@ -12,6 +12,7 @@ import torch
 from fedgenome.configs.schema import Preset, Region, load_preset
 from fedgenome.shared.fetch import DataPaths, default_cache, fetch_data
 from fedgenome.shared.markov_prior import MarkovPrior, markov_prior
+from fedgenome.shared.state import STATE_ENV
 from fedgenome.shared.train import CPU_BF16_ENV
 from tests.helpers import task_identity
 
@@ -21,6 +22,19 @@ CE_HOLDOUT = Region(contig="CHROMOSOME_I", start=0, end=50_000)
 torch.set_num_threads(max(1, 2 // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
 # Exact comparisons (DP against vanilla, resumed against uninterrupted) need one precision: float32.
 os.environ.setdefault(CPU_BF16_ENV, "0")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """fedgenome's state directory ($FEDGENOME_STATE) in the session's temporary directory, never ~."""
+    path = tmp_path_factory.mktemp("state")
+    before = os.environ.get(STATE_ENV)
+    os.environ[STATE_ENV] = str(path)
+    yield path
+    if before is None:
+        os.environ.pop(STATE_ENV, None)
+    else:
+        os.environ[STATE_ENV] = before
 
 
 @pytest.fixture(scope="session")

@@ -115,7 +115,7 @@ def test_fedgenome_train_refuses_before_training(tmp_path: Path, capsys: pytest.
 
 
 def test_fedgenome_run_refuses_a_quoted_number(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    line = failing_cli(["run", "--server", "127.0.0.1:1", "--run-dir", str(tmp_path / "run"),
+    line = failing_cli(["run", "--superlink", "127.0.0.1:1", "--run-dir", str(tmp_path / "run"),
                     "--reference", str(tmp_path / "ref.fa"), "--insecure", "--flwr-home",
                     str(tmp_path / "home"), "-c", 'num-server-rounds="3"'], capsys)
     assert "key 'num-server-rounds' = '3': a string is not a number" in line

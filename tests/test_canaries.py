@@ -280,7 +280,7 @@ def test_dp_audit_never_exceeds_the_ledgers_epsilon(ceu_base: Path, tiny: Preset
 # --- the command line: one-line errors before anything is built -----------------------------------
 
 @pytest.mark.parametrize(("args", "needle"), [
-    (["--site", "hospital-xyz"], "--site hospital-xyz"),
+    (["--site-name", "hospital-xyz"], "--site-name hospital-xyz"),
     (["--canaries", "1"], "--canaries 1"),
     (["--beta", "1.5"], "--beta 1.5")])
 def test_audit_canaries_rejects_bad_options(tmp_path: Path, capsys: pytest.CaptureFixture[str],

@@ -155,11 +155,11 @@ def test_real_process_exit_code_and_no_traceback(tmp_path: Path) -> None:
 def test_plaintext_needs_an_explicit_insecure(sites_dir: Path, tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run_cli(["client", "start", "--site", str(sites_dir / "hospital-ceu"),
-                            "--server", "127.0.0.1:9092"], capsys)
+                            "--superlink", "127.0.0.1:9092"], capsys)
     assert_one_line_error(code, err, "TLS is on by default")
     code, _, err = run_cli(["server", "start", "--state", str(tmp_path / "s")], capsys)
     assert_one_line_error(code, err, "TLS is on by default")
-    code, _, err = run_cli(["run", "--server", "127.0.0.1:9092", "--run-dir", str(tmp_path / "r"),
+    code, _, err = run_cli(["run", "--superlink", "127.0.0.1:9092", "--run-dir", str(tmp_path / "r"),
                             "--reference", str(tmp_path / "ref.fa")], capsys)
     assert_one_line_error(code, err, "TLS is on by default")
 

@@ -362,9 +362,9 @@ def test_cli_refuses_expired_or_mismatched_certificates(tmp_path: Path,
     _, ca = issue_ca(days=1, now=NOW - dt.timedelta(days=3))
     write_certificate(old_ca, ca)
     capsys.readouterr()
-    code, _, err = run_cli(["client", "start", "--site", str(site), "--server", "localhost:9092",
-                            "--root-cert", str(old_ca)], capsys)
+    code, _, err = run_cli(["client", "start", "--site", str(site), "--superlink", "localhost:9092",
+                            "--root-certificates", str(old_ca)], capsys)
     assert_one_line_error(code, err, "old-ca.crt: certificate expired on")
-    code, _, err = run_cli(["client", "start", "--site", str(site), "--server", "localhost:9092",
-                            "--root-cert", str(out / "ca.crt")], capsys)
-    assert_one_line_error(code, err, "keys/hospital-a: the site has no key", "pki add-site")
+    code, _, err = run_cli(["client", "start", "--site", str(site), "--superlink", "localhost:9092",
+                            "--root-certificates", str(out / "ca.crt")], capsys)
+    assert_one_line_error(code, err, "keys/hospital-a: the site has no key", "client keygen", "pki add-site")

@@ -88,7 +88,7 @@ def test_a_local_user_may_still_pass_a_preset_file_on_the_command_line(tmp_path:
 def test_fedgenome_run_refuses_a_path_preset_before_contacting_anyone(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as done:
-        main(["run", "--server", "127.0.0.1:1", "--run-dir", str(tmp_path / "run"), "--reference",
+        main(["run", "--superlink", "127.0.0.1:1", "--run-dir", str(tmp_path / "run"), "--reference",
               str(tmp_path / "ref.fa"), "--insecure", "--flwr-home", str(tmp_path / "home"),
               "-c", 'preset="../../../../etc/passwd"'])
     err = capsys.readouterr().err

@@ -78,8 +78,8 @@ def test_run_prints_its_id_and_an_interrupt_stops_the_run_at_the_superlink(
     with LocalFederation(tmp_path / "fed", []) as federation:  # no site: every run waits for its quorum
         assert federation.tls is not None
         home = tmp_path / "operator"
-        connect = ["--server", f"127.0.0.1:{federation.port}", "--root-cert", str(federation.tls.ca_cert),
-                   "--flwr-home", str(home)]
+        connect = ["--superlink", f"127.0.0.1:{federation.port}", "--root-certificates",
+                   str(federation.tls.ca_cert), "--flwr-home", str(home)]
         run = ["run", *connect, "--reference", str(data_paths.reference), "-c", "min-nodes=2",
                "-c", "sample-timeout=600"]
         detached = _run([*run, "--run-dir", str(tmp_path / "detached"), "--detach"])

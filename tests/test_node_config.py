@@ -75,7 +75,8 @@ def test_an_option_on_the_command_line_wins(hospital: Path, started: list[NodeSp
     ("superlink = ", ["not valid TOML", "fix the syntax"]),
 ])
 def test_a_bad_file_is_one_line_naming_the_key(hospital: Path, started: list[NodeSpec], line: str,
-                                               needles: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+                                               needles: list[str],
+                                               capsys: pytest.CaptureFixture[str]) -> None:
     hospital.write_text(hospital.read_text() + line + "\n")
     code, _, err = run_cli(["client", "start", "--config", str(hospital)], capsys)
     assert_one_line_error(code, err, str(hospital), *needles)
@@ -90,5 +91,5 @@ def test_without_a_file_site_and_superlink_are_required(started: list[NodeSpec],
 
 
 def test_a_missing_file_is_named(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="node.toml: file not found"):
+    with pytest.raises(ConfigError, match=r"node\.toml: file not found"):
         load_node_config(tmp_path / "node.toml", {})

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 _SIZE = (7.5, 4.2)
 _DPI = 100
-NEEDS_MATPLOTLIB = "audit report needs matplotlib: pip install 'fedgenome[audit]'"
+NEEDS_MATPLOTLIB = "plots need matplotlib: pip install 'fedgenome[audit]'"
 
 
 def require_matplotlib() -> None:
@@ -35,13 +35,13 @@ def require_matplotlib() -> None:
         raise MissingExtraError(NEEDS_MATPLOTLIB) from exc
 
 
-def _figure() -> Figure:
-    """An empty figure of the report's size on its own Agg canvas."""
+def new_figure(size: tuple[float, float] = _SIZE) -> Figure:
+    """An empty figure (by default of the report's size) on its own Agg canvas."""
     require_matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=_SIZE)
+    figure = Figure(figsize=size)
     FigureCanvasAgg(figure)
     return figure
 
@@ -54,7 +54,7 @@ def _integer_rounds(axes: Axes) -> None:
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
-def _png(figure: Figure) -> bytes:
+def png_bytes(figure: Figure) -> bytes:
     """The figure as PNG bytes."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=_DPI, bbox_inches="tight")
@@ -77,7 +77,7 @@ def epsilon_plot(
     Returns:
         PNG bytes.
     """
-    figure = _figure()
+    figure = new_figure()
     axes = figure.add_subplot()
     colors = {site: f"C{i % 10}" for i, site in enumerate(sorted(ledger))}
     crosses = "ε the server received (run report)"
@@ -101,7 +101,7 @@ def epsilon_plot(
     axes.grid(alpha=0.3)
     if ledger:
         axes.legend(fontsize="small", loc="lower right")
-    return _png(figure)
+    return png_bytes(figure)
 
 
 def _budget_lines(axes: Axes, budgets: Mapping[str, float | None], colors: Mapping[str, str]) -> None:
@@ -128,7 +128,7 @@ def heldout_plot(rounds: Sequence[tuple[int, float]], *, initial: float | None,
     Returns:
         PNG bytes.
     """
-    figure = _figure()
+    figure = new_figure()
     axes = figure.add_subplot()
     xs, ys = [r for r, _ in rounds], [b for _, b in rounds]
     if initial is not None:
@@ -145,4 +145,4 @@ def heldout_plot(rounds: Sequence[tuple[int, float]], *, initial: float | None,
     axes.set_ylabel("held-out bits per base")
     axes.set_title("Held-out bits per base (lower is better)")
     axes.grid(alpha=0.3)
-    return _png(figure)
+    return png_bytes(figure)

@@ -99,20 +99,28 @@ def client_check(
     site: Annotated[Path | None, typer.Option(help="The site directory: also check its key.")] = None,
     json_out: Json_ = False,
 ) -> None:
-    """Before starting the node: the SuperLink is reachable, its TLS is valid for that host, the key loads.
+    """Before starting the node: the SuperLink is reachable, its TLS valid for that host, the key registered.
 
     Exit 0 when every check passes, 4 when one fails (each failure says how to fix it).
     """
     import json
     from dataclasses import asdict
 
-    from fedgenome.client.preflight import PreflightFailed, check_site_key, check_superlink
+    from fedgenome.client.preflight import (
+        PreflightFailed,
+        check_key_registered,
+        check_site_key,
+        check_superlink,
+    )
     from fedgenome.configs.schema import load_site_manifest
     from fedgenome.privacy.site_state import site_key_path
 
     checks = check_superlink(superlink, root_certificates=root_certificates)
     if site is not None:
-        checks.append(check_site_key(site_key_path(site, load_site_manifest(site).name)))
+        key = site_key_path(site, load_site_manifest(site).name)
+        checks.append(check_site_key(key))
+        if all(c.ok for c in checks):
+            checks.append(check_key_registered(superlink, root_certificates=root_certificates, key=key))
     if json_out:
         typer.echo(json.dumps({"ok": all(c.ok for c in checks), "checks": [asdict(c) for c in checks]}))
     else:

@@ -273,6 +273,45 @@ def eval_command(
         out.print(got.no_baseline, soft_wrap=True, markup=False, highlight=False)
 
 
+def explain_command(
+    checkpoint: Checkpoint_,
+    region: Annotated[str | None, typer.Option(help="CONTIG:START-END to explain (0-based, end "
+                                               "exclusive; at most 4,096 bases).")] = None,
+    variant: Annotated[str | None, typer.Option(help="CONTIG:POS:REF:ALT (1-based POS): the "
+                                                "window centred on this SNV, and how ALT moves "
+                                                "the predictions.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Directory for mutagenesis.tsv/.png (and "
+                                             "shift.tsv); default explain-CONTIG-START.")] = None,
+    reference: Reference_ = None,
+    window: Annotated[int | None, typer.Option(help="Bases around --variant (default: the "
+                                               "checkpoint's window).")] = None,
+    device: Device_ = "auto",
+    no_plot: Annotated[bool, typer.Option("--no-plot", help="Write the TSV files only (no "
+                                          "matplotlib needed).")] = False,
+) -> None:
+    """In-silico saturation mutagenesis: each base's effect on the model's log-likelihood.
+
+    Every position of the window is changed to each of the three other bases and the window scored
+    again; the TSV holds the changes (0 at the reference base) and a per-position importance.
+    """
+    import numpy as np
+
+    from fedgenome.experiments.explain import explain
+
+    where = (region or variant or "").replace(":", "-").split("-")
+    target = out or Path(f"explain-{'-'.join(where[:2])}")
+    with console.status("scoring every single-base substitution"):
+        got = explain(checkpoint, out=target, region=region, variant=variant, reference=reference,
+                      window=window, device=device, plot=not no_plot)
+    m = got.mutagenesis
+    top = np.argsort(-np.nan_to_num(m.importance))[:5]
+    Console(highlight=False, soft_wrap=True).print(
+        f"{m.contig}:{m.start}-{m.start + len(m.tokens)}: log-likelihood {m.ll:.2f} nats; most "
+        "important positions (1-based): " + ", ".join(f"{m.start + i + 1} {m.sequence[i]} "
+                                                      f"({m.importance[i]:.3f})" for i in top)
+        + f"\nwrote {', '.join(str(f) for f in got.files)}", markup=False)
+
+
 def score_command(
     checkpoint: Checkpoint_,
     vcf: Annotated[Path, typer.Argument(help="VCF of variants to score (SNVs).")],

@@ -191,5 +191,5 @@ def test_without_matplotlib_verify_works_and_report_says_how_to_install_it(tmp_p
     assert [line for line in done.stdout.splitlines() if line.startswith("exit")] == ["exit 0", "exit 2"]
     _, report_err = done.stderr.split("exit 0\n")  # what 'audit report' printed: one line
     assert report_err.strip().splitlines() == [
-        "fedgenome: error: audit report needs matplotlib: pip install 'fedgenome[audit]'", "exit 2"]
+        "fedgenome: error: plots need matplotlib: pip install 'fedgenome[audit]'", "exit 2"]
     assert not (run_dir / "audit-report.html").exists() and not (run_dir / "audit-report.json").exists()

@@ -127,6 +127,7 @@ class SiteAudit:
             "site": self.site, "ledger": str(self.ledger), "ok": self.ok, "verified": self.verified,
             "key_fingerprint": self.key_fingerprint, "key_source": self.key_source,
             "entries": len(self.entries), "rounds_trained": self.count("trained"),
+            "evaluations": self.count("evaluated"),
             "refusals": self.count("refused"), "rotations": self.count("rotated"),
             "resets": self.count("reset"), "delta": self.delta,
             "epsilon_recorded": self.last("recorded"), "epsilon_opacus": self.last("opacus"),

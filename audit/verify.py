@@ -264,7 +264,7 @@ def _epsilon_problems(entry: LedgerEntry, found: _Recomputed, mechanisms: int) -
     if found.failure is not None:
         return [found.failure]
     assert found.opacus is not None and found.dp_accounting is not None  # set when failure is None
-    what = f"the {mechanisms} trained entries so far at δ={entry.delta:g}"
+    what = f"the {mechanisms} spending (trained or evaluated) entries so far at δ={entry.delta:g}"
     problems = []
     if not math.isclose(entry.epsilon, found.opacus, rel_tol=OPACUS_RTOL, abs_tol=OPACUS_ATOL):
         problems.append(f"recorded epsilon {entry.epsilon:.6g} differs from Opacus' {entry.accountant} "
@@ -310,6 +310,7 @@ def _check_budget(
 def _over_signed_budget(site: str, entry: LedgerEntry) -> AuditProblem:
     """The problem of an entry whose cumulative ε exceeds the budget it records."""
     why = ("this round took it past the budget" if entry.status == "trained"
+           else "this evaluation took it past the budget" if entry.status == "evaluated"
            else "the budget was lowered below what was already spent")
     return AuditProblem(site, f"entry {entry.seq}", f"cumulative epsilon {entry.epsilon:.6g} exceeds the "
                         f"epsilon_budget {entry.epsilon_budget:g} it records ({why})", seq=entry.seq)

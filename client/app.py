@@ -140,10 +140,12 @@ def head_fields(reply: SiteReply) -> dict[str, int | str]:
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    """Bits per base of the global model on this site's patients' held-out windows."""
+    """The global model's bits per base on this site's patients, released with DP (or refused)."""
     site = SiteNode.from_node_config(dict(context.node_config))
-    bits, count = site.evaluate(global_arrays(msg), federation_config(context))
-    metrics = MetricRecord({wire.EVAL_BITS: bits, wire.NUM_EXAMPLES: wire.bucket(count)})
-    return Message(content=RecordDict({wire.METRICS: metrics,
-                                       SITE_RECORD: ConfigRecord({wire.SITE_NAME: site.manifest.name})}),
-                   reply_to=msg)
+    orders = wire.RoundConfig.from_config(msg.content.config_records[wire.CONFIG])
+    reply = site.private_evaluate(global_arrays(msg), federation_config(context),
+                                  global_round=orders.global_round, run_key=orders.run_key,
+                                  markov_prior=orders.markov_prior)
+    content = RecordDict({wire.METRICS: MetricRecord(dict(reply.metrics)),  # type: ignore[arg-type]
+                          SITE_RECORD: ConfigRecord({wire.SITE_NAME: reply.site, **head_fields(reply)})})
+    return Message(content=content, reply_to=msg)

@@ -29,6 +29,7 @@ from fedgenome.configs.schema import (
     SiteManifest,
     load_site_manifest,
 )
+from fedgenome.privacy.evaluation import run_private_evaluation
 from fedgenome.privacy.ledger.core import Ledger, LedgerEntry
 from fedgenome.privacy.ledger.entry import RUN_KEY
 from fedgenome.privacy.ledger.head import HeadDigest
@@ -39,12 +40,12 @@ from fedgenome.privacy.trainer import TrainedUpdate, run_private_round
 from fedgenome.shared import wire
 from fedgenome.shared.atomic import atomic_path
 from fedgenome.shared.checkpoint import load_weights, state_sha256
-from fedgenome.shared.datasets import n_fraction
 from fedgenome.shared.markov_prior import build_model
 from fedgenome.shared.model import GenomeLM
+from fedgenome.shared.patient_bits import patient_bits
 from fedgenome.shared.preflight import check_writable
 from fedgenome.shared.schedule import LRSchedule, first_step
-from fedgenome.shared.train import evaluate, pick_device
+from fedgenome.shared.train import pick_device
 
 log = logging.getLogger(__name__)
 OUTBOX = "outbox"
@@ -217,31 +218,53 @@ class SiteNode:
         return build_model(preset.model, reference=self.manifest.reference,
                            exclude=[Region.parse(fed.holdout)], fingerprint=markov_prior)
 
-    def evaluate(self, global_: wire.Arrays, fed: FederationConfig) -> tuple[float, int]:
-        """Bits per base of the global model on the site's own patients' held-out windows.
+    def private_evaluate(self, global_: wire.Arrays, fed: FederationConfig, *, global_round: int,
+                         run_key: str | None = None, markov_prior: str | None = None) -> SiteReply:
+        """Bits per base of the global model on this site's patients, released with DP and accounted.
 
-        Returns the bits per base and the number of patients' windows scored.
+        Each patient's bits on their own held-out haplotypes (``site-eval-windows`` windows) are
+        clipped, summed and released through the Gaussian mechanism of
+        :mod:`fedgenome.privacy.evaluation`, spent from the site's budget and written to its ledger
+        before the reply leaves; past the budget the evaluation is refused like a training round.
         """
+        if run_key is not None and not RUN_KEY.fullmatch(run_key):
+            raise ConfigError(f"run key {run_key!r} from the server is not 32 lowercase hex digits")
+        self.check_writable()
         preset = load_preset(fed.preset)
-        data = open_site(self.site_dir, preset.data, seed=fed.seed, cache_dir=self.site_dir / "state")
-        dataset = data.dataset
-        if data.reference is None or not data.manifest.holdout or not hasattr(dataset, "cohort"):
-            raise ConfigError(f"{self.site_dir}: federated evaluation needs a VCF site with a "
-                              "held-out region")
-        region, span = data.manifest.holdout[0], preset.data.window + 1
-        ref = data.reference.tokens(region.contig)
-        rows: list[npt.NDArray[np.uint8]] = []
-        for i, start in enumerate(np.linspace(region.start, region.end - span, fed.eval_windows * 2)):
-            window = ref[int(start) : int(start) + span]
-            if n_fraction(window) <= preset.data.max_n_fraction and len(rows) < fed.eval_windows:
-                rows.append(dataset.cohort.apply(window, patient=i % len(dataset), hap=i % 2,
-                                                 contig=region.contig, start=int(start)))
-        model = self.model(preset, fed, None)
-        load_weights(model, wire.arrays_to_state(global_),
-                     source="the global model")
-        windows = torch.from_numpy(np.stack(rows).astype(np.int64))
-        result = evaluate(model, windows, device=pick_device(preset.train.device))
-        return result.bits_per_base, len(rows)
+        data = open_site(self.site_dir, preset.data, seed=fed.seed, cache_dir=self.state_dir)
+        cohort = getattr(data.dataset, "cohort", None)
+        if data.reference is None or cohort is None:
+            raise ConfigError(f"{self.site_dir}: a private evaluation needs a VCF site (its patients' "
+                              "haplotypes)")
+        model = self.model(preset, fed, markov_prior)
+        load_weights(model, wire.arrays_to_state(global_), source="the global model")
+        reference, region = data.reference, Region.parse(fed.holdout)
+
+        def bits() -> np.ndarray:
+            return patient_bits(model, cohort, reference, region, window=preset.data.window,
+                                per_patient=fed.site_eval_windows,
+                                max_n_fraction=preset.data.max_n_fraction,
+                                device=pick_device(preset.train.device))
+
+        ledger = open_ledger(self.site_dir, self.manifest.name)
+        privacy = self.manifest.privacy
+        done = (None if run_key is None
+                else ledger.spent_entry("evaluated", run_key=run_key, round=global_round))
+        if done is not None:  # asked again (a resumed server): never spend twice on one release
+            log.warning("round %d of run %s was already evaluated (ledger entry %d): refusing, spending "
+                        "nothing", global_round, (run_key or "")[:8], done.seq)
+            return SiteReply(self.manifest.name, None, _metrics(
+                wire.REFUSED, ledger.epsilon, privacy.epsilon_budget, 0, None, delta=privacy.delta),
+                ledger.head_digest())
+        out = run_private_evaluation(per_patient_bits=bits, ledger=ledger, site=privacy,
+                                     accountant=dp_settings(preset, fed).accountant,
+                                     noise_multiplier=fed.site_eval_noise, clip=fed.site_eval_clip,
+                                     round=global_round, run_key=run_key)
+        metrics = _metrics(wire.TRAINED if out.release is not None else wire.REFUSED, out.epsilon,
+                           out.budget, 0, None, delta=privacy.delta)
+        if out.release is not None:
+            metrics[wire.EVAL_BITS] = out.release.bits_per_base
+        return SiteReply(self.manifest.name, None, metrics, ledger.head_digest())
 
 
 def _metrics(status: int, epsilon: float, budget: float, steps: int,

@@ -180,6 +180,12 @@ class FederationConfig(BaseModel):
     reference: str = Field("", description="reference FASTA for the server's held-out evaluation")
     holdout: str = Field("20:58025520-63025520", description="held-out CONTIG:START-END")
     eval_windows: int = Field(32, gt=0, le=100_000)
+    site_eval_every: int = Field(0, ge=0, le=10_000, description="each site's private evaluation every "
+                                 "N rounds (0 = never); each release is spent from its budget")
+    site_eval_windows: int = Field(2, ge=1, le=256, description="held-out windows per patient in it")
+    site_eval_noise: float = Field(4.0, gt=0.0, le=1e6, description="its noise multiplier")
+    site_eval_clip: float = Field(3.0, gt=0.0, le=64.0, description="bits per base each patient's "
+                                  "contribution to it is clipped to")
     resume: bool = Field(False, description="continue from run_dir's last checkpoint")
     stop_after: int = Field(0, ge=0, le=10_000, description="stop cleanly after this round (0 = never); "
                             "a later run with resume = true continues")

@@ -59,7 +59,7 @@ def _eps(value: float | None) -> str:
 def audit_table(result: AuditResult) -> Table:
     """One row per site: key, counts, δ, ε recorded and recomputed twice, budget, verdict."""
     table = Table(title="Privacy ledger audit")
-    for column in ("site", "key", "entries", "rounds trained", "refusals", "rotations", "δ",
+    for column in ("site", "key", "entries", "rounds trained", "evaluations", "refusals", "rotations", "δ",
                    "ε recorded", "ε Opacus", "ε dp-accounting", "budget", "verdict"):
         table.add_column(column, overflow="fold", min_width=min(len(column), 10))
     for site in result.sites:
@@ -68,8 +68,8 @@ def audit_table(result: AuditResult) -> Table:
 
 
 def _row(site: SiteAudit) -> tuple[str, ...]:
-    counts = ((str(len(site.entries)), str(site.count("trained")), str(site.count("refused")),
-               str(site.count("rotated"))) if site.verified else ("-",) * 4)
+    counts = ((str(len(site.entries)), str(site.count("trained")), str(site.count("evaluated")),
+               str(site.count("refused")), str(site.count("rotated"))) if site.verified else ("-",) * 5)
     budget = "unknown" if site.budget.value is None else f"{site.budget.value:g}"
     if site.budget.value is not None and not site.budget.source.startswith("ledger"):
         budget += " (unsigned)"

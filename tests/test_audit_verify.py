@@ -355,7 +355,7 @@ def test_an_unknown_field_in_an_entry_of_a_known_schema_is_refused(
         tmp_path: Path, key: ec.EllipticCurvePrivateKey) -> None:
     path = tmp_path / "ledger.jsonl"
     ledger = Ledger(path, site="siteA", private_key=key)
-    with pytest.raises(LedgerError, match=r"unknown fields \['energy_kwh'\] \(schema 2 has no other"):
+    with pytest.raises(LedgerError, match=rf"unknown fields \['energy_kwh'\] \(schema {SCHEMA} has no other"):
         ledger._commit({"round": 1, "status": "refused", "local_steps": 0, "sample_rate": Q,
                         "noise_multiplier": SIGMA, "max_grad_norm": 1.0, "delta": DELTA,
                         "accountant": "rdp", "epsilon": 0.0, "update_sha256": None,

@@ -105,7 +105,7 @@ def test_the_ledger_refuses_to_record_a_round_of_a_run_twice(tmp_path: Path) -> 
 def _duplicated(path: Path, key: ec.EllipticCurvePrivateKey, monkeypatch: pytest.MonkeyPatch,
                 *, run_key: str | None) -> None:
     """``r1; r2; r2`` as a site that ignored the check wrote it (or one from before run keys)."""
-    monkeypatch.setattr(Ledger, "trained_entry", lambda self, **_: None)
+    monkeypatch.setattr(Ledger, "spent_entry", lambda self, *_, **__: None)
     ledger = Ledger(path, site="s", private_key=key)
     for round_ in (1, 2, 2):
         _trained(ledger, round_, run_key=run_key)

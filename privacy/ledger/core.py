@@ -63,6 +63,7 @@ from fedgenome.privacy.keys import fingerprint, public_key_text, sign
 from fedgenome.privacy.ledger.entry import (
     ROTATION_ACCOUNTANT,
     SCHEMA,
+    SPENDING,
     LedgerEntry,
     Status,
     canonical,
@@ -158,7 +159,11 @@ class Ledger:
 
     def trained_entry(self, *, run_key: str, round: int) -> LedgerEntry | None:
         """The trained entry that served round ``round`` of run ``run_key``; None if there is none."""
-        return next((e for e in self._entries if e.status == "trained" and e.run_key == run_key
+        return self.spent_entry("trained", run_key=run_key, round=round)
+
+    def spent_entry(self, status: Status, *, run_key: str, round: int) -> LedgerEntry | None:
+        """The ``status`` entry (trained or evaluated) of round ``round`` of run ``run_key``, or None."""
+        return next((e for e in self._entries if e.status == status and e.run_key == run_key
                      and e.round == round), None)
 
     def head_digest(self) -> HeadDigest:
@@ -193,10 +198,11 @@ class Ledger:
         if status in ("rotated", "reset"):
             how = "Ledger.rotate" if status == "rotated" else "Ledger.start_over"
             raise LedgerError(f"{self.path}: record a {status} entry with {how}, not append")
-        done = self.trained_entry(run_key=run_key, round=round) if run_key and status == "trained" else None
+        done = (self.spent_entry(status, run_key=run_key, round=round)
+                if run_key and status in SPENDING else None)
         if done is not None:
-            raise LedgerError(f"{self.path}: round {round} of run {run_key} was already trained (entry seq "
-                              f"{done.seq}); refusing to spend on it again")
+            raise LedgerError(f"{self.path}: round {round} of run {run_key} was already {status} (entry "
+                              f"seq {done.seq}); refusing to spend on it again")
         floats = {"sample_rate": sample_rate, "noise_multiplier": noise_multiplier,
                   "max_grad_norm": max_grad_norm, "delta": delta, "epsilon": epsilon}
         entry = self._commit({

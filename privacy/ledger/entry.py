@@ -29,6 +29,12 @@ carry fields this version does not know, which are kept (in ``extra``), signed a
 the others and named in the audit, but not interpreted. In an entry of a known schema an unknown
 field is an error (a typo or an edit).
 
+A fifth kind, ``evaluated`` (schema 3), is a private evaluation the site released
+(:mod:`fedgenome.privacy.evaluation`): one Gaussian mechanism without subsampling, recorded as
+``local_steps`` 1, ``sample_rate`` 1.0, its ``noise_multiplier`` and, in ``max_grad_norm``, the bound
+each patient's contribution was clipped to (bits per base). It spends like a trained round, carries
+no update, and may carry ``run_key``, ``epsilon_budget`` and ``initial_checkpoint_sha256``.
+
 A fourth kind, ``reset``, can only be entry 0: an operator started a new ledger on record after the
 old one was lost (``fedgenome privacy reset``). It spends nothing (epsilon 0, no mechanism), names
 its ``reason`` and, when known, the old ledger's last head (``previous_count``,
@@ -56,9 +62,13 @@ from fedgenome.configs.errors import LedgerError
 from fedgenome.privacy.keys import fingerprint, public_key_from_text
 from fedgenome.privacy.mechanism import Mechanism
 
-Status = Literal["trained", "refused", "rotated", "reset"]
-STATUSES: tuple[Status, ...] = ("trained", "refused", "rotated", "reset")
-SCHEMA = 2
+Status = Literal["trained", "refused", "rotated", "reset", "evaluated"]
+STATUSES: tuple[Status, ...] = ("trained", "refused", "rotated", "reset", "evaluated")
+SPENDING: tuple[Status, ...] = ("trained", "evaluated")
+"""The kinds of entry that run a mechanism (and so spend epsilon)."""
+EVALUATED_SCHEMA = 3
+"""The first schema with ``evaluated`` entries."""
+SCHEMA = 3
 """The ledger schema this fedgenome writes; it reads every schema up to it (and newer ones' entries,
 keeping their unknown optional fields)."""
 SOFTWARE = ("fedgenome", "opacus", "dp-accounting")
@@ -136,8 +146,8 @@ class LedgerEntry:
 
     @property
     def mechanism(self) -> Mechanism | None:
-        """The subsampled Gaussian mechanism this entry ran; None for a refusal, rotation or zero steps."""
-        if self.status != "trained" or self.local_steps == 0:
+        """The (subsampled) Gaussian mechanism this entry ran; None for a refusal, rotation or zero steps."""
+        if self.status not in SPENDING or self.local_steps == 0:
             return None
         return Mechanism(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate,
                          steps=self.local_steps)
@@ -257,14 +267,27 @@ def value_problem(entry: LedgerEntry) -> str | None:
         return f"schema {entry.schema} is not written (schema 1 has no field; this version writes {SCHEMA})"
     return (next((message for ok, message in checks if not ok), None) or _budget_problem(entry)
             or _initial_problem(entry) or _run_key_problem(entry) or _rotation_problem(entry)
-            or _reset_problem(entry))
+            or _reset_problem(entry) or _evaluation_problem(entry))
+
+
+def _evaluation_problem(entry: LedgerEntry) -> str | None:
+    """What is wrong with an evaluated entry: one unsampled Gaussian release, schema 3 or later."""
+    if entry.status != "evaluated":
+        return None
+    if (entry.schema or 1) < EVALUATED_SCHEMA:
+        return f"an evaluated entry needs schema {EVALUATED_SCHEMA} or later (it has {entry.schema or 1})"
+    if (entry.local_steps, entry.sample_rate) != (1, 1.0) or not entry.noise_multiplier > 0.0:
+        return "an evaluated entry is one release: local_steps 1, sample_rate 1.0, noise_multiplier > 0"
+    if not entry.max_grad_norm > 0.0:
+        return "an evaluated entry needs its clipping bound (max_grad_norm) > 0"
+    return None
 
 
 def _run_key_problem(entry: LedgerEntry) -> str | None:
     """What is wrong with ``run_key``: when set, 32 lowercase hex digits, on a trained or refused entry."""
     if entry.run_key is None:
         return None
-    if entry.status not in ("trained", "refused"):
+    if entry.status not in ("trained", "refused", "evaluated"):
         return f"a {entry.status} entry carries no run_key"
     if RUN_KEY.fullmatch(entry.run_key) is None:
         return "run_key must be 32 lowercase hex digits"

@@ -110,6 +110,22 @@ def _rounds_section(data: Mapping[str, Any]) -> str:
                   rows)
 
 
+def site_eval_section(data: Mapping[str, Any]) -> str:
+    """The sites' private evaluations per round ('' when the run asked for none)."""
+    rounds = [r for r in data["rounds"] if r.get("site_bits")]
+    if not rounds:
+        return ""
+    sites = sorted({s for r in rounds for s in r["site_bits"]})
+    rows = [[_num(r["round"]), *(_num(r["site_bits"][s]) if s in r["site_bits"] else "-" for s in sites)]
+            for r in rounds]
+    spread = [max(r["site_bits"].values()) - min(r["site_bits"].values()) for r in rounds]
+    return ("<h2>Private evaluation at the sites</h2><p>Each site's bits per base of the global model on "
+            "its own patients' held-out haplotypes, released with the Gaussian mechanism and spent "
+            "from its budget (an <code>evaluated</code> entry in its ledger). Worst minus best site in "
+            f"the last evaluated round: <b>{spread[-1]:.4f}</b> bits per base (noisy values).</p>"
+            + _table(["round", *sites], rows))
+
+
 def canary_section(canary: Mapping[str, Any] | None) -> str:
     """The empirical canary audit (``canary-audit.json`` of ``fedgenome audit canaries``), if any.
 
@@ -163,6 +179,7 @@ def render_html(data: Mapping[str, Any], plots: Mapping[str, bytes]) -> str:
 {_img(plots["heldout"], "held-out bits per base per round")}
 {markov_line(data)}
 {_rounds_section(data)}
+{site_eval_section(data)}
 {canary_section(data.get("canary_audit"))}
 <h2>What was checked</h2>{checked}
 <h2>Run configuration</h2><pre>{escape(json.dumps(data["config"], indent=2))}</pre>

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -66,7 +66,7 @@ class InProcessGrid:
 
     def send_and_receive(self, messages: Iterable[Message], *,
                          timeout: float | None = None) -> list[Message]:
-        """Run each train message's site round now, in node order; their replies.
+        """Run each train (or evaluate) message's site round now, in node order; their replies.
 
         Opacus draws the DP noise from torch's global generator: it is seeded per node and round,
         as each ClientApp process has its own.
@@ -76,7 +76,9 @@ class InProcessGrid:
             node = msg.metadata.dst_node_id
             rnd = int(str(msg.content.config_records[wire.CONFIG].get(wire.GLOBAL_ROUND, 0)))
             torch.manual_seed(self.seed * 1_000_003 + node * 1_009 + rnd)
-            replies.append(client_app.train(msg, self.contexts[node]))
+            handler = (client_app.evaluate if msg.metadata.message_type == MessageType.EVALUATE
+                       else client_app.train)
+            replies.append(handler(msg, self.contexts[node]))
         return replies
 
 

@@ -62,10 +62,14 @@ def describe_round(record: RoundRecord) -> str:
     others = [f"{len(names)} {what}" for what, names in (
         ("refused", record.refused), ("failed", record.failed), ("rejected", record.rejected))
         if names]
+    sites = ("; private site evaluations (bits/base): "
+             + ", ".join(f"{k} {v:.3f}" for k, v in sorted(record.site_bits.items()))
+             + "".join(f", {k} refused" for k in record.site_eval_refused)) if (
+        record.site_bits or record.site_eval_refused) else ""
     return (f"round {record.round}: {len(record.trained)} sites trained"
             + "".join(f", {o}" for o in others)
             + f", train loss {loss}, held-out {record.heldout_bits_per_base:.4f} bits/base, "
-            f"{record.seconds:.1f} s")
+            f"{record.seconds:.1f} s{sites}")
 
 
 def follow_run(run_id: int, connection: str, *, flwr_home: Path, timeout: float,

@@ -42,6 +42,9 @@ class RoundRecord:
     claims: list[dict[str, Any]] = field(default_factory=list)  # replies naming a site not their own
     ledger_heads: dict[str, dict[str, Any]] = field(default_factory=dict)  # site -> {count, sha256}
     seconds: float = 0.0
+    site_bits: dict[str, float] = field(default_factory=dict)  # site -> its private evaluation's bits
+    site_eval_refused: list[str] = field(default_factory=list)  # asked, but its budget refused it
+    site_eval_failed: list[str] = field(default_factory=list)  # asked, but no usable reply
 
 
 @dataclass
@@ -73,14 +76,15 @@ class RunReport:
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         writer.writerow(["round", "train_loss", "heldout_bits_per_base", "trained", "refused",
-                         "failed", "dropped", "rejected", "epsilon", "seconds"])
+                         "failed", "dropped", "rejected", "epsilon", "seconds", "site_bits"])
         for r in self.rounds:
             writer.writerow([r.round, "" if r.train_loss is None else f"{r.train_loss:.5f}",
                              f"{r.heldout_bits_per_base:.5f}", ";".join(r.trained),
                              ";".join(r.refused), ";".join(r.failed), ";".join(r.dropped),
                              ";".join(sorted(r.rejected)),
                              ";".join(f"{k}={v:.4f}" for k, v in sorted(r.epsilon.items())),
-                             f"{r.seconds:.1f}"])
+                             f"{r.seconds:.1f}",
+                             ";".join(f"{k}={v:.4f}" for k, v in sorted(r.site_bits.items()))])
         write_text(files.report_csv, buffer.getvalue())
 
     @classmethod

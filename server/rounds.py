@@ -32,6 +32,7 @@ from fedgenome.server.ledger_heads import HeadCheck
 from fedgenome.server.replies import Collected, ReplyChecks, collect, node_label, read_reply
 from fedgenome.server.report import RoundRecord, RunReport, read_state, write_state
 from fedgenome.server.secagg import SecureRound, secure_round
+from fedgenome.server.site_eval import SiteEvaluations, due, evaluate_at_sites, evaluation_content
 from fedgenome.server.site_policy import declared_examples, registered_keys
 from fedgenome.server.strategies import create_strategy, load_strategy_state, save_strategy_state
 from fedgenome.server.validation import UpdateRejected, check_update, update_bound
@@ -228,9 +229,13 @@ class Federation:
         seen_before = {s for r in self.report.rounds for s in r.trained + r.refused + list(r.rejected)}
         present = set(got.epsilon)
         loss = sum(got.losses) / len(got.losses) if got.losses else None
+        evals = (evaluate_at_sites(grid, nodes, evaluation_content(self.arrays(), self.round_config(rnd)),
+                                   self.fed, names=self.names, identities=identities)
+                 if due(self.fed, rnd) else SiteEvaluations())
+        trained = sorted(n for n in got.epsilon if n not in got.refused and n not in got.rejected)
+        got.epsilon.update(evals.epsilon)  # the cumulative epsilon after the round, evaluation included
         return RoundRecord(
-            round=rnd, train_loss=loss, heldout_bits_per_base=self.heldout_bits(),
-            trained=sorted(n for n in got.epsilon if n not in got.refused and n not in got.rejected),
+            round=rnd, train_loss=loss, heldout_bits_per_base=self.heldout_bits(), trained=trained,
             refused=sorted(got.refused), failed=sorted(got.failed),
             dropped=sorted(seen_before - present), epsilon=dict(sorted(got.epsilon.items())),
             rejected=dict(sorted(got.rejected.items())),
@@ -238,7 +243,8 @@ class Federation:
             ledger_heads=dict(sorted(got.heads.items())),
             claims=[{"node": c.node_id, "key_fingerprint": c.fingerprint, "claimed": c.claimed,
                      "problem": c.problem} for c in got.claims],
-            seconds=time.monotonic() - start)
+            seconds=time.monotonic() - start, site_bits=dict(sorted(evals.bits.items())),
+            site_eval_refused=sorted(evals.refused), site_eval_failed=sorted(evals.failed))
 
     def _secure(self, grid: Grid, context: Context, rnd: int, sampled: list[int],
                 global_: wire.Arrays, bound: float, identities: Mapping[int, NodeIdentity]) -> Collected:

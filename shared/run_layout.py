@@ -46,9 +46,11 @@ or null for a run that started from random weights."""
 CHECKPOINT_PATH, CHECKPOINT_SHA256 = "path", "sha256"
 # report.json, each of its rounds
 ROUND, EPSILON, HELDOUT_BITS, REJECTED = "round", "epsilon", "heldout_bits_per_base", "rejected"
+SITE_BITS = "site_bits"
 ROUND_FIELDS = (ROUND, "train_loss", HELDOUT_BITS, "trained", "refused", "failed", "dropped", REJECTED,
-                EPSILON, "seconds")
-"""The fields of a round that readers use (``epsilon``: {site: cumulative ε}), in report order."""
+                EPSILON, "seconds", SITE_BITS)
+"""The fields of a round that readers use (``epsilon``: {site: cumulative ε}; ``site_bits``: {site:
+bits per base of its private evaluation}, in rounds with one), in report order."""
 # summary.json
 SUMMARY_SITES, SUMMARY_EPSILON, SUMMARY_BUDGET = "sites", "epsilon", "budget"
 

@@ -1,0 +1,57 @@
+"""Private evaluation at every site inside the federation's round loop (the real server round and
+ClientApp handlers, in one process): per-site bits in the report, one evaluated ledger entry per
+site and evaluation round, the report's epsilon the ledger's, and audits that recompute it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+
+from fedgenome.audit.html import site_eval_section
+from fedgenome.audit.results import KeyLookup
+from fedgenome.audit.verify import audit_ledger
+from fedgenome.experiments.inprocess import run_in_process
+from fedgenome.privacy.keys import load_public_key
+from fedgenome.server.progress import describe_round
+from fedgenome.shared.fetch import DataPaths
+from tests.helpers import copy_site, fed_config, ledger_entries
+
+pytestmark = pytest.mark.data
+SITES = ("hospital-ceu", "hospital-tsi")
+
+
+def test_sites_evaluate_privately_every_second_round(sites_dir: Path, data_paths: DataPaths,
+                                                    tmp_path: Path) -> None:
+    sites = [copy_site(sites_dir, tmp_path, name) for name in SITES]
+    fed = fed_config(data_paths, tmp_path / "run", **{
+        "num-server-rounds": 2, "site-eval-every": 2, "site-eval-windows": 1, "site-eval-noise": 3.0})
+    report = run_in_process(fed, sites)
+    first, second = report.rounds
+    assert first.site_bits == {} and set(second.site_bits) == set(SITES)  # only in round 2
+    assert all(0.0 <= b <= fed.site_eval_clip for b in second.site_bits.values())
+    assert second.trained == sorted(SITES) and second.site_eval_refused == second.site_eval_failed == []
+    assert "private site evaluations (bits/base): hospital-ceu" in describe_round(second)
+    html = site_eval_section({"rounds": [asdict(r) for r in report.rounds]})
+    spread = max(second.site_bits.values()) - min(second.site_bits.values())
+    assert "<th>hospital-ceu</th><th>hospital-tsi</th>" in html and f"<b>{spread:.4f}</b>" in html
+    for site in sites:
+        entries = ledger_entries(site)
+        assert [(e.round, e.status) for e in entries] == [(1, "trained"), (2, "trained"), (2, "evaluated")]
+        assert entries[-1].run_key == report.run_key
+        assert second.epsilon[site.name] == entries[-1].epsilon > entries[-2].epsilon
+        key = load_public_key(site / "keys" / f"{site.name}.pub")
+        audit = audit_ledger(site / "state" / "ledger.jsonl", site=site.name, key=KeyLookup(key, "test"))
+        assert audit.problems == () and audit.entries[-1].status == "evaluated"
+
+
+def test_a_site_without_room_in_its_budget_refuses_the_evaluation(sites_dir: Path, data_paths: DataPaths,
+                                                                  tmp_path: Path) -> None:
+    site = copy_site(sites_dir, tmp_path, "hospital-tsi")
+    fed = fed_config(data_paths, tmp_path / "run", **{
+        "num-server-rounds": 1, "site-eval-every": 1, "site-eval-noise": 0.05})  # far too little noise
+    [record] = run_in_process(fed, [site]).rounds
+    assert record.trained == ["hospital-tsi"] and record.site_bits == {}
+    assert record.site_eval_refused == ["hospital-tsi"]
+    assert [e.status for e in ledger_entries(site)] == ["trained", "refused"]

@@ -39,6 +39,7 @@ from fedgenome.configs.schema import (
 )
 from fedgenome.configs.schema import load_preset as _load_preset
 from fedgenome.privacy import round_plan
+from fedgenome.privacy.mechanism import Mechanism
 from fedgenome.shared.datasets import SiteData, SiteSource, read_site_source
 from fedgenome.shared.datasets import open_site as _open_site
 from fedgenome.shared.genomes import Reference
@@ -154,10 +155,11 @@ def load_preset(name: str) -> Preset:
     return _presets.get((name, file_key(path)), lambda: _load_preset(name))
 
 
-def noise_for(*, dp: DPConfig, site: SitePrivacy, sample_rate: float, total_steps: int) -> float:
+def noise_for(*, dp: DPConfig, site: SitePrivacy, sample_rate: float, total_steps: int,
+              reserved: tuple[Mechanism, ...] = ()) -> float:
     """:func:`fedgenome.privacy.round_plan.noise_for`, computed once per combination of its arguments."""
-    return _noise.get((dp, site, sample_rate, total_steps), lambda: round_plan.noise_for(
-        dp=dp, site=site, sample_rate=sample_rate, total_steps=total_steps))
+    return _noise.get((dp, site, sample_rate, total_steps, reserved), lambda: round_plan.noise_for(
+        dp=dp, site=site, sample_rate=sample_rate, total_steps=total_steps, reserved=reserved))
 
 
 def clear() -> None:

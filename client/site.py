@@ -34,7 +34,7 @@ from fedgenome.privacy.ledger.core import Ledger, LedgerEntry
 from fedgenome.privacy.ledger.entry import RUN_KEY
 from fedgenome.privacy.ledger.head import HeadDigest
 from fedgenome.privacy.optim_state import OptimizerStore
-from fedgenome.privacy.round_plan import dp_settings, plan_round, run_steps
+from fedgenome.privacy.round_plan import dp_settings, evaluation_reserve, plan_round, run_steps
 from fedgenome.privacy.site_state import open_ledger, site_key_path
 from fedgenome.privacy.trainer import TrainedUpdate, run_private_round
 from fedgenome.shared import wire
@@ -130,7 +130,8 @@ class SiteNode:
                      source="the global model")
         _check_initial(model, initial_sha256, global_round=global_round)
         plan = plan_round(dp=dp_settings(preset, fed), site=self.manifest.privacy,
-                          patients=len(data.dataset), total_steps=run_steps(fed), calibrate=noise_for)
+                          patients=len(data.dataset), total_steps=run_steps(fed), calibrate=noise_for,
+                          reserved=evaluation_reserve(fed))
         examples, sent = wire.bucket(len(data.dataset)), list[SiteReply]()
         keep = self._keeper(model, global_, sent, examples=examples, run_key=run_key,
                             global_round=global_round)

@@ -254,6 +254,7 @@ def plan_noise_multiplier(
     sample_rate: float,
     steps: int,
     accountant: str = "rdp",
+    reserved: Sequence[Mechanism] = (),
 ) -> float:
     """Return the smallest noise multiplier (to a tolerance) whose ε after ``steps`` is at most the target.
 
@@ -267,6 +268,9 @@ def plan_noise_multiplier(
         sample_rate: Poisson sampling rate of each step, in (0, 1].
         steps: the total number of steps the budget covers (all rounds' local steps), >= 0.
         accountant: ``"rdp"``, ``"prv"`` or ``"pld"``.
+        reserved: mechanisms the same budget must also pay for (a site's planned private
+            evaluations); ε is then that of the steps composed with them, found by this module's
+            search (doubling, then bisection) whatever the accountant.
 
     Raises:
         ConfigError: an argument is out of range, or the target cannot be reached at any noise level.
@@ -277,13 +281,17 @@ def plan_noise_multiplier(
     if steps == 0:
         return 0.0
     start = time.perf_counter()
-    if accountant == "pld":
+    if reserved and (spent := acc.epsilon(list(reserved), delta=delta)) >= target_epsilon:
+        raise ConfigError(f"the {len(reserved)} reserved releases (the sites' planned private evaluations) "
+                          f"alone spend ε={spent:.3f}, not below target_epsilon={target_epsilon:g}: raise "
+                          "site-eval-noise or site-eval-every, or the target epsilon")
+    if accountant == "pld" or reserved:
         sigma = _search_noise(acc, target_epsilon=target_epsilon, delta=delta,
-                              sample_rate=sample_rate, steps=steps)
+                              sample_rate=sample_rate, steps=steps, reserved=reserved)
     else:
         sigma = _opacus_noise(acc, target_epsilon=target_epsilon, delta=delta,
                               sample_rate=sample_rate, steps=steps)
-    reached = acc.epsilon([Mechanism(sigma, sample_rate, steps)], delta=delta)
+    reached = acc.epsilon([Mechanism(sigma, sample_rate, steps), *reserved], delta=delta)
     if not reached <= target_epsilon:
         raise AccountingError(f"the {accountant} accountant's noise search returned σ={sigma:g}, whose "
                               f"ε={reached:.4f} exceeds target_epsilon={target_epsilon:g}; "
@@ -317,7 +325,7 @@ def _opacus_noise(acc: Accountant, *, target_epsilon: float, delta: float, sampl
 
 
 def _search_noise(acc: Accountant, *, target_epsilon: float, delta: float, sample_rate: float,
-                  steps: int) -> float:
+                  steps: int, reserved: Sequence[Mechanism] = ()) -> float:
     """Opacus' search with any accountant: double σ from 20 until ε <= target, then bisect.
 
     Not ``dp_accounting.calibrate_dp_mechanism``: its tolerance is in σ, not ε, so it does not keep
@@ -328,7 +336,7 @@ def _search_noise(acc: Accountant, *, target_epsilon: float, delta: float, sampl
     """
 
     def eps_at(sigma: float) -> float:
-        return acc.epsilon([Mechanism(sigma, sample_rate, steps)], delta=delta)
+        return acc.epsilon([Mechanism(sigma, sample_rate, steps), *reserved], delta=delta)
 
     low, high = 0.0, 20.0
     eps_high = eps_at(high)

@@ -69,17 +69,32 @@ def check_site_settings(site: SitePrivacy, dp: DPConfig, patients: int) -> None:
                           f"set it below {1.0 / patients:.2g} in the site's site.toml")
 
 
-def noise_for(*, dp: DPConfig, site: SitePrivacy, sample_rate: float, total_steps: int) -> float:
-    """The configured sigma, or the one calibrated so ``total_steps`` reach ``dp.target_epsilon``."""
+def evaluation_reserve(fed: FederationConfig) -> tuple[Mechanism, ...]:
+    """The private evaluations a site of run ``fed`` will release (:mod:`fedgenome.privacy.evaluation`).
+
+    One unsampled Gaussian release every ``site-eval-every`` rounds; a calibrated site reserves
+    their epsilon, so that training and evaluations together reach the target.
+    """
+    if fed.site_eval_every == 0:
+        return ()
+    release = Mechanism(noise_multiplier=fed.site_eval_noise, sample_rate=1.0, steps=1)
+    return (release,) * (fed.num_server_rounds // fed.site_eval_every)
+
+
+def noise_for(*, dp: DPConfig, site: SitePrivacy, sample_rate: float, total_steps: int,
+              reserved: tuple[Mechanism, ...] = ()) -> float:
+    """The configured sigma, or the one calibrated so ``total_steps`` (and ``reserved``) reach the target."""
     if dp.noise_multiplier is not None:
         return dp.noise_multiplier
     assert dp.target_epsilon is not None  # guaranteed by DPConfig validation
     return plan_noise_multiplier(target_epsilon=dp.target_epsilon, delta=site.delta,
-                                 sample_rate=sample_rate, steps=total_steps, accountant=dp.accountant)
+                                 sample_rate=sample_rate, steps=total_steps, accountant=dp.accountant,
+                                 reserved=reserved)
 
 
 Calibrate = Callable[..., float]
-""":func:`noise_for`'s signature (keywords ``dp``, ``site``, ``sample_rate``, ``total_steps``)."""
+""":func:`noise_for`'s signature (keywords ``dp``, ``site``, ``sample_rate``, ``total_steps``,
+``reserved``)."""
 
 
 @dataclass(frozen=True)
@@ -101,7 +116,7 @@ class RoundPlan:
 
 
 def plan_round(*, dp: DPConfig, site: SitePrivacy, patients: int, total_steps: int,
-               calibrate: Calibrate = noise_for) -> RoundPlan:
+               calibrate: Calibrate = noise_for, reserved: tuple[Mechanism, ...] = ()) -> RoundPlan:
     """Plan a private round of a site with ``patients`` patients (one Poisson unit each).
 
     Args:
@@ -110,13 +125,14 @@ def plan_round(*, dp: DPConfig, site: SitePrivacy, patients: int, total_steps: i
         patients: The site's patients, the units sampled.
         total_steps: All the steps sigma is planned over (a federated run's: :func:`run_steps`).
         calibrate: Computes sigma (:func:`noise_for`; a ClientApp passes its cached one).
+        reserved: Releases the same budget also pays for (:func:`evaluation_reserve`).
 
     Raises:
         ConfigError: More patients per step than patients, or a delta not below 1 / patients.
     """
     check_site_settings(site, dp, patients)
     q = sample_rate_of(patients_per_step=dp.patients_per_step, patients=patients)
-    sigma = calibrate(dp=dp, site=site, sample_rate=q, total_steps=total_steps)
+    sigma = calibrate(dp=dp, site=site, sample_rate=q, total_steps=total_steps, reserved=reserved)
     return RoundPlan(settings=dp, site=site, patients=patients, sample_rate=q,
                      noise_multiplier=sigma, total_steps=total_steps)
 
@@ -128,13 +144,15 @@ def sample_rates(examples: int, patients_per_step: int, *, points: int = 2) -> l
                    for n in np.linspace(low, high, points)})
 
 
-def _spent(dp: DPConfig, delta: float, sigma: float, sample_rate: float, steps: int) -> float:
-    history = [Mechanism(noise_multiplier=sigma, sample_rate=sample_rate, steps=steps)]
+def _spent(dp: DPConfig, delta: float, sigma: float, sample_rate: float, steps: int,
+           reserved: tuple[Mechanism, ...] = ()) -> float:
+    history = [Mechanism(noise_multiplier=sigma, sample_rate=sample_rate, steps=steps), *reserved]
     return epsilon(history=history, delta=delta, accountant=dp.accountant)
 
 
 @functools.lru_cache(maxsize=256)
-def sigma_at_least(*, dp: DPConfig, delta: float, sample_rate: float, total_steps: int) -> float:
+def sigma_at_least(*, dp: DPConfig, delta: float, sample_rate: float, total_steps: int,
+                   reserved: tuple[Mechanism, ...] = ()) -> float:
     """A sigma no smaller than the one the site calibrates (or the run's fixed noise multiplier).
 
     The site's calibrated sigma spends at least ``target - EPSILON_TOLERANCE`` over the run's steps
@@ -146,17 +164,18 @@ def sigma_at_least(*, dp: DPConfig, delta: float, sample_rate: float, total_step
     ``dp_accounting.calibrate_dp_mechanism`` needs one of dp_accounting's accountants, and its RDP
     accountant (other orders, other conversion to epsilon) is not the Opacus one the site
     calibrates with, so a sigma it accepts need not spend less than the site's under Opacus.
+    ``reserved`` are the releases the site's calibration reserved (:func:`evaluation_reserve`).
     """
     if dp.noise_multiplier is not None:
         return dp.noise_multiplier
     assert dp.target_epsilon is not None  # guaranteed by DPConfig validation
     goal = dp.target_epsilon - EPSILON_TOLERANCE
     low, high = 0.0, 1.0
-    while _spent(dp, delta, high, sample_rate, total_steps) > goal:
+    while _spent(dp, delta, high, sample_rate, total_steps, reserved) > goal:
         low, high = high, 2.0 * high
     for _ in range(SEARCH_STEPS):  # keep ``high`` valid; narrow it towards the site's sigma
         middle = (low + high) / 2.0
-        if _spent(dp, delta, middle, sample_rate, total_steps) > goal:
+        if _spent(dp, delta, middle, sample_rate, total_steps, reserved) > goal:
             low = middle
         else:
             high = middle
@@ -164,8 +183,11 @@ def sigma_at_least(*, dp: DPConfig, delta: float, sample_rate: float, total_step
 
 
 @functools.lru_cache(maxsize=1024)
-def _run_epsilon(dp: DPConfig, delta: float, sample_rate: float, total_steps: int, steps: int) -> float:
-    sigma = sigma_at_least(dp=dp, delta=delta, sample_rate=sample_rate, total_steps=total_steps)
+def _run_epsilon(dp: DPConfig, delta: float, sample_rate: float, total_steps: int, steps: int,
+                 reserved: tuple[Mechanism, ...]) -> float:
+    """The training alone of ``steps`` steps at the least sigma: evaluations only add to it."""
+    sigma = sigma_at_least(dp=dp, delta=delta, sample_rate=sample_rate, total_steps=total_steps,
+                           reserved=reserved)
     return _spent(dp, delta, sigma, sample_rate, steps)
 
 
@@ -184,5 +206,6 @@ def epsilon_floor(*, dp: DPConfig, fed: FederationConfig, delta: float, examples
         return 0.0
     total = run_steps(fed)
     steps = min(rounds_trained, fed.num_server_rounds) * fed.local_steps
-    return (1.0 - FLOOR_SLACK) * min(_run_epsilon(dp, delta, q, total, steps)
+    reserved = evaluation_reserve(fed)
+    return (1.0 - FLOOR_SLACK) * min(_run_epsilon(dp, delta, q, total, steps, reserved)
                                      for q in sample_rates(examples, dp.patients_per_step))

@@ -55,3 +55,19 @@ def test_a_site_without_room_in_its_budget_refuses_the_evaluation(sites_dir: Pat
     assert record.trained == ["hospital-tsi"] and record.site_bits == {}
     assert record.site_eval_refused == ["hospital-tsi"]
     assert [e.status for e in ledger_entries(site)] == ["trained", "refused"]
+
+
+def test_a_calibrated_run_spends_training_and_evaluations_up_to_the_target(
+        sites_dir: Path, data_paths: DataPaths, tmp_path: Path) -> None:
+    from fedgenome.privacy.accounting import EPSILON_TOLERANCE
+
+    site = copy_site(sites_dir, tmp_path, "hospital-ceu")
+    fed = fed_config(data_paths, tmp_path / "run", **{
+        "num-server-rounds": 2, "site-eval-every": 1, "site-eval-windows": 1, "site-eval-noise": 3.0,
+        "noise-multiplier": 0.0, "target-epsilon": 6.0})  # each site calibrates, reserving 2 releases
+    report = run_in_process(fed, [site])
+    assert [r.trained for r in report.rounds] == [["hospital-ceu"]] * 2  # the server's floor holds
+    assert all(r.site_bits.keys() == {"hospital-ceu"} for r in report.rounds)
+    entries = ledger_entries(site)
+    assert [e.status for e in entries] == ["trained", "evaluated"] * 2
+    assert 6.0 - EPSILON_TOLERANCE <= entries[-1].epsilon <= 6.0

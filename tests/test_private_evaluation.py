@@ -111,3 +111,18 @@ def test_an_evaluated_entry_must_be_one_unsampled_release_of_schema_3(tmp_path: 
                            ({"sample_rate": 0.5}, "one release"), ({"max_grad_norm": 0.0}, "clipping bound")]:
         problem = value_problem(dataclasses.replace(good, **change))
         assert problem is not None and needle in problem, (change, problem)
+
+
+def test_a_calibrated_site_reserves_its_evaluations_in_the_budget() -> None:
+    from fedgenome.configs.errors import ConfigError
+    from fedgenome.privacy.accounting import EPSILON_TOLERANCE, plan_noise_multiplier
+
+    reserved = (Mechanism(3.0, 1.0, 1),) * 4
+    plain = plan_noise_multiplier(target_epsilon=8.0, delta=1e-5, sample_rate=0.05, steps=100)
+    sigma = plan_noise_multiplier(target_epsilon=8.0, delta=1e-5, sample_rate=0.05, steps=100,
+                                  reserved=reserved)
+    total = epsilon(history=[Mechanism(sigma, 0.05, 100), *reserved], delta=1e-5)
+    assert 8.0 - EPSILON_TOLERANCE <= total <= 8.0 and sigma > plain  # less room: more noise
+    with pytest.raises(ConfigError, match="alone spend .* raise site-eval-noise"):
+        plan_noise_multiplier(target_epsilon=1.0, delta=1e-5, sample_rate=0.05, steps=100,
+                              reserved=(Mechanism(0.5, 1.0, 1),))

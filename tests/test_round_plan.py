@@ -39,7 +39,8 @@ def test_the_plan_uses_the_calibration_it_is_given() -> None:
     plan = plan_round(dp=DPConfig(target_epsilon=1.0, patients_per_step=4), site=SITE, patients=100,
                       total_steps=7, calibrate=calibrate)
     assert plan.noise_multiplier == 2.5
-    assert calls == [{"dp": plan.settings, "site": SITE, "sample_rate": 0.04, "total_steps": 7}]
+    assert calls == [{"dp": plan.settings, "site": SITE, "sample_rate": 0.04, "total_steps": 7,
+                      "reserved": ()}]
 
 
 @pytest.mark.parametrize(("patients", "site", "needle"), [

@@ -117,6 +117,9 @@ class SiteNode:
             raise ConfigError(f"run key {run_key!r} from the server is not 32 lowercase hex digits")
         self.check_writable()  # before anything is opened, written or spent
         ledger = open_ledger(self.site_dir, self.manifest.name)
+        if self.manifest.role == "unseen":  # a held-out cohort: evaluated where it lives, never trained on
+            return self._refuse_unseen(ledger, fed, global_round=global_round, run_key=run_key,
+                                       initial_sha256=initial_sha256)
         done = None if run_key is None else ledger.trained_entry(run_key=run_key, round=global_round)
         if done is not None and run_key is not None:
             return self._answer_again(ledger, done, run_key=run_key)
@@ -167,6 +170,22 @@ class SiteNode:
             sent.append(reply)
 
         return keep
+
+    def _refuse_unseen(self, ledger: Ledger, fed: FederationConfig, *, global_round: int,
+                       run_key: str | None, initial_sha256: str | None) -> SiteReply:
+        """An unseen cohort's answer to a train message: a refusal, recorded, spending nothing."""
+        log.info("round %d: %s is an unseen cohort (role = \"unseen\"): it evaluates, never trains",
+                 global_round, self.manifest.name)
+        privacy, dp = self.manifest.privacy, dp_settings(load_preset(fed.preset), fed)
+        if run_key is None or ledger.spent_entry("refused", run_key=run_key, round=global_round) is None:
+            ledger.append(round=global_round, status="refused", local_steps=0, sample_rate=0.0,
+                          noise_multiplier=0.0, max_grad_norm=dp.max_grad_norm, delta=privacy.delta,
+                          accountant=dp.accountant, epsilon=ledger.epsilon, update_sha256=None,
+                          epsilon_budget=privacy.epsilon_budget, initial_checkpoint_sha256=initial_sha256,
+                          run_key=run_key)
+        return SiteReply(self.manifest.name, None, _metrics(
+            wire.REFUSED, ledger.epsilon, privacy.epsilon_budget, 0, None, delta=privacy.delta),
+            ledger.head_digest())
 
     @property
     def state_dir(self) -> Path:
@@ -220,7 +239,8 @@ class SiteNode:
                            exclude=[Region.parse(fed.holdout)], fingerprint=markov_prior)
 
     def private_evaluate(self, global_: wire.Arrays, fed: FederationConfig, *, global_round: int,
-                         run_key: str | None = None, markov_prior: str | None = None) -> SiteReply:
+                         run_key: str | None = None, initial_sha256: str | None = None,
+                         markov_prior: str | None = None) -> SiteReply:
         """Bits per base of the global model on this site's patients, released with DP and accounted.
 
         Each patient's bits on their own held-out haplotypes (``site-eval-windows`` windows) are
@@ -260,7 +280,8 @@ class SiteNode:
         out = run_private_evaluation(per_patient_bits=bits, ledger=ledger, site=privacy,
                                      accountant=dp_settings(preset, fed).accountant,
                                      noise_multiplier=fed.site_eval_noise, clip=fed.site_eval_clip,
-                                     round=global_round, run_key=run_key)
+                                     round=global_round, run_key=run_key,
+                                     initial_checkpoint_sha256=initial_sha256)
         metrics = _metrics(wire.TRAINED if out.release is not None else wire.REFUSED, out.epsilon,
                            out.budget, 0, None, delta=privacy.delta)
         if out.release is not None:

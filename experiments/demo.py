@@ -35,6 +35,8 @@ from fedgenome.shared.run_layout import RunLayout
 from fedgenome.shared.schedule import FINETUNE_LR
 
 log = logging.getLogger(__name__)
+UNSEEN = "unseen-ibs"
+"""The unseen cohort of ``make_sites``: with site evaluations on, it joins the demo and evaluates only."""
 MARKER = ".fedgenome-demo"
 MADE_BY = "fedgenome demo"
 MODEL_MINUS_MARKOV = "model_minus_markov_bits_per_base"
@@ -44,7 +46,7 @@ __all__ = ["HOSPITALS", "MODEL_MINUS_MARKOV", "demo_run_config", "print_summary"
 
 def demo_run_config(*, preset: str, rounds: int, local_steps: int, patients_per_step: int,
                     target_epsilon: float, aggregation: str, init: Path | None = None,
-                    lr: float | None = None) -> dict[str, Any]:
+                    lr: float | None = None, site_eval_every: int = 0) -> dict[str, Any]:
     """The demo's run config, validated: from ``init`` (default: the preset's shipped checkpoint).
 
     Starting from a checkpoint, the peak learning rate defaults to fine-tuning's
@@ -54,7 +56,8 @@ def demo_run_config(*, preset: str, rounds: int, local_steps: int, patients_per_
     config: dict[str, Any] = {
         "preset": preset, "num-server-rounds": rounds, "local-steps": local_steps,
         "target-epsilon": target_epsilon, "patients-per-step": patients_per_step, "eval-windows": 64,
-        "aggregation": aggregation, "initial-checkpoint": "" if start is None else str(start.resolve())}
+        "aggregation": aggregation, "initial-checkpoint": "" if start is None else str(start.resolve()),
+        "site-eval-every": site_eval_every, "site-eval-windows": 1}
     if lr is not None or start is not None:
         config["lr"] = lr if lr is not None else FINETUNE_LR
     validate(FederationConfig, config, source="demo options")
@@ -63,9 +66,16 @@ def demo_run_config(*, preset: str, rounds: int, local_steps: int, patients_per_
 
 def demo_experiment(run_dir: Path, *, cache: Path, run_config: dict[str, Any], timeout: float,
                     insecure: bool = False) -> Experiment:
-    """The demo as an :class:`Experiment`: the three hospitals, TLS and its PKI unless ``insecure``."""
+    """The demo as an :class:`Experiment`: the three hospitals, TLS and its PKI unless ``insecure``.
+
+    With the sites' private evaluations on (``site-eval-every``), the unseen cohort joins as a
+    fourth node that evaluates where it lives and never trains (its site's ``role = "unseen"``).
+    """
+    every = int(run_config.get("site-eval-every", 0))
+    evaluates = 0 < every <= int(run_config.get("num-server-rounds", 0))
+    sites = HOSPITALS + ((UNSEEN,) if evaluates else ())
     return Experiment(run_dir=run_dir, cache=cache, run_config=run_config, marker=MARKER,
-                      hospitals=HOSPITALS, insecure=insecure, timeout=timeout)
+                      hospitals=sites, insecure=insecure, timeout=timeout)
 
 
 def run_demo(run_dir: Path, *, cache: Path, run_config: dict[str, Any], timeout: float,
@@ -116,7 +126,9 @@ def summarize(run_dir: Path, sites: list[Path], *, seconds: float) -> dict[str, 
                          "authenticated_sites": sorted(p.stem for p in files.pki.registered()),
                          "aggregation": report[layout.CONFIG].get("aggregation", "plain"),
                          "rejected_updates": sum(len(r.get(layout.REJECTED, {})) for r in rounds)},
-            "final_checkpoint": str(files.final)}
+            "final_checkpoint": str(files.final),
+            layout.SITE_BITS: {str(r[layout.ROUND]): r[layout.SITE_BITS] for r in rounds
+                               if r.get(layout.SITE_BITS)}}
 
 
 def print_summary(summary: dict[str, Any]) -> None:
@@ -145,4 +157,19 @@ def print_summary(summary: dict[str, Any]) -> None:
                   f"{', '.join(security['authenticated_sites']) or 'none'}; aggregation "
                   f"{security['aggregation']}; updates rejected by validation: "
                   f"{security['rejected_updates']}")
+    _print_site_bits(console, summary.get(layout.SITE_BITS) or {})
     console.print(f"final checkpoint: {summary['final_checkpoint']}")
+
+
+def _print_site_bits(console: Console, by_round: dict[str, dict[str, float]]) -> None:
+    """Per site (the unseen cohort included) and evaluation round: its privately released bits."""
+    if not by_round:
+        return
+    table = Table(title="Private evaluation at the sites: held-out bits per base on their own patients "
+                        "(noisy releases, spent from each budget)")
+    table.add_column("site")
+    for rnd in by_round:
+        table.add_column(f"round {rnd}")
+    for site in sorted({s for bits in by_round.values() for s in bits}):
+        table.add_row(site, *(f"{bits[site]:.3f}" if site in bits else "-" for bits in by_round.values()))
+    console.print(table)

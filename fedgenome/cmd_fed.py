@@ -239,6 +239,9 @@ def demo_command(
                                              "Flower's SecAgg+, the server sees only the sum; "
                                              "about 2-3x the time).", click_type=AGGREGATIONS)
                            ] = "plain",
+    site_eval_every: Annotated[int, typer.Option(help="Each site's private evaluation every N rounds "
+                                                 "(0: none); the unseen cohort then joins to "
+                                                 "evaluate only.")] = 2,
     insecure: Insecure_ = False,
 ) -> None:
     """Three hospitals train the genome LM with DP over Flower's real deployment (127.0.0.1).
@@ -251,7 +254,7 @@ def demo_command(
     terminate_on_sigterm()
     config = demo_run_config(preset=preset, rounds=rounds, local_steps=local_steps,
                              patients_per_step=patients_per_step, target_epsilon=target_epsilon,
-                             aggregation=aggregation, init=init, lr=lr)
+                             aggregation=aggregation, init=init, lr=lr, site_eval_every=site_eval_every)
     console = Console(highlight=False)
     summary = run_demo(Path("runs") / name, cache=cache or default_cache(), run_config=config,
                        timeout=timeout, insecure=insecure,

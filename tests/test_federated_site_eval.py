@@ -71,3 +71,25 @@ def test_a_calibrated_run_spends_training_and_evaluations_up_to_the_target(
     entries = ledger_entries(site)
     assert [e.status for e in entries] == ["trained", "evaluated"] * 2
     assert 6.0 - EPSILON_TOLERANCE <= entries[-1].epsilon <= 6.0
+
+
+def test_the_unseen_cohort_evaluates_where_it_lives_and_the_audit_agrees(
+        sites_dir: Path, data_paths: DataPaths, tmp_path: Path) -> None:
+    from fedgenome.audit.html import render_html
+    from fedgenome.audit.report import build_report
+    from fedgenome.experiments.demo import summarize
+
+    sites = [copy_site(sites_dir, tmp_path, name) for name in ("hospital-tsi", "unseen-ibs")]
+    run_dir = tmp_path / "run"
+    fed = fed_config(data_paths, run_dir, **{"num-server-rounds": 2, "site-eval-every": 2,
+                                              "site-eval-windows": 1, "min-nodes": 2})
+    report = run_in_process(fed, sites)
+    assert [r.trained for r in report.rounds] == [["hospital-tsi"]] * 2
+    assert [r.refused for r in report.rounds] == [["unseen-ibs"]] * 2  # it never trains
+    assert set(report.rounds[-1].site_bits) == {"hospital-tsi", "unseen-ibs"}
+    assert [(e.round, e.status) for e in ledger_entries(sites[1])] == [
+        (1, "refused"), (2, "refused"), (2, "evaluated")]
+    summarize(run_dir, sites, seconds=0.0)  # the ledgers beside the report, as the demo leaves them
+    audit = build_report(run_dir)
+    assert audit.ok, audit.data.get("cross_check")
+    assert "Private evaluation at the sites" in render_html(audit.data, audit.plots)

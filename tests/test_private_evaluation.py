@@ -123,6 +123,6 @@ def test_a_calibrated_site_reserves_its_evaluations_in_the_budget() -> None:
                                   reserved=reserved)
     total = epsilon(history=[Mechanism(sigma, 0.05, 100), *reserved], delta=1e-5)
     assert 8.0 - EPSILON_TOLERANCE <= total <= 8.0 and sigma > plain  # less room: more noise
-    with pytest.raises(ConfigError, match="alone spend .* raise site-eval-noise"):
+    with pytest.raises(ConfigError, match=r"alone spend .* raise site-eval-noise"):
         plan_noise_multiplier(target_epsilon=1.0, delta=1e-5, sample_rate=0.05, steps=100,
                               reserved=(Mechanism(0.5, 1.0, 1),))

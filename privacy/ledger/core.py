@@ -162,7 +162,7 @@ class Ledger:
         return self.spent_entry("trained", run_key=run_key, round=round)
 
     def spent_entry(self, status: Status, *, run_key: str, round: int) -> LedgerEntry | None:
-        """The ``status`` entry (trained or evaluated) of round ``round`` of run ``run_key``, or None."""
+        """The first ``status`` entry of round ``round`` of run ``run_key``, or None."""
         return next((e for e in self._entries if e.status == status and e.run_key == run_key
                      and e.round == round), None)
 

@@ -110,8 +110,8 @@ def _rounds_section(data: Mapping[str, Any]) -> str:
                   rows)
 
 
-def site_eval_section(data: Mapping[str, Any]) -> str:
-    """The sites' private evaluations per round ('' when the run asked for none)."""
+def site_eval_section(data: Mapping[str, Any], plot: bytes | None = None) -> str:
+    """The sites' private evaluations per round, with their plot ('' when the run asked for none)."""
     rounds = [r for r in data["rounds"] if r.get("site_bits")]
     if not rounds:
         return ""
@@ -123,6 +123,7 @@ def site_eval_section(data: Mapping[str, Any]) -> str:
             "its own patients' held-out haplotypes, released with the Gaussian mechanism and spent "
             "from its budget (an <code>evaluated</code> entry in its ledger). Worst minus best site in "
             f"the last evaluated round: <b>{spread[-1]:.4f}</b> bits per base (noisy values).</p>"
+            + (_img(plot, "released bits per base per site and round") if plot else "")
             + _table(["round", *sites], rows))
 
 
@@ -179,7 +180,7 @@ def render_html(data: Mapping[str, Any], plots: Mapping[str, bytes]) -> str:
 {_img(plots["heldout"], "held-out bits per base per round")}
 {markov_line(data)}
 {_rounds_section(data)}
-{site_eval_section(data)}
+{site_eval_section(data, plots.get("site_bits"))}
 {canary_section(data.get("canary_audit"))}
 <h2>What was checked</h2>{checked}
 <h2>Run configuration</h2><pre>{escape(json.dumps(data["config"], indent=2))}</pre>

@@ -146,3 +146,35 @@ def heldout_plot(rounds: Sequence[tuple[int, float]], *, initial: float | None,
     axes.set_title("Held-out bits per base (lower is better)")
     axes.grid(alpha=0.3)
     return png_bytes(figure)
+
+
+def site_bits_plot(rounds: Sequence[tuple[int, Mapping[str, float]]], *, clip: float) -> bytes:
+    """Each site's privately released bits per base per evaluation round, and the worst-minus-best spread.
+
+    Args:
+        rounds: (round, {site: released bits}) of the rounds with site evaluations.
+        clip: The bound each patient's contribution was clipped to (releases lie in [0, clip]).
+
+    Returns:
+        PNG bytes.
+    """
+    figure = new_figure()
+    axes = figure.add_subplot()
+    sites = sorted({s for _, bits in rounds for s in bits})
+    for i, site in enumerate(sites):
+        points = [(r, bits[site]) for r, bits in rounds if site in bits]
+        axes.plot([r for r, _ in points], [b for _, b in points], marker="o", color=f"C{i % 10}", label=site)
+    spread = [(r, max(bits.values()) - min(bits.values())) for r, bits in rounds if bits]
+    if spread:
+        axes.plot([r for r, _ in spread], [d for _, d in spread], color="black", linestyle="--",
+                  marker="s", label="worst - best")
+    axes.axhline(clip, color="grey", linestyle=":", label=f"clip {clip:g}")
+    if sites:
+        axes.legend(fontsize="small")
+    else:
+        axes.text(0.5, 0.5, "no site evaluations", ha="center", va="center", transform=axes.transAxes)
+    _integer_rounds(axes)
+    axes.set_ylabel("bits per base (noisy release)")
+    axes.set_title("Private evaluation at the sites, on their own patients")
+    axes.grid(alpha=0.3)
+    return png_bytes(figure)

@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from fedgenome.audit.html import render_html
-from fedgenome.audit.plots import epsilon_plot, heldout_plot, require_matplotlib
+from fedgenome.audit.plots import epsilon_plot, heldout_plot, require_matplotlib, site_bits_plot
 from fedgenome.audit.results import AuditProblem, Budget
 from fedgenome.audit.sources import audit_ledgers, run_ledgers, run_site_budgets
 from fedgenome.audit.verify import AuditResult
 from fedgenome.configs.errors import ConfigError, InputFileError
+from fedgenome.privacy.evaluation import DEFAULT_CLIP
 from fedgenome.shared import run_layout as layout
 from fedgenome.shared.atomic import write_bytes, write_text
 from fedgenome.shared.clock import utc_now_text
@@ -98,6 +99,10 @@ def build_report(run_dir: Path, *, pki: Path | None = None) -> AuditReport:
                                 initial=data["initial_bits_per_base"],
                                 baseline=None if markov is None else (markov.label, markov.bits_per_base)),
     }
+    evaluated = [(r[layout.ROUND], r[layout.SITE_BITS]) for r in data["rounds"] if r.get(layout.SITE_BITS)]
+    if evaluated:
+        clip = float(run[layout.CONFIG].get("site-eval-clip", DEFAULT_CLIP))
+        plots["site_bits"] = site_bits_plot(evaluated, clip=clip)
     return AuditReport(data, plots, result)
 
 

@@ -92,4 +92,6 @@ def test_the_unseen_cohort_evaluates_where_it_lives_and_the_audit_agrees(
     summarize(run_dir, sites, seconds=0.0)  # the ledgers beside the report, as the demo leaves them
     audit = build_report(run_dir)
     assert audit.ok, audit.data.get("cross_check")
-    assert "Private evaluation at the sites" in render_html(audit.data, audit.plots)
+    assert audit.plots["site_bits"][:8] == b"\x89PNG\r\n\x1a\n"
+    html = render_html(audit.data, audit.plots)
+    assert "Private evaluation at the sites" in html and 'alt="released bits per base per site' in html

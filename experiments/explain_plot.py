@@ -31,7 +31,7 @@ def mutagenesis_png(result: Mutagenesis, *, shift: np.ndarray | None, variant_at
     axes[0].set_yticks(range(4), ["A", "C", "G", "T"])
     axes[0].set_title(f"saturation mutagenesis, {result.contig}:{result.start}-{result.start + length} "
                       f"(log-likelihood change, nats)")
-    figure.colorbar(image, ax=axes[0], fraction=0.03, pad=0.01)
+    figure.colorbar(image, ax=list(axes), fraction=0.02, pad=0.01)  # every panel as wide: columns align
     axes[1].bar(range(length), np.nan_to_num(result.importance), width=1.0, color="#444444")
     axes[1].set_ylabel("importance")
     if shift is not None:

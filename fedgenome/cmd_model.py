@@ -320,11 +320,14 @@ def score_command(
     reference: Reference_ = None,
     window: Annotated[int | None, typer.Option(help="Window centred on each variant.")] = None,
     device: Device_ = "auto",
+    explain: Annotated[int, typer.Option(help="Also name the N positions whose terms of the delta "
+                                         "are largest (column top_positions, POS:TERM); 0: none.",
+                                         min=0)] = 0,
 ) -> None:
     """Zero-shot variant scores (log-likelihood of ALT minus REF) to a TSV file."""
     from fedgenome.shared.checkpoint import load_checkpoint
     from fedgenome.shared.genomes import Reference
-    from fedgenome.shared.scoring import COLUMNS, score_variants
+    from fedgenome.shared.scoring import COLUMNS, TOP_COLUMN, score_variants
     from fedgenome.shared.train import pick_device
 
     if not vcf.is_file():
@@ -336,9 +339,9 @@ def score_command(
     n = 0
     with atomic_path(target) as tmp, open(tmp, "w") as fh, progress() as bar:
         task = bar.add_task("scoring", total=None, status="")
-        fh.write("\t".join(COLUMNS) + "\n")
-        for score in score_variants(ckpt.model.to(dev), ref, vcf,
-                                    window=window or ckpt.meta["data"]["window"], device=dev):
+        fh.write("\t".join((*COLUMNS, TOP_COLUMN) if explain else COLUMNS) + "\n")
+        span = window or ckpt.meta["data"]["window"]
+        for score in score_variants(ckpt.model.to(dev), ref, vcf, window=span, device=dev, top=explain):
             fh.write(score.row() + "\n")
             n += 1
             bar.update(task, completed=n)

@@ -26,6 +26,8 @@ from fedgenome.shared.train import IGNORE, autocast, eval_autocast, split_batch
 
 log = logging.getLogger(__name__)
 COLUMNS = ("chrom", "pos", "id", "ref", "alt", "ll_ref", "ll_alt", "delta")
+TOP_COLUMN = "top_positions"
+"""The extra column of ``score --explain``: ``POS:TERM`` of the positions that contribute most."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,8 @@ class VariantScore:
     alt: str
     ll_ref: float
     ll_alt: float
+    top: tuple[tuple[int, float], ...] | None = None
+    """With ``explain``: (1-based position, its term of ``delta``) of the largest terms, largest first."""
 
     @property
     def delta(self) -> float:
@@ -46,21 +50,30 @@ class VariantScore:
         return self.ll_alt - self.ll_ref
 
     def row(self) -> str:
-        """A TSV line (no newline)."""
-        return "\t".join([self.chrom, str(self.pos), self.id, self.ref, self.alt,
-                          f"{self.ll_ref:.4f}", f"{self.ll_alt:.4f}", f"{self.delta:.4f}"])
+        """A TSV line (no newline); with ``top``, its ``POS:TERM,...`` column last."""
+        cells = [self.chrom, str(self.pos), self.id, self.ref, self.alt,
+                 f"{self.ll_ref:.4f}", f"{self.ll_alt:.4f}", f"{self.delta:.4f}"]
+        if self.top is not None:
+            cells.append(",".join(f"{pos}:{term:+.4f}" for pos, term in self.top))
+        return "\t".join(cells)
 
 
 @torch.no_grad()
-def sequence_log_likelihood(model: nn.Module, windows: torch.Tensor, *,
+def position_log_likelihood(model: nn.Module, windows: torch.Tensor, *,
                             device: torch.device) -> torch.Tensor:
-    """Sum of log p(next base) over each window (N, L) -> (N,), A/C/G/T targets only."""
+    """The log p(base | bases before it) at each position of windows (N, L) -> (N, L-1); 0 at non-bases."""
     x, y = split_batch(windows.to(device))
     with autocast(device):
         logits = model(x)
     logp = F.log_softmax(logits.float(), dim=-1)  # (N, L-1, V)
     picked = logp.gather(-1, y.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (N, L-1)
-    return (picked * (y != IGNORE)).sum(dim=1).cpu()
+    return (picked * (y != IGNORE)).cpu()
+
+
+def sequence_log_likelihood(model: nn.Module, windows: torch.Tensor, *,
+                            device: torch.device) -> torch.Tensor:
+    """Sum of log p(next base) over each window (N, L) -> (N,), A/C/G/T targets only."""
+    return position_log_likelihood(model, windows, device=device).sum(dim=1)
 
 
 def _snvs(vcf: Path) -> Iterator[tuple[str, int, str, str, str]]:
@@ -81,11 +94,20 @@ def _snvs(vcf: Path) -> Iterator[tuple[str, int, str, str, str]]:
         log.info("%s: %d non-SNV alleles skipped (only SNVs are scored)", vcf, skipped)
 
 
+_Pending = tuple[tuple[str, int, str, str, str], int, np.ndarray, np.ndarray]  # key, start, REF, ALT
+
+
 def score_variants(model: nn.Module, reference: Reference, vcf: Path, *, window: int,
-                   device: torch.device, batch_size: int = 8) -> Iterator[VariantScore]:
-    """Score every SNV of ``vcf`` with ``window``-base windows centred on the variant."""
+                   device: torch.device, batch_size: int = 8, top: int = 0) -> Iterator[VariantScore]:
+    """Score every SNV of ``vcf`` with ``window``-base windows centred on the variant.
+
+    ``top > 0`` also names the ``top`` positions whose terms of ``delta`` are largest in size:
+    ``delta`` is exactly the sum over the window of log p_ALT(base) - log p_REF(base) at each
+    position (each given the bases before it), so those terms say where the model's reading of the
+    ALT window departs from the REF one (zero before the variant: the model is causal).
+    """
     model.eval()
-    pending: list[tuple[tuple[str, int, str, str, str], np.ndarray, np.ndarray]] = []
+    pending: list[_Pending] = []
     for chrom, pos, vid, ref, alt in _snvs(vcf):
         seq = reference.tokens(chrom)
         if encode(ref)[0] != seq[pos - 1]:
@@ -95,22 +117,27 @@ def score_variants(model: nn.Module, reference: Reference, vcf: Path, *, window:
         ref_win = seq[start : start + window].astype(np.int64)
         alt_win = ref_win.copy()
         alt_win[pos - 1 - start] = encode(alt)[0]
-        pending.append(((chrom, pos, vid, ref, alt), ref_win, alt_win))
+        pending.append(((chrom, pos, vid, ref, alt), start, ref_win, alt_win))
         if len(pending) == batch_size:
-            yield from _flush(model, pending, device)
+            yield from _flush(model, pending, device, top=top)
             pending = []
-    yield from _flush(model, pending, device)
+    yield from _flush(model, pending, device, top=top)
 
 
-def _flush(model: nn.Module, pending: list[tuple[tuple[str, int, str, str, str], np.ndarray,
-                                                 np.ndarray]],
-           device: torch.device) -> Iterator[VariantScore]:
+def _flush(model: nn.Module, pending: list[_Pending], device: torch.device, *,
+           top: int) -> Iterator[VariantScore]:
     if not pending:
         return
-    windows = torch.from_numpy(np.stack([w for _, r, a in pending for w in (r, a)]))
-    ll = sequence_log_likelihood(model, windows, device=device).view(-1, 2)
-    for (key, _, _), (ll_ref, ll_alt) in zip(pending, ll.tolist(), strict=True):
-        yield VariantScore(*key, ll_ref=ll_ref, ll_alt=ll_alt)
+    windows = torch.from_numpy(np.stack([w for _, _, r, a in pending for w in (r, a)]))
+    terms = position_log_likelihood(model, windows, device=device).view(len(pending), 2, -1)  # (P,2,L-1)
+    for (key, start, _, _), pair in zip(pending, terms, strict=True):
+        ll_ref, ll_alt = (float(v) for v in pair.sum(dim=1))
+        best = None
+        if top > 0:
+            diff = (pair[1] - pair[0]).numpy()  # (L-1,) term j predicts window base j + 1
+            order = np.argsort(-np.abs(diff), kind="stable")[:top]
+            best = tuple((start + int(j) + 2, float(diff[j])) for j in order)
+        yield VariantScore(*key, ll_ref=ll_ref, ll_alt=ll_alt, top=best)
 
 
 @dataclass(frozen=True)

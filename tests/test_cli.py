@@ -71,11 +71,13 @@ def test_score_writes_a_tsv(tiny_checkpoint: Path, sites_dir: Path, tmp_path: Pa
     out_tsv = tmp_path / "scores.tsv"
     vcf = sites_dir / "unseen-ibs" / "patients.vcf.gz"
     code, _, _ = run_cli(["score", str(tiny_checkpoint), str(vcf), "--out", str(out_tsv),
-                          "--window", "32"], capsys)
+                          "--window", "32", "--explain", "3"], capsys)
     assert code == 0
     lines = out_tsv.read_text().splitlines()
-    assert lines[0].split("\t") == ["chrom", "pos", "id", "ref", "alt", "ll_ref", "ll_alt", "delta"]
+    assert lines[0].split("\t") == ["chrom", "pos", "id", "ref", "alt", "ll_ref", "ll_alt", "delta",
+                                    "top_positions"]
     assert len(lines) > 1000
+    assert all(len(line.split("\t")[-1].split(",")) == 3 for line in lines[1:])
 
 
 @pytest.mark.data

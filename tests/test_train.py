@@ -119,3 +119,26 @@ def test_variant_scores_are_alt_minus_ref(tiny_checkpoint: Path, sites_dir: Path
         assert s.ref != s.alt and math.isfinite(s.delta)
         assert s.delta == pytest.approx(s.ll_alt - s.ll_ref)
     assert any(s.delta != 0 for s in scores)
+
+
+@pytest.mark.data
+def test_the_explained_terms_of_a_variant_score_sum_to_its_delta(tiny_checkpoint: Path,
+                                                                sites_dir: Path) -> None:
+    ckpt = load_checkpoint(tiny_checkpoint)
+    ref = Reference(Path(ckpt.meta["reference"]))
+    vcf = sites_dir / "unseen-ibs" / "patients.vcf.gz"
+    window = 64
+    scores = list(itertools.islice(score_variants(ckpt.model, ref, vcf, window=window,
+                                                  device=torch.device("cpu"), top=window), 5))
+    assert len(scores) == 5
+    for s in scores:
+        assert s.top is not None and len(s.top) == window - 1  # every predicted position, once
+        terms = dict(s.top)
+        assert sum(terms.values()) == pytest.approx(s.delta, abs=1e-3)
+        assert all(term == 0.0 for pos, term in terms.items() if pos < s.pos)  # causal
+        assert terms[s.pos] != 0.0  # the variant's own base is predicted differently
+        sizes = [abs(term) for _, term in s.top]
+        assert sizes == sorted(sizes, reverse=True)
+        assert s.row().split("\t")[-1].startswith(f"{s.top[0][0]}:")
+    plain = next(score_variants(ckpt.model, ref, vcf, window=window, device=torch.device("cpu")))
+    assert plain.top is None and plain.delta == pytest.approx(scores[0].delta)

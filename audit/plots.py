@@ -138,12 +138,19 @@ def heldout_plot(rounds: Sequence[tuple[int, float]], *, initial: float | None,
         axes.axhline(baseline[1], color="C3", linestyle="--", label=f"{baseline[0]} {baseline[1]:.4f}")
     if xs:
         axes.plot(xs, ys, marker="o", color="C0", label="global model")
+    return _rounds_png(figure, axes, drawn=bool(xs), empty="no rounds", ylabel="held-out bits per base",
+                       title="Held-out bits per base (lower is better)")
+
+
+def _rounds_png(figure: Figure, axes: Axes, *, drawn: bool, empty: str, ylabel: str, title: str) -> bytes:
+    """Finish a plot over rounds (legend, or ``empty`` when nothing was drawn; labels, grid) as PNG."""
+    if drawn:
         axes.legend(fontsize="small")
     else:
-        axes.text(0.5, 0.5, "no rounds", ha="center", va="center", transform=axes.transAxes)
+        axes.text(0.5, 0.5, empty, ha="center", va="center", transform=axes.transAxes)
     _integer_rounds(axes)
-    axes.set_ylabel("held-out bits per base")
-    axes.set_title("Held-out bits per base (lower is better)")
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
     axes.grid(alpha=0.3)
     return png_bytes(figure)
 
@@ -169,12 +176,6 @@ def site_bits_plot(rounds: Sequence[tuple[int, Mapping[str, float]]], *, clip: f
         axes.plot([r for r, _ in spread], [d for _, d in spread], color="black", linestyle="--",
                   marker="s", label="worst - best")
     axes.axhline(clip, color="grey", linestyle=":", label=f"clip {clip:g}")
-    if sites:
-        axes.legend(fontsize="small")
-    else:
-        axes.text(0.5, 0.5, "no site evaluations", ha="center", va="center", transform=axes.transAxes)
-    _integer_rounds(axes)
-    axes.set_ylabel("bits per base (noisy release)")
-    axes.set_title("Private evaluation at the sites, on their own patients")
-    axes.grid(alpha=0.3)
-    return png_bytes(figure)
+    return _rounds_png(figure, axes, drawn=bool(sites), empty="no site evaluations",
+                       ylabel="bits per base (noisy release)",
+                       title="Private evaluation at the sites, on their own patients")

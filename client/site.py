@@ -183,9 +183,14 @@ class SiteNode:
                           accountant=dp.accountant, epsilon=ledger.epsilon, update_sha256=None,
                           epsilon_budget=privacy.epsilon_budget, initial_checkpoint_sha256=initial_sha256,
                           run_key=run_key)
+        return self._refusal(ledger)
+
+    def _refusal(self, ledger: Ledger, *, budget: float | None = None) -> SiteReply:
+        """A refusal that spends nothing: the ledger's epsilon, the budget (default the site's), its head."""
+        privacy = self.manifest.privacy
         return SiteReply(self.manifest.name, None, _metrics(
-            wire.REFUSED, ledger.epsilon, privacy.epsilon_budget, 0, None, delta=privacy.delta),
-            ledger.head_digest())
+            wire.REFUSED, ledger.epsilon, privacy.epsilon_budget if budget is None else budget, 0, None,
+            delta=privacy.delta), ledger.head_digest())
 
     @property
     def state_dir(self) -> Path:
@@ -203,10 +208,7 @@ class SiteNode:
         log.warning("round %d of run %s was already trained (ledger entry %d) but its update was not "
                     "kept: refusing the round rather than spending on it again", done.round, run_key[:8],
                     done.seq)
-        budget = self.manifest.privacy.epsilon_budget if done.epsilon_budget is None else done.epsilon_budget
-        refused = _metrics(wire.REFUSED, ledger.epsilon, budget, 0, None, delta=self.manifest.privacy.delta)
-        return SiteReply(self.manifest.name, None, refused,
-                         ledger.head_digest())
+        return self._refusal(ledger, budget=done.epsilon_budget)
 
     def check_writable(self) -> None:
         """Before any training: the site can write its ledger, cache and (first time) its key."""
@@ -274,9 +276,7 @@ class SiteNode:
         if done is not None:  # asked again (a resumed server): never spend twice on one release
             log.warning("round %d of run %s was already evaluated (ledger entry %d): refusing, spending "
                         "nothing", global_round, (run_key or "")[:8], done.seq)
-            return SiteReply(self.manifest.name, None, _metrics(
-                wire.REFUSED, ledger.epsilon, privacy.epsilon_budget, 0, None, delta=privacy.delta),
-                ledger.head_digest())
+            return self._refusal(ledger)
         out = run_private_evaluation(per_patient_bits=bits, ledger=ledger, site=privacy,
                                      accountant=dp_settings(preset, fed).accountant,
                                      noise_multiplier=fed.site_eval_noise, clip=fed.site_eval_clip,

@@ -1,8 +1,9 @@
 """DP-SGD overhead: step time of patient-level DP over plain training of the same model and batch.
 
 Trains the `small` preset on real patient windows (the CEU site, built from the cached data) and
-prints, per mode, the median step time over interleaved rounds, its ratio to a plain step on the
-same batch, and the peak resident memory of the step. Modes: ``hooks`` (the default: Opacus hooks
+prints, per mode, the median step time over interleaved rounds, the median and range of its ratio to
+the plain step of the same round (paired, so that a machine slowing down for a while moves both),
+and the peak resident memory of the step. Modes: ``hooks`` (the default: Opacus hooks
 with the lean backward and matrix-vector clipping of ``privacy/``), ``ghost`` (Opacus' ghost
 clipping, one window per patient only), and ``opacus-hooks`` (Opacus' stock hooks path, for
 reference). Every step runs under the precision training uses (``fedgenome.shared.train.autocast``). Usage:
@@ -125,18 +126,18 @@ def main() -> None:
             start = time.perf_counter()
             step(batch)
             times[name].append(time.perf_counter() - start)
-    plain = statistics.median(times["plain"])
     params = build_model(preset.model, reference=REFERENCE, exclude=[HOLDOUT]).num_params()
     with autocast(device):
         dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
     print(f"preset {args.preset}: {params:,} parameters, {args.batch} patients x {k} window(s) x "
           f"{preset.data.window} bases per step, {device} ({dtype or 'float32'}), median of "
           f"{args.rounds} interleaved rounds")
-    print(f"{'mode':13} {'s/step':>8} {'x plain':>8} {'peak +MiB':>10}")
+    print(f"{'mode':13} {'s/step':>8} {'x plain':>8} {'ratio range':>12} {'peak +MiB':>10}")
     for name in steps:
-        median = statistics.median(times[name])
-        print(f"{name:13} {median:8.3f} {median / plain:8.2f} {peaks[name]:10.0f}")
-
+        ratios = [t / p for t, p in zip(times[name], times["plain"], strict=True)]  # same round
+        spread = f"{min(ratios):.2f}-{max(ratios):.2f}"
+        print(f"{name:13} {statistics.median(times[name]):8.3f} {statistics.median(ratios):8.2f} "
+              f"{spread:>12} {peaks[name]:10.0f}")
 
 if __name__ == "__main__":
     main()

@@ -7,8 +7,9 @@ Gaussian noise of standard deviation sigma * C is added to their sum. The unit a
 not depend on k, so neither does the accounting (user-level DP-SGD as in Charles et al., "Fine-Tuning
 Large Language Models with User-Level Differential Privacy", SaTML 2025).
 
-In the default ``hooks`` mode the Linear layers skip the aggregate weight gradient that DP-SGD never
-reads (``privacy/lean_backward.py``).
+In the default ``hooks`` mode the Linear layers write their own per-sample gradients and skip the
+aggregate weight gradient that DP-SGD never reads, and Opacus hooks only the other layers
+(``privacy/lean_backward.py``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import fedgenome.privacy.grad_samplers  # noqa: F401  (registers the fast depthw
 from fedgenome.configs.errors import ConfigError
 from fedgenome.configs.schema import DPConfig
 from fedgenome.privacy.dp_optimizer import LeanDPOptimizer
-from fedgenome.privacy.lean_backward import lean_linear_backward
+from fedgenome.privacy.lean_backward import LeanGradSampleModule, lean_linear_backward
 from fedgenome.privacy.round_plan import sample_rate_of
 from fedgenome.shared.train import IGNORE, autocast, split_batch
 
@@ -94,28 +95,19 @@ def make_private(*, model: nn.Module, optimizer: torch.optim.Optimizer,
         raise ConfigError(f"privacy.patients_per_step = {settings.patients_per_step} exceeds the "
                           f"{n} patients of the site; lower it")
     engine = _engine(settings)
-    hooks = settings.grad_sample_mode == "hooks"
-    loader = DataLoader(dataset, batch_size=settings.patients_per_step)
-    out = engine.make_private(
-        module=model, optimizer=optimizer, data_loader=loader,
-        criterion=nn.CrossEntropyLoss(ignore_index=IGNORE), noise_multiplier=noise_multiplier,
-        max_grad_norm=settings.max_grad_norm, poisson_sampling=True,
-        grad_sample_mode=settings.grad_sample_mode,
-        # hooks: per-sample gradients of the summed per-patient losses, unscaled; the optimizer
-        # divides the noised sum by the expected batch, as Opacus' "mean" does
-        loss_reduction="sum" if hooks else "mean")
-    if settings.grad_sample_mode == "ghost":  # Opacus returns 4 objects here, 3 otherwise
-        module, dp_optimizer, dp_criterion, _ = out
-    else:
-        (module, dp_optimizer, _), dp_criterion = out, None
     q = sample_rate_of(patients_per_step=settings.patients_per_step, patients=n)
-    if hooks:
-        dp_optimizer = LeanDPOptimizer(
-            dp_optimizer.original_optimizer, noise_multiplier=noise_multiplier,
-            max_grad_norm=settings.max_grad_norm, expected_batch_size=settings.patients_per_step,
-            loss_reduction="mean", generator=dp_optimizer.generator,
-            secure_mode=dp_optimizer.secure_mode)
+    if settings.grad_sample_mode == "hooks":
+        module, dp_optimizer, dp_criterion = _lean_private(model, optimizer, engine, settings,
+                                                           noise_multiplier=noise_multiplier)
+    else:  # ghost: Opacus' own wrapping, which returns 4 objects here
+        module, dp_optimizer, dp_criterion, _ = engine.make_private(
+            module=model, optimizer=optimizer,
+            data_loader=DataLoader(dataset, batch_size=settings.patients_per_step),
+            criterion=nn.CrossEntropyLoss(ignore_index=IGNORE), noise_multiplier=noise_multiplier,
+            max_grad_norm=settings.max_grad_norm, poisson_sampling=True, grad_sample_mode="ghost",
+            loss_reduction="mean")
     dp_optimizer.expected_batch_size = settings.patients_per_step  # q * n
+    hooks = settings.grad_sample_mode == "hooks"
     setup = PrivateSetup(module=module, optimizer=dp_optimizer,
                          data_loader=DPDataLoader(dataset, sample_rate=q, generator=engine.secure_rng),
                          criterion=dp_criterion, sample_rate=q, noise_multiplier=noise_multiplier,
@@ -125,6 +117,22 @@ def make_private(*, model: nn.Module, optimizer: torch.optim.Optimizer,
     if hooks:
         setup._restore.enter_context(lean_linear_backward(model))
     return setup
+
+
+def _lean_private(model: nn.Module, optimizer: torch.optim.Optimizer, engine: PrivacyEngine,
+                  settings: DPConfig, *, noise_multiplier: float) -> tuple[nn.Module, DPOptimizer, None]:
+    """The hooks mode: Opacus hooks on every layer but Linear, whose lean backward writes its own.
+
+    Per-sample gradients are those of the summed per-patient losses, unscaled; the optimizer
+    divides the noised sum by the expected batch, as Opacus' "mean" does.
+    """
+    module = LeanGradSampleModule(model, batch_first=True, loss_reduction="sum", strict=True)
+    module.forbid_grad_accumulation()  # as Opacus' make_private does under Poisson sampling
+    dp_optimizer = LeanDPOptimizer(
+        optimizer, noise_multiplier=noise_multiplier, max_grad_norm=settings.max_grad_norm,
+        expected_batch_size=settings.patients_per_step, loss_reduction="mean",
+        generator=engine.secure_rng if engine.secure_mode else None, secure_mode=engine.secure_mode)
+    return module, dp_optimizer, None
 
 
 def _engine(settings: DPConfig) -> PrivacyEngine:

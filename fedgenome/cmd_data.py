@@ -71,3 +71,36 @@ def make_sites_command(
         info = describe_site(site)
         table.add_row(info.name, info.role, str(info.patients), f"{info.snps:,}")
     Console().print(table)
+
+
+@app.command("variant-labels")
+def variant_labels_command(
+    out: Annotated[Path, typer.Option("--out", help="TSV to write.", dir_okay=False)] = Path(
+        "variant-labels.tsv"),
+    cache: CacheOption = None,
+    region: Annotated[str | None, typer.Option(help="CONTIG:START-END (0-based, end exclusive) to "
+                                               "keep; default: the held-out last 5 Mb of chr20.")] = None,
+    whole_contig: Annotated[bool, typer.Option("--whole-contig", help="Keep every SNV of chr20 "
+                                               "(its reference was trained on).")] = False,
+) -> None:
+    """Write a weak variant-effect label: the unseen cohort's SNVs with their frequency at the hospitals.
+
+    Columns: `variant` (CONTIG:POS:REF:ALT), `train_af` (ALT frequency among the training sites'
+    patients), `train_alleles`, `unseen_carriers` and `common` (minor-allele frequency >= 5%).
+    Feed it to `fedgenome benchmark variants --sequence-column variant --value-column train_af
+    --label-column common`.
+    """
+    from fedgenome.configs.errors import ConfigError
+    from fedgenome.configs.schema import Region
+    from fedgenome.shared.sites import holdout_region
+    from fedgenome.shared.variant_labels import frequency_labels, write_labels
+
+    if whole_contig and region is not None:
+        raise ConfigError("--region and --whole-contig exclude each other; pass one")
+    paths = fetch_data(cache or default_cache())
+    keep = None if whole_contig else Region.parse(region) if region else holdout_region(paths.reference)
+    rows = frequency_labels(paths, region=keep)
+    write_labels(rows, out)
+    where = "all of chr20" if keep is None else f"{keep.contig}:{keep.start}-{keep.end}"
+    Console(highlight=False, soft_wrap=True).print(f"{len(rows):,} SNVs of the unseen cohort in {where} "
+                                   f"({sum(r.common for r in rows):,} common) -> {out}")

@@ -97,6 +97,27 @@ def _snvs(vcf: Path) -> Iterator[tuple[str, int, str, str, str]]:
 _Pending = tuple[tuple[str, int, str, str, str], int, np.ndarray, np.ndarray]  # key, start, REF, ALT
 
 
+def snv_windows(reference: Reference, chrom: str, pos: int, ref: str, alt: str, *, window: int,
+                source: Path) -> tuple[int, np.ndarray, np.ndarray]:
+    """(start, REF window, ALT window) of the SNV at 1-based ``pos``.
+
+    The REF window is the ``window`` reference bases centred on the SNV (shifted inwards at a
+    contig's ends); the ALT window is the same with ALT there.
+
+    Raises:
+        InputFileError: ``ref`` is not the reference base at ``pos`` (``source`` is named).
+    """
+    seq = reference.tokens(chrom)
+    if not 1 <= pos <= len(seq) or encode(ref)[0] != seq[pos - 1]:
+        raise InputFileError(f"{source}: REF {ref} at {chrom}:{pos} disagrees with "
+                             f"{reference.path.name}; use the reference the variants were called on")
+    start = min(max(pos - 1 - window // 2, 0), max(len(seq) - window, 0))
+    ref_win = seq[start : start + window].astype(np.int64)
+    alt_win = ref_win.copy()
+    alt_win[pos - 1 - start] = encode(alt)[0]
+    return start, ref_win, alt_win
+
+
 def score_variants(model: nn.Module, reference: Reference, vcf: Path, *, window: int,
                    device: torch.device, batch_size: int = 8, top: int = 0) -> Iterator[VariantScore]:
     """Score every SNV of ``vcf`` with ``window``-base windows centred on the variant.
@@ -109,14 +130,8 @@ def score_variants(model: nn.Module, reference: Reference, vcf: Path, *, window:
     model.eval()
     pending: list[_Pending] = []
     for chrom, pos, vid, ref, alt in _snvs(vcf):
-        seq = reference.tokens(chrom)
-        if encode(ref)[0] != seq[pos - 1]:
-            raise InputFileError(f"{vcf}: REF {ref} at {chrom}:{pos} disagrees with "
-                                 f"{reference.path.name}; use the reference the VCF was called on")
-        start = min(max(pos - 1 - window // 2, 0), max(len(seq) - window, 0))
-        ref_win = seq[start : start + window].astype(np.int64)
-        alt_win = ref_win.copy()
-        alt_win[pos - 1 - start] = encode(alt)[0]
+        start, ref_win, alt_win = snv_windows(reference, chrom, pos, ref, alt, window=window,
+                                              source=vcf)
         pending.append(((chrom, pos, vid, ref, alt), start, ref_win, alt_win))
         if len(pending) == batch_size:
             yield from _flush(model, pending, device, top=top)

@@ -23,7 +23,7 @@ import pysam
 import tomli_w
 
 from fedgenome.configs.errors import ConfigError, FedGenomeError, InputFileError
-from fedgenome.configs.schema import SiteManifest, load_site_manifest
+from fedgenome.configs.schema import Region, SiteManifest, load_site_manifest
 from fedgenome.configs.validation import read_toml, validate
 from fedgenome.shared.atomic import atomic_dir, write_text
 from fedgenome.shared.fetch import DataPaths
@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 CONTIG = "20"
 VCF_NAME = "patients.vcf.gz"
+HOLDOUT_BASES = 5_000_000  # the last 5 Mb of chr20 are held out of training by default
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,12 @@ def ref_alt(data: PlinkData, reference: Path) -> tuple[npt.NDArray[np.bool_], li
     return ref_is_a1, bases
 
 
+def holdout_region(reference: Path, holdout_bases: int = HOLDOUT_BASES) -> Region:
+    """The region the sites hold out of training by default: the last ``holdout_bases`` of chr20."""
+    length = _contig_length(reference)
+    return Region(contig=CONTIG, start=length - holdout_bases, end=length)
+
+
 def _contig_length(reference: Path) -> int:
     """Length of :data:`CONTIG` in the reference's ``.fai``."""
     with pysam.FastaFile(str(reference)) as fasta:
@@ -166,7 +173,7 @@ def _check_holdout(holdout_bases: int, length: int) -> None:
         )
 
 
-def make_sites(paths: DataPaths, out: Path, *, holdout_bases: int = 5_000_000,
+def make_sites(paths: DataPaths, out: Path, *, holdout_bases: int = HOLDOUT_BASES,
                phasing_seed: int = 0, epsilon_budget: float = 8.0,
                delta: float = 1e-5) -> list[Path]:
     """Build the four site directories under ``out``, replacing any built before.
@@ -224,7 +231,7 @@ def ensure_sites(paths: DataPaths, out: Path, **settings: Any) -> list[Path]:
     """
     reference = paths.reference.absolute()
     length = _contig_length(reference)
-    kwargs = {"holdout_bases": 5_000_000, "phasing_seed": 0, "epsilon_budget": 8.0,
+    kwargs = {"holdout_bases": HOLDOUT_BASES, "phasing_seed": 0, "epsilon_budget": 8.0,
               "delta": 1e-5, **settings}
     for rule in SITE_RULES:
         site = out / rule.name

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
 
+from fedgenome.shared.disparity import disparity
 from fedgenome.shared.markov_fields import PRIVACY_NOTE, BaselineScore
 
 _CSS = """
@@ -116,15 +117,24 @@ def site_eval_section(data: Mapping[str, Any], plot: bytes | None = None) -> str
     if not rounds:
         return ""
     sites = sorted({s for r in rounds for s in r["site_bits"]})
-    rows = [[_num(r["round"]), *(_num(r["site_bits"][s]) if s in r["site_bits"] else "-" for s in sites)]
-            for r in rounds]
-    spread = [max(r["site_bits"].values()) - min(r["site_bits"].values()) for r in rounds]
+    rows = [[_num(r["round"]), *(_released(r, s) for s in sites)] for r in rounds]
+    last = rounds[-1]
+    gap = disparity(last["site_bits"], last.get("site_bits_std") or {})
+    told = (f"Worst minus best site in the last evaluated round: <b>{escape(str(gap))}</b> (± the DP "
+            "noise's standard deviation; the patients' own spread is not released)." if gap else "")
     return ("<h2>Private evaluation at the sites</h2><p>Each site's bits per base of the global model on "
             "its own patients' held-out haplotypes, released with the Gaussian mechanism and spent "
-            "from its budget (an <code>evaluated</code> entry in its ledger). Worst minus best site in "
-            f"the last evaluated round: <b>{spread[-1]:.4f}</b> bits per base (noisy values).</p>"
+            "from its budget (an <code>evaluated</code> entry in its ledger), ± the standard deviation "
+            f"its noise gives it. {told}</p>"
             + (_img(plot, "released bits per base per site and round") if plot else "")
             + _table(["round", *sites], rows))
+
+
+def _released(round_: Mapping[str, Any], site: str) -> str:
+    bits, std = round_["site_bits"].get(site), (round_.get("site_bits_std") or {}).get(site)
+    if bits is None:
+        return "-"
+    return _num(bits) + (f" ± {std:.3f}" if std is not None else "")
 
 
 def canary_section(canary: Mapping[str, Any] | None) -> str:

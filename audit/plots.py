@@ -155,12 +155,14 @@ def _rounds_png(figure: Figure, axes: Axes, *, drawn: bool, empty: str, ylabel: 
     return png_bytes(figure)
 
 
-def site_bits_plot(rounds: Sequence[tuple[int, Mapping[str, float]]], *, clip: float) -> bytes:
+def site_bits_plot(rounds: Sequence[tuple[int, Mapping[str, float]]], *, clip: float,
+                   std: Mapping[int, Mapping[str, float]] | None = None) -> bytes:
     """Each site's privately released bits per base per evaluation round, and the worst-minus-best spread.
 
     Args:
         rounds: (round, {site: released bits}) of the rounds with site evaluations.
         clip: The bound each patient's contribution was clipped to (releases lie in [0, clip]).
+        std: {round: {site: the noise's std on its release}}, drawn as error bars where known.
 
     Returns:
         PNG bytes.
@@ -170,7 +172,9 @@ def site_bits_plot(rounds: Sequence[tuple[int, Mapping[str, float]]], *, clip: f
     sites = sorted({s for _, bits in rounds for s in bits})
     for i, site in enumerate(sites):
         points = [(r, bits[site]) for r, bits in rounds if site in bits]
-        axes.plot([r for r, _ in points], [b for _, b in points], marker="o", color=f"C{i % 10}", label=site)
+        errors = [(std or {}).get(r, {}).get(site, 0.0) for r, _ in points]
+        axes.errorbar([r for r, _ in points], [b for _, b in points], yerr=errors, marker="o",
+                      color=f"C{i % 10}", label=site, capsize=3)
     spread = [(r, max(bits.values()) - min(bits.values())) for r, bits in rounds if bits]
     if spread:
         axes.plot([r for r, _ in spread], [d for _, d in spread], color="black", linestyle="--",

@@ -102,7 +102,8 @@ def build_report(run_dir: Path, *, pki: Path | None = None) -> AuditReport:
     evaluated = [(r[layout.ROUND], r[layout.SITE_BITS]) for r in data["rounds"] if r.get(layout.SITE_BITS)]
     if evaluated:
         clip = float(run[layout.CONFIG].get("site-eval-clip", DEFAULT_CLIP))
-        plots["site_bits"] = site_bits_plot(evaluated, clip=clip)
+        std = {r[layout.ROUND]: r.get(layout.SITE_BITS_STD) or {} for r in data["rounds"]}
+        plots["site_bits"] = site_bits_plot(evaluated, clip=clip, std=std)
     return AuditReport(data, plots, result)
 
 

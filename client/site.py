@@ -286,6 +286,7 @@ class SiteNode:
                            out.budget, 0, None, delta=privacy.delta)
         if out.release is not None:
             metrics[wire.EVAL_BITS] = out.release.bits_per_base
+            metrics[wire.EVAL_BITS_STD] = out.release.noise_std(fed.site_eval_noise)
         return SiteReply(self.manifest.name, None, metrics, ledger.head_digest())
 
 

@@ -30,6 +30,7 @@ from fedgenome.privacy.ledger.entry import head_path
 from fedgenome.privacy.site_state import ledger_path
 from fedgenome.server.progress import OnRound
 from fedgenome.shared import run_layout as layout
+from fedgenome.shared.disparity import disparity
 from fedgenome.shared.markov_fields import PRIVACY_NOTE, BaselineScore
 from fedgenome.shared.run_layout import RunLayout
 from fedgenome.shared.schedule import FINETUNE_LR
@@ -128,7 +129,9 @@ def summarize(run_dir: Path, sites: list[Path], *, seconds: float) -> dict[str, 
                          "rejected_updates": sum(len(r.get(layout.REJECTED, {})) for r in rounds)},
             "final_checkpoint": str(files.final),
             layout.SITE_BITS: {str(r[layout.ROUND]): r[layout.SITE_BITS] for r in rounds
-                               if r.get(layout.SITE_BITS)}}
+                               if r.get(layout.SITE_BITS)},
+            layout.SITE_BITS_STD: {str(r[layout.ROUND]): r.get(layout.SITE_BITS_STD) or {}
+                                   for r in rounds if r.get(layout.SITE_BITS)}}
 
 
 def print_summary(summary: dict[str, Any]) -> None:
@@ -157,19 +160,31 @@ def print_summary(summary: dict[str, Any]) -> None:
                   f"{', '.join(security['authenticated_sites']) or 'none'}; aggregation "
                   f"{security['aggregation']}; updates rejected by validation: "
                   f"{security['rejected_updates']}")
-    _print_site_bits(console, summary.get(layout.SITE_BITS) or {})
+    _print_site_bits(console, summary.get(layout.SITE_BITS) or {}, summary.get(layout.SITE_BITS_STD) or {})
     console.print(f"final checkpoint: {summary['final_checkpoint']}")
 
 
-def _print_site_bits(console: Console, by_round: dict[str, dict[str, float]]) -> None:
+def _print_site_bits(console: Console, by_round: dict[str, dict[str, float]],
+                     std_by_round: dict[str, dict[str, float]]) -> None:
     """Per site (the unseen cohort included) and evaluation round: its privately released bits."""
     if not by_round:
         return
     table = Table(title="Private evaluation at the sites: held-out bits per base on their own patients "
-                        "(noisy releases, spent from each budget)")
+                        "(noisy releases ± the noise's std, spent from each budget)")
     table.add_column("site")
     for rnd in by_round:
         table.add_column(f"round {rnd}")
     for site in sorted({s for bits in by_round.values() for s in bits}):
-        table.add_row(site, *(f"{bits[site]:.3f}" if site in bits else "-" for bits in by_round.values()))
+        table.add_row(site, *(_released(bits, std_by_round.get(rnd, {}), site)
+                              for rnd, bits in by_round.items()))
     console.print(table)
+    last = list(by_round)[-1]
+    gap = disparity(by_round[last], std_by_round.get(last, {}))
+    if gap is not None:
+        console.print(f"disparity in round {last} (worst minus best site): {gap}", markup=False)
+
+
+def _released(bits: dict[str, float], std: dict[str, float], site: str) -> str:
+    if site not in bits:
+        return "-"
+    return f"{bits[site]:.3f}" + (f" ± {std[site]:.3f}" if site in std else "")

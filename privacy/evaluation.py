@@ -67,6 +67,18 @@ class Release:
         """``clip * noisy_sum / noisy_count`` (the count floored at 1), clamped to [0, clip]."""
         return float(min(max(self.clip * self.noisy_sum / max(self.noisy_count, 1.0), 0.0), self.clip))
 
+    def noise_std(self, noise_multiplier: float) -> float:
+        """The standard deviation the noise gives :attr:`bits_per_base` (first order, delta method).
+
+        With b = clip * S / N and independent noise of std s = noise_multiplier * SENSITIVITY on S
+        and N: std(b) ~ clip * s / N * sqrt(1 + (b / clip)^2). It is computed from the release
+        alone (post-processing, free of privacy cost) and leaves out the patients' own spread,
+        which the site does not release.
+        """
+        spread = noise_multiplier * SENSITIVITY
+        ratio = self.bits_per_base / self.clip
+        return float(self.clip * spread / max(self.noisy_count, 1.0) * math.sqrt(1.0 + ratio * ratio))
+
 
 def release(per_patient_bits: np.ndarray, *, clip: float, noise_multiplier: float,
             rng: np.random.Generator) -> Release:

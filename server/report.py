@@ -43,6 +43,7 @@ class RoundRecord:
     ledger_heads: dict[str, dict[str, Any]] = field(default_factory=dict)  # site -> {count, sha256}
     seconds: float = 0.0
     site_bits: dict[str, float] = field(default_factory=dict)  # site -> its private evaluation's bits
+    site_bits_std: dict[str, float] = field(default_factory=dict)  # site -> the noise's std on them
     site_eval_refused: list[str] = field(default_factory=list)  # asked, but its budget refused it
     site_eval_failed: list[str] = field(default_factory=list)  # asked, but no usable reply
 

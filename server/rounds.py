@@ -244,6 +244,7 @@ class Federation:
             claims=[{"node": c.node_id, "key_fingerprint": c.fingerprint, "claimed": c.claimed,
                      "problem": c.problem} for c in got.claims],
             seconds=time.monotonic() - start, site_bits=dict(sorted(evals.bits.items())),
+            site_bits_std=dict(sorted(evals.std.items())),
             site_eval_refused=sorted(evals.refused), site_eval_failed=sorted(evals.failed))
 
     def _secure(self, grid: Grid, context: Context, rnd: int, sampled: list[int],

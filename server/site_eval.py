@@ -33,6 +33,7 @@ class SiteEvaluations:
     """What one round of site evaluations returned."""
 
     bits: dict[str, float] = field(default_factory=dict)  # site -> its noisy bits per base
+    std: dict[str, float] = field(default_factory=dict)  # site -> the noise's std on its bits
     refused: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     epsilon: dict[str, float] = field(default_factory=dict)  # site -> cumulative epsilon after it
@@ -81,6 +82,9 @@ def _read(content: RecordDict, site: str, fed: FederationConfig, out: SiteEvalua
     out.epsilon[site] = eps
     if status == wire.TRAINED:
         out.bits[site] = cast(float, bits)
+        std = metrics.get(wire.EVAL_BITS_STD)
+        if isinstance(std, float) and math.isfinite(std) and std >= 0.0:
+            out.std[site] = std
     else:
         out.refused.append(site)
 

@@ -46,11 +46,12 @@ or null for a run that started from random weights."""
 CHECKPOINT_PATH, CHECKPOINT_SHA256 = "path", "sha256"
 # report.json, each of its rounds
 ROUND, EPSILON, HELDOUT_BITS, REJECTED = "round", "epsilon", "heldout_bits_per_base", "rejected"
-SITE_BITS = "site_bits"
+SITE_BITS, SITE_BITS_STD = "site_bits", "site_bits_std"
 ROUND_FIELDS = (ROUND, "train_loss", HELDOUT_BITS, "trained", "refused", "failed", "dropped", REJECTED,
-                EPSILON, "seconds", SITE_BITS)
+                EPSILON, "seconds", SITE_BITS, SITE_BITS_STD)
 """The fields of a round that readers use (``epsilon``: {site: cumulative ε}; ``site_bits``: {site:
-bits per base of its private evaluation}, in rounds with one), in report order."""
+bits per base of its private evaluation}, in rounds with one; ``site_bits_std``: {site: the DP
+noise's standard deviation on them}), in report order."""
 # summary.json
 SUMMARY_SITES, SUMMARY_EPSILON, SUMMARY_BUDGET = "sites", "epsilon", "budget"
 

@@ -37,6 +37,7 @@ DELTA = "delta"  # the site's delta: the server re-derives the least epsilon a r
 TRAIN_LOSS = "train-loss"
 STEPS = "steps"
 EVAL_BITS = "bits-per-base"
+EVAL_BITS_STD = "bits-per-base-std"  # the noise's std on EVAL_BITS, from the release alone
 TRAINED, REFUSED = 1, 0
 GLOBAL_ROUND = "global-round"  # round config: the server's global round number
 RUN_KEY = "run-key"  # round config: the run's key (sites keep their optimizer state under it)
@@ -44,7 +45,7 @@ INITIAL_SHA256 = "initial-sha256"  # round config: SHA-256 of the run's initial 
 MARKOV_PRIOR = "markov-prior"  # round config: fingerprint of the model's Markov prior (public)
 LOCAL_STEPS = "local-steps"  # round config: private steps per site (sites follow their run config's)
 ALLOWED_METRICS = frozenset({NUM_EXAMPLES, STATUS, EPSILON, BUDGET, DELTA, TRAIN_LOSS, STEPS,
-                             EVAL_BITS})
+                             EVAL_BITS, EVAL_BITS_STD})
 SITE_RECORD = "site"  # a reply's ConfigRecord of the keys below; SecAgg+ metrics: the site's name
 SITE_NAME = "name"  # site record: the site the reply speaks for
 LEDGER_COUNT = "ledger-count"  # site record: entries in the site's ledger after this round

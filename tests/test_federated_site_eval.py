@@ -33,9 +33,14 @@ def test_sites_evaluate_privately_every_second_round(sites_dir: Path, data_paths
     assert all(0.0 <= b <= fed.site_eval_clip for b in second.site_bits.values())
     assert second.trained == sorted(SITES) and second.site_eval_refused == second.site_eval_failed == []
     assert "private site evaluations (bits/base): hospital-ceu" in describe_round(second)
+    assert second.site_bits_std.keys() == second.site_bits.keys()
+    assert all(0.0 < s < 1.0 for s in second.site_bits_std.values())  # sigma 3, 85-181 patients
     html = site_eval_section({"rounds": [asdict(r) for r in report.rounds]})
-    spread = max(second.site_bits.values()) - min(second.site_bits.values())
-    assert "<th>hospital-ceu</th><th>hospital-tsi</th>" in html and f"<b>{spread:.4f}</b>" in html
+    worst, best = max(second.site_bits, key=second.site_bits.get), min(second.site_bits, key=second.site_bits.get)
+    gap = second.site_bits[worst] - second.site_bits[best]
+    both = (second.site_bits_std[worst] ** 2 + second.site_bits_std[best] ** 2) ** 0.5
+    assert "<th>hospital-ceu</th><th>hospital-tsi</th>" in html
+    assert f"<b>{worst} - {best} = {gap:.3f} ± {both:.3f} bits per base</b>" in html
     for site in sites:
         entries = ledger_entries(site)
         assert [(e.round, e.status) for e in entries] == [(1, "trained"), (2, "trained"), (2, "evaluated")]

@@ -50,6 +50,17 @@ def test_the_noise_is_sigma_times_the_sensitivity_on_each_coordinate() -> None:
     assert low.bits_per_base == pytest.approx(1.9)  # the estimate, without noise to speak of
 
 
+@pytest.mark.parametrize(("patients", "bits", "sigma"), [(85, 1.9, 2.0), (181, 1.7, 4.0), (400, 2.4, 1.0)])
+def test_the_stated_noise_std_is_the_spread_of_the_released_bits(patients: int, bits: float,
+                                                                  sigma: float) -> None:
+    """What a site reports beside its bits (computed from the release alone) is their noise's std."""
+    rng = np.random.default_rng(13)
+    cohort = np.full(patients, bits)
+    got = [release(cohort, clip=CLIP, noise_multiplier=sigma, rng=rng) for _ in range(20_000)]
+    spread = np.std([r.bits_per_base for r in got])
+    assert np.mean([r.noise_std(sigma) for r in got]) == pytest.approx(spread, rel=0.05)
+
+
 def _trained(ledger: Ledger, round_: int) -> None:
     eps = epsilon(history=[*ledger.mechanisms(), TRAIN], delta=1e-5, accountant="rdp")
     ledger.append(round=round_, status="trained", local_steps=5, sample_rate=0.05, noise_multiplier=1.1,

@@ -14,7 +14,8 @@ def test_the_keys_sites_and_servers_exchange_keep_their_spelling() -> None:
     # A renamed key breaks every node of an older release: change these only with a new protocol.
     assert (wire.ARRAYS, wire.METRICS, wire.CONFIG, wire.PACKED, wire.LAYOUT) == (
         "arrays", "metrics", "config", "packed", "layout")
-    assert sorted(wire.ALLOWED_METRICS) == ["bits-per-base", "delta", "epsilon", "epsilon-budget",
+    assert sorted(wire.ALLOWED_METRICS) == ["bits-per-base", "bits-per-base-std", "delta", "epsilon",
+                                            "epsilon-budget",
                                             "num-examples", "status", "steps", "train-loss"]
     assert wire.RoundConfig(3, run_key="k", initial_sha256="s", markov_prior="m").to_config() == {
         "global-round": 3, "run-key": "k", "initial-sha256": "s", "markov-prior": "m"}

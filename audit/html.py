@@ -14,7 +14,7 @@ from typing import Any
 from fedgenome.shared.disparity import disparity
 from fedgenome.shared.markov_fields import PRIVACY_NOTE, BaselineScore
 
-_CSS = """
+PAGE_CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
 table { border-collapse: collapse; margin: 0.5em 0 1em; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
@@ -34,14 +34,14 @@ def _num(value: Any, digits: int = 4) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else escape(str(value))
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+def html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """An HTML table; cells are already escaped HTML."""
     head = "".join(f"<th>{escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _img(png: bytes, alt: str) -> str:
+def html_img(png: bytes, alt: str) -> str:
     """An <img> whose source is the PNG itself, as a base64 data URI."""
     return f'<img alt="{escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
 
@@ -63,7 +63,8 @@ def _ledger_section(data: Mapping[str, Any]) -> str:
         budget = "unknown" if s["budget_source"] == "unknown" else f"from {s['budget_source']}"
         sources.append(f"<li><b>{escape(s['site'])}</b>: key {escape(s['key_source'])}; budget "
                        f"{escape(budget)}{notes}</li>")
-    table = _table(["site", "key", "entries", "rounds trained", "refusals", "rotations", "δ", "ε recorded",
+    table = html_table(["site", "key", "entries", "rounds trained", "refusals", "rotations", "δ",
+                        "ε recorded",
                     "ε Opacus", "ε dp-accounting", "budget", "verdict"], rows)
     return f"<h2>Ledgers</h2>{table}<ul>{''.join(sources)}</ul>"
 
@@ -107,7 +108,8 @@ def _rounds_section(data: Mapping[str, Any]) -> str:
     for r in data["rounds"]:
         sites = [escape(", ".join(r.get(k) or [])) for k in ("trained", "refused", "failed", "dropped")]
         rows.append([_num(r["round"]), _num(r["heldout_bits_per_base"]), _num(r["train_loss"]), *sites])
-    return _table(["round", "held-out bits/base", "train loss", "trained", "refused", "failed", "dropped"],
+    return html_table(["round", "held-out bits/base", "train loss", "trained", "refused", "failed",
+                       "dropped"],
                   rows)
 
 
@@ -126,8 +128,8 @@ def site_eval_section(data: Mapping[str, Any], plot: bytes | None = None) -> str
             "its own patients' held-out haplotypes, released with the Gaussian mechanism and spent "
             "from its budget (an <code>evaluated</code> entry in its ledger), ± the standard deviation "
             f"its noise gives it. {told}</p>"
-            + (_img(plot, "released bits per base per site and round") if plot else "")
-            + _table(["round", *sites], rows))
+            + (html_img(plot, "released bits per base per site and round") if plot else "")
+            + html_table(["round", *sites], rows))
 
 
 def _released(round_: Mapping[str, Any], site: str) -> str:
@@ -155,11 +157,11 @@ def canary_section(canary: Mapping[str, Any] | None) -> str:
     first = ("empirical_epsilon", "theoretical_epsilon", "delta", "beta", "m", "included", "guesses",
              "correct")
     keys = [k for k in first if k in canary] + sorted(k for k in canary if k not in first and k != "canaries")
-    summary = _table(["what", "value"], [[escape(k), _num(canary[k])] for k in keys])
+    summary = html_table(["what", "value"], [[escape(k), _num(canary[k])] for k in keys])
     canaries = canary.get("canaries") or []
     columns = sorted({k for c in canaries if isinstance(c, dict) for k in c},
                      key=lambda k: (k not in ("id", "included", "loss", "exposure"), k))
-    table = _table(columns, [[_num(c.get(k)) for k in columns] for c in canaries if isinstance(c, dict)])
+    table = html_table(columns, [[_num(c.get(k)) for k in columns] for c in canaries if isinstance(c, dict)])
     note = ("<p>The empirical ε is a lower bound from one run's membership guesses (Steinke, Nasr and "
             "Jagielski); it must not exceed the theoretical ε that the ledger records.</p>")
     return f"<h2>Empirical canary audit</h2>{note}{summary}<details><summary>{len(canaries)} canaries" \
@@ -177,17 +179,17 @@ def render_html(data: Mapping[str, Any], plots: Mapping[str, bytes]) -> str:
     cross = "".join(f"<li>{escape(line)}</li>" for line in data["cross_check"]) or "<li>agrees</li>"
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Privacy audit: {escape(data["run_dir"])}</title>
-<style>{_CSS}</style></head><body>
+<style>{PAGE_CSS}</style></head><body>
 <h1>Privacy audit of {escape(data["run_dir"])}</h1>
 <p>Generated {escape(data["generated"])}; keys from {escape(data["pki"] or "beside the ledgers")}.</p>
 {_problems_section(data)}
 {_ledger_section(data)}
 <h2>Privacy spent per round</h2>
-{_img(plots["epsilon"], "cumulative epsilon per round per site, with budgets")}
-{_table(header, rows)}
+{html_img(plots["epsilon"], "cumulative epsilon per round per site, with budgets")}
+{html_table(header, rows)}
 <p>Run report against the ledgers:</p><ul>{cross}</ul>
 <h2>Held-out bits per base</h2>
-{_img(plots["heldout"], "held-out bits per base per round")}
+{html_img(plots["heldout"], "held-out bits per base per round")}
 {markov_line(data)}
 {_rounds_section(data)}
 {site_eval_section(data, plots.get("site_bits"))}

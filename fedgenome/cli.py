@@ -10,7 +10,17 @@ from typing import Annotated
 import click
 import typer
 
-from fedgenome import cmd_benchmark, cmd_client, cmd_data, cmd_fed, cmd_model, cmd_pki, cmd_privacy, cmd_runs
+from fedgenome import (
+    cmd_benchmark,
+    cmd_client,
+    cmd_data,
+    cmd_fed,
+    cmd_model,
+    cmd_pki,
+    cmd_privacy,
+    cmd_report,
+    cmd_runs,
+)
 from fedgenome.cli_options import MARKUP
 from fedgenome.cli_signals import was_terminated
 from fedgenome.cmd_audit import audit_app
@@ -38,6 +48,7 @@ app.command("eval")(cmd_model.eval_command)
 app.command("score")(cmd_model.score_command)
 app.command("explain")(cmd_model.explain_command)
 app.add_typer(cmd_benchmark.app, name="benchmark")
+app.command("report")(cmd_report.report_command)
 app.command("demo")(cmd_fed.demo_command)
 app.command("run")(cmd_fed.run_command)
 app.add_typer(cmd_runs.app, name="runs")

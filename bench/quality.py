@@ -14,7 +14,9 @@ patients x k windows at each of the three hospitals (the centralized arm: as man
 three hospitals' batches pooled; DP arms: that many in expectation, Poisson-sampled). Prints one
 table (held-out bits per base on the held-out region, on ``--fasta`` if given, and at the cohort's
 variant positions on the unseen IBS cohort's haplotypes: what the hospitals' data adds that the
-public reference cannot), writes ``quality.png`` (bits per base against tokens seen) and
+public reference cannot) and a per-population table (each site's and the unseen cohort's patients'
+bits per base on their own held-out haplotypes, and worst minus best: what privacy costs each
+group, smallest included), writes ``quality.png`` (bits per base against tokens seen) and
 ``quality.json`` into ``--out``. Usage:
 
     .venv/bin/python bench/quality.py [--preset small] [--init models/small] [--rounds 6]
@@ -45,6 +47,7 @@ from fedgenome.shared.fetch import default_cache, fetch_data
 from fedgenome.shared.genomes import Reference, load_cohort
 from fedgenome.shared.markov_prior import build_model
 from fedgenome.shared.model import GenomeLM
+from fedgenome.shared.patient_bits import patient_bits
 from fedgenome.shared.reference_markov import reference_baseline
 from fedgenome.shared.schedule import FINETUNE_LR
 from fedgenome.shared.scoring import variant_site_bits
@@ -56,6 +59,7 @@ HOSPITALS = ("hospital-gbr-fin", "hospital-tsi", "hospital-ceu")
 UNSEEN = "unseen-ibs"
 HOLDOUT = Region.parse("20:58025520-63025520")
 CPU = torch.device("cpu")
+POPULATION_WINDOWS = 2  # held-out windows per patient (one per haplotype) of the per-population table
 
 
 @dataclass
@@ -70,6 +74,8 @@ class Arm:
     fasta: float | None = None
     variant_bits: float | None = None
     variant_alt_bits: float | None = None
+    populations: dict[str, float] = field(default_factory=dict)  # site -> its patients' mean bits
+    population_variants: dict[str, float] = field(default_factory=dict)  # site -> at its variant positions
     tokens: int = 0
     seconds: float = 0.0
 
@@ -119,8 +125,27 @@ def finish(arm: Arm, model: GenomeLM, setup: Setup, started: float) -> Arm:
     if setup.fasta is not None:
         arm.fasta = evaluate(model, setup.fasta, device=CPU).bits_per_base
     score_variant_sites(arm, model, setup)
+    score_populations(arm, model, setup)
     arm.seconds = time.perf_counter() - started
     return arm
+
+
+def score_populations(arm: Arm, model: GenomeLM, setup: Setup) -> None:
+    """Each site's (and the unseen cohort's) patients' mean bits per base on their own held-out
+    haplotypes, measured exactly: the bench reads every site, as no deployment may."""
+    for name in (*HOSPITALS, UNSEEN):
+        state = setup.sites / name / "state"
+        site = open_site(setup.sites / name, setup.preset.data, seed=0, cache_dir=state)
+        assert site.reference is not None
+        cohort = load_cohort(site.manifest, site.reference, cache_dir=state)
+        bits = patient_bits(model, cohort, site.reference, HOLDOUT, window=setup.preset.data.window,
+                            per_patient=POPULATION_WINDOWS, max_n_fraction=setup.preset.data.max_n_fraction,
+                            device=CPU)
+        arm.populations[name] = float(bits.mean())
+        at_variants = variant_site_bits(model, cohort, site.reference, contig=HOLDOUT.contig,
+                                        window=setup.preset.data.window, device=CPU, max_positions=300,
+                                        within=(HOLDOUT.start, HOLDOUT.end))
+        arm.population_variants[name] = at_variants.bits_per_base
 
 
 def score_variant_sites(arm: Arm, model: GenomeLM, setup: Setup) -> None:
@@ -236,7 +261,9 @@ def markov_arm(setup: Setup) -> Arm:
     arm.curve.append((0, arm.heldout))
     if setup.fasta is not None:
         arm.fasta = baseline.score(setup.fasta).bits_per_base
-    score_variant_sites(arm, new_model(setup, None, 0), setup)
+    silent = new_model(setup, None, 0)
+    score_variant_sites(arm, silent, setup)
+    score_populations(arm, silent, setup)
     arm.seconds = time.perf_counter() - started
     return arm
 
@@ -285,6 +312,27 @@ def table(arms: list[Arm], setup: Setup, fasta: Path | None) -> str:
         f"positions on {UNSEEN}'s haplotypes (var. alt: where the haplotype carries the ALT allele). "
         f"vs best-k: minus the baseline's held-out bits (negative = better); vs central: relative to "
         f"the centralized arm from the same start.")
+    return "\n".join([*lines, population_table(groups)])
+
+
+def population_table(groups: dict[tuple[str, str], list[Arm]]) -> str:
+    """Per arm and start: each population's mean bits per base (over seeds), and worst minus best,
+    on held-out windows of its patients' haplotypes and at its variant positions in the region."""
+    sites = [*HOSPITALS, UNSEEN]
+    names = " ".join(f"{s.split('-', 1)[1]:>8}" for s in sites)
+    head = f"{'arm':9} {'start':10} {names} {'worst-best':>10}"
+    lines = []
+    for title, values in (
+            (f"per population: each site's patients' bits per base on {POPULATION_WINDOWS} held-out "
+             "windows of their own haplotypes", lambda a: a.populations),
+            ("per population: bits per base at each site's variant positions in the held-out region, "
+             "on its own haplotypes", lambda a: a.population_variants)):
+        lines += ["", title, head, "-" * len(head)]
+        for (name, init), rows in groups.items():
+            means = [statistics.mean(values(a)[s] for a in rows) if all(s in values(a) for a in rows)
+                     else float("nan") for s in sites]
+            lines.append(f"{name:9} {init:10} " + " ".join(f"{m:8.4f}" for m in means)
+                         + f" {max(means) - min(means):10.4f}")
     return "\n".join(lines)
 
 

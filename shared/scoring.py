@@ -168,17 +168,20 @@ class VariantSiteBits:
 @torch.no_grad()
 def variant_site_bits(model: nn.Module, cohort: Cohort, reference: Reference, *, contig: str,
                       window: int, device: torch.device, max_positions: int = 1000,
-                      batch_size: int = 64) -> VariantSiteBits:
+                      batch_size: int = 64, within: tuple[int, int] | None = None) -> VariantSiteBits:
     """Bits per base of each haplotype's allele at the cohort's variant positions of ``contig``.
 
     The model reads the ``window`` bases of the haplotype before each variant and predicts the base
     at it. A model that learnt only the reference expects the reference allele; one that learnt
     from patients' genomes knows that other alleles occur there. Up to ``max_positions`` evenly
-    spaced variant positions are scored, for every patient's two haplotypes.
+    spaced variant positions are scored, for every patient's two haplotypes; ``within`` (0-based
+    start, end) keeps only positions in that stretch (a held-out region).
     """
     cv = cohort.contigs[contig]
     seq = reference.tokens(contig)
     usable = cv.pos[cv.pos >= window]
+    if within is not None:
+        usable = usable[(usable >= within[0]) & (usable < within[1])]
     picks = usable[np.unique(np.linspace(0, len(usable) - 1, min(max_positions, len(usable))).astype(int))]
     rows, is_alt = [], []
     for pos in picks:

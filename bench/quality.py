@@ -322,14 +322,15 @@ def population_table(groups: dict[tuple[str, str], list[Arm]]) -> str:
     names = " ".join(f"{s.split('-', 1)[1]:>8}" for s in sites)
     head = f"{'arm':9} {'start':10} {names} {'worst-best':>10}"
     lines = []
-    for title, values in (
+    for title, field_name in (
             (f"per population: each site's patients' bits per base on {POPULATION_WINDOWS} held-out "
-             "windows of their own haplotypes", lambda a: a.populations),
+             "windows of their own haplotypes", "populations"),
             ("per population: bits per base at each site's variant positions in the held-out region, "
-             "on its own haplotypes", lambda a: a.population_variants)):
+             "on its own haplotypes", "population_variants")):
         lines += ["", title, head, "-" * len(head)]
         for (name, init), rows in groups.items():
-            means = [statistics.mean(values(a)[s] for a in rows) if all(s in values(a) for a in rows)
+            per_arm: list[dict[str, float]] = [getattr(a, field_name) for a in rows]
+            means = [statistics.mean(v[s] for v in per_arm) if all(s in v for v in per_arm)
                      else float("nan") for s in sites]
             lines.append(f"{name:9} {init:10} " + " ".join(f"{m:8.4f}" for m in means)
                          + f" {max(means) - min(means):10.4f}")

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
 
-from fedgenome.shared.disparity import disparity
+from fedgenome.shared.disparity import disparity, released
 from fedgenome.shared.markov_fields import PRIVACY_NOTE, BaselineScore
 
 PAGE_CSS = """
@@ -119,7 +119,8 @@ def site_eval_section(data: Mapping[str, Any], plot: bytes | None = None) -> str
     if not rounds:
         return ""
     sites = sorted({s for r in rounds for s in r["site_bits"]})
-    rows = [[_num(r["round"]), *(_released(r, s) for s in sites)] for r in rounds]
+    rows = [[_num(r["round"]), *(released(r["site_bits"], r.get("site_bits_std") or {}, s, digits=4)
+                                 for s in sites)] for r in rounds]
     last = rounds[-1]
     gap = disparity(last["site_bits"], last.get("site_bits_std") or {})
     told = (f"Worst minus best site in the last evaluated round: <b>{escape(str(gap))}</b> (± the DP "
@@ -130,13 +131,6 @@ def site_eval_section(data: Mapping[str, Any], plot: bytes | None = None) -> str
             f"its noise gives it. {told}</p>"
             + (html_img(plot, "released bits per base per site and round") if plot else "")
             + html_table(["round", *sites], rows))
-
-
-def _released(round_: Mapping[str, Any], site: str) -> str:
-    bits, std = round_["site_bits"].get(site), (round_.get("site_bits_std") or {}).get(site)
-    if bits is None:
-        return "-"
-    return _num(bits) + (f" ± {std:.3f}" if std is not None else "")
 
 
 def canary_section(canary: Mapping[str, Any] | None) -> str:

@@ -30,7 +30,7 @@ from fedgenome.privacy.ledger.entry import head_path
 from fedgenome.privacy.site_state import ledger_path
 from fedgenome.server.progress import OnRound
 from fedgenome.shared import run_layout as layout
-from fedgenome.shared.disparity import disparity
+from fedgenome.shared.disparity import disparity, released
 from fedgenome.shared.markov_fields import PRIVACY_NOTE, BaselineScore
 from fedgenome.shared.run_layout import RunLayout
 from fedgenome.shared.schedule import FINETUNE_LR
@@ -175,7 +175,7 @@ def _print_site_bits(console: Console, by_round: dict[str, dict[str, float]],
     for rnd in by_round:
         table.add_column(f"round {rnd}")
     for site in sorted({s for bits in by_round.values() for s in bits}):
-        table.add_row(site, *(_released(bits, std_by_round.get(rnd, {}), site)
+        table.add_row(site, *(released(bits, std_by_round.get(rnd, {}), site)
                               for rnd, bits in by_round.items()))
     console.print(table)
     last = list(by_round)[-1]
@@ -183,8 +183,3 @@ def _print_site_bits(console: Console, by_round: dict[str, dict[str, float]],
     if gap is not None:
         console.print(f"disparity in round {last} (worst minus best site): {gap}", markup=False)
 
-
-def _released(bits: dict[str, float], std: dict[str, float], site: str) -> str:
-    if site not in bits:
-        return "-"
-    return f"{bits[site]:.3f}" + (f" ± {std[site]:.3f}" if site in std else "")

@@ -18,7 +18,7 @@ plot into the output directory.
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import json
 import logging
 from collections.abc import Callable, Iterator
@@ -35,6 +35,7 @@ from fedgenome.configs.schema import Region
 from fedgenome.experiments.benchmark_table import BenchmarkTable
 from fedgenome.shared.atomic import atomic_path
 from fedgenome.shared.checkpoint import Checkpoint, load_checkpoint
+from fedgenome.shared.fetch import sha256_file
 from fedgenome.shared.genomes import Reference
 from fedgenome.shared.markov_prior import MarkovPrior, markov_prior
 from fedgenome.shared.model import GenomeLM
@@ -67,23 +68,20 @@ class VariantBenchmark:
     """What :func:`benchmark_variants` measured and wrote."""
 
     table: BenchmarkTable
+    table_sha256: str
     checkpoint: Path
     results: tuple[ScorerResult, ...]
     files: tuple[Path, ...]
 
     def to_json(self) -> dict[str, Any]:
         """The summary (``benchmark.json``, ``--json``)."""
-        return {"table": str(self.table.path), "table_sha256": _sha256(self.table.path),
+        return {"table": str(self.table.path), "table_sha256": self.table_sha256,
                 "checkpoint": str(self.checkpoint), "kind": self.table.kind,
                 "rows": len(self.table.items), "skipped": self.table.skipped,
                 "scorers": {r.name: {"spearman": r.spearman.to_json(),
                                      "auroc": r.auroc.to_json() if r.auroc else None}
                             for r in self.results},
                 "files": [str(f) for f in self.files]}
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def model_scorer(model: torch.nn.Module, device: torch.device) -> Scorer:
@@ -198,7 +196,8 @@ def benchmark_variants(table: BenchmarkTable, checkpoint: Path, *, out: Path,
             name, scores, bootstrap(spearman, scores, table.values, resamples=resamples),
             bootstrap(auroc, scores, table.labels, resamples=resamples)
             if table.labels is not None else None))
-    return _write(VariantBenchmark(table, checkpoint, tuple(results), ()), out, plot=plot)
+    return _write(VariantBenchmark(table, sha256_file(table.path), checkpoint, tuple(results), ()), out,
+                  plot=plot)
 
 
 def _flanks(table: BenchmarkTable, fasta: Path | None, region: str | None, *,
@@ -233,7 +232,7 @@ def _write(got: VariantBenchmark, out: Path, *, plot: bool) -> VariantBenchmark:
         from fedgenome.experiments.benchmark_plot import benchmark_figure
 
         files.append(benchmark_figure(got, out / "benchmark.png"))
-    done = VariantBenchmark(got.table, got.checkpoint, got.results, tuple(files))
+    done = dataclasses.replace(got, files=tuple(files))
     with atomic_path(files[1]) as tmp:
         tmp.write_text(json.dumps(done.to_json(), indent=2) + "\n")
     return done

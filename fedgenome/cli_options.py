@@ -12,6 +12,7 @@ from typing import Annotated, Any, Final
 
 import typer
 
+from fedgenome.cli_choices import DEVICES
 from fedgenome.shared.state import STATE_HELP
 
 MARKUP: Final = "markdown"
@@ -23,6 +24,8 @@ RootCertificates_ = Annotated[Path | None, typer.Option(
     "--root-certificates", metavar="CA.crt", help="The consortium CA certificate (the PKI's ca.crt).")]
 Insecure_ = Annotated[bool, typer.Option("--insecure", help="Plaintext, no TLS (tests only).")]
 Json_ = Annotated[bool, typer.Option("--json", help="Print JSON to stdout instead.")]
+Device_ = Annotated[str, typer.Option("--device", help="Where to run.", click_type=DEVICES)]
+Checkpoint_ = Annotated[Path, typer.Argument(help="Checkpoint directory.")]
 
 
 def flwr_home_option(default: str) -> Any:

@@ -10,8 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fedgenome.cli_choices import DEVICES
-from fedgenome.cli_options import MARKUP, Json_
+from fedgenome.cli_options import MARKUP, Device_, Json_
 
 app = typer.Typer(name="benchmark", help="Measure a model against labelled data.",
                   no_args_is_help=True, rich_markup_mode=MARKUP)
@@ -34,7 +33,7 @@ def variants_command(
                                                      "exclusive) each sequence stands in for.")] = None,
     out: Annotated[Path | None, typer.Option(help="Directory for scores.tsv, benchmark.json and "
                                              "benchmark.png; default benchmark-TABLE.")] = None,
-    device: Annotated[str, typer.Option("--device", help="Where to run.", click_type=DEVICES)] = "auto",
+    device: Device_ = "auto",
     resamples: Annotated[int, typer.Option(min=100, help="Bootstrap resamples of the intervals.")] = 1000,
     no_plot: Annotated[bool, typer.Option("--no-plot", help="No PNG (no matplotlib needed).")] = False,
     json_out: Json_ = False,

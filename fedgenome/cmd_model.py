@@ -16,8 +16,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from fedgenome.cli_choices import DEVICES, GRAD_SAMPLE_MODES, PRESETS
-from fedgenome.cli_options import Json_
+from fedgenome.cli_choices import GRAD_SAMPLE_MODES, PRESETS
+from fedgenome.cli_options import Checkpoint_, Device_, Json_
 from fedgenome.configs.errors import ConfigError
 from fedgenome.configs.schema import (
     Preset,
@@ -44,8 +44,6 @@ Preset_ = Annotated[str, typer.Option("--preset", help=f"Preset name ({', '.join
 Config_ = Annotated[Path | None, typer.Option("--config", help="TOML file overriding the preset "
                                               "([model], [data], [train] tables).")]
 Steps_ = Annotated[int | None, typer.Option("--steps", help="Training steps (overrides the preset).")]
-Device_ = Annotated[str, typer.Option("--device", help="Where to run.", click_type=DEVICES)]
-Checkpoint_ = Annotated[Path, typer.Argument(help="Checkpoint directory.")]
 Reference_ = Annotated[Path | None, typer.Option(help="Reference FASTA (default: the checkpoint's).")]
 
 

@@ -8,11 +8,11 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from fedgenome.cli_choices import DEVICES
+from fedgenome.cli_options import Checkpoint_, Device_
 
 
 def report_command(
-    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint directory.")],
+    checkpoint: Checkpoint_,
     out: Annotated[Path | None, typer.Option(help="HTML file to write (default: "
                                              "report-CHECKPOINT.html here).", dir_okay=False)] = None,
     run: Annotated[Path | None, typer.Option(help="The run directory the checkpoint came from, for "
@@ -24,7 +24,7 @@ def report_command(
                                                 "data, held-out region).", dir_okay=False)] = None,
     variant: Annotated[str | None, typer.Option(help="CONTIG:POS:REF:ALT to explain (default: the "
                                                 "first SNV of the labels).")] = None,
-    device: Annotated[str, typer.Option("--device", help="Where to run.", click_type=DEVICES)] = "auto",
+    device: Device_ = "auto",
 ) -> None:
     """Write the HTML model report: bits against the baseline, populations, explanation, benchmark.
 

@@ -30,6 +30,13 @@ class Disparity:
         return f"{self.worst} - {self.best} = {self.gap:.3f}{spread} bits per base"
 
 
+def released(bits: Mapping[str, float], std: Mapping[str, float], site: str, *, digits: int = 3) -> str:
+    """A site's released bits as ``x ± s`` (``x`` alone without its std, ``-`` without a release)."""
+    if site not in bits:
+        return "-"
+    return f"{bits[site]:.{digits}f}" + (f" ± {std[site]:.3f}" if site in std else "")
+
+
 def disparity(bits: Mapping[str, float], std: Mapping[str, float]) -> Disparity | None:
     """The disparity of ``bits`` (site -> bits per base); None with fewer than two sites."""
     if len(bits) < 2:

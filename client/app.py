@@ -145,7 +145,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     orders = wire.RoundConfig.from_config(msg.content.config_records[wire.CONFIG])
     reply = site.private_evaluate(global_arrays(msg), federation_config(context),
                                   global_round=orders.global_round, run_key=orders.run_key,
-                                  initial_sha256=orders.initial_sha256, markov_prior=orders.markov_prior)
+                                  initial_sha256=orders.initial_sha256, markov_prior=orders.markov_prior,
+                                  positions=orders.eval_positions)
     content = RecordDict({wire.METRICS: MetricRecord(dict(reply.metrics)),  # type: ignore[arg-type]
                           SITE_RECORD: ConfigRecord({wire.SITE_NAME: reply.site, **head_fields(reply)})})
     return Message(content=content, reply_to=msg)

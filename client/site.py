@@ -42,10 +42,11 @@ from fedgenome.shared.atomic import atomic_path
 from fedgenome.shared.checkpoint import load_weights, state_sha256
 from fedgenome.shared.markov_prior import build_model
 from fedgenome.shared.model import GenomeLM
-from fedgenome.shared.patient_bits import patient_bits
+from fedgenome.shared.patient_bits import patient_bits, patient_bits_at
 from fedgenome.shared.preflight import check_writable
 from fedgenome.shared.schedule import LRSchedule, first_step
 from fedgenome.shared.train import pick_device
+from fedgenome.shared.variant_panel import check_positions
 
 log = logging.getLogger(__name__)
 OUTBOX = "outbox"
@@ -242,33 +243,21 @@ class SiteNode:
 
     def private_evaluate(self, global_: wire.Arrays, fed: FederationConfig, *, global_round: int,
                          run_key: str | None = None, initial_sha256: str | None = None,
-                         markov_prior: str | None = None) -> SiteReply:
+                         markov_prior: str | None = None,
+                         positions: tuple[int, ...] | None = None) -> SiteReply:
         """Bits per base of the global model on this site's patients, released with DP and accounted.
 
-        Each patient's bits on their own held-out haplotypes (``site-eval-windows`` windows) are
-        clipped, summed and released through the Gaussian mechanism of
-        :mod:`fedgenome.privacy.evaluation`, spent from the site's budget and written to its ledger
-        before the reply leaves; past the budget the evaluation is refused like a training round.
+        Each patient's bits on their own held-out haplotypes (``site-eval-windows`` windows, or with
+        a panel their bases at the public ``positions`` the server sent) are clipped, summed and
+        released through the Gaussian mechanism of :mod:`fedgenome.privacy.evaluation`, spent from
+        the site's budget and written to its ledger before the reply leaves; past the budget the
+        evaluation is refused like a training round.
         """
         if run_key is not None and not RUN_KEY.fullmatch(run_key):
             raise ConfigError(f"run key {run_key!r} from the server is not 32 lowercase hex digits")
         self.check_writable()
         preset = load_preset(fed.preset)
-        data = open_site(self.site_dir, preset.data, seed=fed.seed, cache_dir=self.state_dir)
-        cohort = getattr(data.dataset, "cohort", None)
-        if data.reference is None or cohort is None:
-            raise ConfigError(f"{self.site_dir}: a private evaluation needs a VCF site (its patients' "
-                              "haplotypes)")
-        model = self.model(preset, fed, markov_prior)
-        load_weights(model, wire.arrays_to_state(global_), source="the global model")
-        reference, region = data.reference, Region.parse(fed.holdout)
-
-        def bits() -> np.ndarray:
-            return patient_bits(model, cohort, reference, region, window=preset.data.window,
-                                per_patient=fed.site_eval_windows,
-                                max_n_fraction=preset.data.max_n_fraction,
-                                device=pick_device(preset.train.device))
-
+        bits = self._evaluation(global_, preset, fed, markov_prior=markov_prior, positions=positions)
         ledger = open_ledger(self.site_dir, self.manifest.name)
         privacy = self.manifest.privacy
         done = (None if run_key is None
@@ -289,6 +278,36 @@ class SiteNode:
             metrics[wire.EVAL_BITS_STD] = out.release.noise_std(fed.site_eval_noise)
         return SiteReply(self.manifest.name, None, metrics, ledger.head_digest())
 
+
+    def _evaluation(self, global_: wire.Arrays, preset: Preset, fed: FederationConfig, *,
+                    markov_prior: str | None, positions: tuple[int, ...] | None
+                    ) -> Callable[[], np.ndarray]:
+        """What the release measures: each patient's bits of the global model, computed when called."""
+        data = open_site(self.site_dir, preset.data, seed=fed.seed, cache_dir=self.state_dir)
+        cohort = getattr(data.dataset, "cohort", None)
+        if data.reference is None or cohort is None:
+            raise ConfigError(f"{self.site_dir}: a private evaluation needs a VCF site (its patients' "
+                              "haplotypes)")
+        region = Region.parse(fed.holdout)
+        if bool(fed.site_eval_panel) != (positions is not None):
+            raise ConfigError("the server sent " + ("no evaluation positions although the run config "
+                              "names a site-eval-panel" if positions is None else "evaluation positions "
+                              "although the run config names no site-eval-panel") + ": refusing")
+        if positions is not None:
+            check_positions(positions, region, context=fed.site_eval_context)
+        model = self.model(preset, fed, markov_prior)
+        load_weights(model, wire.arrays_to_state(global_), source="the global model")
+        reference, device = data.reference, pick_device(preset.train.device)
+
+        def bits() -> np.ndarray:
+            if positions is not None:
+                return patient_bits_at(model, cohort, reference, region.contig, positions,
+                                       context=fed.site_eval_context, device=device)
+            return patient_bits(model, cohort, reference, region, window=preset.data.window,
+                                per_patient=fed.site_eval_windows,
+                                max_n_fraction=preset.data.max_n_fraction, device=device)
+
+        return bits
 
 def _metrics(status: int, epsilon: float, budget: float, steps: int,
              examples: int | None, *, delta: float) -> dict[str, float | int]:

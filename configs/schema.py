@@ -25,6 +25,7 @@ MAX_STEPS = 1_000_000
 MAX_PARAMS = 10_000_000_000
 """The most parameters a model may have (about ten times the large preset)."""
 MAX_SEED = 2**32 - 1
+MAX_EVAL_POSITIONS = 256  # panel positions one site evaluation may be asked to score
 _STRICT = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
 """Every config: immutable, no unknown keys, no coercion (true is not 1.0, "3" is not 3), finite."""
 
@@ -183,6 +184,14 @@ class FederationConfig(BaseModel):
     site_eval_every: int = Field(0, ge=0, le=10_000, description="each site's private evaluation every "
                                  "N rounds (0 = never); each release is spent from its budget")
     site_eval_windows: int = Field(2, ge=1, le=256, description="held-out windows per patient in it")
+    site_eval_panel: str = Field("", description="absolute path of a public list of variant "
+                                 "positions (a PLINK .bim or a VCF): the sites' evaluations then score "
+                                 "each patient's own bases at site-eval-positions of them in the "
+                                 "held-out region ('' = the site-eval-windows evenly spaced windows)")
+    site_eval_positions: int = Field(32, ge=1, le=MAX_EVAL_POSITIONS, description="panel positions "
+                                     "each evaluation scores, on both haplotypes of every patient")
+    site_eval_context: int = Field(128, ge=1, le=8192, description="bases before a panel position "
+                                   "the model reads to predict it")
     site_eval_noise: float = Field(4.0, gt=0.0, le=1e6, description="its noise multiplier")
     site_eval_clip: float = Field(3.0, gt=0.0, le=64.0, description="bits per base each patient's "
                                   "contribution to it is clipped to")

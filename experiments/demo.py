@@ -47,8 +47,12 @@ __all__ = ["HOSPITALS", "MODEL_MINUS_MARKOV", "demo_run_config", "print_summary"
 
 def demo_run_config(*, preset: str, rounds: int, local_steps: int, patients_per_step: int,
                     target_epsilon: float, aggregation: str, init: Path | None = None,
-                    lr: float | None = None, site_eval_every: int = 0) -> dict[str, Any]:
+                    lr: float | None = None, site_eval_every: int = 0,
+                    panel: Path | None = None) -> dict[str, Any]:
     """The demo's run config, validated: from ``init`` (default: the preset's shipped checkpoint).
+
+    With ``panel`` (a public list of variant positions) the sites' evaluations score their
+    patients' bases at 4 of its positions in the held-out region, else one held-out window each.
 
     Starting from a checkpoint, the peak learning rate defaults to fine-tuning's
     (:data:`~fedgenome.shared.schedule.FINETUNE_LR`); from random weights to the run config's.
@@ -59,6 +63,9 @@ def demo_run_config(*, preset: str, rounds: int, local_steps: int, patients_per_
         "target-epsilon": target_epsilon, "patients-per-step": patients_per_step, "eval-windows": 64,
         "aggregation": aggregation, "initial-checkpoint": "" if start is None else str(start.resolve()),
         "site-eval-every": site_eval_every, "site-eval-windows": 1}
+    if panel is not None:
+        config.update({"site-eval-panel": str(panel.resolve()), "site-eval-positions": 4,
+                       "site-eval-context": 64})
     if lr is not None or start is not None:
         config["lr"] = lr if lr is not None else FINETUNE_LR
     validate(FederationConfig, config, source="demo options")

@@ -18,7 +18,13 @@ from fedgenome.configs.errors import ConfigError
 from fedgenome.configs.schema import Region
 from fedgenome.shared.atomic import atomic_path
 from fedgenome.shared.checkpoint import load_checkpoint
-from fedgenome.shared.explain import MAX_WINDOW, Mutagenesis, haplotype_shift, saturation_mutagenesis
+from fedgenome.shared.explain import (
+    DEFAULT_HORIZON,
+    MAX_WINDOW,
+    Mutagenesis,
+    haplotype_shift,
+    saturation_mutagenesis,
+)
 from fedgenome.shared.genomes import Reference
 from fedgenome.shared.tokenizer import encode
 from fedgenome.shared.train import pick_device
@@ -61,8 +67,11 @@ class Explanation:
 
 def explain(checkpoint: Path, *, out: Path, region: str | None = None, variant: str | None = None,
             reference: Path | None = None, window: int | None = None, device: str = "auto",
-            plot: bool = True) -> Explanation:
-    """Explain ``region`` (or the window centred on ``variant``) with the checkpoint's model."""
+            horizon: int | None = DEFAULT_HORIZON, plot: bool = True) -> Explanation:
+    """Explain ``region`` (or the window centred on ``variant``) with the checkpoint's model.
+
+    ``horizon``: the bases after each substitution rescored (``None``: to the window's end, exact).
+    """
     if (region is None) == (variant is None):
         raise ConfigError("pass one of --region CONTIG:START-END or --variant CONTIG:POS:REF:ALT")
     if plot:
@@ -84,7 +93,8 @@ def explain(checkpoint: Path, *, out: Path, region: str | None = None, variant: 
     tokens = seq[span.start:span.end].copy()
     dev = pick_device(device)
     model = ckpt.model.to(dev)
-    result = saturation_mutagenesis(model, tokens, contig=span.contig, start=span.start, device=dev)
+    result = saturation_mutagenesis(model, tokens, contig=span.contig, start=span.start, device=dev,
+                                    horizon=horizon)
     shift = None
     if snv is not None:
         at = snv.pos - 1 - span.start

@@ -249,12 +249,14 @@ def demo_command(
     TLS with the run's own consortium PKI and authenticated SuperNodes, unless --insecure.
     """
     from fedgenome.experiments.demo import demo_run_config, print_summary, run_demo
-    from fedgenome.shared.fetch import default_cache
+    from fedgenome.shared.fetch import data_paths, default_cache
 
     terminate_on_sigterm()
+    panel = data_paths(cache or default_cache()).plink_prefix.with_suffix(".bim")  # public positions
     config = demo_run_config(preset=preset, rounds=rounds, local_steps=local_steps,
                              patients_per_step=patients_per_step, target_epsilon=target_epsilon,
-                             aggregation=aggregation, init=init, lr=lr, site_eval_every=site_eval_every)
+                             aggregation=aggregation, init=init, lr=lr, site_eval_every=site_eval_every,
+                             panel=panel)
     console = Console(highlight=False)
     summary = run_demo(Path("runs") / name, cache=cache or default_cache(), run_config=config,
                        timeout=timeout, insecure=insecure,

@@ -284,13 +284,18 @@ def explain_command(
     window: Annotated[int | None, typer.Option(help="Bases around --variant (default: the "
                                                "checkpoint's window).")] = None,
     device: Device_ = "auto",
+    horizon: Annotated[int | None, typer.Option(help="Bases after each substitution whose "
+                                                "predictions are rescored (default: 64); 0: every "
+                                                "one to the window's end (exact; slower).", min=0)
+                       ] = None,
     no_plot: Annotated[bool, typer.Option("--no-plot", help="Write the TSV files only (no "
                                           "matplotlib needed).")] = False,
 ) -> None:
     """In-silico saturation mutagenesis: each base's effect on the model's log-likelihood.
 
     Every position of the window is changed to each of the three other bases and the window scored
-    again; the TSV holds the changes (0 at the reference base) and a per-position importance.
+    again, up to --horizon bases past the change; the TSV holds the changes (0 at the reference
+    base) and a per-position importance.
     """
     import numpy as np
 
@@ -300,7 +305,8 @@ def explain_command(
     target = out or Path(f"explain-{'-'.join(where[:2])}")
     with console.status("scoring every single-base substitution"):
         got = explain(checkpoint, out=target, region=region, variant=variant, reference=reference,
-                      window=window, device=device, plot=not no_plot)
+                      window=window, device=device, plot=not no_plot,
+                      **({} if horizon is None else {"horizon": horizon or None}))
     m = got.mutagenesis
     top = np.argsort(-np.nan_to_num(m.importance))[:5]
     Console(highlight=False, soft_wrap=True).print(

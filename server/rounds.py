@@ -46,6 +46,7 @@ from fedgenome.shared.markov_prior import build_model
 from fedgenome.shared.reference_markov import reference_baseline
 from fedgenome.shared.run_layout import RunLayout
 from fedgenome.shared.train import evaluate
+from fedgenome.shared.variant_panel import panel_positions, read_panel
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,7 @@ class Federation:
         self.preset = load_preset(fed.preset)
         self.strategy: Strategy = create_strategy(fed)
         self.eval_windows = self._eval_windows()
+        self.eval_positions = self._eval_positions()
         self.markov = self._markov()
         self.report = RunReport(self.run_dir, fed.model_dump(by_alias=True), markov=self.markov)
         self.names: dict[int, str] = {}
@@ -178,6 +180,24 @@ class Federation:
                                   else self.model.prior.fingerprint)
         return {**orders.to_config(), wire.LOCAL_STEPS: self.fed.local_steps}
 
+    def evaluation_config(self, rnd: int) -> dict[str, int | str]:
+        """What every evaluate message of round ``rnd`` carries: the round config, the panel positions."""
+        positions = wire.RoundConfig(rnd, eval_positions=self.eval_positions).to_config()
+        return {**self.round_config(rnd), **positions}
+
+    def _eval_positions(self) -> tuple[int, ...] | None:
+        """The public panel's positions every site evaluation scores (None without a panel)."""
+        if not self.fed.site_eval_panel:
+            return None
+        region = Region.parse(self.fed.holdout)
+        panel = read_panel(self.fed.site_eval_panel, region.contig)
+        picked = panel_positions(panel, Reference(Path(self.fed.reference)), region,
+                                 count=self.fed.site_eval_positions, context=self.fed.site_eval_context,
+                                 max_n_fraction=self.preset.data.max_n_fraction)
+        log.info("site evaluations score %d positions of the public panel %s", len(picked),
+                 self.fed.site_eval_panel)
+        return tuple(picked)
+
     def _eval_windows(self) -> torch.Tensor:
         region = Region.parse(self.fed.holdout)
         ref = Reference(Path(self.fed.reference))
@@ -229,9 +249,10 @@ class Federation:
         seen_before = {s for r in self.report.rounds for s in r.trained + r.refused + list(r.rejected)}
         present = set(got.epsilon)
         loss = sum(got.losses) / len(got.losses) if got.losses else None
-        evals = (evaluate_at_sites(grid, nodes, evaluation_content(self.arrays(), self.round_config(rnd)),
-                                   self.fed, names=self.names, identities=identities)
-                 if due(self.fed, rnd) else SiteEvaluations())
+        content = (evaluation_content(self.arrays(), self.evaluation_config(rnd)) if due(self.fed, rnd)
+                   else None)
+        evals = (SiteEvaluations() if content is None else evaluate_at_sites(
+            grid, nodes, content, self.fed, names=self.names, identities=identities))
         trained = sorted(n for n in got.epsilon if n not in got.refused and n not in got.rejected)
         got.epsilon.update(evals.epsilon)  # the cumulative epsilon after the round, evaluation included
         return RoundRecord(

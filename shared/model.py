@@ -23,6 +23,7 @@ C = d_model, H heads, D = C / H head size, V vocabulary (see ``shared/tokenizer.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -32,9 +33,12 @@ from torch import nn
 from fedgenome.configs.errors import IncompatibleModelError
 from fedgenome.configs.schema import ModelConfig
 from fedgenome.shared.tokenizer import NUCLEOTIDES, A
+from fedgenome.shared.tokenizer import N as N_ID
 from fedgenome.shared.tokenizer import T as T_ID
 
 Rope = tuple[torch.Tensor, torch.Tensor]
+State = tuple[torch.Tensor, torch.Tensor]
+"""What a mixer remembers of a sequence: attention's keys and values, or a mixer's convolution inputs."""
 
 
 class Prior(Protocol):
@@ -43,6 +47,10 @@ class Prior(Protocol):
     @property
     def fingerprint(self) -> str:
         """The name of the prior (what the weights trained with it must be used with)."""
+
+    @property
+    def order(self) -> int:
+        """The longest context it reads: a position's prior depends on it and the order - 1 before it."""
 
     def log_probs(self, idx: torch.Tensor) -> torch.Tensor:
         """Log-probabilities (..., T, 4) of A, C, G, T after every position of idx (..., T)."""
@@ -55,11 +63,38 @@ def make_norm(config: ModelConfig) -> nn.Module:
     return nn.LayerNorm(config.d_model)
 
 
-def rotary_tables(T: int, D: int, base: float, device: torch.device) -> Rope:
-    """Cosine and sine tables of rotary position embeddings, each (T, D/2)."""
-    inv_freq = base ** (-torch.arange(0, D, 2, device=device, dtype=torch.float32) / D)  # (D/2,)
-    angles = torch.outer(torch.arange(T, device=device, dtype=torch.float32), inv_freq)  # (T, D/2)
+def rotary_tables(positions: torch.Tensor, D: int, base: float) -> Rope:
+    """Cosine and sine tables of rotary position embeddings at positions (..., T), each (..., T, D/2)."""
+    inv_freq = base ** (-torch.arange(0, D, 2, device=positions.device, dtype=torch.float32) / D)
+    angles = positions.float()[..., None] * inv_freq  # (..., T, D/2)
     return angles.cos(), angles.sin()
+
+
+@dataclass(frozen=True)
+class Continuation:
+    """Rows that continue a remembered sequence of L positions: row b replaces it from ``start[b]`` on.
+
+    Built by :meth:`GenomeLM.continue_from`; a new position attends to the remembered positions
+    before its row's start and to its row's earlier new positions.
+    """
+
+    start: torch.Tensor  # (B,) the remembered sequence's position of each row's first token
+    mask: torch.Tensor  # (B, 1, T, L + T) True where a new position may attend
+
+
+@dataclass(frozen=True)
+class Memory:
+    """One sequence as every block saw it (:meth:`GenomeLM.remember`)."""
+
+    tokens: torch.Tensor  # (L,) its token ids
+    states: tuple[State, ...]  # per block, what its mixer remembers
+
+
+def positions_before(state: torch.Tensor, start: torch.Tensor, n: int) -> torch.Tensor:
+    """The n positions of state (1, channels, L) before each start (B,) -> (B, channels, n); 0 before 0."""
+    padded = F.pad(state[0], (n, 0))  # (channels, n + L)
+    index = start[:, None] + torch.arange(n, device=start.device)  # (B, n)
+    return padded[:, index].permute(1, 0, 2)  # (B, channels, n)
 
 
 def apply_rotary(x: torch.Tensor, rope: Rope) -> torch.Tensor:
@@ -79,16 +114,32 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(config.d_model, 3 * config.d_model)
         self.proj = nn.Linear(config.d_model, config.d_model)
 
-    def forward(self, x: torch.Tensor, rope: Rope) -> torch.Tensor:
-        *lead, T, C = x.shape
+    def heads(self, x: torch.Tensor, rope: Rope) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values (B, H, T, D) of x (..., T, C), rotated to their positions."""
+        T, C = x.shape[-2:]
         qkv = self.qkv(x).reshape(-1, T, 3 * C)  # (B, T, 3C)
         q, k, v = (t.view(-1, T, self.n_head, C // self.n_head).transpose(1, 2)
                    for t in qkv.split(C, dim=2))  # (B, H, T, D) each
-        q, k = apply_rotary(q, rope), apply_rotary(k, rope)
-        y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
-        )  # (B, H, T, D)
+        return apply_rotary(q, rope), apply_rotary(k, rope), v
+
+    def forward(self, x: torch.Tensor, rope: Rope, past: State | None = None,
+                at: Continuation | None = None) -> torch.Tensor:
+        *lead, T, C = x.shape
+        q, k, v = self.heads(x, rope)  # (B, H, T, D) each
+        if past is None or at is None:
+            y = F.scaled_dot_product_attention(
+                q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+            )  # (B, H, T, D)
+        else:  # continue a remembered sequence: its keys and values (1, H, L, D) come first
+            keys, values = (torch.cat((old.expand(len(q), -1, -1, -1), new), dim=2)
+                            for old, new in zip(past, (k, v), strict=True))  # (B, H, L + T, D)
+            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=at.mask)
         return self.proj(y.transpose(1, 2).reshape(*lead, T, C))  # (..., T, C)
+
+    def remember(self, x: torch.Tensor, rope: Rope) -> State:
+        """The keys and values (1, H, L, D) of a sequence x (1, L, C)."""
+        _, k, v = self.heads(x, rope)
+        return k, v
 
 
 class CausalDepthwiseConv(nn.Conv1d):
@@ -102,10 +153,14 @@ class CausalDepthwiseConv(nn.Conv1d):
         super().__init__(channels, channels, kernel_size, groups=channels, bias=True)
         self.bias: torch.Tensor  # always present
 
-    def forward(self, u: torch.Tensor) -> torch.Tensor:
+    def forward(self, u: torch.Tensor, *, before: torch.Tensor | None = None) -> torch.Tensor:
+        """Filter u (..., channels, T), after ``before`` (..., channels, K - 1) or zeros.
+
+        ``before`` is keyword-only: Opacus' hooks record a layer's positional inputs.
+        """
         K, T = self.kernel_size[0], u.shape[-1]
         w = self.weight[:, 0, :].to(u.dtype)  # (channels, K)
-        padded = F.pad(u, (K - 1, 0))  # (..., channels, T + K - 1)
+        padded = F.pad(u, (K - 1, 0)) if before is None else torch.cat((before.to(u.dtype), u), dim=-1)
         y = padded[..., K - 1 :] * w[:, K - 1 : K]  # tap K-1 weighs the current position
         for k in range(K - 1):
             y = y + padded[..., k : k + T] * w[:, k : k + 1]
@@ -123,11 +178,28 @@ class ShortConvMixer(nn.Module):
         self.filter = CausalDepthwiseConv(C, config.conv_kernel)  # the mixing filter
         self.out_proj = nn.Linear(C, C)
 
-    def forward(self, x: torch.Tensor, rope: Rope) -> torch.Tensor:
-        u = self.featurizer(self.in_proj(x).transpose(-1, -2))  # (..., 3C, T)
-        q, k, v = u.chunk(3, dim=-2)  # (..., C, T) each
-        y = q * self.filter(k * v)  # (..., C, T)
+    def features(self, x: torch.Tensor, *, before: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The projection (..., 3C, T) of x (..., T, C), and the gate q and filter input k * v (..., C, T)."""
+        projected = self.in_proj(x).transpose(-1, -2)  # (..., 3C, T)
+        q, k, v = self.featurizer(projected, before=before).chunk(3, dim=-2)  # (..., C, T) each
+        return projected, q, k * v
+
+    def forward(self, x: torch.Tensor, rope: Rope, past: State | None = None,
+                at: Continuation | None = None) -> torch.Tensor:
+        if past is None or at is None:
+            _, q, kv = self.features(x)
+            y = q * self.filter(kv)  # (..., C, T)
+        else:  # continue a remembered sequence from the inputs (1, ., L) of its two convolutions
+            width = (self.featurizer.kernel_size[0] - 1, self.filter.kernel_size[0] - 1)
+            _, q, kv = self.features(x, before=positions_before(past[0], at.start, width[0]))
+            y = q * self.filter(kv, before=positions_before(past[1], at.start, width[1]))
         return self.out_proj(y.transpose(-1, -2))  # (..., T, C)
+
+    def remember(self, x: torch.Tensor, rope: Rope) -> State:
+        """The inputs (1, 3C, L) and (1, C, L) of the two convolutions on a sequence x (1, L, C)."""
+        projected, _, kv = self.features(x)
+        return projected, kv
 
 
 class MLP(nn.Module):
@@ -149,12 +221,14 @@ class Block(nn.Module):
     def __init__(self, config: ModelConfig, *, conv: bool) -> None:
         super().__init__()
         self.norm1 = make_norm(config)
-        self.mixer: nn.Module = ShortConvMixer(config) if conv else CausalSelfAttention(config)
+        self.mixer: ShortConvMixer | CausalSelfAttention = (
+            ShortConvMixer(config) if conv else CausalSelfAttention(config))
         self.norm2 = make_norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, rope: Rope) -> torch.Tensor:
-        x = x + self.mixer(self.norm1(x), rope)
+    def forward(self, x: torch.Tensor, rope: Rope, past: State | None = None,
+                at: Continuation | None = None) -> torch.Tensor:
+        x = x + self.mixer(self.norm1(x), rope, past, at)
         return x + self.mlp(self.norm2(x))  # (..., T, C)
 
 
@@ -192,20 +266,75 @@ class GenomeLM(nn.Module):
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """Logits (..., T, V) of the next token at every position of idx (..., T)."""
-        T = idx.shape[-1]
-        rope = rotary_tables(T, self.config.d_model // self.config.n_head, self.config.rope_base,
-                             idx.device)  # (T, D/2) each
-        x = self.embed(idx)  # (..., T, C)
-        prior = None
-        if self.prior_in is not None:
-            if self.prior is None:
-                raise IncompatibleModelError("this model adds a Markov prior (model.markov_prior) but "
-                                             "none is attached: build it with "
-                                             "fedgenome.shared.markov_prior.build_model and the reference")
-            prior = self.prior.log_probs(idx)  # (..., T, 4) for A, C, G, T
-            x = x + self.prior_in(prior)
+        rope = self.rope(torch.arange(idx.shape[-1], device=idx.device))  # (T, D/2) each
+        prior = self.prior_log_probs(idx)
+        x = self.inputs(idx, prior)  # (..., T, C)
         for block in self.blocks:
             x = block(x, rope)
+        return self.logits(x, prior)
+
+    def remember(self, idx: torch.Tensor) -> Memory:
+        """What every block computes on one sequence idx (L,), for :meth:`continue_from`."""
+        seq = idx[None]  # (1, L)
+        rope = self.rope(torch.arange(seq.shape[-1], device=idx.device))
+        x = self.inputs(seq, self.prior_log_probs(seq))  # (1, L, C)
+        states = []
+        for block in self.blocks:
+            assert isinstance(block, Block)
+            states.append(block.mixer.remember(block.norm1(x), rope))
+            x = block(x, rope)
+        return Memory(idx, tuple(states))
+
+    def continue_from(self, memory: Memory, idx: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+        """Logits (B, T, V) of rows idx (B, T) that replace the remembered sequence from start (B,) on.
+
+        Equal to ``forward`` on the remembered sequence's first ``start[b]`` tokens followed by row
+        b, at the row's positions, at the cost of the row's T positions only.
+        """
+        B, T = idx.shape
+        L = int(start.max())  # no row reads a remembered position past its start
+        pos = start[:, None] + torch.arange(T, device=idx.device)  # (B, T)
+        rope = tuple(t[:, None] for t in self.rope(pos))  # (B, 1, T, D/2) each
+        new = torch.ones(T, T, dtype=torch.bool, device=idx.device).tril()  # (T, T)
+        old = torch.arange(L, device=idx.device) < start[:, None]  # (B, L)
+        at = Continuation(start, torch.cat((old[:, None, None, :].expand(B, 1, T, L),
+                                            new.expand(B, 1, T, T)), dim=-1))  # (B, 1, T, L + T)
+        prior = None
+        if self.prior_in is not None:  # the prior reads the order - 1 remembered bases before the row
+            width = self.prior.order if self.prior is not None else 0
+            context = F.pad(memory.tokens, (width, 0), value=N_ID)[
+                start[:, None] + torch.arange(width, device=idx.device)]  # (B, width)
+            whole = self.prior_log_probs(torch.cat((context, idx), dim=-1))  # refuses a missing prior
+            prior = None if whole is None else whole[:, width:]  # (B, T, 4)
+        x = self.inputs(idx, prior)  # (B, T, C)
+        for block, (a, b) in zip(self.blocks, memory.states, strict=True):
+            past = (a[..., :L, :], b[..., :L, :]) if isinstance(block.mixer, CausalSelfAttention) else (a, b)
+            x = block(x, rope, past, at)
+        return self.logits(x, prior)
+
+    def rope(self, positions: torch.Tensor) -> Rope:
+        """Rotary tables (..., T, D/2) of the attention heads at positions (..., T)."""
+        return rotary_tables(positions, self.config.d_model // self.config.n_head, self.config.rope_base)
+
+    def prior_log_probs(self, idx: torch.Tensor) -> torch.Tensor | None:
+        """The Markov prior's log-probabilities (..., T, 4) of idx (..., T), None without a prior."""
+        if self.prior_in is None:
+            return None
+        if self.prior is None:
+            raise IncompatibleModelError("this model adds a Markov prior (model.markov_prior) but "
+                                         "none is attached: build it with "
+                                         "fedgenome.shared.markov_prior.build_model and the reference")
+        return self.prior.log_probs(idx)
+
+    def inputs(self, idx: torch.Tensor, prior: torch.Tensor | None) -> torch.Tensor:
+        """The residual stream (..., T, C) entering the first block: embeddings plus the prior's."""
+        x = self.embed(idx)  # (..., T, C)
+        if prior is not None and self.prior_in is not None:
+            x = x + self.prior_in(prior)
+        return x
+
+    def logits(self, x: torch.Tensor, prior: torch.Tensor | None) -> torch.Tensor:
+        """Next-token logits (..., T, V) from the last block's output x (..., T, C)."""
         logits = self.head(self.norm_f(x))  # (..., T, V)
         if prior is None:
             return logits

@@ -6,11 +6,14 @@ releases with noise.
 Every patient is scored on the same ``per_patient`` windows, evenly spaced over the held-out region
 and skipping windows that are mostly ``N``; window ``j`` carries the patient's haplotype ``j % 2``.
 A patient's value is the bits over all their windows' A/C/G/T targets divided by their count.
+With a public panel of variant positions, :func:`patient_bits_at` scores each patient's own bases
+at those positions instead (what the patients' genomes add to the reference).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -20,7 +23,7 @@ from fedgenome.configs.errors import ConfigError
 from fedgenome.configs.schema import Region
 from fedgenome.shared.datasets import n_fraction
 from fedgenome.shared.genomes import Cohort, Reference
-from fedgenome.shared.scoring import sequence_log_likelihood
+from fedgenome.shared.scoring import position_log_likelihood
 from fedgenome.shared.train import IGNORE, split_batch
 
 
@@ -47,16 +50,39 @@ def patient_bits(model: nn.Module, cohort: Cohort, reference: Reference, region:
         raise ConfigError(f"held-out region {region.contig}:{region.start}-{region.end} has no window of "
                           f"{span} bases that is mostly A/C/G/T: evaluate on another region")
     seq = reference.tokens(region.contig)
-    model.eval()
     patients = len(cohort.samples)
     rows = [(p, cohort.apply(seq[s:s + span], patient=p, hap=j % 2, contig=region.contig, start=s))
             for p in range(patients) for j, s in enumerate(starts)]
+    return _bits(model, rows, patients, targets=slice(None), device=device, batch_size=batch_size)
+
+
+@torch.no_grad()
+def patient_bits_at(model: nn.Module, cohort: Cohort, reference: Reference, contig: str,
+                    positions: Sequence[int], *, context: int, device: torch.device,
+                    batch_size: int = 64) -> np.ndarray:
+    """(patients,) each patient's bits on their own base at each of ``positions`` (0-based), both haplotypes.
+
+    The base at p is predicted from the ``context`` bases of the same haplotype before it; a missing
+    genotype (N) is not counted. The positions come from a public panel
+    (:mod:`fedgenome.shared.variant_panel`), the same for every site.
+    """
+    seq = reference.tokens(contig)
+    patients = len(cohort.samples)
+    rows = [(p, cohort.apply(seq[q - context:q + 1], patient=p, hap=h, contig=contig, start=q - context))
+            for p in range(patients) for q in positions for h in (0, 1)]
+    return _bits(model, rows, patients, targets=slice(-1, None), device=device, batch_size=batch_size)
+
+
+def _bits(model: nn.Module, rows: list[tuple[int, np.ndarray]], patients: int, *, targets: slice,
+          device: torch.device, batch_size: int) -> np.ndarray:
+    """Per patient, bits per base over the ``targets`` positions of their rows (patient, window)."""
+    model.eval()
     nats, bases = np.zeros(patients), np.zeros(patients)
     for lo in range(0, len(rows), batch_size):
         chunk = rows[lo:lo + batch_size]
         windows = torch.from_numpy(np.stack([w for _, w in chunk]).astype(np.int64))
-        ll = sequence_log_likelihood(model, windows, device=device).numpy()
-        counted = (split_batch(windows)[1] != IGNORE).sum(dim=1).numpy()
+        ll = position_log_likelihood(model, windows, device=device)[:, targets].sum(dim=1).numpy()
+        counted = (split_batch(windows)[1][:, targets] != IGNORE).sum(dim=1).numpy()
         for (p, _), value, n in zip(chunk, ll, counted, strict=True):
             nats[p] -= value
             bases[p] += n

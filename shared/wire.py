@@ -44,6 +44,7 @@ RUN_KEY = "run-key"  # round config: the run's key (sites keep their optimizer s
 INITIAL_SHA256 = "initial-sha256"  # round config: SHA-256 of the run's initial checkpoint
 MARKOV_PRIOR = "markov-prior"  # round config: fingerprint of the model's Markov prior (public)
 LOCAL_STEPS = "local-steps"  # round config: private steps per site (sites follow their run config's)
+EVAL_POSITIONS = "eval-positions"  # evaluate config: comma-separated 0-based public panel positions
 ALLOWED_METRICS = frozenset({NUM_EXAMPLES, STATUS, EPSILON, BUDGET, DELTA, TRAIN_LOSS, STEPS,
                              EVAL_BITS, EVAL_BITS_STD})
 SITE_RECORD = "site"  # a reply's ConfigRecord of the keys below; SecAgg+ metrics: the site's name
@@ -101,6 +102,7 @@ class RoundConfig:
     run_key: str | None = None
     initial_sha256: str | None = None
     markov_prior: str | None = None
+    eval_positions: tuple[int, ...] | None = None  # evaluate messages: the panel positions to score
 
     def to_config(self) -> dict[str, int | str]:
         """The config record's entries (absent keys stay absent)."""
@@ -111,16 +113,28 @@ class RoundConfig:
             out[INITIAL_SHA256] = self.initial_sha256
         if self.markov_prior is not None:
             out[MARKOV_PRIOR] = self.markov_prior
+        if self.eval_positions is not None:
+            out[EVAL_POSITIONS] = ",".join(str(p) for p in self.eval_positions)
         return out
 
     @classmethod
     def from_config(cls, config: Mapping[str, object]) -> RoundConfig:
-        """Read a received config record; strings stay unchecked here (the site checks them)."""
+        """Read a received config record; strings stay unchecked here (the site checks them).
+
+        Raises:
+            ValueError: The evaluation positions are not comma-separated integers.
+        """
         run_key, initial, prior = config.get(RUN_KEY), config.get(INITIAL_SHA256), config.get(MARKOV_PRIOR)
+        positions = config.get(EVAL_POSITIONS)
+        if positions is not None and not all(p.isdigit() for p in str(positions).split(",")):
+            raise ValueError(f"{EVAL_POSITIONS} {str(positions)[:40]!r}: expected comma-separated "
+                             "0-based positions")
         return cls(global_round=int(str(config[GLOBAL_ROUND])),
                    run_key=None if run_key is None else str(run_key),
                    initial_sha256=None if initial is None else str(initial),
-                   markov_prior=None if prior is None else str(prior))
+                   markov_prior=None if prior is None else str(prior),
+                   eval_positions=None if positions is None
+                   else tuple(int(p) for p in str(positions).split(",")))
 
 
 def layout(arrays: Mapping[str, npt.NDArray[np.generic]]) -> str:

@@ -11,7 +11,7 @@ import torch
 from fedgenome.configs.errors import ConfigError
 from fedgenome.experiments.explain import Variant, explain
 from fedgenome.shared.checkpoint import load_checkpoint
-from fedgenome.shared.explain import mutants, next_base_probabilities, saturation_mutagenesis
+from fedgenome.shared.explain import DEFAULT_HORIZON, mutants, next_base_probabilities, saturation_mutagenesis
 from fedgenome.shared.fetch import DataPaths
 from fedgenome.shared.genomes import Reference
 from fedgenome.shared.scoring import sequence_log_likelihood
@@ -33,7 +33,8 @@ def window(data_paths: DataPaths) -> np.ndarray:
 def test_every_substitution_changes_the_score_it_would_alone(tiny_checkpoint: Path,
                                                              window: np.ndarray) -> None:
     model = load_checkpoint(tiny_checkpoint).model
-    got = saturation_mutagenesis(model, window, contig="20", start=START, device=CPU, batch_size=7)
+    got = saturation_mutagenesis(model, window, contig="20", start=START, device=CPU, horizon=None,
+                                 batch_tokens=7 * LENGTH)
     assert got.delta.shape == (LENGTH, 4) and got.importance.shape == (LENGTH,)
     reference_column = [NUCLEOTIDES.index(t) for t in window]
     assert np.all(got.delta[np.arange(LENGTH), reference_column] == 0.0)
@@ -45,6 +46,26 @@ def test_every_substitution_changes_the_score_it_would_alone(tiny_checkpoint: Pa
         i, b = where[row]
         assert got.delta[i, b] == pytest.approx(alone - got.ll, abs=1e-4)
     assert got.sequence == decode(window)
+
+
+def test_a_horizon_rescores_the_bases_up_to_it_and_no_further(tiny_checkpoint: Path,
+                                                              window: np.ndarray) -> None:
+    """With horizon h, a substitution at i is scored as the window cut after base i + h would be."""
+    model = load_checkpoint(tiny_checkpoint).model
+    h = 5
+    got = saturation_mutagenesis(model, window, contig="20", start=START, device=CPU, horizon=h)
+    exact = saturation_mutagenesis(model, window, contig="20", start=START, device=CPU, horizon=None)
+    windows, where = mutants(window)
+    for row in np.random.default_rng(1).choice(len(where), size=12, replace=False):
+        i, b = where[row]
+        cut = slice(0, i + h + 1)
+        pair = torch.from_numpy(np.stack([windows[row, cut], window[cut].astype(np.int64)]))
+        mutated, reference = sequence_log_likelihood(model, pair, device=CPU).tolist()
+        assert got.delta[i, b] == pytest.approx(mutated - reference, abs=1e-4)
+    assert got.ll == pytest.approx(exact.ll)
+    tail = [(i, b) for i, b in where if i >= LENGTH - 1 - h]  # nothing lies past the horizon there
+    assert all(got.delta[i, b] == pytest.approx(exact.delta[i, b], abs=1e-4) for i, b in tail)
+    assert not np.allclose(got.delta, exact.delta, atol=1e-3)  # earlier ones leave a part out
 
 
 def test_a_base_never_read_before_the_last_moves_only_its_own_prediction(tiny_checkpoint: Path,
@@ -74,6 +95,8 @@ def test_explain_a_variant_writes_its_files(tiny_checkpoint: Path, window: np.nd
     assert any(abs(float(v)) > 1e-4 for v in shift[at + 1][3:])  # the base after ALT is predicted anew
     assert (tmp_path / "ex" / "mutagenesis.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "most important positions" in out
+    code, out, _ = run_cli(["explain", "--help"], capsys)
+    assert code == 0 and f"(default: {DEFAULT_HORIZON})" in " ".join(out.split())
 
 
 def test_a_wrong_ref_or_a_bad_variant_is_one_line(tiny_checkpoint: Path, window: np.ndarray,

@@ -41,6 +41,32 @@ def test_causal_every_position_ignores_the_future(tiny: Preset, norm: str) -> No
 
 
 @pytest.mark.data
+@pytest.mark.parametrize("prior", [False, True])
+def test_continuing_a_remembered_sequence_equals_reading_it_whole(tiny: Preset, small_prior: object,
+                                                                  prior: bool) -> None:
+    """Rows that replace a remembered sequence from different positions on get the logits of
+    the whole edited sequences, through attention and both convolutions (and the Markov prior,
+    whose context reaches back into the remembered bases)."""
+    torch.manual_seed(0)
+    model = GenomeLM(tiny.model.model_copy(update={"markov_prior": prior, "dropout": 0.0})).eval()
+    if prior:
+        model.attach_prior(small_prior)  # type: ignore[arg-type]
+    for p in model.parameters():  # a trained-like head, so the network's part is not zero
+        p.data.normal_(0.0, 0.2)
+    seq = torch.randint(5, 9, (50,))
+    seq[17] = 9  # an N in the remembered bases
+    memory = model.remember(seq)
+    starts = torch.tensor([0, 1, 3, 17, 18, 30, 41])
+    rows = torch.randint(5, 9, (len(starts), 9))
+    got = model.continue_from(memory, rows, starts)  # (B, 9, V)
+    for b, s in enumerate(starts.tolist()):
+        whole = torch.cat((seq[:s], rows[b]))
+        expected = model(whole[None])[0, s:]
+        assert torch.allclose(got[b], expected, atol=1e-4), s
+    assert not torch.allclose(got[0], got[1], atol=1e-3)
+
+
+@pytest.mark.data
 def test_initial_loss_is_near_ln4_on_real_dna(tiny: Preset, data_paths: DataPaths) -> None:
     model = GenomeLM(tiny.model)
     x, y = split_batch(real_windows(data_paths, 8, 129))

@@ -87,6 +87,8 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """AdamW with weight decay on matrices only (not norms, biases, embeddings), or SGD + momentum.
 
+    AdamW is torch's fused implementation when every parameter is on a CUDA device.
+
     The parameter groups are always [decayed, not decayed], in ``named_parameters`` order: saved
     optimizer state (``privacy/optim_state.py``) is matched to them by position. SGD takes no weight
     decay: torch's SGD couples it to the gradient (``lr * wd`` per step), which at SGD's learning
@@ -99,7 +101,8 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD([{**g, "weight_decay": 0.0} for g in groups], lr=cfg.lr,
                                momentum=cfg.momentum)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
+    fused = all(p.is_cuda for p in model.parameters())  # one kernel per step on a GPU
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), fused=fused or None)
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ def test_a_bim_and_a_vcf_give_the_same_zero_based_positions(data_paths: DataPath
             out.write(out.new_record(contig="20", start=int(pos), alleles=("A", "C")))
     assert read_panel(str(vcf), "20").tolist() == panel[:5].tolist()
     (tmp_path / "bad.bim").write_text("20 rs1 0 notanumber A C\n")
-    with pytest.raises(InputFileError, match="bad.bim: not a readable .bim or VCF"):
+    with pytest.raises(InputFileError, match=r"bad\.bim: not a readable \.bim or VCF"):
         read_panel(str(tmp_path / "bad.bim"), "20")
 
 

@@ -58,9 +58,16 @@ def test_follow_run_stops_on_a_run_the_superlink_does_not_know(monkeypatch: pyte
         progress.follow_run(3, "x", flwr_home=Path("."), timeout=30, tick=0.01, status_every=0.01)
 
 
+def _interruptible() -> None:
+    """In the child: take SIGINT as a terminal's Ctrl-C, even where pytest runs as a background job
+    (a non-interactive shell's background jobs inherit SIGINT ignored, and Python keeps it so)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _run(args: list[str], **kwargs: Any) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "fedgenome", *args], text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"}, **kwargs)
+                            stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            preexec_fn=_interruptible, **kwargs)
 
 
 def _wait_finished(run_id: int, home: Path, timeout: float = 120.0) -> str:

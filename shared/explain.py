@@ -10,8 +10,8 @@ A causal model's predictions before i do not change when base i does, so the win
 scored by continuing it from i: the substituted base's own prediction plus the next ``horizon``
 bases' (``DEFAULT_HORIZON``; ``None`` rescores to the window's end, which equals scoring every
 mutated window whole). A 1 kb window is then 3,000 continuations of 64 positions, not 3,000
-windows of 1,000: seconds on a CPU. What lies past the horizon is left out: README, *Explanations*,
-gives the error measured on chr20.
+windows of 1,000: about half a minute on 2 CPU cores, against minutes. What lies past the horizon is
+left out: README, *Explanations*, gives the time and the error measured on chr20.
 
 For a variant, :func:`haplotype_shift` adds the per-position change of the predicted next-base
 probabilities between the REF and the ALT haplotype: where in the window the model's expectation

@@ -289,11 +289,13 @@ class SiteNode:
             raise ConfigError(f"{self.site_dir}: a private evaluation needs a VCF site (its patients' "
                               "haplotypes)")
         region = Region.parse(fed.holdout)
-        if bool(fed.site_eval_panel) != (positions is not None):
-            raise ConfigError("the server sent " + ("no evaluation positions although the run config "
-                              "names a site-eval-panel" if positions is None else "evaluation positions "
-                              "although the run config names no site-eval-panel") + ": refusing")
+        if fed.site_eval_panel and positions is None:
+            raise ConfigError("the server sent no evaluation positions although the run config names "
+                              "a site-eval-panel: refusing")
         if positions is not None:
+            if not fed.site_eval_panel:
+                raise ConfigError("the server sent evaluation positions although the run config names "
+                                  "no site-eval-panel: refusing")
             check_positions(positions, region, context=fed.site_eval_context)
         model = self.model(preset, fed, markov_prior)
         load_weights(model, wire.arrays_to_state(global_), source="the global model")

@@ -252,7 +252,7 @@ def demo_command(
     from fedgenome.shared.fetch import data_paths, default_cache
 
     terminate_on_sigterm()
-    panel = data_paths(cache or default_cache()).plink_prefix.with_suffix(".bim")  # public positions
+    panel = data_paths(cache or default_cache()).bim  # public positions
     config = demo_run_config(preset=preset, rounds=rounds, local_steps=local_steps,
                              patients_per_step=patients_per_step, target_epsilon=target_epsilon,
                              aggregation=aggregation, init=init, lr=lr, site_eval_every=site_eval_every,

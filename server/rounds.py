@@ -173,21 +173,17 @@ class Federation:
         """SHA-256 of the initial checkpoint's weights; None for a random start."""
         return self.report.initial_checkpoint["sha256"] if self.report.initial_checkpoint else None
 
-    def round_config(self, rnd: int) -> dict[str, int | str]:
-        """What every train message of round ``rnd`` carries besides the weights."""
+    def round_config(self, rnd: int, *,
+                     positions: tuple[int, ...] | None = None) -> dict[str, int | str]:
+        """What every message of round ``rnd`` carries besides the weights; evaluate: the ``positions``."""
         orders = wire.RoundConfig(rnd, run_key=self.report.run_key, initial_sha256=self.initial_sha256,
                                   markov_prior=None if self.model.prior is None
-                                  else self.model.prior.fingerprint)
+                                  else self.model.prior.fingerprint, eval_positions=positions)
         return {**orders.to_config(), wire.LOCAL_STEPS: self.fed.local_steps}
 
-    def evaluation_config(self, rnd: int) -> dict[str, int | str]:
-        """What every evaluate message of round ``rnd`` carries: the round config, the panel positions."""
-        positions = wire.RoundConfig(rnd, eval_positions=self.eval_positions).to_config()
-        return {**self.round_config(rnd), **positions}
-
     def _eval_positions(self) -> tuple[int, ...] | None:
-        """The public panel's positions every site evaluation scores (None without a panel)."""
-        if not self.fed.site_eval_panel:
+        """The public panel's positions every site evaluation scores (None without evaluations or panel)."""
+        if not (self.fed.site_eval_panel and self.fed.site_eval_every):
             return None
         region = Region.parse(self.fed.holdout)
         panel = read_panel(self.fed.site_eval_panel, region.contig)
@@ -249,10 +245,10 @@ class Federation:
         seen_before = {s for r in self.report.rounds for s in r.trained + r.refused + list(r.rejected)}
         present = set(got.epsilon)
         loss = sum(got.losses) / len(got.losses) if got.losses else None
-        content = (evaluation_content(self.arrays(), self.evaluation_config(rnd)) if due(self.fed, rnd)
-                   else None)
-        evals = (SiteEvaluations() if content is None else evaluate_at_sites(
-            grid, nodes, content, self.fed, names=self.names, identities=identities))
+        evals = SiteEvaluations()
+        if due(self.fed, rnd):
+            content = evaluation_content(self.arrays(), self.round_config(rnd, positions=self.eval_positions))
+            evals = evaluate_at_sites(grid, nodes, content, self.fed, names=self.names, identities=identities)
         trained = sorted(n for n in got.epsilon if n not in got.refused and n not in got.rejected)
         got.epsilon.update(evals.epsilon)  # the cumulative epsilon after the round, evaluation included
         return RoundRecord(

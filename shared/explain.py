@@ -29,7 +29,7 @@ from torch import nn
 
 from fedgenome.shared.model import GenomeLM
 from fedgenome.shared.tokenizer import BASES, NUCLEOTIDES, Ids, N
-from fedgenome.shared.train import IGNORE, eval_autocast
+from fedgenome.shared.train import IGNORE, base_targets, eval_autocast
 
 MAX_WINDOW = 4096
 """The longest window explained at once."""
@@ -125,8 +125,7 @@ def _continuations(tokens: Ids, chunk: list[tuple[int, int]], span: int
 
 def _terms(logp: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Log p of each target (B, T) under logp (B, T, V); 0 where the target is not a base."""
-    clean = targets.clone()
-    clean[(clean < NUCLEOTIDES[0]) | (clean > NUCLEOTIDES[-1])] = IGNORE
+    clean = base_targets(targets)
     picked = logp.gather(-1, clean.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     return picked * (clean != IGNORE)
 

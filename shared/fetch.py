@@ -105,6 +105,11 @@ class DataPaths:
         """The cache directory these paths live in."""
         return self.reference.parent.parent
 
+    @property
+    def bim(self) -> Path:
+        """The ``.bim`` of ``plink_prefix``: the SNP list (positions, no genotypes), a public panel."""
+        return self.plink_prefix.with_name(self.plink_prefix.name + ".bim")
+
 
 CACHE_HELP = "$FEDGENOME_CACHE, else the user cache: ~/.cache/fedgenome or $XDG_CACHE_HOME/fedgenome"
 """Where :func:`default_cache` looks, in words (the CLI's help texts)."""

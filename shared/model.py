@@ -79,7 +79,7 @@ class Continuation:
     """
 
     start: torch.Tensor  # (B,) the remembered sequence's position of each row's first token
-    mask: torch.Tensor  # (B, 1, T, L + T) True where a new position may attend
+    mask: torch.Tensor  # (B, 1, T, L + T) True where a new position may attend; L: the latest start
 
 
 @dataclass(frozen=True)
@@ -130,8 +130,9 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(
                 q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
             )  # (B, H, T, D)
-        else:  # continue a remembered sequence: its keys and values (1, H, L, D) come first
-            keys, values = (torch.cat((old.expand(len(q), -1, -1, -1), new), dim=2)
+        else:  # continue a remembered sequence: its first L keys and values (1, H, L, D) come first
+            L = at.mask.shape[-1] - T  # the positions any row reads
+            keys, values = (torch.cat((old[..., :L, :].expand(len(q), -1, -1, -1), new), dim=2)
                             for old, new in zip(past, (k, v), strict=True))  # (B, H, L + T, D)
             y = F.scaled_dot_product_attention(q, keys, values, attn_mask=at.mask)
         return self.proj(y.transpose(1, 2).reshape(*lead, T, C))  # (..., T, C)
@@ -307,8 +308,7 @@ class GenomeLM(nn.Module):
             whole = self.prior_log_probs(torch.cat((context, idx), dim=-1))  # refuses a missing prior
             prior = None if whole is None else whole[:, width:]  # (B, T, 4)
         x = self.inputs(idx, prior)  # (B, T, C)
-        for block, (a, b) in zip(self.blocks, memory.states, strict=True):
-            past = (a[..., :L, :], b[..., :L, :]) if isinstance(block.mixer, CausalSelfAttention) else (a, b)
+        for block, past in zip(self.blocks, memory.states, strict=True):
             x = block(x, rope, past, at)
         return self.logits(x, prior)
 

@@ -108,6 +108,12 @@ def _read_bim(path: Path) -> tuple[npt.NDArray[np.str_], ...]:
     return tuple(cols[:, i] for i in range(5))
 
 
+def bim_positions(path: Path, chrom: str) -> npt.NDArray[np.int64]:
+    """The 1-based positions (column 4) of a ``.bim``'s SNPs on ``chrom``, in file order."""
+    chroms, _, raw, _, _ = _read_bim(path)
+    return _parse_positions(path, raw)[chroms == chrom]  # rows named as in the file
+
+
 def _parse_positions(path: Path, raw: npt.NDArray[np.str_]) -> npt.NDArray[np.int64]:
     """Column 4 of a ``.bim`` as int64, with a one-line error naming the first bad row."""
     try:
@@ -115,7 +121,7 @@ def _parse_positions(path: Path, raw: npt.NDArray[np.str_]) -> npt.NDArray[np.in
     except ValueError:
         bad = next((i for i, v in enumerate(raw) if not v.lstrip("-").isdigit()), 0)
         raise InputFileError(
-            f"{path}: row {bad + 1} has position {raw[bad]!r}, expected an integer"
+            f"{path}: row {bad + 1} has position {str(raw[bad])!r}, expected an integer"
         ) from None
 
 

@@ -67,10 +67,14 @@ def eval_autocast(device: torch.device) -> torch.autocast:
 
 def split_batch(windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Windows (..., W+1) -> contiguous inputs (..., W) and targets (..., W); non-bases are ignored."""
-    x = windows[..., :-1].contiguous()
-    y = windows[..., 1:].clone()
+    return windows[..., :-1].contiguous(), base_targets(windows[..., 1:])
+
+
+def base_targets(tokens: torch.Tensor) -> torch.Tensor:
+    """A copy of tokens as targets: A/C/G/T stay, every other token is IGNORE."""
+    y = tokens.clone()
     y[(y < A) | (y > T)] = IGNORE
-    return x, y
+    return y
 
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:

@@ -13,6 +13,8 @@ per-patient clipping bounds the release's sensitivity as before.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import numpy.typing as npt
 import pysam
@@ -21,23 +23,22 @@ from fedgenome.configs.errors import ConfigError, InputFileError
 from fedgenome.configs.schema import MAX_EVAL_POSITIONS, Region
 from fedgenome.shared.datasets import n_fraction
 from fedgenome.shared.genomes import Reference
+from fedgenome.shared.plink import bim_positions
 from fedgenome.shared.tokenizer import NUCLEOTIDES
 
 
 def read_panel(path: str, contig: str) -> npt.NDArray[np.int64]:
     """The panel's 0-based positions on ``contig``, sorted and unique (a ``.bim`` or a VCF)."""
-    try:
-        if path.endswith(".bim"):
-            with open(path) as fh:
-                rows = (line.split() for line in fh if line.strip())
-                one_based = [int(r[3]) for r in rows if len(r) >= 4 and r[0] == contig]
-        else:
+    if path.endswith(".bim"):
+        one_based = bim_positions(Path(path), contig)  # its own one-line errors
+    else:
+        try:
             with pysam.VariantFile(path) as vcf:
-                one_based = [rec.pos for rec in vcf if rec.chrom == contig]
-    except (OSError, ValueError) as exc:
-        raise InputFileError(f"site-eval-panel {path}: not a readable .bim or VCF ({exc}); give a "
-                             "public list of variant positions") from None
-    return np.unique(np.asarray(one_based, dtype=np.int64) - 1)
+                one_based = np.array([rec.pos for rec in vcf if rec.chrom == contig], dtype=np.int64)
+        except (OSError, ValueError) as exc:
+            raise InputFileError(f"site-eval-panel {path}: not a readable VCF ({exc}); give a public "
+                                 "list of variant positions (a VCF or a PLINK .bim)") from None
+    return np.unique(one_based - 1)
 
 
 def panel_positions(panel: npt.NDArray[np.int64], reference: Reference, region: Region, *,

@@ -126,15 +126,15 @@ class RoundConfig:
         """
         run_key, initial, prior = config.get(RUN_KEY), config.get(INITIAL_SHA256), config.get(MARKOV_PRIOR)
         positions = config.get(EVAL_POSITIONS)
-        if positions is not None and not all(p.isdigit() for p in str(positions).split(",")):
+        parts = None if positions is None else str(positions).split(",")
+        if parts is not None and not all(p.isdigit() for p in parts):
             raise ValueError(f"{EVAL_POSITIONS} {str(positions)[:40]!r}: expected comma-separated "
                              "0-based positions")
         return cls(global_round=int(str(config[GLOBAL_ROUND])),
                    run_key=None if run_key is None else str(run_key),
                    initial_sha256=None if initial is None else str(initial),
                    markov_prior=None if prior is None else str(prior),
-                   eval_positions=None if positions is None
-                   else tuple(int(p) for p in str(positions).split(",")))
+                   eval_positions=None if parts is None else tuple(int(p) for p in parts))
 
 
 def layout(arrays: Mapping[str, npt.NDArray[np.generic]]) -> str:

@@ -87,7 +87,7 @@ def test_the_unseen_cohort_evaluates_where_it_lives_and_the_audit_agrees(
 
     sites = [copy_site(sites_dir, tmp_path, name) for name in ("hospital-tsi", "unseen-ibs")]
     run_dir = tmp_path / "run"
-    panel = data_paths.plink_prefix.with_suffix(".bim")  # public positions: the sites score their bases there
+    panel = data_paths.bim  # public positions: the sites score their bases there
     fed = fed_config(data_paths, run_dir, **{"num-server-rounds": 2, "site-eval-every": 2, "min-nodes": 2,
                                               "site-eval-panel": str(panel), "site-eval-positions": 4,
                                               "site-eval-context": 32})

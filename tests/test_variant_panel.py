@@ -27,13 +27,9 @@ pytestmark = pytest.mark.data
 HOLDOUT = Region.parse(fed().holdout)
 
 
-def bim(data_paths: DataPaths) -> Path:
-    return data_paths.plink_prefix.with_name(data_paths.plink_prefix.name + ".bim")
-
-
 def test_a_bim_and_a_vcf_give_the_same_zero_based_positions(data_paths: DataPaths, tmp_path: Path) -> None:
-    panel = read_panel(str(bim(data_paths)), "20")
-    rows = [line.split() for line in bim(data_paths).read_text().splitlines()]
+    panel = read_panel(str(data_paths.bim), "20")
+    rows = [line.split() for line in data_paths.bim.read_text().splitlines()]
     assert len(panel) == sum(r[0] == "20" for r in rows) and np.all(np.diff(panel) > 0)
     assert panel[0] == min(int(r[3]) for r in rows if r[0] == "20") - 1
     vcf = tmp_path / "panel.vcf"
@@ -44,13 +40,16 @@ def test_a_bim_and_a_vcf_give_the_same_zero_based_positions(data_paths: DataPath
             out.write(out.new_record(contig="20", start=int(pos), alleles=("A", "C")))
     assert read_panel(str(vcf), "20").tolist() == panel[:5].tolist()
     (tmp_path / "bad.bim").write_text("20 rs1 0 notanumber A C\n")
-    with pytest.raises(InputFileError, match=r"bad\.bim: not a readable \.bim or VCF"):
+    with pytest.raises(InputFileError, match=r"bad\.bim: row 1 has position 'notanumber'"):
         read_panel(str(tmp_path / "bad.bim"), "20")
+    (tmp_path / "bad.vcf").write_text("not a vcf\n")
+    with pytest.raises(InputFileError, match=r"bad\.vcf: not a readable VCF"):
+        read_panel(str(tmp_path / "bad.vcf"), "20")
 
 
 def test_the_picked_positions_lie_in_the_held_out_region_with_their_context(data_paths: DataPaths) -> None:
     reference = Reference(data_paths.reference)
-    panel = read_panel(str(bim(data_paths)), "20")
+    panel = read_panel(str(data_paths.bim), "20")
     picked = panel_positions(panel, reference, HOLDOUT, count=16, context=128, max_n_fraction=0.1)
     assert len(picked) == 16 and set(picked) <= set(panel.tolist())
     assert all(HOLDOUT.start + 128 <= p < HOLDOUT.end for p in picked)
@@ -67,7 +66,7 @@ def test_each_patient_is_scored_on_their_own_bases_at_the_positions(
     assert manifest.reference is not None and manifest.vcf is not None
     reference = Reference(manifest.reference)
     cohort = load_cohort(manifest, reference, cache_dir=None)
-    positions = panel_positions(read_panel(str(bim(data_paths)), "20"), reference, HOLDOUT, count=6,
+    positions = panel_positions(read_panel(str(data_paths.bim), "20"), reference, HOLDOUT, count=6,
                                 context=32, max_n_fraction=0.1)
     torch.manual_seed(0)
     model = GenomeLM(tiny.model)
@@ -91,7 +90,7 @@ def test_a_site_scores_the_servers_positions_and_refuses_others(sites_dir: Path,
                                                                 tiny: Preset, tmp_path: Path) -> None:
     site = copy_site(sites_dir, tmp_path, "hospital-ceu")
     node, weights = SiteNode(site), global_weights(tiny)
-    config = fed(site_eval_noise=3.0, site_eval_panel=str(bim(data_paths)), site_eval_context=32)
+    config = fed(site_eval_noise=3.0, site_eval_panel=str(data_paths.bim), site_eval_context=32)
     inside = (HOLDOUT.start + 1_000_000, HOLDOUT.start + 2_000_000)
     with pytest.raises(ConfigError, match=r"evaluation position 100 from the server: .* refusing"):
         node.private_evaluate(weights, config, global_round=1, run_key="d" * 32, positions=(100, *inside))
